@@ -1,0 +1,403 @@
+package crdt
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	am "github.com/automerge/automerge-go"
+	"github.com/rs/zerolog"
+)
+
+// Hash identifies one change (a document head).
+type Hash = am.ChangeHash
+
+// ErrClosed is returned by operations on a closed Doc.
+var ErrClosed = errors.New("crdt: document closed")
+
+// Config configures a Doc.
+type Config struct {
+	// Dir holds the snapshot and change log. Required.
+	Dir string
+	// Logger receives the document's log events.
+	Logger zerolog.Logger
+	// CompactBytes: once the change log outgrows both this and the
+	// snapshot, it is folded into a new snapshot. Default 4 MiB.
+	CompactBytes int64
+	// CompactRecords: the log is also folded after this many records, which
+	// bounds start-up replay time. Default 20,000.
+	CompactRecords int
+}
+
+func (c *Config) validate() error {
+	if c.Dir == "" {
+		return errors.New("crdt: Config.Dir is required")
+	}
+	if c.CompactBytes <= 0 {
+		c.CompactBytes = 4 << 20
+	}
+	if c.CompactRecords <= 0 {
+		c.CompactRecords = 20_000
+	}
+	return nil
+}
+
+// Event tells a watcher that the document changed.
+type Event struct {
+	// Local is true for a commit made on this node.
+	Local bool
+	// Change is the encoded change of a local commit (automerge's
+	// Change.Save format), ready to publish. Nil for remote changes.
+	Change []byte
+	// Hash is the local commit's hash and Deps its dependencies.
+	Hash Hash
+	Deps []Hash
+	// Heads are the document heads after the change.
+	Heads []Hash
+}
+
+// Stats are cumulative counters of a Doc.
+type Stats struct {
+	LocalCommits   uint64
+	RemoteChanges  uint64
+	SnapshotMerges uint64
+	Compactions    uint64
+}
+
+// Doc is the replicated fleet document with its persistence. All methods
+// are safe for concurrent use. Writes, remote applies and sync steps are
+// serialised under one lock; every change is appended to the change log and
+// fsynced before the call that made it returns.
+type Doc struct {
+	cfg Config
+	lg  zerolog.Logger
+
+	mu     sync.Mutex // serialises mutations and persistence
+	am     *am.Doc
+	st     *store
+	closed bool
+	damage []string
+
+	watchMu  sync.Mutex
+	watchers map[int]func(Event)
+	nextW    int
+
+	sizeMu    sync.Mutex
+	sizeHeads string
+	sizeBytes int
+
+	localCommits, remoteChanges, snapshotMerges, compactions atomic.Uint64
+}
+
+// Open loads the document from cfg.Dir (creating an empty one if there is
+// none), recovering the valid part of damaged files.
+func Open(cfg Config) (*Doc, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	lg := cfg.Logger.With().Str("component", "crdt").Logger()
+	st, snap, records, damage, err := openStore(cfg.Dir, lg)
+	if err != nil {
+		return nil, err
+	}
+	d := &Doc{cfg: cfg, lg: lg, st: st, damage: damage, watchers: map[int]func(Event){}}
+	d.am = am.New()
+	if snap != nil {
+		doc, err := am.Load(snap)
+		if err != nil {
+			kept, kerr := st.keepDamaged(st.dir+"/"+snapFile, true)
+			msg := fmt.Sprintf("snapshot passed its checksum but automerge cannot load it (%v); kept as %s (%v)", err, kept, kerr)
+			d.damage = append(d.damage, msg)
+			lg.Error().Err(err).Str("kept_as", kept).Msg("document snapshot unloadable")
+		} else {
+			d.am = doc
+		}
+	}
+	bad := replay(d.am, records)
+	for _, i := range bad {
+		lg.Error().Int("record", i).Msg("document change log record unreadable; skipped")
+	}
+	if len(bad) > 0 {
+		d.damage = append(d.damage, fmt.Sprintf("%d change log records were unreadable and skipped", len(bad)))
+	}
+	if len(d.damage) > 0 || len(records) >= 1000 {
+		// Fold the recovered state into a fresh snapshot so the next start
+		// neither replays a long log nor meets the same damage again.
+		if err := d.compactLocked(); err != nil {
+			st.close()
+			return nil, err
+		}
+	}
+	lg.Info().Int("heads", len(d.am.Heads())).Int("log_records", len(records)).Msg("document opened")
+	return d, nil
+}
+
+// Damage describes damage found and recovered from when the document was
+// opened; empty when the files were intact.
+func (d *Doc) Damage() []string { return append([]string(nil), d.damage...) }
+
+// Close folds the change log into the snapshot and closes the files.
+// It is idempotent.
+func (d *Doc) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	err := d.compactLocked()
+	if cerr := d.st.close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Watch calls fn after every change, in commit order. fn must not block and
+// must not call methods of d that write; it runs under the document lock.
+// The returned function removes the watcher.
+func (d *Doc) Watch(fn func(Event)) (cancel func()) {
+	d.watchMu.Lock()
+	id := d.nextW
+	d.nextW++
+	d.watchers[id] = fn
+	d.watchMu.Unlock()
+	return func() {
+		d.watchMu.Lock()
+		delete(d.watchers, id)
+		d.watchMu.Unlock()
+	}
+}
+
+func (d *Doc) notify(ev Event) {
+	d.watchMu.Lock()
+	defer d.watchMu.Unlock()
+	for _, fn := range d.watchers {
+		fn(ev)
+	}
+}
+
+// Update runs fn to collect writes and commits them as one change, which is
+// on disk (fsynced) before Update returns. If fn returns an error or records
+// an invalid write, nothing is written. An Update with no effective write
+// returns a zero Hash and no error.
+func (d *Doc) Update(msg string, fn func(*Tx) error) (Hash, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return Hash{}, ErrClosed
+	}
+	tx := &Tx{read: d}
+	if err := fn(tx); err != nil {
+		return Hash{}, err
+	}
+	if err := errors.Join(tx.errs...); err != nil {
+		return Hash{}, err
+	}
+	for _, op := range tx.ops {
+		if err := op(d.am); err != nil {
+			// Automerge refused a write that passed validation. The writes
+			// before it stay pending and go out with the next commit; say so.
+			return Hash{}, fmt.Errorf("crdt: write: %w", err)
+		}
+	}
+	h, err := d.am.Commit(msg)
+	if err != nil {
+		return Hash{}, nil // nothing changed
+	}
+	ch, err := d.am.Change(h)
+	if err != nil {
+		return Hash{}, fmt.Errorf("crdt: read back commit: %w", err)
+	}
+	raw := ch.Save()
+	if err := d.st.append(raw); err != nil {
+		return Hash{}, err
+	}
+	d.localCommits.Add(1)
+	d.notify(Event{Local: true, Change: raw, Hash: h, Deps: ch.Dependencies(), Heads: d.am.Heads()})
+	return h, d.maybeCompactLocked()
+}
+
+// ErrMissingDeps is returned by ApplyChange when the change depends on
+// changes this node lacks; the caller should run anti-entropy with the
+// sender, which brings the whole missing history.
+var ErrMissingDeps = errors.New("crdt: change depends on changes this node lacks")
+
+// ApplyChange applies one change received from a peer, in automerge's
+// Change.Save format, whose hash and dependencies the sender announced. It
+// reports whether the change was new. A change we already have is a no-op.
+func (d *Doc) ApplyChange(raw []byte, hash Hash, deps []Hash) (bool, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return false, ErrClosed
+	}
+	if d.has(hash) {
+		return false, nil
+	}
+	for _, dep := range deps {
+		if !d.has(dep) {
+			return false, ErrMissingDeps
+		}
+	}
+	if err := d.am.LoadIncremental(raw); err != nil {
+		return false, fmt.Errorf("%w: change %s: %v", ErrCorrupt, hash, err)
+	}
+	if !d.has(hash) {
+		return false, fmt.Errorf("%w: change bytes do not hash to the announced %s", ErrCorrupt, hash)
+	}
+	if err := d.st.append(raw); err != nil {
+		return true, err
+	}
+	d.remoteChanges.Add(1)
+	d.notify(Event{Heads: d.am.Heads()})
+	return true, d.maybeCompactLocked()
+}
+
+func (d *Doc) has(h Hash) bool {
+	_, err := d.am.Change(h)
+	return err == nil
+}
+
+// Snapshot returns the whole document in automerge's Save format: the way
+// to bootstrap an empty peer (far cheaper than a full sync) and a backup.
+func (d *Doc) Snapshot() []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.am.Save()
+}
+
+// MergeSnapshot merges a peer's snapshot into this document and writes a new
+// local snapshot holding the result.
+func (d *Doc) MergeSnapshot(b []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	// Check the bytes in a scratch doc first: LoadIncremental of a damaged
+	// snapshot must not leave half of it in the live document.
+	if _, err := am.Load(b); err != nil {
+		return fmt.Errorf("%w: snapshot from peer: %v", ErrCorrupt, err)
+	}
+	before := hashKey(d.am.Heads())
+	if err := d.am.LoadIncremental(b); err != nil {
+		return fmt.Errorf("crdt: merge snapshot: %w", err)
+	}
+	d.snapshotMerges.Add(1)
+	if err := d.compactLocked(); err != nil {
+		return err
+	}
+	if hashKey(d.am.Heads()) != before {
+		d.notify(Event{Heads: d.am.Heads()})
+	}
+	return nil
+}
+
+// Heads returns the current document heads.
+func (d *Doc) Heads() []Hash { return d.am.Heads() }
+
+// HeadStrings returns the heads as hex strings, sorted as automerge sorts them.
+func (d *Doc) HeadStrings() []string { return HashStrings(d.am.Heads()) }
+
+// HashStrings renders hashes as hex.
+func HashStrings(hs []Hash) []string {
+	out := make([]string, len(hs))
+	for i, h := range hs {
+		out[i] = h.String()
+	}
+	return out
+}
+
+// ParseHash parses a hex change hash.
+func ParseHash(s string) (Hash, error) {
+	h, err := am.NewChangeHash(s)
+	if err != nil {
+		return Hash{}, fmt.Errorf("crdt: bad change hash %q: %w", s, err)
+	}
+	return h, nil
+}
+
+// HasAll reports whether every given change is already in the document.
+func (d *Doc) HasAll(hs []Hash) bool {
+	for _, h := range hs {
+		if !d.has(h) {
+			return false
+		}
+	}
+	return true
+}
+
+// Empty reports whether the document holds no change at all.
+func (d *Doc) Empty() bool { return len(d.am.Heads()) == 0 }
+
+// SavedSize returns the byte size of the document in automerge's compact
+// Save format, cached per heads.
+func (d *Doc) SavedSize() int {
+	key := hashKey(d.am.Heads())
+	d.sizeMu.Lock()
+	defer d.sizeMu.Unlock()
+	if key != d.sizeHeads || d.sizeBytes == 0 {
+		d.sizeBytes = len(d.Snapshot())
+		d.sizeHeads = key
+	}
+	return d.sizeBytes
+}
+
+// Stats returns cumulative counters.
+func (d *Doc) Stats() Stats {
+	return Stats{
+		LocalCommits:   d.localCommits.Load(),
+		RemoteChanges:  d.remoteChanges.Load(),
+		SnapshotMerges: d.snapshotMerges.Load(),
+		Compactions:    d.compactions.Load(),
+	}
+}
+
+func (d *Doc) maybeCompactLocked() error {
+	if d.st.logSize > max(d.cfg.CompactBytes, d.st.snapSize) || d.st.records >= d.cfg.CompactRecords {
+		return d.compactLocked()
+	}
+	return nil
+}
+
+func (d *Doc) compactLocked() error {
+	if err := d.st.writeSnapshot(d.am.Save()); err != nil {
+		return err
+	}
+	d.compactions.Add(1)
+	return nil
+}
+
+// replay loads log records in order. A record whose dependencies are not
+// there yet (possible for changes a sync message delivered out of order) is
+// retried after the others until no more progress is made; it returns the
+// indexes of the records that never loaded.
+func replay(doc *am.Doc, records [][]byte) (bad []int) {
+	pending := make([]int, len(records))
+	for i := range pending {
+		pending[i] = i
+	}
+	for len(pending) > 0 {
+		var next []int
+		for _, i := range pending {
+			if err := doc.LoadIncremental(records[i]); err != nil {
+				next = append(next, i)
+			}
+		}
+		if len(next) == len(pending) {
+			return next
+		}
+		pending = next
+	}
+	return nil
+}
+
+func hashKey(hs []Hash) string {
+	b := make([]byte, 0, len(hs)*32)
+	for _, h := range hs {
+		b = append(b, h[:]...)
+	}
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,285 @@
+package crdt
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/rs/zerolog"
+)
+
+func openT(t *testing.T, dir string) *Doc {
+	t.Helper()
+	d, err := Open(Config{Dir: dir, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+func setName(t *testing.T, d *Doc, item, name string) {
+	t.Helper()
+	if _, err := d.Update("name", func(tx *Tx) error { tx.SetItemName(item, name); return nil }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUpdateReadBack(t *testing.T) {
+	d := openT(t, t.TempDir())
+	rec := NodeRecord{Name: "a", Addrs: []string{"/ip4/127.0.0.1/tcp/1"}, Version: 1, StartedMs: 5, LastSeenMs: 6, Alive: true}
+	if _, err := d.Update("node", func(tx *Tx) error {
+		tx.SetNode("peerA", rec)
+		tx.SetHolder("item1", "peerA", Holder{Manifest: "m", Size: 3, State: HolderComplete})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := d.Node("peerA")
+	if err != nil || !ok || got.Name != "a" || len(got.Addrs) != 1 || !got.Alive || got.LastSeenMs != 6 {
+		t.Fatalf("node = %+v %v %v", got, ok, err)
+	}
+	it, ok, _ := d.Item("item1")
+	if !ok || it.Holders["peerA"].Manifest != "m" {
+		t.Fatalf("item = %+v", it)
+	}
+	// Rewriting the same record is not a change.
+	h, err := d.Update("same", func(tx *Tx) error { tx.SetNode("peerA", rec); return nil })
+	if err != nil || h != (Hash{}) {
+		t.Fatalf("unchanged record made a change: %v %v", h, err)
+	}
+}
+
+func TestUpdateInvalidWritesNothing(t *testing.T) {
+	d := openT(t, t.TempDir())
+	heads := d.HeadStrings()
+	_, err := d.Update("bad", func(tx *Tx) error {
+		tx.SetItemName("good", "x")
+		tx.SetHolder("a/b", "peer", Holder{State: HolderComplete})
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "item id") {
+		t.Fatalf("want invalid key error, got %v", err)
+	}
+	if _, err := d.Update("bad", func(tx *Tx) error { tx.SetHolder("i", "p", Holder{State: "weird"}); return nil }); err == nil {
+		t.Fatal("bad holder state accepted")
+	}
+	if fmt.Sprint(d.HeadStrings()) != fmt.Sprint(heads) {
+		t.Fatal("a rejected update changed the document")
+	}
+	if _, ok, _ := d.Item("good"); ok {
+		t.Fatal("partial write of a rejected update is visible")
+	}
+}
+
+func TestPersistReopen(t *testing.T) {
+	dir := t.TempDir()
+	d := openT(t, dir)
+	for i := range 50 {
+		setName(t, d, fmt.Sprintf("item%d", i), "v")
+	}
+	heads := d.HeadStrings()
+	// No Close: the log alone must carry every acknowledged change.
+	d.st.close()
+	d2 := openT(t, dir)
+	if fmt.Sprint(d2.HeadStrings()) != fmt.Sprint(heads) {
+		t.Fatalf("heads after reopen %v, want %v", d2.HeadStrings(), heads)
+	}
+	lib, _ := d2.Library()
+	if len(lib) != 50 {
+		t.Fatalf("library has %d items, want 50", len(lib))
+	}
+}
+
+func TestCompactionKeepsEverything(t *testing.T) {
+	dir := t.TempDir()
+	d, err := Open(Config{Dir: dir, CompactRecords: 7, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 30 {
+		setName(t, d, fmt.Sprintf("item%d", i), "v")
+	}
+	if d.Stats().Compactions < 3 {
+		t.Fatalf("compactions = %d, want >= 3", d.Stats().Compactions)
+	}
+	heads := d.HeadStrings()
+	d.st.close()
+	d2 := openT(t, dir)
+	if fmt.Sprint(d2.HeadStrings()) != fmt.Sprint(heads) {
+		t.Fatal("heads differ after compaction and reopen")
+	}
+}
+
+func TestTruncatedLogRecoversValidPrefix(t *testing.T) {
+	dir := t.TempDir()
+	d := openT(t, dir)
+	for i := range 10 {
+		setName(t, d, fmt.Sprintf("item%d", i), "v")
+	}
+	d.st.close()
+	logPath := filepath.Join(dir, logFile)
+	b, _ := os.ReadFile(logPath)
+	if err := os.WriteFile(logPath, b[:len(b)-5], 0o600); err != nil { // torn last record
+		t.Fatal(err)
+	}
+	d2 := openT(t, dir)
+	lib, _ := d2.Library()
+	if len(lib) != 9 {
+		t.Fatalf("recovered %d items, want the 9 complete records", len(lib))
+	}
+	if len(d2.Damage()) != 1 || !strings.Contains(d2.Damage()[0], "damaged after 9 valid records") {
+		t.Fatalf("damage report = %q", d2.Damage())
+	}
+	kept, _ := filepath.Glob(logPath + ".damaged-*")
+	if len(kept) != 1 {
+		t.Fatalf("damaged copy not kept: %v", kept)
+	}
+	if kb, _ := os.ReadFile(kept[0]); len(kb) != len(b)-5 {
+		t.Fatalf("kept copy has %d bytes, want %d", len(kb), len(b)-5)
+	}
+	// Writing continues after the cut and survives another reopen.
+	setName(t, d2, "after", "v")
+	d2.st.close()
+	d3 := openT(t, dir)
+	if _, ok, _ := d3.Item("after"); !ok || len(d3.Damage()) != 0 {
+		t.Fatalf("write after recovery lost (ok=%v) or damage reported again %q", ok, d3.Damage())
+	}
+}
+
+func TestCorruptSnapshotKeptAside(t *testing.T) {
+	dir := t.TempDir()
+	d := openT(t, dir)
+	setName(t, d, "x", "v")
+	d.Close()
+	p := filepath.Join(dir, snapFile)
+	b, _ := os.ReadFile(p)
+	b[len(b)-1] ^= 0xff
+	os.WriteFile(p, b, 0o600)
+	d2 := openT(t, dir)
+	if len(d2.Damage()) == 0 || !strings.Contains(d2.Damage()[0], "checksum") {
+		t.Fatalf("damage = %q", d2.Damage())
+	}
+	if kept, _ := filepath.Glob(p + ".damaged-*"); len(kept) != 1 {
+		t.Fatal("damaged snapshot not kept")
+	}
+}
+
+func syncPair(t *testing.T, a, b *Doc, pa, pb *PeerState) {
+	t.Helper()
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := b.Sync(c2, pb, false)
+		c2.Close()
+		errc <- err
+	}()
+	if _, err := a.Sync(halfCloser{c1}, pa, true); err != nil {
+		t.Fatal(err)
+	}
+	c1.Close()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+type halfCloser struct{ net.Conn }
+
+func TestSyncConverges(t *testing.T) {
+	a, b := openT(t, t.TempDir()), openT(t, t.TempDir())
+	for i := range 20 {
+		setName(t, a, fmt.Sprintf("a%d", i), "v")
+		setName(t, b, fmt.Sprintf("b%d", i), "v")
+	}
+	setName(t, a, "shared", "from-a")
+	setName(t, b, "shared", "from-b")
+	pa, pb := a.NewPeerState(), b.NewPeerState()
+	syncPair(t, a, b, pa, pb)
+	if fmt.Sprint(a.HeadStrings()) != fmt.Sprint(b.HeadStrings()) {
+		t.Fatal("heads differ after sync")
+	}
+	ia, _, _ := a.Item("shared")
+	ib, _, _ := b.Item("shared")
+	if ia.Name != ib.Name {
+		t.Fatalf("LWW winner differs: %q vs %q", ia.Name, ib.Name)
+	}
+	// Synced changes are durable on the receiver.
+	b.st.close()
+	b2 := openT(t, b.cfg.Dir)
+	if lib, _ := b2.Library(); len(lib) != 41 {
+		t.Fatalf("receiver persisted %d items, want 41", len(lib))
+	}
+}
+
+func TestSnapshotBootstrapAndApply(t *testing.T) {
+	a, b := openT(t, t.TempDir()), openT(t, t.TempDir())
+	for i := range 100 {
+		setName(t, a, fmt.Sprintf("a%d", i), "v")
+	}
+	setName(t, b, "own", "v") // the newcomer already wrote its own record
+	if err := b.MergeSnapshot(a.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	if lib, _ := b.Library(); len(lib) != 101 {
+		t.Fatalf("after snapshot merge %d items", len(lib))
+	}
+	if err := b.MergeSnapshot([]byte("garbage")); err == nil {
+		t.Fatal("garbage snapshot accepted")
+	}
+	var ev Event
+	cancel := a.Watch(func(e Event) {
+		if e.Local {
+			ev = e
+		}
+	})
+	defer cancel()
+	setName(t, a, "gossiped", "v")
+	if ok, err := b.ApplyChange(ev.Change, ev.Hash, ev.Deps); err != nil || !ok {
+		t.Fatalf("apply: ok=%v err=%v", ok, err)
+	}
+	if ok, _ := b.ApplyChange(ev.Change, ev.Hash, ev.Deps); ok {
+		t.Fatal("duplicate change counted as new")
+	}
+	if _, err := b.ApplyChange(ev.Change[:len(ev.Change)-2], Hash{1}, nil); err == nil {
+		t.Fatal("truncated change accepted")
+	}
+	// A change whose parent b lacks is refused as such.
+	setName(t, a, "p1", "v")
+	setName(t, a, "p2", "v")
+	if _, err := b.ApplyChange(ev.Change, ev.Hash, ev.Deps); !errors.Is(err, ErrMissingDeps) {
+		t.Fatalf("missing dependency: err = %v", err)
+	}
+}
+
+// Two replicas that concurrently add holders and names to the same item must
+// both stay visible after merging (no hidden concurrent map objects).
+func TestConcurrentEntriesBothVisible(t *testing.T) {
+	a, b := openT(t, t.TempDir()), openT(t, t.TempDir())
+	for _, x := range []struct {
+		d    *Doc
+		peer string
+	}{{a, "pa"}, {b, "pb"}} {
+		if _, err := x.d.Update("h", func(tx *Tx) error {
+			tx.SetHolder("game", x.peer, Holder{Manifest: x.peer, State: HolderComplete})
+			tx.SetNode(x.peer, NodeRecord{Name: x.peer, Alive: true})
+			tx.SetPresence("room", x.peer, 1)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	syncPair(t, a, b, a.NewPeerState(), b.NewPeerState())
+	for _, d := range []*Doc{a, b} {
+		it, _, _ := d.Item("game")
+		nodes, _ := d.Nodes()
+		room, _, _ := d.Room("room")
+		if len(it.Holders) != 2 || len(nodes) != 2 || len(room.Presence) != 2 {
+			t.Fatalf("holders=%v nodes=%v presence=%v", it.Holders, nodes, room.Presence)
+		}
+	}
+}

@@ -1,0 +1,137 @@
+package crdt
+
+import (
+	"strings"
+
+	am "github.com/automerge/automerge-go"
+)
+
+// Readers decode entry by entry and skip entries that do not match the
+// schema, so one malformed record written by a buggy or hostile peer cannot
+// hide the rest of the fleet.
+
+// Node returns the record at nodes/<id>.
+func (d *Doc) Node(id string) (NodeRecord, bool, error) {
+	v, err := d.am.Path(nodeKey(id)).Get()
+	if err != nil || v.IsVoid() {
+		return NodeRecord{}, false, err
+	}
+	r, err := am.As[NodeRecord](v)
+	return r, err == nil, err
+}
+
+// Nodes returns every node record, keyed by peer ID.
+func (d *Doc) Nodes() (map[string]NodeRecord, error) {
+	out := map[string]NodeRecord{}
+	err := d.scan(pNodes, func(key string, v *am.Value) {
+		parts, _ := splitKey(key, pNodes)
+		if len(parts) == 1 {
+			if r, err := am.As[NodeRecord](v); err == nil {
+				out[parts[0]] = r
+			}
+		}
+	})
+	return out, err
+}
+
+// Item returns library/<id>.
+func (d *Doc) Item(id string) (Item, bool, error) {
+	lib, err := d.library(pLibrary + id + "/")
+	it, ok := lib[id]
+	return it, ok, err
+}
+
+// Library returns every library item, keyed by item ID.
+func (d *Doc) Library() (map[string]Item, error) { return d.library(pLibrary) }
+
+func (d *Doc) library(prefix string) (map[string]Item, error) {
+	out := map[string]Item{}
+	get := func(id string) Item {
+		it, ok := out[id]
+		if !ok {
+			it.Holders = map[string]Holder{}
+		}
+		return it
+	}
+	err := d.scan(prefix, func(key string, v *am.Value) {
+		parts, _ := splitKey(key, pLibrary)
+		switch {
+		case len(parts) == 2 && parts[1] == "name":
+			if s, err := am.As[string](v); err == nil {
+				it := get(parts[0])
+				it.Name = s
+				out[parts[0]] = it
+			}
+		case len(parts) == 3 && parts[1] == "holders":
+			if h, err := am.As[Holder](v); err == nil {
+				it := get(parts[0])
+				it.Holders[parts[2]] = h
+				out[parts[0]] = it
+			}
+		}
+	})
+	return out, err
+}
+
+// Room returns rooms/<topic>.
+func (d *Doc) Room(topic string) (Room, bool, error) {
+	rooms, err := d.rooms(pRooms + topic + "/")
+	r, ok := rooms[topic]
+	return r, ok, err
+}
+
+// Rooms returns every room, keyed by topic.
+func (d *Doc) Rooms() (map[string]Room, error) { return d.rooms(pRooms) }
+
+func (d *Doc) rooms(prefix string) (map[string]Room, error) {
+	out := map[string]Room{}
+	get := func(topic string) Room {
+		r, ok := out[topic]
+		if !ok {
+			r.Presence, r.State = map[string]int64{}, map[string]string{}
+		}
+		return r
+	}
+	err := d.scan(prefix, func(key string, v *am.Value) {
+		parts, _ := splitKey(key, pRooms)
+		switch {
+		case len(parts) == 2 && parts[1] == "creds":
+			if s, err := am.As[string](v); err == nil {
+				r := get(parts[0])
+				r.Creds = s
+				out[parts[0]] = r
+			}
+		case len(parts) == 3 && parts[1] == "presence":
+			if n, err := am.As[int64](v); err == nil {
+				r := get(parts[0])
+				r.Presence[parts[2]] = n
+				out[parts[0]] = r
+			}
+		case len(parts) == 3 && parts[1] == "state":
+			if s, err := am.As[string](v); err == nil {
+				r := get(parts[0])
+				r.State[parts[2]] = s
+				out[parts[0]] = r
+			}
+		}
+	})
+	return out, err
+}
+
+// scan visits every root key with the given prefix.
+func (d *Doc) scan(prefix string, fn func(key string, v *am.Value)) error {
+	root := d.am.RootMap()
+	keys, err := root.Keys()
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, prefix) {
+			continue
+		}
+		if v, err := root.Get(k); err == nil {
+			fn(k, v)
+		}
+	}
+	return nil
+}

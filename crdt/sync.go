@@ -1,0 +1,152 @@
+package crdt
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	am "github.com/automerge/automerge-go"
+
+	"github.com/meshnode/meshnode/internal/frame"
+)
+
+// Sync protocol (anti-entropy), run over one bidirectional stream:
+//
+//	initiator → responder: frame(sync message or empty)
+//	responder → initiator: frame(sync message or empty)
+//	... repeated ...
+//
+// Each side feeds what it receives to automerge's sync protocol and answers
+// with its next sync message, or an empty frame when it has nothing to say.
+// The session ends when the initiator has sent and received an empty frame
+// in the same round; it then closes its write side and the responder sees
+// EOF. Frames use package frame's uvarint length prefix.
+const (
+	// MaxSyncFrame bounds one sync message.
+	MaxSyncFrame = 128 << 20
+	// maxRounds bounds a session so a peer that never settles cannot keep
+	// it open; a session that hits it simply ends and is retried later.
+	maxRounds = 256
+)
+
+// ErrSyncRounds is returned when a session did not settle in maxRounds.
+var ErrSyncRounds = errors.New("crdt: sync did not settle")
+
+// PeerState is the per-peer sync state kept across sessions, so a session
+// with a peer already in sync costs one small round trip. A PeerState may
+// be used by one session at a time; Sync enforces that.
+type PeerState struct {
+	mu sync.Mutex
+	ss *am.SyncState
+}
+
+// SyncStats describe one session.
+type SyncStats struct {
+	Rounds        int
+	BytesSent     int
+	BytesReceived int
+	Changes       int
+}
+
+// NewPeerState returns fresh sync state for one peer.
+func (d *Doc) NewPeerState() *PeerState {
+	return &PeerState{ss: am.NewSyncState(d.am)}
+}
+
+// Sync runs one anti-entropy session over rw. The initiator speaks first.
+func (d *Doc) Sync(rw io.ReadWriter, ps *PeerState, initiator bool) (SyncStats, error) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	var st SyncStats
+	br := bufio.NewReader(rw)
+	recv := func() (bool, error) {
+		b, err := frame.Read(br, MaxSyncFrame)
+		if err != nil {
+			return false, err
+		}
+		st.BytesReceived += len(b)
+		if len(b) == 0 {
+			return false, nil
+		}
+		n, err := d.receiveSync(ps, b)
+		st.Changes += n
+		return true, err
+	}
+	send := func() (bool, error) {
+		msg, err := d.generateSync(ps)
+		if err != nil {
+			return false, err
+		}
+		st.BytesSent += len(msg)
+		return len(msg) > 0, frame.Write(rw, msg)
+	}
+	for st.Rounds = 1; st.Rounds <= maxRounds; st.Rounds++ {
+		if initiator {
+			sent, err := send()
+			if err != nil {
+				return st, fmt.Errorf("crdt: sync send: %w", err)
+			}
+			got, err := recv()
+			if err != nil {
+				return st, fmt.Errorf("crdt: sync receive: %w", err)
+			}
+			if !sent && !got {
+				return st, nil
+			}
+			continue
+		}
+		if _, err := recv(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return st, nil
+			}
+			return st, fmt.Errorf("crdt: sync receive: %w", err)
+		}
+		if _, err := send(); err != nil {
+			return st, fmt.Errorf("crdt: sync send: %w", err)
+		}
+	}
+	return st, ErrSyncRounds
+}
+
+func (d *Doc) generateSync(ps *PeerState) ([]byte, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, ErrClosed
+	}
+	m, ok := ps.ss.GenerateMessage()
+	if !ok {
+		return nil, nil
+	}
+	return m.Bytes(), nil
+}
+
+// receiveSync feeds one sync message to automerge and logs the changes it
+// carried, returning how many changes it held.
+func (d *Doc) receiveSync(ps *PeerState, b []byte) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0, ErrClosed
+	}
+	before := hashKey(d.am.Heads())
+	sm, err := ps.ss.ReceiveMessage(b)
+	if err != nil {
+		return 0, fmt.Errorf("%w: sync message: %v", ErrCorrupt, err)
+	}
+	chs := sm.Changes()
+	if len(chs) > 0 {
+		// Logged even if automerge queued some of them for missing
+		// dependencies: replay retries such records after the others.
+		if err := d.st.append(am.SaveChanges(chs)); err != nil {
+			return 0, err
+		}
+		d.remoteChanges.Add(uint64(len(chs)))
+	}
+	if hashKey(d.am.Heads()) != before {
+		d.notify(Event{Heads: d.am.Heads()})
+	}
+	return len(chs), d.maybeCompactLocked()
+}
