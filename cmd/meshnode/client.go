@@ -1,0 +1,151 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/meshnode/meshnode/node"
+)
+
+// client talks to a running daemon's local API.
+type client struct {
+	addr, token string
+	http        *http.Client
+}
+
+func clientFlags(name string, args []string) (dir string, asJSON bool, err error) {
+	fs := flag.NewFlagSet("meshnode "+name, flag.ContinueOnError)
+	fs.StringVar(&dir, "data", node.DefaultConfig().DataDir, "data directory of the node to ask")
+	fs.BoolVar(&asJSON, "json", false, "print JSON for scripts")
+	if v := os.Getenv(node.EnvPrefix + "DATA"); v != "" {
+		dir = v
+	}
+	if err := fs.Parse(args); err != nil {
+		return "", false, err
+	}
+	if fs.NArg() > 0 {
+		return "", false, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return dir, asJSON, nil
+}
+
+func newClient(dir string) (*client, error) {
+	addr, tok, err := node.ReadClientInfo(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &client{addr: addr, token: tok, http: &http.Client{Timeout: 10 * time.Second}}, nil
+}
+
+func (c *client) get(path string, v any) error {
+	req, _ := http.NewRequest("GET", "http://"+c.addr+path, nil)
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the daemon at %s (is `meshnode run` still running?): %w", c.addr, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e node.APIError
+		if json.Unmarshal(b, &e) == nil && e.Error.Message != "" {
+			return fmt.Errorf("%s (%s)", e.Error.Message, e.Error.Code)
+		}
+		return fmt.Errorf("daemon answered %s", resp.Status)
+	}
+	return json.Unmarshal(b, v)
+}
+
+func runClient(cmd string, args []string, out io.Writer) error {
+	dir, asJSON, err := clientFlags(cmd, args)
+	if err != nil {
+		return err
+	}
+	c, err := newClient(dir)
+	if err != nil {
+		return err
+	}
+	var v any
+	switch cmd {
+	case "status":
+		v = &node.Status{}
+	case "nodes":
+		v = &[]node.NodeInfo{}
+	case "peers":
+		v = &[]node.PeerInfo{}
+	}
+	if err := c.get("/v1/"+cmd, v); err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	defer tw.Flush()
+	switch x := v.(type) {
+	case *node.Status:
+		fmt.Fprintf(tw, "Node\t%s\nName\t%s\nFleet\t%s\nPeers\t%d\nUptime\t%s\nDocument\t%d bytes, %d heads\n",
+			x.ID, x.Name, x.Fleet, x.Peers, time.Duration(x.UptimeSec*float64(time.Second)).Round(time.Second), x.DocBytes, len(x.Heads))
+		for i, a := range x.Addrs {
+			label := ""
+			if i == 0 {
+				label = "Addresses"
+			}
+			fmt.Fprintf(tw, "%s\t%s\n", label, a)
+		}
+	case *[]node.NodeInfo:
+		fmt.Fprintln(tw, "NAME\tID\tSTATE\tLAST HEARD\tADDRESSES")
+		for _, n := range *x {
+			name := n.Name
+			if n.Self {
+				name += " (this node)"
+			}
+			heard := "-"
+			if n.LastHeardMs > 0 {
+				heard = time.Since(time.UnixMilli(n.LastHeardMs)).Round(time.Second).String() + " ago"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", name, shortID(n.ID), n.State, heard, len(n.Addrs))
+		}
+	case *[]node.PeerInfo:
+		fmt.Fprintln(tw, "ID\tTRANSPORT\tDIRECTION\tAUTHENTICATED\tADDRESS")
+		for _, p := range *x {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", shortID(p.ID), p.Transport, p.Direction, p.Authenticated, p.Addr)
+		}
+	}
+	return nil
+}
+
+func shortID(id string) string {
+	if len(id) > 16 {
+		return id[:6] + "…" + id[len(id)-8:]
+	}
+	return id
+}
+
+func runFleet(args []string, out io.Writer) error {
+	if len(args) == 0 || args[0] != "token" {
+		return fmt.Errorf("usage: meshnode fleet token [--data DIR]")
+	}
+	dir, _, err := clientFlags("fleet token", args[1:])
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(dir + "/" + node.FileToken)
+	if err != nil {
+		return fmt.Errorf("no fleet in %s yet (start a node with `meshnode run --data %s`): %w", dir, dir, err)
+	}
+	fmt.Fprintln(out, strings.TrimSpace(string(b)))
+	return nil
+}

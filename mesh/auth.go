@@ -1,0 +1,341 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/rs/zerolog"
+
+	"github.com/meshnode/meshnode/internal/frame"
+)
+
+// Fleet authentication protocol (/meshnode/<fleet>/auth/1). The dialer of
+// a connection initiates; K is the auth key derived from the fleet secret,
+// I and R the initiator's and responder's peer IDs as the secure channel
+// authenticated them, MAC a keyed BLAKE3 over length-prefixed parts.
+//
+//	I → R: nI                        (32 random bytes)
+//	R → I: nR | MAC(K, "R", nI, nR, R, I)
+//	I → R: MAC(K, "I", nI, nR, I, R)
+//	R → I: 0x01                      (accepted)
+//
+// Each frame is a package frame message. Binding both peer IDs means a
+// proof cannot be relayed to a third peer; fresh nonces on both sides mean
+// it cannot be replayed. A peer that fails, or that does not complete the
+// exchange within the timeout, is disconnected and refused by the Gate
+// with backoff. Until a peer has authenticated, every other protocol of
+// ours resets its streams and pubsub rejects what it relays.
+
+const (
+	nonceLen = 32
+	macLen   = 32
+	authOK   = 0x01
+)
+
+var (
+	// ErrAuthFailed is returned when a peer cannot prove the fleet secret.
+	ErrAuthFailed = errors.New("mesh: peer failed fleet authentication")
+	// ErrNotAuthenticated is returned for a request from a peer that has
+	// not authenticated.
+	ErrNotAuthenticated = errors.New("mesh: peer not authenticated")
+)
+
+// AuthConfig configures Auth.
+type AuthConfig struct {
+	Host   host.Host
+	Fleet  *Fleet
+	Gate   *Gate
+	Logger zerolog.Logger
+	// Timeout bounds the exchange, and how long an inbound connection may
+	// stay without authenticating. Default 10 s.
+	Timeout time.Duration
+	// OnUp is called once a peer authenticates, OnDown when its last
+	// connection closes. Both must not block.
+	OnUp, OnDown func(peer.ID)
+}
+
+// Auth runs fleet authentication for every connection of the host.
+type Auth struct {
+	cfg   AuthConfig
+	lg    zerolog.Logger
+	proto protocol.ID
+
+	mu       sync.Mutex
+	authed   map[peer.ID]time.Time
+	inflight map[peer.ID]bool
+	ctx      context.Context
+	closing  bool
+	wg       sync.WaitGroup
+}
+
+// NewAuth returns Auth; Run starts it.
+func NewAuth(cfg AuthConfig) *Auth {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.OnUp == nil {
+		cfg.OnUp = func(peer.ID) {}
+	}
+	if cfg.OnDown == nil {
+		cfg.OnDown = func(peer.ID) {}
+	}
+	return &Auth{
+		cfg:      cfg,
+		lg:       cfg.Logger.With().Str("component", "auth").Logger(),
+		proto:    cfg.Fleet.Protocol("auth/1"),
+		authed:   map[peer.ID]time.Time{},
+		inflight: map[peer.ID]bool{},
+	}
+}
+
+// Run serves authentication until ctx ends, then waits for every exchange
+// it started.
+func (a *Auth) Run(ctx context.Context) error {
+	a.mu.Lock()
+	a.ctx = ctx
+	a.mu.Unlock()
+	h := a.cfg.Host
+	h.SetStreamHandler(a.proto, a.respond)
+	nb := &network.NotifyBundle{
+		ConnectedF:    func(_ network.Network, c network.Conn) { a.connected(c) },
+		DisconnectedF: func(_ network.Network, c network.Conn) { a.disconnected(c.RemotePeer()) },
+	}
+	h.Network().Notify(nb)
+	for _, c := range h.Network().Conns() {
+		a.connected(c)
+	}
+	<-ctx.Done()
+	h.Network().StopNotify(nb)
+	h.RemoveStreamHandler(a.proto)
+	a.mu.Lock()
+	a.closing = true
+	a.mu.Unlock()
+	a.wg.Wait()
+	return nil
+}
+
+// IsAuthenticated reports whether p has proven the fleet secret on a
+// connection that is still open.
+func (a *Auth) IsAuthenticated(p peer.ID) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, ok := a.authed[p]
+	return ok
+}
+
+// Authenticated returns the authenticated peers.
+func (a *Auth) Authenticated() []peer.ID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]peer.ID, 0, len(a.authed))
+	for p := range a.authed {
+		out = append(out, p)
+	}
+	return out
+}
+
+// Handle registers a stream handler that only authenticated peers reach;
+// streams from anyone else are reset.
+func (a *Auth) Handle(proto protocol.ID, fn network.StreamHandler) {
+	a.cfg.Host.SetStreamHandler(proto, func(s network.Stream) {
+		if !a.IsAuthenticated(s.Conn().RemotePeer()) {
+			a.lg.Debug().Str("peer", s.Conn().RemotePeer().String()).Str("protocol", string(proto)).Msg("stream from unauthenticated peer refused")
+			s.Reset()
+			return
+		}
+		fn(s)
+	})
+}
+
+// goFunc runs fn on a goroutine that Run waits for; it does nothing once
+// Run is stopping.
+func (a *Auth) goFunc(fn func(ctx context.Context)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closing || a.ctx == nil {
+		return
+	}
+	ctx := a.ctx
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		fn(ctx)
+	}()
+}
+
+func (a *Auth) connected(c network.Conn) {
+	p := c.RemotePeer()
+	if a.IsAuthenticated(p) {
+		return
+	}
+	if c.Stat().Direction == network.DirOutbound {
+		a.mu.Lock()
+		busy := a.inflight[p]
+		a.inflight[p] = true
+		a.mu.Unlock()
+		if !busy {
+			a.goFunc(func(ctx context.Context) { a.initiate(ctx, p) })
+		}
+		return
+	}
+	a.goFunc(func(ctx context.Context) {
+		t := time.NewTimer(a.cfg.Timeout)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			if !a.IsAuthenticated(p) && a.cfg.Host.Network().Connectedness(p) == network.Connected {
+				a.fail(p, errors.New("did not authenticate in time"))
+			}
+		}
+	})
+}
+
+func (a *Auth) disconnected(p peer.ID) {
+	if a.cfg.Host.Network().Connectedness(p) == network.Connected {
+		return
+	}
+	a.mu.Lock()
+	_, was := a.authed[p]
+	delete(a.authed, p)
+	a.mu.Unlock()
+	if was {
+		a.lg.Debug().Str("peer", p.String()).Msg("authenticated peer disconnected")
+		a.cfg.OnDown(p)
+	}
+}
+
+func (a *Auth) succeed(p peer.ID) {
+	a.mu.Lock()
+	_, was := a.authed[p]
+	a.authed[p] = time.Now()
+	a.mu.Unlock()
+	a.cfg.Gate.Succeed(p)
+	if !was {
+		a.lg.Debug().Str("peer", p.String()).Msg("peer authenticated")
+		a.cfg.OnUp(p)
+	}
+}
+
+func (a *Auth) fail(p peer.ID, err error) {
+	d := a.cfg.Gate.Fail(p)
+	a.lg.Warn().Str("peer", p.String()).Err(err).Dur("backoff", d).Msg("peer failed fleet authentication; disconnected")
+	_ = a.cfg.Host.Network().ClosePeer(p)
+}
+
+func (a *Auth) initiate(ctx context.Context, p peer.ID) {
+	defer func() {
+		a.mu.Lock()
+		delete(a.inflight, p)
+		a.mu.Unlock()
+	}()
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.Timeout)
+	defer cancel()
+	err := a.runInitiator(network.WithAllowLimitedConn(ctx, "auth"), p)
+	switch {
+	case err == nil:
+		a.succeed(p)
+	case ctx.Err() != nil && a.cfg.Host.Network().Connectedness(p) != network.Connected:
+		// The connection went away or we are stopping: nothing to punish.
+	default:
+		a.fail(p, err)
+	}
+}
+
+func (a *Auth) runInitiator(ctx context.Context, p peer.ID) error {
+	s, err := a.cfg.Host.NewStream(ctx, p, a.proto)
+	if err != nil {
+		return fmt.Errorf("open auth stream (not a member of this fleet?): %w", err)
+	}
+	defer s.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(dl)
+	}
+	self := []byte(a.cfg.Host.ID())
+	remote := []byte(p)
+	nI := make([]byte, nonceLen)
+	_, _ = rand.Read(nI)
+	if err := frame.Write(s, nI); err != nil {
+		return err
+	}
+	br := bufio.NewReader(s)
+	b, err := frame.Read(br, 1024)
+	if err != nil {
+		return err
+	}
+	nR, macR, err := decodeChallengeReply(b)
+	if err != nil {
+		return err
+	}
+	if subtle.ConstantTimeCompare(macR, a.cfg.Fleet.mac([]byte("R"), nI, nR, remote, self)) != 1 {
+		return fmt.Errorf("%w: responder's proof does not match our fleet secret", ErrAuthFailed)
+	}
+	if err := frame.Write(s, a.cfg.Fleet.mac([]byte("I"), nI, nR, self, remote)); err != nil {
+		return err
+	}
+	b, err = frame.Read(br, 16)
+	if err != nil {
+		return fmt.Errorf("%w: responder rejected our proof: %v", ErrAuthFailed, err)
+	}
+	if len(b) != 1 || b[0] != authOK {
+		return fmt.Errorf("%w: unexpected verdict %x", ErrAuthFailed, b)
+	}
+	return nil
+}
+
+func (a *Auth) respond(s network.Stream) {
+	p := s.Conn().RemotePeer()
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(a.cfg.Timeout))
+	if err := a.runResponder(s, p); err != nil {
+		s.Reset()
+		a.fail(p, err)
+		return
+	}
+	a.succeed(p)
+	_ = frame.Write(s, []byte{authOK})
+}
+
+func (a *Auth) runResponder(s network.Stream, p peer.ID) error {
+	self := []byte(a.cfg.Host.ID())
+	remote := []byte(p)
+	br := bufio.NewReader(s)
+	nI, err := frame.Read(br, 1024)
+	if err != nil {
+		return err
+	}
+	if len(nI) != nonceLen {
+		return fmt.Errorf("%w: challenge is %d bytes, want %d", ErrAuthFailed, len(nI), nonceLen)
+	}
+	nR := make([]byte, nonceLen)
+	_, _ = rand.Read(nR)
+	reply := append(nR, a.cfg.Fleet.mac([]byte("R"), nI, nR, self, remote)...)
+	if err := frame.Write(s, reply); err != nil {
+		return err
+	}
+	macI, err := frame.Read(br, 1024)
+	if err != nil {
+		return err
+	}
+	if subtle.ConstantTimeCompare(macI, a.cfg.Fleet.mac([]byte("I"), nI, nR, remote, self)) != 1 {
+		return fmt.Errorf("%w: initiator's proof does not match our fleet secret", ErrAuthFailed)
+	}
+	return nil
+}
+
+func decodeChallengeReply(b []byte) (nonce, mac []byte, err error) {
+	if len(b) != nonceLen+macLen {
+		return nil, nil, fmt.Errorf("%w: challenge reply is %d bytes, want %d", ErrAuthFailed, len(b), nonceLen+macLen)
+	}
+	return b[:nonceLen], b[nonceLen:], nil
+}

@@ -1,0 +1,460 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/rs/zerolog"
+
+	"github.com/meshnode/meshnode/crdt"
+	"github.com/meshnode/meshnode/internal/frame"
+)
+
+// ReplicatorConfig configures a Replicator.
+type ReplicatorConfig struct {
+	Host   host.Host
+	PubSub *pubsub.PubSub
+	Fleet  *Fleet
+	Auth   *Auth
+	Doc    *crdt.Doc
+	Logger zerolog.Logger
+	// SyncInterval is how often anti-entropy runs with every authenticated
+	// peer. Default 30 s.
+	SyncInterval time.Duration
+	// Bootstrap asks the first authenticated peer for a snapshot before
+	// syncing: set it when the local document is new.
+	Bootstrap bool
+	// MaxGossip is the largest sealed change published on the topic; larger
+	// ones are announced by heads and pulled by anti-entropy. Default
+	// 900 KiB (GossipSub drops messages over 1 MiB silently).
+	MaxGossip int
+	// Workers is the number of concurrent outbound sync sessions. Default 4.
+	Workers int
+	// OnBootstrapped is called after a snapshot was merged. Must not block.
+	OnBootstrapped func()
+}
+
+// ReplicatorStats are cumulative counters.
+type ReplicatorStats struct {
+	ChangesSent, ChangesReceived, GossipRejected, GossipDropped   uint64
+	SyncSessions, SyncFailures, SnapshotsFetched, SnapshotsServed uint64
+}
+
+// Replicator keeps the document converged with the fleet: every local
+// commit goes out on GossipSub (fast, lossy), and anti-entropy over direct
+// streams (automerge's sync protocol) repairs whatever gossip lost: on
+// every newly authenticated peer, periodically, and at once when gossip or
+// a heartbeat shows a change we lack.
+type Replicator struct {
+	cfg                  ReplicatorConfig
+	lg                   zerolog.Logger
+	topicName            string
+	syncProto, snapProto string
+	needBoot             atomic.Bool
+	dropGossip           atomic.Bool
+	outbox               chan crdt.Event
+	wake                 chan struct{}
+	topic                *pubsub.Topic
+
+	mu      sync.Mutex
+	pending map[peer.ID]bool
+	order   []peer.ID
+	states  map[stateKey]*crdt.PeerState
+	running bool
+
+	changesSent, changesRecv, rejected, dropped   atomic.Uint64
+	sessions, failures, snapsFetched, snapsServed atomic.Uint64
+}
+
+type stateKey struct {
+	p         peer.ID
+	initiator bool
+}
+
+// NewReplicator returns a Replicator; Run starts it.
+func NewReplicator(cfg ReplicatorConfig) *Replicator {
+	if cfg.SyncInterval <= 0 {
+		cfg.SyncInterval = 30 * time.Second
+	}
+	if cfg.MaxGossip <= 0 {
+		cfg.MaxGossip = 900 << 10
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 4
+	}
+	if cfg.OnBootstrapped == nil {
+		cfg.OnBootstrapped = func() {}
+	}
+	r := &Replicator{
+		cfg:       cfg,
+		lg:        cfg.Logger.With().Str("component", "replicator").Logger(),
+		topicName: cfg.Fleet.Topic("doc/1"),
+		syncProto: string(cfg.Fleet.Protocol("sync/1")),
+		snapProto: string(cfg.Fleet.Protocol("snapshot/1")),
+		outbox:    make(chan crdt.Event, 4096),
+		wake:      make(chan struct{}, 1),
+		pending:   map[peer.ID]bool{},
+		states:    map[stateKey]*crdt.PeerState{},
+	}
+	r.needBoot.Store(cfg.Bootstrap)
+	return r
+}
+
+// Stats returns cumulative counters.
+func (r *Replicator) Stats() ReplicatorStats {
+	return ReplicatorStats{
+		ChangesSent: r.changesSent.Load(), ChangesReceived: r.changesRecv.Load(),
+		GossipRejected: r.rejected.Load(), GossipDropped: r.dropped.Load(),
+		SyncSessions: r.sessions.Load(), SyncFailures: r.failures.Load(),
+		SnapshotsFetched: r.snapsFetched.Load(), SnapshotsServed: r.snapsServed.Load(),
+	}
+}
+
+// DropGossip makes the replicator discard incoming document gossip while
+// on, simulating a lossy mesh or a subscriber too slow to keep up. Anti-
+// entropy must still converge; tests and benchmarks use it.
+func (r *Replicator) DropGossip(on bool) { r.dropGossip.Store(on) }
+
+// Run replicates until ctx ends, then waits for everything it started.
+func (r *Replicator) Run(ctx context.Context) error {
+	ps := r.cfg.PubSub
+	if err := ps.RegisterTopicValidator(r.topicName, r.validate); err != nil {
+		return fmt.Errorf("mesh: register document validator: %w", err)
+	}
+	defer ps.UnregisterTopicValidator(r.topicName)
+	topic, err := ps.Join(r.topicName)
+	if err != nil {
+		return fmt.Errorf("mesh: join document topic: %w", err)
+	}
+	defer topic.Close()
+	r.topic = topic
+	sub, err := topic.Subscribe()
+	if err != nil {
+		return fmt.Errorf("mesh: subscribe document topic: %w", err)
+	}
+	defer sub.Cancel()
+
+	unwatch := r.cfg.Doc.Watch(func(ev crdt.Event) {
+		if !ev.Local {
+			return
+		}
+		select {
+		case r.outbox <- ev:
+		default:
+			// Anti-entropy will carry it; never block a commit on gossip.
+			r.dropped.Add(1)
+		}
+	})
+	defer unwatch()
+	r.cfg.Auth.Handle(r.cfg.Fleet.Protocol("sync/1"), r.serveSync)
+	r.cfg.Auth.Handle(r.cfg.Fleet.Protocol("snapshot/1"), r.serveSnapshot)
+	defer r.cfg.Host.RemoveStreamHandler(r.cfg.Fleet.Protocol("sync/1"))
+	defer r.cfg.Host.RemoveStreamHandler(r.cfg.Fleet.Protocol("snapshot/1"))
+
+	r.mu.Lock()
+	r.running = true
+	r.mu.Unlock()
+	for _, p := range r.cfg.Auth.Authenticated() {
+		r.PeerUp(p)
+	}
+
+	var wg sync.WaitGroup
+	run := func(fn func(context.Context)) {
+		wg.Add(1)
+		go func() { defer wg.Done(); fn(ctx) }()
+	}
+	run(r.publishLoop)
+	run(func(ctx context.Context) { r.receiveLoop(ctx, sub) })
+	for range r.cfg.Workers {
+		run(r.syncWorker)
+	}
+	run(r.periodic)
+	<-ctx.Done()
+	wg.Wait()
+	return nil
+}
+
+// PeerUp is called when a peer authenticates: bootstrap from it if our
+// document is new, then sync. It does not block.
+func (r *Replicator) PeerUp(p peer.ID) { r.RequestSync(p) }
+
+// PeerDown forgets a peer's sync state; a new connection starts afresh.
+func (r *Replicator) PeerDown(p peer.ID) {
+	r.mu.Lock()
+	delete(r.states, stateKey{p, true})
+	delete(r.states, stateKey{p, false})
+	r.mu.Unlock()
+}
+
+// RequestSync queues an anti-entropy session with p; requests for a peer
+// already queued coalesce. It does not block.
+func (r *Replicator) RequestSync(p peer.ID) {
+	if p == r.cfg.Host.ID() {
+		return
+	}
+	r.mu.Lock()
+	if !r.pending[p] {
+		r.pending[p] = true
+		r.order = append(r.order, p)
+	}
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Replicator) next() (peer.ID, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.order) == 0 {
+		return "", false
+	}
+	p := r.order[0]
+	r.order = r.order[1:]
+	delete(r.pending, p)
+	if len(r.order) > 0 {
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}
+	return p, true
+}
+
+func (r *Replicator) state(p peer.ID, initiator bool) *crdt.PeerState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k := stateKey{p, initiator}
+	s, ok := r.states[k]
+	if !ok {
+		s = r.cfg.Doc.NewPeerState()
+		r.states[k] = s
+	}
+	return s
+}
+
+func (r *Replicator) syncWorker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		}
+		for {
+			p, ok := r.next()
+			if !ok || ctx.Err() != nil {
+				break
+			}
+			if !r.cfg.Auth.IsAuthenticated(p) {
+				continue
+			}
+			if r.needBoot.Load() {
+				r.bootstrap(ctx, p)
+			}
+			if err := r.syncWith(ctx, p); err != nil && ctx.Err() == nil {
+				r.failures.Add(1)
+				r.lg.Debug().Str("peer", p.String()).Err(err).Msg("anti-entropy failed")
+			}
+		}
+	}
+}
+
+func (r *Replicator) periodic(ctx context.Context) {
+	t := time.NewTicker(r.cfg.SyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			for _, p := range r.cfg.Auth.Authenticated() {
+				r.RequestSync(p)
+			}
+		}
+	}
+}
+
+func (r *Replicator) syncWith(ctx context.Context, p peer.ID) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	s, err := r.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "sync"), p, r.cfg.Fleet.Protocol("sync/1"))
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	st, err := r.cfg.Doc.Sync(s, r.state(p, true), true)
+	r.sessions.Add(1)
+	if err != nil {
+		s.Reset()
+		r.PeerDown(p) // the automerge states may disagree now; start afresh
+		return err
+	}
+	_ = s.CloseWrite()
+	if st.Changes > 0 {
+		r.lg.Debug().Str("peer", p.String()).Int("changes", st.Changes).Int("rounds", st.Rounds).Msg("anti-entropy received changes")
+	}
+	return nil
+}
+
+func (r *Replicator) serveSync(s network.Stream) {
+	p := s.Conn().RemotePeer()
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(2 * time.Minute))
+	if _, err := r.cfg.Doc.Sync(s, r.state(p, false), false); err != nil {
+		s.Reset()
+		r.PeerDown(p)
+		r.lg.Debug().Str("peer", p.String()).Err(err).Msg("serving anti-entropy failed")
+	}
+}
+
+// maxSnapshot bounds a snapshot received from a peer.
+const maxSnapshot = 512 << 20
+
+func (r *Replicator) bootstrap(ctx context.Context, p peer.ID) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	err := func() error {
+		s, err := r.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "snapshot"), p, r.cfg.Fleet.Protocol("snapshot/1"))
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		stop := context.AfterFunc(ctx, func() { s.Reset() })
+		defer stop()
+		_ = s.CloseWrite()
+		b, err := frame.Read(bufio.NewReader(s), maxSnapshot)
+		if err != nil {
+			return err
+		}
+		if err := r.cfg.Doc.MergeSnapshot(b); err != nil {
+			return err
+		}
+		r.lg.Info().Str("peer", p.String()).Int("bytes", len(b)).Dur("took", time.Since(start)).Msg("document bootstrapped from snapshot")
+		return nil
+	}()
+	if err != nil {
+		if ctx.Err() == nil {
+			r.lg.Warn().Str("peer", p.String()).Err(err).Msg("snapshot bootstrap failed; falling back to sync")
+		}
+		return
+	}
+	r.snapsFetched.Add(1)
+	r.needBoot.Store(false)
+	r.cfg.OnBootstrapped()
+}
+
+func (r *Replicator) serveSnapshot(s network.Stream) {
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(2 * time.Minute))
+	if err := frame.Write(s, r.cfg.Doc.Snapshot()); err != nil {
+		s.Reset()
+		return
+	}
+	r.snapsServed.Add(1)
+}
+
+func (r *Replicator) publishLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-r.outbox:
+			plain := encodeDocChange(ev.Hash, ev.Deps, ev.Change)
+			sealed := r.cfg.Fleet.Seal(plain, r.topicName)
+			if len(sealed) > r.cfg.MaxGossip {
+				sealed = r.cfg.Fleet.Seal(encodeDocHeads(ev.Heads), r.topicName)
+			}
+			if err := r.topic.Publish(ctx, sealed); err != nil {
+				if ctx.Err() == nil {
+					r.lg.Debug().Err(err).Msg("publish change failed")
+				}
+				continue
+			}
+			r.changesSent.Add(1)
+		}
+	}
+}
+
+// validate runs inside pubsub for every message on the document topic,
+// before it is delivered or forwarded.
+func (r *Replicator) validate(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	return validateSealed(r.cfg, from, m, r.topicName, &r.rejected)
+}
+
+func validateSealed(cfg ReplicatorConfig, from peer.ID, m *pubsub.Message, topic string, rejected *atomic.Uint64) pubsub.ValidationResult {
+	if from != cfg.Host.ID() && !cfg.Auth.IsAuthenticated(from) {
+		rejected.Add(1)
+		return pubsub.ValidationReject
+	}
+	plain, err := cfg.Fleet.Open(m.Data, topic)
+	if err != nil {
+		rejected.Add(1)
+		return pubsub.ValidationReject
+	}
+	m.ValidatorData = plain
+	return pubsub.ValidationAccept
+}
+
+func (r *Replicator) receiveLoop(ctx context.Context, sub *pubsub.Subscription) {
+	self := r.cfg.Host.ID()
+	for {
+		m, err := sub.Next(ctx)
+		if err != nil {
+			return
+		}
+		if m.ReceivedFrom == self || m.GetFrom() == self {
+			continue
+		}
+		if r.dropGossip.Load() {
+			r.dropped.Add(1)
+			continue
+		}
+		plain, _ := m.ValidatorData.([]byte)
+		dm, err := decodeDocMsg(plain)
+		if err != nil {
+			r.rejected.Add(1)
+			r.lg.Warn().Str("peer", m.GetFrom().String()).Err(err).Msg("malformed document gossip")
+			continue
+		}
+		switch dm.kind {
+		case msgChange:
+			fresh, err := r.cfg.Doc.ApplyChange(dm.change, dm.hash, dm.deps)
+			switch {
+			case errors.Is(err, crdt.ErrMissingDeps):
+				r.RequestSync(m.ReceivedFrom)
+			case err != nil:
+				r.rejected.Add(1)
+				r.lg.Warn().Str("peer", m.GetFrom().String()).Err(err).Msg("document change refused")
+			case fresh:
+				r.changesRecv.Add(1)
+			}
+		case msgHeads:
+			if !r.cfg.Doc.HasAll(dm.deps) {
+				r.syncOrigin(m)
+			}
+		}
+	}
+}
+
+// syncOrigin pulls from the message's origin when connected to it, else
+// from the neighbour that forwarded it.
+func (r *Replicator) syncOrigin(m *pubsub.Message) {
+	if o := m.GetFrom(); r.cfg.Auth.IsAuthenticated(o) {
+		r.RequestSync(o)
+		return
+	}
+	r.RequestSync(m.ReceivedFrom)
+}

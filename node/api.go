@@ -1,0 +1,252 @@
+package node
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/meshnode/meshnode/crdt"
+	"github.com/meshnode/meshnode/mesh"
+)
+
+// API response types, shared with the CLI.
+
+// Status is GET /v1/status.
+type Status struct {
+	ID        string   `json:"id"`
+	Name      string   `json:"name"`
+	Fleet     string   `json:"fleet"`
+	Addrs     []string `json:"addrs"`
+	Heads     []string `json:"heads"`
+	DocBytes  int      `json:"doc_bytes"`
+	UptimeSec float64  `json:"uptime_s"`
+	Peers     int      `json:"peers"`
+}
+
+// NodeInfo is one entry of GET /v1/nodes.
+type NodeInfo struct {
+	ID string `json:"id"`
+	crdt.NodeRecord
+	// State is alive, stale or left: from heartbeats, which are
+	// authoritative; the document's alive flag is only a hint.
+	State       string `json:"state"`
+	LastHeardMs int64  `json:"last_heard_ms,omitempty"`
+	Self        bool   `json:"self,omitempty"`
+}
+
+// PeerInfo is one entry of GET /v1/peers.
+type PeerInfo struct {
+	ID            string `json:"id"`
+	Addr          string `json:"addr"`
+	Transport     string `json:"transport"`
+	Direction     string `json:"direction"`
+	Authenticated bool   `json:"authenticated"`
+	OpenedMs      int64  `json:"opened_ms"`
+}
+
+// APIError is the body of every error response.
+type APIError struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	var e APIError
+	e.Error.Code, e.Error.Message = code, msg
+	writeJSON(w, status, e)
+}
+
+func (n *Node) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", n.handleStatus)
+	mux.HandleFunc("GET /v1/nodes", n.handleNodes)
+	mux.HandleFunc("GET /v1/peers", n.handlePeers)
+	mux.HandleFunc("GET /v1/doc", n.handleDoc)
+	mux.HandleFunc("GET /v1/events", n.handleEvents)
+	mux.Handle("GET /metrics", n.metrics.handler())
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
+	})
+	want := []byte("Bearer " + n.apiToken)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token; it is in the data dir's "+FileAPIToken)
+			return
+		}
+		// A pattern match on path but not method yields 405 from the mux
+		// as plain text; keep every error JSON.
+		rw := &jsonErrWriter{ResponseWriter: w}
+		mux.ServeHTTP(rw, r)
+	})
+}
+
+// jsonErrWriter turns the mux's plain-text 405 into a JSON error.
+type jsonErrWriter struct {
+	http.ResponseWriter
+	swallow bool
+}
+
+func (j *jsonErrWriter) WriteHeader(code int) {
+	if code == http.StatusMethodNotAllowed && !j.swallow {
+		j.swallow = true
+		writeError(j.ResponseWriter, code, "method_not_allowed", "method not allowed on this endpoint")
+		return
+	}
+	j.ResponseWriter.WriteHeader(code)
+}
+
+func (j *jsonErrWriter) Write(b []byte) (int, error) {
+	if j.swallow {
+		return len(b), nil
+	}
+	return j.ResponseWriter.Write(b)
+}
+
+func (j *jsonErrWriter) Flush() {
+	if f, ok := j.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Status returns what GET /v1/status reports.
+func (n *Node) Status() Status {
+	return Status{
+		ID: n.ID().String(), Name: n.cfg.Name, Fleet: n.Fleet.ID, Addrs: n.Addrs(),
+		Heads: n.Doc.HeadStrings(), DocBytes: n.Doc.SavedSize(),
+		UptimeSec: time.Since(n.started).Seconds(), Peers: len(n.Host.Network().Peers()),
+	}
+}
+
+func (n *Node) handleStatus(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, n.Status())
+}
+
+// Nodes returns the fleet's nodes from the document with heartbeat state.
+func (n *Node) Nodes() ([]NodeInfo, error) {
+	recs, err := n.Doc.Nodes()
+	if err != nil {
+		return nil, err
+	}
+	members := n.Membership.Members()
+	self := n.ID().String()
+	out := make([]NodeInfo, 0, len(recs))
+	for id, rec := range recs {
+		ni := NodeInfo{ID: id, NodeRecord: rec, State: mesh.StateStale}
+		if !rec.Alive {
+			ni.State = mesh.StateLeft
+		}
+		if p, err := peer.Decode(id); err == nil {
+			if m, ok := members[p]; ok {
+				ni.State, ni.LastHeardMs = m.State, m.LastHeard.UnixMilli()
+			}
+		}
+		if id == self {
+			ni.State, ni.Self = mesh.StateAlive, true
+		}
+		out = append(out, ni)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name+out[i].ID < out[j].Name+out[j].ID })
+	return out, nil
+}
+
+func (n *Node) handleNodes(w http.ResponseWriter, _ *http.Request) {
+	nodes, err := n.Nodes()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "doc_read", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, nodes)
+}
+
+// Peers returns the live connections.
+func (n *Node) Peers() []PeerInfo {
+	var out []PeerInfo
+	for _, c := range n.Host.Network().Conns() {
+		out = append(out, PeerInfo{
+			ID:            c.RemotePeer().String(),
+			Addr:          c.RemoteMultiaddr().String(),
+			Transport:     transportOf(c.RemoteMultiaddr()),
+			Direction:     strings.ToLower(c.Stat().Direction.String()),
+			Authenticated: n.Auth.IsAuthenticated(c.RemotePeer()),
+			OpenedMs:      c.Stat().Opened.UnixMilli(),
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID+out[i].Addr < out[j].ID+out[j].Addr })
+	return out
+}
+
+func transportOf(a ma.Multiaddr) string {
+	t := "unknown"
+	for _, c := range a {
+		switch c.Protocol().Code {
+		case ma.P_QUIC_V1:
+			t = "quic-v1"
+		case ma.P_TCP:
+			t = "tcp"
+		case ma.P_CIRCUIT:
+			return "relay"
+		}
+	}
+	return t
+}
+
+func (n *Node) handlePeers(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, n.Peers())
+}
+
+func (n *Node) handleDoc(w http.ResponseWriter, _ *http.Request) {
+	b := n.Doc.Snapshot()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", `attachment; filename="meshnode-`+n.Fleet.ID+`.automerge"`)
+	_, _ = w.Write(b)
+}
+
+func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, http.StatusInternalServerError, "no_streaming", "streaming unsupported")
+		return
+	}
+	ch, cancel := n.Events.Subscribe(256)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprint(w, ": meshnode events\n\n")
+	fl.Flush()
+	keep := time.NewTicker(15 * time.Second)
+	defer keep.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-keep.C:
+			fmt.Fprint(w, ": keep-alive\n\n")
+			fl.Flush()
+		case ev, ok := <-ch:
+			if !ok {
+				return
+			}
+			b, _ := json.Marshal(ev)
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev.Type, b)
+			fl.Flush()
+		}
+	}
+}

@@ -1,0 +1,272 @@
+package node
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/rs/zerolog"
+)
+
+// Default ports. The p2p port serves both QUIC (UDP) and TCP.
+const (
+	DefaultPort    = 4700
+	DefaultAPIAddr = "127.0.0.1:4701"
+)
+
+// Config configures a node. Every field has a flag of the same name
+// (shown in brackets), an environment variable MESHNODE_<NAME> (upper case,
+// '-' as '_') and a key in the optional TOML config file. Precedence:
+// flags, then environment, then file, then these defaults.
+type Config struct {
+	// DataDir holds identity, fleet token, document and API files [data].
+	DataDir string
+	// Name is this node's human-readable name [name]; default the hostname.
+	Name string
+	// Join is a fleet join token [join]. Empty: use the token kept in the
+	// data dir, or create a new fleet on first start.
+	Join string
+	// Listen are the p2p listener multiaddrs [listen]. Default QUIC-v1
+	// and TCP on 0.0.0.0 port 4700.
+	Listen []string
+	// Bootstrap are rendezvous multiaddrs ending in /p2p/<id> [bootstrap].
+	Bootstrap []string
+	// MDNS enables LAN discovery [mdns]. Default true.
+	MDNS bool
+	// API is the local HTTP API address [api]; loopback only.
+	API string
+	// LogLevel is debug, info, warn or error [log-level].
+	LogLevel string
+	// Roles are free-form labels published in the node record [roles].
+	Roles []string
+	// HeartbeatInterval between heartbeats [heartbeat-interval]. Default 5s.
+	HeartbeatInterval time.Duration
+	// StaleAfter marks a silent peer stale [stale-after]. Default 20s.
+	StaleAfter time.Duration
+	// SyncInterval between anti-entropy rounds with each peer
+	// [sync-interval]. Default 30s.
+	SyncInterval time.Duration
+	// LastSeenEvery is how often last_seen_ms is refreshed in the document
+	// [last-seen-every]. Default 10m: each refresh is a document change.
+	LastSeenEvery time.Duration
+
+	// Logger receives the node's logs (not configurable from outside).
+	Logger zerolog.Logger
+}
+
+// DefaultConfig returns the defaults described on Config.
+func DefaultConfig() Config {
+	host, _ := os.Hostname()
+	return Config{
+		DataDir:           defaultDataDir(),
+		Name:              host,
+		Listen:            ListenOnPort(DefaultPort),
+		MDNS:              true,
+		API:               DefaultAPIAddr,
+		LogLevel:          "info",
+		HeartbeatInterval: 5 * time.Second,
+		StaleAfter:        20 * time.Second,
+		SyncInterval:      30 * time.Second,
+		LastSeenEvery:     10 * time.Minute,
+		Logger:            zerolog.Nop(),
+	}
+}
+
+// ListenOnPort returns the default listeners (QUIC-v1 and TCP on all IPv4
+// interfaces) on one port; 0 picks random free ports.
+func ListenOnPort(port int) []string {
+	return []string{
+		fmt.Sprintf("/ip4/0.0.0.0/udp/%d/quic-v1", port),
+		fmt.Sprintf("/ip4/0.0.0.0/tcp/%d", port),
+	}
+}
+
+func defaultDataDir() string {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "meshnode")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "share", "meshnode")
+	}
+	return "meshnode-data"
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data: must not be empty"))
+	}
+	if len(c.Listen) == 0 {
+		errs = append(errs, errors.New("listen: at least one address is needed"))
+	}
+	if c.HeartbeatInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("heartbeat-interval: %v is below 100ms", c.HeartbeatInterval))
+	}
+	if c.StaleAfter <= c.HeartbeatInterval {
+		errs = append(errs, fmt.Errorf("stale-after: %v must exceed heartbeat-interval %v", c.StaleAfter, c.HeartbeatInterval))
+	}
+	if c.SyncInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("sync-interval: %v is below 100ms", c.SyncInterval))
+	}
+	if c.LastSeenEvery < time.Second {
+		errs = append(errs, fmt.Errorf("last-seen-every: %v is below 1s", c.LastSeenEvery))
+	}
+	if _, err := zerolog.ParseLevel(c.LogLevel); err != nil || c.LogLevel == "" {
+		errs = append(errs, fmt.Errorf("log-level: %q is not one of debug, info, warn, error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
+
+// listFlag is a comma-separated list; setting it replaces the list, so a
+// flag overrides the file instead of adding to it.
+type listFlag struct{ p *[]string }
+
+func (l listFlag) String() string {
+	if l.p == nil {
+		return ""
+	}
+	return strings.Join(*l.p, ",")
+}
+
+func (l listFlag) Set(s string) error {
+	*l.p = nil
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			*l.p = append(*l.p, x)
+		}
+	}
+	return nil
+}
+
+// portFlag sets Listen to the defaults on one port.
+type portFlag struct{ c *Config }
+
+func (p portFlag) String() string { return "" }
+func (p portFlag) Set(s string) error {
+	var n int
+	if _, err := fmt.Sscanf(s, "%d", &n); err != nil || n < 0 || n > 65535 || fmt.Sprint(n) != s {
+		return fmt.Errorf("%q is not a port number (0-65535)", s)
+	}
+	p.c.Listen = ListenOnPort(n)
+	return nil
+}
+
+// Flags binds every Config field to a flag on fs.
+func (c *Config) Flags(fs *flag.FlagSet) {
+	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory")
+	fs.StringVar(&c.Name, "name", c.Name, "node name")
+	fs.StringVar(&c.Join, "join", c.Join, "fleet join token (default: the data dir's, or a new fleet)")
+	fs.Var(listFlag{&c.Listen}, "listen", "comma-separated p2p listen multiaddrs (default QUIC-v1 and TCP on port 4700)")
+	fs.Var(portFlag{c}, "port", "shorthand: listen with QUIC-v1 and TCP on this port (0: random)")
+	fs.Var(listFlag{&c.Bootstrap}, "bootstrap", "comma-separated rendezvous multiaddrs ending in /p2p/<id>")
+	fs.BoolVar(&c.MDNS, "mdns", c.MDNS, "discover fleet peers on the LAN with mDNS")
+	fs.StringVar(&c.API, "api", c.API, "local HTTP API address (loopback)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.Var(listFlag{&c.Roles}, "roles", "comma-separated role labels for this node's record")
+	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "time between heartbeats")
+	fs.DurationVar(&c.StaleAfter, "stale-after", c.StaleAfter, "a peer silent this long is stale")
+	fs.DurationVar(&c.SyncInterval, "sync-interval", c.SyncInterval, "time between anti-entropy rounds")
+	fs.DurationVar(&c.LastSeenEvery, "last-seen-every", c.LastSeenEvery, "how often last_seen_ms is refreshed in the document")
+}
+
+// EnvPrefix starts every environment variable of meshnode.
+const EnvPrefix = "MESHNODE_"
+
+// LoadConfig builds the configuration for `meshnode run` from args, the
+// environment and the config file named by --config or MESHNODE_CONFIG,
+// with flags over environment over file over defaults. Unknown file keys
+// and unknown MESHNODE_* variables are errors that name them.
+func LoadConfig(fs *flag.FlagSet, args []string, environ []string) (Config, error) {
+	cfg := DefaultConfig()
+	cfg.Flags(fs)
+	var cfgFile string
+	fs.StringVar(&cfgFile, "config", "", "TOML config file (keys are the flag names)")
+
+	env := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, EnvPrefix) {
+			env[k] = v
+		}
+	}
+	cfgFile = env[EnvPrefix+"CONFIG"]
+	delete(env, EnvPrefix+"CONFIG")
+	// --config must be known before the file is read; scan args for it.
+	for i, a := range args {
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if strings.HasPrefix(a, "-") && name == "config" {
+			if hasVal {
+				cfgFile = val
+			} else if i+1 < len(args) {
+				cfgFile = args[i+1]
+			}
+		}
+	}
+	if cfgFile != "" {
+		if err := applyFile(fs, cfgFile); err != nil {
+			return cfg, err
+		}
+	}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		name := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(k, EnvPrefix)), "_", "-")
+		if name == "config" || fs.Lookup(name) == nil {
+			return cfg, fmt.Errorf("environment variable %s is not a meshnode setting", k)
+		}
+		if err := fs.Set(name, env[k]); err != nil {
+			return cfg, fmt.Errorf("environment variable %s: %w", k, err)
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return cfg, cfg.validate()
+}
+
+func applyFile(fs *flag.FlagSet, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var m map[string]any
+	if err := toml.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if k == "config" || fs.Lookup(k) == nil {
+			return fmt.Errorf("config file %s: unknown key %q", path, k)
+		}
+		var s string
+		switch v := m[k].(type) {
+		case []any:
+			parts := make([]string, len(v))
+			for i, x := range v {
+				parts[i] = fmt.Sprint(x)
+			}
+			s = strings.Join(parts, ",")
+		default:
+			s = fmt.Sprint(v)
+		}
+		if err := fs.Set(k, s); err != nil {
+			return fmt.Errorf("config file %s: key %q: %w", path, k, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,57 @@
+package node
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshnode/meshnode/mesh"
+)
+
+type metrics struct {
+	reg *prometheus.Registry
+}
+
+// newMetrics registers the node's Prometheus metrics. Values are read from
+// the components' own counters at scrape time, so nothing is counted twice.
+func newMetrics(n *Node) *metrics {
+	reg := prometheus.NewRegistry()
+	gauge := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshnode_" + name, Help: help}, f))
+	}
+	counter := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshnode_" + name, Help: help}, f))
+	}
+	rs := func() mesh.ReplicatorStats { return n.Replicator.Stats() }
+	gauge("peers", "Connected libp2p peers.", func() float64 { return float64(len(n.Host.Network().Peers())) })
+	gauge("peers_authenticated", "Peers that proved the fleet secret.", func() float64 { return float64(len(n.Auth.Authenticated())) })
+	gauge("doc_bytes", "Document size in automerge's saved format.", func() float64 { return float64(n.Doc.SavedSize()) })
+	gauge("doc_heads", "Number of document heads.", func() float64 { return float64(len(n.Doc.Heads())) })
+	gauge("members_alive", "Peers whose heartbeats are fresh.", func() float64 {
+		c := 0
+		for _, m := range n.Membership.Members() {
+			if m.State == mesh.StateAlive {
+				c++
+			}
+		}
+		return float64(c)
+	})
+	counter("doc_local_commits_total", "Changes committed on this node.", func() float64 { return float64(n.Doc.Stats().LocalCommits) })
+	counter("doc_remote_changes_total", "Changes received from peers (gossip and sync).", func() float64 { return float64(n.Doc.Stats().RemoteChanges) })
+	counter("doc_compactions_total", "Change log folds into the snapshot.", func() float64 { return float64(n.Doc.Stats().Compactions) })
+	counter("changes_sent_total", "Changes published on gossip.", func() float64 { return float64(rs().ChangesSent) })
+	counter("changes_received_total", "New changes received on gossip.", func() float64 { return float64(rs().ChangesReceived) })
+	counter("gossip_rejected_total", "Gossip messages rejected (unauthenticated, unsealed or malformed).", func() float64 { return float64(rs().GossipRejected) })
+	counter("gossip_dropped_total", "Gossip messages dropped (queue full or loss simulation).", func() float64 { return float64(rs().GossipDropped) })
+	counter("sync_rounds_total", "Anti-entropy sessions initiated.", func() float64 { return float64(rs().SyncSessions) })
+	counter("sync_failures_total", "Anti-entropy sessions that failed.", func() float64 { return float64(rs().SyncFailures) })
+	counter("snapshots_fetched_total", "Snapshot bootstraps from peers.", func() float64 { return float64(rs().SnapshotsFetched) })
+	counter("snapshots_served_total", "Snapshots served to peers.", func() float64 { return float64(rs().SnapshotsServed) })
+	counter("events_dropped_total", "Events dropped for slow API subscribers.", func() float64 { return float64(n.Events.dropped.Load()) })
+	return &metrics{reg: reg}
+}
+
+func (m *metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}

@@ -1,0 +1,256 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/gologshim"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/rs/zerolog"
+
+	"github.com/meshnode/meshnode/crdt"
+	"github.com/meshnode/meshnode/internal/atomicfile"
+	"github.com/meshnode/meshnode/internal/zslog"
+	"github.com/meshnode/meshnode/mesh"
+)
+
+// Node is one running meshnode: it owns the document, the libp2p host and
+// every service, and the local API.
+type Node struct {
+	cfg     Config
+	lg      zerolog.Logger
+	started time.Time
+
+	Fleet        *mesh.Fleet
+	FleetCreated bool
+	Host         host.Host
+	Gate         *mesh.Gate
+	Doc          *crdt.Doc
+	Auth         *mesh.Auth
+	Replicator   *mesh.Replicator
+	Membership   *mesh.Membership
+	Discovery    *mesh.Discovery
+	Events       *Bus
+
+	ps       *pubsub.PubSub
+	psCancel context.CancelFunc
+	apiToken string
+	apiLn    net.Listener
+	metrics  *metrics
+}
+
+// New prepares a node: data dir, fleet, identity, document, host (ports
+// are bound here, so a taken port fails now with a clear error). Run
+// starts it; Close releases everything if Run is never called.
+func New(cfg Config) (_ *Node, err error) {
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	lg := cfg.Logger
+	n := &Node{cfg: cfg, lg: lg, started: time.Now(), Events: newBus()}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	if n.Fleet, n.FleetCreated, err = loadFleet(cfg.DataDir, cfg.Join); err != nil {
+		return nil, err
+	}
+	if n.apiToken, err = loadAPIToken(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	key, err := mesh.LoadOrCreateKey(filepath.Join(cfg.DataDir, FileIdentity))
+	if err != nil {
+		return nil, err
+	}
+	boot, err := mesh.ParseBootstrap(cfg.Bootstrap)
+	if err != nil {
+		return nil, fmt.Errorf("--bootstrap: %w", err)
+	}
+	var listen []ma.Multiaddr
+	for _, s := range cfg.Listen {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("--listen %q: %w", s, err)
+		}
+		listen = append(listen, a)
+	}
+	if n.Doc, err = crdt.Open(crdt.Config{Dir: filepath.Join(cfg.DataDir, DirDoc), Logger: lg}); err != nil {
+		return nil, err
+	}
+	newDoc := n.Doc.Empty()
+	n.Gate = mesh.NewGate()
+	if n.Host, err = mesh.NewHost(mesh.HostConfig{Key: key, Listen: listen, Gate: n.Gate}); err != nil {
+		return nil, err
+	}
+	libp2pLog := lg.With().Str("component", "libp2p").Logger()
+	gologshim.SetDefaultHandler(zslog.New(libp2pLog))
+	psCtx, psCancel := context.WithCancel(context.Background())
+	n.psCancel = psCancel
+	if n.ps, err = mesh.NewPubSub(psCtx, n.Host, slog.New(zslog.New(lg.With().Str("component", "pubsub").Logger()))); err != nil {
+		return nil, err
+	}
+	n.wire(boot, newDoc)
+	if n.apiLn, err = net.Listen("tcp", cfg.API); err != nil {
+		return nil, fmt.Errorf("API: cannot listen on %s: %w (is another meshnode running? use --api to pick another address)", cfg.API, err)
+	}
+	if tcp, ok := n.apiLn.Addr().(*net.TCPAddr); ok && !tcp.IP.IsLoopback() {
+		return nil, fmt.Errorf("API: %s is not a loopback address; the API is local only", cfg.API)
+	}
+	n.metrics = newMetrics(n)
+	return n, nil
+}
+
+func (n *Node) wire(boot []peer.AddrInfo, newDoc bool) {
+	lg := n.lg
+	n.Auth = mesh.NewAuth(mesh.AuthConfig{
+		Host: n.Host, Fleet: n.Fleet, Gate: n.Gate, Logger: lg,
+		OnUp: func(p peer.ID) {
+			n.Events.Publish(EventPeerUp, map[string]any{"peer": p.String()})
+			n.Replicator.PeerUp(p)
+		},
+		OnDown: func(p peer.ID) {
+			n.Events.Publish(EventPeerDown, map[string]any{"peer": p.String()})
+			n.Replicator.PeerDown(p)
+		},
+	})
+	n.Replicator = mesh.NewReplicator(mesh.ReplicatorConfig{
+		Host: n.Host, PubSub: n.ps, Fleet: n.Fleet, Auth: n.Auth, Doc: n.Doc, Logger: lg,
+		SyncInterval: n.cfg.SyncInterval, Bootstrap: newDoc,
+		OnBootstrapped: func() {
+			if n.Membership != nil {
+				_ = n.Membership.EnsureRecord(true)
+			}
+		},
+	})
+	n.Membership = mesh.NewMembership(mesh.MembershipConfig{
+		Host: n.Host, PubSub: n.ps, Fleet: n.Fleet, Auth: n.Auth, Doc: n.Doc, Logger: lg,
+		Name: n.cfg.Name, Roles: n.cfg.Roles,
+		Interval: n.cfg.HeartbeatInterval, StaleAfter: n.cfg.StaleAfter, LastSeenEvery: n.cfg.LastSeenEvery,
+		OnHeadsUnknown: n.Replicator.RequestSync,
+		OnEvent: func(ev mesh.MemberEvent) {
+			typ := map[string]string{mesh.StateAlive: EventNodeJoined, mesh.StateStale: EventNodeStale, mesh.StateLeft: EventNodeLeft}[ev.State]
+			n.Events.Publish(typ, map[string]any{"peer": ev.Peer.String(), "name": ev.Name})
+		},
+	})
+	n.Discovery = mesh.NewDiscovery(mesh.DiscoveryConfig{
+		Host: n.Host, Fleet: n.Fleet, Gate: n.Gate, Doc: n.Doc, Logger: lg,
+		MDNS: n.cfg.MDNS, Bootstrap: boot,
+		IsAlive: func(p peer.ID) bool { return n.Membership.Members()[p].State == mesh.StateAlive },
+	})
+	n.Doc.Watch(func(ev crdt.Event) {
+		n.Events.Publish(EventDocChanged, map[string]any{"local": ev.Local, "heads": crdt.HashStrings(ev.Heads)})
+	})
+}
+
+// ID returns the node's peer ID.
+func (n *Node) ID() peer.ID { return n.Host.ID() }
+
+// APIAddr returns the address the local API listens on.
+func (n *Node) APIAddr() string { return n.apiLn.Addr().String() }
+
+// APIToken returns the API bearer token.
+func (n *Node) APIToken() string { return n.apiToken }
+
+// Addrs returns the node's full p2p addresses (with /p2p/<id>).
+func (n *Node) Addrs() []string {
+	var out []string
+	for _, a := range n.Host.Addrs() {
+		out = append(out, a.String()+"/p2p/"+n.Host.ID().String())
+	}
+	return out
+}
+
+// Run starts every service and blocks until ctx ends or a required
+// service fails. On the way out it says Goodbye, stops every service,
+// flushes the document and closes the host.
+func (n *Node) Run(ctx context.Context) error {
+	defer n.Close()
+	for _, d := range n.Doc.Damage() {
+		n.Events.Publish(EventDocDamaged, map[string]any{"detail": d})
+	}
+	apiPath := filepath.Join(n.cfg.DataDir, FileAPIAddr)
+	if err := atomicfile.WriteFile(apiPath, []byte(n.APIAddr()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write API address: %w", err)
+	}
+	defer os.Remove(apiPath)
+	srv := &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
+
+	svcCtx, stop := context.WithCancel(context.Background())
+	defer stop()
+	report := func(svc string, err error) {
+		n.Events.Publish(EventServiceFailed, map[string]any{"component": svc, "error": err.Error()})
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- supervise(svcCtx, n.lg, report, []Service{
+			{Name: "auth", Policy: Required, Run: n.Auth.Run},
+			{Name: "replicator", Policy: Required, Run: n.Replicator.Run},
+			{Name: "membership", Policy: Restart, Run: n.Membership.Run},
+			{Name: "discovery", Policy: BestEffort, Run: n.Discovery.Run},
+			{Name: "api", Policy: Required, Run: func(ctx context.Context) error {
+				go func() {
+					<-ctx.Done()
+					sctx, c := context.WithTimeout(context.Background(), time.Second)
+					defer c()
+					_ = srv.Shutdown(sctx)
+				}()
+				if err := srv.Serve(n.apiLn); !errors.Is(err, http.ErrServerClosed) {
+					return err
+				}
+				return nil
+			}},
+		})
+	}()
+	n.lg.Info().Str("peer", n.ID().String()).Str("fleet", n.Fleet.ID).Strs("addrs", n.Addrs()).Str("api", n.APIAddr()).Msg("node started")
+
+	var err error
+	select {
+	case err = <-done:
+		stop()
+	case <-ctx.Done():
+		gctx, c := context.WithTimeout(context.Background(), time.Second)
+		if lerr := n.Membership.Leave(gctx); lerr != nil {
+			n.lg.Warn().Err(lerr).Msg("goodbye failed")
+		}
+		c()
+		// Give the leaving heartbeat a moment to leave the host.
+		time.Sleep(150 * time.Millisecond)
+		stop()
+		err = <-done
+	}
+	n.lg.Info().Msg("node stopped")
+	return err
+}
+
+// Close releases the host and flushes the document. Run calls it; call it
+// directly only for a node that was never run. It is idempotent.
+func (n *Node) Close() error {
+	var errs []error
+	if n.apiLn != nil {
+		n.apiLn.Close()
+	}
+	if n.psCancel != nil {
+		n.psCancel()
+	}
+	if n.Host != nil {
+		errs = append(errs, n.Host.Close())
+	}
+	if n.Doc != nil {
+		errs = append(errs, n.Doc.Close())
+	}
+	return errors.Join(errs...)
+}
