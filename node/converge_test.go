@@ -1,0 +1,135 @@
+package node
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshnode/meshnode/crdt"
+)
+
+func TestFiveNodesConcurrentWritesConverge(t *testing.T) {
+	c := newCluster(t, 5)
+	waitFor(t, 20*time.Second, "every node authenticated to a peer", func() bool { return c.allAuthenticated(1) })
+	var wg sync.WaitGroup
+	for i, n := range c.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range 20 {
+				update(t, n, func(tx *crdt.Tx) {
+					tx.SetHolder(fmt.Sprintf("item%d", k), n.ID().String(), crdt.Holder{Manifest: fmt.Sprint(i, k), State: crdt.HolderComplete})
+					tx.SetItemName("shared", fmt.Sprintf("written by n%d round %d", i, k))
+				})
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, 30*time.Second, "identical heads on 5 nodes", func() bool { return c.converged() })
+	var winner string
+	for i, n := range c.nodes {
+		it, ok, err := n.Doc.Item("shared")
+		if err != nil || !ok {
+			t.Fatalf("node %d: shared item missing: %v", i, err)
+		}
+		if i == 0 {
+			winner = it.Name
+		} else if it.Name != winner {
+			t.Fatalf("node %d sees winner %q, node 0 %q", i, it.Name, winner)
+		}
+		for k := range 20 {
+			item, _, _ := n.Doc.Item(fmt.Sprintf("item%d", k))
+			if len(item.Holders) != 5 {
+				t.Fatalf("node %d: item%d has %d holders, want 5", i, k, len(item.Holders))
+			}
+		}
+		nodes, _ := n.Nodes()
+		if len(nodes) != 5 {
+			t.Fatalf("node %d lists %d nodes, want 5", i, len(nodes))
+		}
+	}
+}
+
+func TestLateJoinerBootstrapsFromSnapshot(t *testing.T) {
+	c := newCluster(t, 2)
+	const entries = 10_000
+	for b := 0; b < entries; b += 500 {
+		update(t, c.nodes[0], func(tx *crdt.Tx) {
+			for k := b; k < b+500; k++ {
+				tx.SetHolder(fmt.Sprintf("item-%05d", k), c.nodes[0].ID().String(), crdt.Holder{Manifest: "m", Size: int64(k), State: crdt.HolderComplete})
+			}
+		})
+	}
+	waitFor(t, 60*time.Second, "node 1 to hold the library", func() bool { return c.converged() })
+	late := c.add()
+	waitFor(t, 60*time.Second, "late joiner converged", func() bool { return c.converged() })
+	lib, _ := late.Doc.Library()
+	if len(lib) != entries {
+		t.Fatalf("late joiner sees %d entries, want %d", len(lib), entries)
+	}
+	if got := late.Replicator.Stats().SnapshotsFetched; got != 1 {
+		t.Fatalf("late joiner fetched %d snapshots, want 1 (bootstrap must not be a full sync)", got)
+	}
+	// Its own record survives the merge.
+	waitFor(t, 10*time.Second, "late joiner's record on node 0", func() bool {
+		r, ok, _ := c.nodes[0].Doc.Node(late.ID().String())
+		return ok && r.Alive && r.Name == "n2"
+	})
+}
+
+func TestPartitionHealConverges(t *testing.T) {
+	c := newCluster(t, 5)
+	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
+	// Make both halves well connected inside themselves before the cut.
+	left, right := []int{0, 1, 2}, []int{3, 4}
+	for _, g := range [][]int{left, right} {
+		for _, i := range g[1:] {
+			c.nodes[g[0]].Host.Connect(t.Context(), c.nodes[i].Host.Peerstore().PeerInfo(c.nodes[i].ID()))
+		}
+	}
+	c.partition(left, right)
+	const perSide = 500
+	write := func(g []int, tag string) {
+		for k := range perSide {
+			n := c.nodes[g[k%len(g)]]
+			update(t, n, func(tx *crdt.Tx) { tx.SetItemName(fmt.Sprintf("%s-%03d", tag, k), tag) })
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); write(left, "left") }()
+	go func() { defer wg.Done(); write(right, "right") }()
+	wg.Wait()
+	waitFor(t, 30*time.Second, "each side converged internally", func() bool { return c.converged(left...) && c.converged(right...) })
+	if lib, _ := c.nodes[3].Doc.Library(); len(lib) != perSide {
+		t.Fatalf("partition leaked: right side sees %d items", len(lib))
+	}
+	c.heal(left, right)
+	waitFor(t, 60*time.Second, "all converged after heal", func() bool { return c.converged() })
+	for i, n := range c.nodes {
+		if lib, _ := n.Doc.Library(); len(lib) != 2*perSide {
+			t.Fatalf("node %d has %d items after heal, want %d", i, len(lib), 2*perSide)
+		}
+	}
+}
+
+func TestGossipLossRepairedByAntiEntropy(t *testing.T) {
+	c := newCluster(t, 3)
+	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
+	for _, n := range c.nodes[1:] {
+		n.Replicator.DropGossip(true)
+	}
+	for k := range 50 {
+		update(t, c.nodes[0], func(tx *crdt.Tx) { tx.SetItemName(fmt.Sprintf("lost-%d", k), "x") })
+	}
+	waitFor(t, 30*time.Second, "converged with all gossip dropped", func() bool { return c.converged() })
+	for i, n := range c.nodes[1:] {
+		if n.Replicator.Stats().GossipDropped == 0 {
+			t.Fatalf("node %d dropped no gossip: the test did not test loss", i+1)
+		}
+		if lib, _ := n.Doc.Library(); len(lib) != 50 {
+			t.Fatalf("node %d has %d items, want 50", i+1, len(lib))
+		}
+	}
+}
