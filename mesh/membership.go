@@ -260,8 +260,7 @@ func (m *Membership) publish(ctx context.Context, leaving bool) {
 }
 
 func (m *Membership) validate(_ context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
-	rc := ReplicatorConfig{Host: m.cfg.Host, Auth: m.cfg.Auth, Fleet: m.cfg.Fleet}
-	return validateSealed(rc, from, msg, m.topicName, &m.rejected)
+	return validateFrom(m.cfg.Auth.IsAuthenticated, m.cfg.Fleet, m.cfg.Host.ID(), from, msg, m.topicName, &m.rejected)
 }
 
 func (m *Membership) receiveLoop(ctx context.Context, sub *pubsub.Subscription) {

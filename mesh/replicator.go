@@ -391,15 +391,18 @@ func (r *Replicator) publishLoop(ctx context.Context) {
 // validate runs inside pubsub for every message on the document topic,
 // before it is delivered or forwarded.
 func (r *Replicator) validate(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	return validateSealed(r.cfg, from, m, r.topicName, &r.rejected)
+	return validateFrom(r.cfg.Auth.IsAuthenticated, r.cfg.Fleet, r.cfg.Host.ID(), from, m, r.topicName, &r.rejected)
 }
 
-func validateSealed(cfg ReplicatorConfig, from peer.ID, m *pubsub.Message, topic string, rejected *atomic.Uint64) pubsub.ValidationResult {
-	if from != cfg.Host.ID() && !cfg.Auth.IsAuthenticated(from) {
+// validateFrom accepts a message only when the neighbour that sent it to us
+// authenticated (or it is our own) and it opens with the fleet key; the
+// plaintext is handed on in ValidatorData.
+func validateFrom(authed func(peer.ID) bool, f *Fleet, self, from peer.ID, m *pubsub.Message, topic string, rejected *atomic.Uint64) pubsub.ValidationResult {
+	if from != self && !authed(from) {
 		rejected.Add(1)
 		return pubsub.ValidationReject
 	}
-	plain, err := cfg.Fleet.Open(m.Data, topic)
+	plain, err := f.Open(m.Data, topic)
 	if err != nil {
 		rejected.Add(1)
 		return pubsub.ValidationReject

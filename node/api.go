@@ -75,13 +75,22 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 
 func (n *Node) apiHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", n.handleStatus)
-	mux.HandleFunc("GET /v1/nodes", n.handleNodes)
-	mux.HandleFunc("GET /v1/peers", n.handlePeers)
-	mux.HandleFunc("GET /v1/doc", n.handleDoc)
-	mux.HandleFunc("GET /v1/events", n.handleEvents)
-	mux.Handle("GET /metrics", n.metrics.handler())
+	routes := map[string]http.HandlerFunc{
+		"/v1/status": n.handleStatus,
+		"/v1/nodes":  n.handleNodes,
+		"/v1/peers":  n.handlePeers,
+		"/v1/doc":    n.handleDoc,
+		"/v1/events": n.handleEvents,
+		"/metrics":   n.metrics.handler().ServeHTTP,
+	}
+	for path, h := range routes {
+		mux.HandleFunc("GET "+path, h)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := routes[r.URL.Path]; ok {
+			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s takes GET, not %s", r.URL.Path, r.Method))
+			return
+		}
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	})
 	want := []byte("Bearer " + n.apiToken)
@@ -90,39 +99,8 @@ func (n *Node) apiHandler() http.Handler {
 			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token; it is in the data dir's "+FileAPIToken)
 			return
 		}
-		// A pattern match on path but not method yields 405 from the mux
-		// as plain text; keep every error JSON.
-		rw := &jsonErrWriter{ResponseWriter: w}
-		mux.ServeHTTP(rw, r)
+		mux.ServeHTTP(w, r)
 	})
-}
-
-// jsonErrWriter turns the mux's plain-text 405 into a JSON error.
-type jsonErrWriter struct {
-	http.ResponseWriter
-	swallow bool
-}
-
-func (j *jsonErrWriter) WriteHeader(code int) {
-	if code == http.StatusMethodNotAllowed && !j.swallow {
-		j.swallow = true
-		writeError(j.ResponseWriter, code, "method_not_allowed", "method not allowed on this endpoint")
-		return
-	}
-	j.ResponseWriter.WriteHeader(code)
-}
-
-func (j *jsonErrWriter) Write(b []byte) (int, error) {
-	if j.swallow {
-		return len(b), nil
-	}
-	return j.ResponseWriter.Write(b)
-}
-
-func (j *jsonErrWriter) Flush() {
-	if f, ok := j.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
 }
 
 // Status returns what GET /v1/status reports.
