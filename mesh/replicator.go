@@ -65,6 +65,8 @@ type Replicator struct {
 	wake                 chan struct{}
 	topic                *pubsub.Topic
 
+	bootMu sync.Mutex // one snapshot bootstrap at a time
+
 	mu      sync.Mutex
 	pending map[peer.ID]bool
 	order   []peer.ID
@@ -258,9 +260,7 @@ func (r *Replicator) syncWorker(ctx context.Context) {
 			if !r.cfg.Auth.IsAuthenticated(p) {
 				continue
 			}
-			if r.needBoot.Load() {
-				r.bootstrap(ctx, p)
-			}
+			r.maybeBootstrap(ctx, p)
 			if err := r.syncWith(ctx, p); err != nil && ctx.Err() == nil {
 				r.failures.Add(1)
 				r.lg.Debug().Str("peer", p.String()).Err(err).Msg("anti-entropy failed")
@@ -316,6 +316,20 @@ func (r *Replicator) serveSync(s network.Stream) {
 		s.Reset()
 		r.PeerDown(p)
 		r.lg.Debug().Str("peer", p.String()).Err(err).Msg("serving anti-entropy failed")
+	}
+}
+
+// maybeBootstrap fetches a snapshot from p if the document still needs one.
+// Other workers wait here meanwhile, then sync incrementally, instead of
+// each pulling the whole document.
+func (r *Replicator) maybeBootstrap(ctx context.Context, p peer.ID) {
+	if !r.needBoot.Load() {
+		return
+	}
+	r.bootMu.Lock()
+	defer r.bootMu.Unlock()
+	if r.needBoot.Load() {
+		r.bootstrap(ctx, p)
 	}
 }
 
