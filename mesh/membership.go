@@ -122,21 +122,11 @@ func NewMembership(cfg MembershipConfig) *Membership {
 
 // Run heartbeats until ctx ends. Call Leave first for a clean Goodbye.
 func (m *Membership) Run(ctx context.Context) error {
-	ps := m.cfg.PubSub
-	if err := ps.RegisterTopicValidator(m.topicName, m.validate); err != nil {
-		return fmt.Errorf("mesh: register heartbeat validator: %w", err)
-	}
-	defer ps.UnregisterTopicValidator(m.topicName)
-	topic, err := ps.Join(m.topicName)
+	topic, sub, leave, err := joinTopic(m.cfg.PubSub, m.topicName, m.validate)
 	if err != nil {
-		return fmt.Errorf("mesh: join heartbeat topic: %w", err)
+		return err
 	}
-	defer topic.Close()
-	sub, err := topic.Subscribe()
-	if err != nil {
-		return fmt.Errorf("mesh: subscribe heartbeat topic: %w", err)
-	}
-	defer sub.Cancel()
+	defer leave()
 	m.topic.Store(topic)
 	defer m.topic.Store(nil)
 

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -128,22 +127,12 @@ func (r *Replicator) DropGossip(on bool) { r.dropGossip.Store(on) }
 
 // Run replicates until ctx ends, then waits for everything it started.
 func (r *Replicator) Run(ctx context.Context) error {
-	ps := r.cfg.PubSub
-	if err := ps.RegisterTopicValidator(r.topicName, r.validate); err != nil {
-		return fmt.Errorf("mesh: register document validator: %w", err)
-	}
-	defer ps.UnregisterTopicValidator(r.topicName)
-	topic, err := ps.Join(r.topicName)
+	topic, sub, leave, err := joinTopic(r.cfg.PubSub, r.topicName, r.validate)
 	if err != nil {
-		return fmt.Errorf("mesh: join document topic: %w", err)
+		return err
 	}
-	defer topic.Close()
+	defer leave()
 	r.topic = topic
-	sub, err := topic.Subscribe()
-	if err != nil {
-		return fmt.Errorf("mesh: subscribe document topic: %w", err)
-	}
-	defer sub.Cancel()
 
 	unwatch := r.cfg.Doc.Watch(func(ev crdt.Event) {
 		if !ev.Local {
