@@ -75,25 +75,22 @@ func checkListen(addrs []ma.Multiaddr) error {
 		if err != nil {
 			continue // not a plain IP listener; libp2p will judge it
 		}
+		var closer interface{ Close() error }
 		switch x := na.(type) {
 		case *net.TCPAddr:
-			if x.Port == 0 {
-				continue
+			if x.Port != 0 {
+				closer, err = net.ListenTCP("tcp", x)
 			}
-			l, err := net.ListenTCP("tcp", x)
-			if err != nil {
-				return fmt.Errorf("mesh: cannot listen on %s: %w (is another meshnode running? pick another port with --listen or --port, or 0 for a random one)", a, err)
-			}
-			l.Close()
 		case *net.UDPAddr:
-			if x.Port == 0 {
-				continue
+			if x.Port != 0 {
+				closer, err = net.ListenUDP("udp", x)
 			}
-			l, err := net.ListenUDP("udp", x)
-			if err != nil {
-				return fmt.Errorf("mesh: cannot listen on %s: %w (is another meshnode running? pick another port with --listen or --port, or 0 for a random one)", a, err)
-			}
-			l.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("mesh: cannot listen on %s: %w (is another meshnode running? pick another port with --listen or --port, or 0 for a random one)", a, err)
+		}
+		if closer != nil {
+			closer.Close()
 		}
 	}
 	return nil
