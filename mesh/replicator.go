@@ -46,6 +46,9 @@ type ReplicatorConfig struct {
 type ReplicatorStats struct {
 	ChangesSent, ChangesReceived, GossipRejected, GossipDropped   uint64
 	SyncSessions, SyncFailures, SnapshotsFetched, SnapshotsServed uint64
+	// BytesIn and BytesOut count document payload bytes moved by
+	// anti-entropy and snapshots (not gossip, not stream framing).
+	BytesIn, BytesOut uint64
 }
 
 // Replicator keeps the document converged with the fleet: every local
@@ -74,6 +77,7 @@ type Replicator struct {
 
 	changesSent, changesRecv, rejected, dropped   atomic.Uint64
 	sessions, failures, snapsFetched, snapsServed atomic.Uint64
+	bytesIn, bytesOut                             atomic.Uint64
 }
 
 type stateKey struct {
@@ -117,6 +121,7 @@ func (r *Replicator) Stats() ReplicatorStats {
 		GossipRejected: r.rejected.Load(), GossipDropped: r.dropped.Load(),
 		SyncSessions: r.sessions.Load(), SyncFailures: r.failures.Load(),
 		SnapshotsFetched: r.snapsFetched.Load(), SnapshotsServed: r.snapsServed.Load(),
+		BytesIn: r.bytesIn.Load(), BytesOut: r.bytesOut.Load(),
 	}
 }
 
@@ -285,6 +290,7 @@ func (r *Replicator) syncWith(ctx context.Context, p peer.ID) error {
 	defer stop()
 	st, err := r.cfg.Doc.Sync(s, r.state(p, true), true)
 	r.sessions.Add(1)
+	r.countSync(st)
 	if err != nil {
 		s.Reset()
 		r.PeerDown(p) // the automerge states may disagree now; start afresh
@@ -297,11 +303,18 @@ func (r *Replicator) syncWith(ctx context.Context, p peer.ID) error {
 	return nil
 }
 
+func (r *Replicator) countSync(st crdt.SyncStats) {
+	r.bytesIn.Add(uint64(st.BytesReceived))
+	r.bytesOut.Add(uint64(st.BytesSent))
+}
+
 func (r *Replicator) serveSync(s network.Stream) {
 	p := s.Conn().RemotePeer()
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(2 * time.Minute))
-	if _, err := r.cfg.Doc.Sync(s, r.state(p, false), false); err != nil {
+	st, err := r.cfg.Doc.Sync(s, r.state(p, false), false)
+	r.countSync(st)
+	if err != nil {
 		s.Reset()
 		r.PeerDown(p)
 		r.lg.Debug().Str("peer", p.String()).Err(err).Msg("serving anti-entropy failed")
@@ -342,6 +355,7 @@ func (r *Replicator) bootstrap(ctx context.Context, p peer.ID) {
 		if err != nil {
 			return err
 		}
+		r.bytesIn.Add(uint64(len(b)))
 		if err := r.cfg.Doc.MergeSnapshot(b); err != nil {
 			return err
 		}
@@ -362,10 +376,12 @@ func (r *Replicator) bootstrap(ctx context.Context, p peer.ID) {
 func (r *Replicator) serveSnapshot(s network.Stream) {
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(2 * time.Minute))
-	if err := frame.Write(s, r.cfg.Doc.Snapshot()); err != nil {
+	snap := r.cfg.Doc.Snapshot()
+	if err := frame.Write(s, snap); err != nil {
 		s.Reset()
 		return
 	}
+	r.bytesOut.Add(uint64(len(snap)))
 	r.snapsServed.Add(1)
 }
 

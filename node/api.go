@@ -155,7 +155,7 @@ func (n *Node) handleNodes(w http.ResponseWriter, _ *http.Request) {
 
 // Peers returns the live connections.
 func (n *Node) Peers() []PeerInfo {
-	var out []PeerInfo
+	out := []PeerInfo{}
 	for _, c := range n.Host.Network().Conns() {
 		out = append(out, PeerInfo{
 			ID:            c.RemotePeer().String(),

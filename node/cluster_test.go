@@ -18,7 +18,7 @@ import (
 // hosts, real files in t.TempDir(). Node 0 creates the fleet; the others
 // join with its token and bootstrap from it.
 type cluster struct {
-	t     *testing.T
+	t     testing.TB
 	token string
 	boot  []string
 	nodes []*Node
@@ -26,7 +26,7 @@ type cluster struct {
 	mu    sync.Mutex
 }
 
-func testConfig(t *testing.T) Config {
+func testConfig(t testing.TB) Config {
 	cfg := DefaultConfig()
 	cfg.DataDir = t.TempDir()
 	cfg.Listen = []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"}
@@ -39,7 +39,8 @@ func testConfig(t *testing.T) Config {
 	return cfg
 }
 
-func newCluster(t *testing.T, n int, mod ...func(i int, c *Config)) *cluster {
+func newCluster(t testing.TB, n int, mod ...func(i int, c *Config)) *cluster {
+	checkLeaks(t)
 	c := &cluster{t: t}
 	for range n {
 		c.add(mod...)
@@ -130,7 +131,7 @@ func (c *cluster) heal(a, b []int) {
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {

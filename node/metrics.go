@@ -48,6 +48,8 @@ func newMetrics(n *Node) *metrics {
 	counter("sync_failures_total", "Anti-entropy sessions that failed.", func() float64 { return float64(rs().SyncFailures) })
 	counter("snapshots_fetched_total", "Snapshot bootstraps from peers.", func() float64 { return float64(rs().SnapshotsFetched) })
 	counter("snapshots_served_total", "Snapshots served to peers.", func() float64 { return float64(rs().SnapshotsServed) })
+	counter("sync_bytes_received_total", "Document bytes received by anti-entropy and snapshots.", func() float64 { return float64(rs().BytesIn) })
+	counter("sync_bytes_sent_total", "Document bytes sent by anti-entropy and snapshots.", func() float64 { return float64(rs().BytesOut) })
 	counter("events_dropped_total", "Events dropped for slow API subscribers.", func() float64 { return float64(n.Events.dropped.Load()) })
 	return &metrics{reg: reg}
 }

@@ -100,7 +100,12 @@ func New(cfg Config) (_ *Node, err error) {
 	gologshim.SetDefaultHandler(zslog.New(libp2pLog))
 	psCtx, psCancel := context.WithCancel(context.Background())
 	n.psCancel = psCancel
-	if n.ps, err = mesh.NewPubSub(psCtx, n.Host, slog.New(zslog.New(lg.With().Str("component", "pubsub").Logger()))); err != nil {
+	// pubsub logs its lifecycle at info, from a goroutine that outlives
+	// Close by a moment (it has no way to wait for it): only warnings and
+	// errors are worth a line.
+	psLog := lg.With().Str("component", "pubsub").Logger()
+	psLog = psLog.Level(max(psLog.GetLevel(), zerolog.WarnLevel))
+	if n.ps, err = mesh.NewPubSub(psCtx, n.Host, slog.New(zslog.New(psLog))); err != nil {
 		return nil, err
 	}
 	n.wire(boot, newDoc)

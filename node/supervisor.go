@@ -22,6 +22,10 @@ const (
 	BestEffort
 )
 
+// restartBackoff is the first wait before restarting a failed service; it
+// doubles up to maxRestartBackoff. Variables so tests need not wait.
+var restartBackoff, maxRestartBackoff = time.Second, 30 * time.Second
+
 // Service is one long-running part of the node.
 type Service struct {
 	Name   string
@@ -45,7 +49,7 @@ func supervise(ctx context.Context, lg zerolog.Logger, report func(svc string, e
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			backoff := time.Second
+			backoff := restartBackoff
 			for {
 				err := runSafe(ctx, s)
 				if ctx.Err() != nil {
@@ -73,7 +77,7 @@ func supervise(ctx context.Context, lg zerolog.Logger, report func(svc string, e
 					return
 				case <-time.After(backoff):
 				}
-				backoff = min(2*backoff, 30*time.Second)
+				backoff = min(2*backoff, maxRestartBackoff)
 			}
 		}()
 	}

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/meshnode/meshnode/node"
+)
+
+// TestMain lets the test binary act as the real meshnode binary, so the
+// daemon runs as its own process (signals, exit codes) without a build.
+func TestMain(m *testing.M) {
+	if os.Getenv("MN_TEST_AS_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func cli(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = run(args, &o, &e)
+	return o.String(), e.String(), code
+}
+
+// syncBuffer is written by the child's output copier and read by the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type daemon struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	exited chan error
+}
+
+// startDaemon runs `meshnode run` as a child process on loopback ports.
+func startDaemon(t *testing.T, dir string, extra ...string) *daemon {
+	t.Helper()
+	args := append([]string{"run", "--data", dir, "--mdns=false", "--api", "127.0.0.1:0",
+		"--listen", "/ip4/127.0.0.1/tcp/0,/ip4/127.0.0.1/udp/0/quic-v1", "--name", "cli-test"}, extra...)
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "MN_TEST_AS_MAIN=1")
+	d := &daemon{cmd: cmd, out: &syncBuffer{}, exited: make(chan error, 1)}
+	cmd.Stdout = d.out
+	cmd.Stderr = d.out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		select {
+		case <-d.exited:
+		case <-time.After(10 * time.Second):
+			t.Error("daemon did not exit after kill")
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, _, err := node.ReadClientInfo(dir); err == nil {
+			return d
+		}
+		select {
+		case err := <-d.exited:
+			d.exited <- err
+			t.Fatalf("daemon exited early (%v); output:\n%s", err, d.out)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon did not write its API address; output:\n%s", d.out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestCLIWithoutDaemon(t *testing.T) {
+	dir := t.TempDir()
+	_, errOut, code := cli(t, "status", "--data", dir)
+	if code != 1 || !strings.Contains(errOut, "meshnode status:") {
+		t.Fatalf("status without daemon: code %d, stderr %q", code, errOut)
+	}
+	if !strings.Contains(errOut, "meshnode run") {
+		t.Fatalf("the error should say how to start a daemon: %q", errOut)
+	}
+	_, errOut, code = cli(t, "fleet", "token", "--data", dir)
+	if code != 1 || !strings.Contains(errOut, "no fleet in") {
+		t.Fatalf("fleet token without fleet: code %d, stderr %q", code, errOut)
+	}
+}
+
+func TestCLIUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, 2, "Usage:"},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{[]string{"status", "extra"}, 1, `unexpected argument "extra"`},
+		{[]string{"run", "--data", "", "--heartbeat-interval", "1ms"}, 1, "heartbeat-interval"},
+		{[]string{"run", "--no-such-flag"}, 1, "no-such-flag"},
+		{[]string{"fleet"}, 1, "usage: meshnode fleet token"},
+	} {
+		_, errOut, code := cli(t, tc.args...)
+		if code != tc.code || !strings.Contains(errOut, tc.want) {
+			t.Errorf("meshnode %q: code %d, stderr %q; want code %d and %q", tc.args, code, errOut, tc.code, tc.want)
+		}
+	}
+}
+
+func TestCLIAgainstRunningDaemon(t *testing.T) {
+	dir := t.TempDir()
+	d := startDaemon(t, dir)
+	out := d.out
+
+	tok, _, code := cli(t, "fleet", "token", "--data", dir)
+	if code != 0 || !strings.HasPrefix(tok, "mn1-") {
+		t.Fatalf("fleet token: %q (code %d)", tok, code)
+	}
+	if !strings.Contains(out.String(), "meshnode run --join "+strings.TrimSpace(tok)) {
+		t.Fatalf("first run must print the join command; output:\n%s", out)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, node.FileToken)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+
+	status, errOut, code := cli(t, "status", "--data", dir)
+	if code != 0 || !strings.Contains(status, "cli-test") || !strings.Contains(status, "Fleet") {
+		t.Fatalf("status: code %d, %q %q", code, status, errOut)
+	}
+	js, _, code := cli(t, "status", "--data", dir, "--json")
+	var st node.Status
+	if code != 0 || json.Unmarshal([]byte(js), &st) != nil || st.Name != "cli-test" || len(st.Addrs) == 0 {
+		t.Fatalf("status --json: code %d, %q", code, js)
+	}
+	// The node's own record appears once it is written on start-up.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		nodes, _, code := cli(t, "nodes", "--data", dir)
+		if code == 0 && strings.Contains(nodes, "cli-test (this node)") && strings.Contains(nodes, "alive") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nodes never listed this node alive: %q", nodes)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	peers, _, code := cli(t, "peers", "--data", dir, "--json")
+	if code != 0 || strings.TrimSpace(peers) != "[]" {
+		t.Fatalf("peers --json of a lone node: code %d, %q", code, peers)
+	}
+
+	start := time.Now()
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-d.exited:
+		d.exited <- err
+		if err != nil {
+			t.Fatalf("daemon exit after SIGTERM: %v; output:\n%s", err, out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon still running 10s after SIGTERM")
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("daemon took %v to stop, want under 5s", d)
+	}
+	if _, _, err := node.ReadClientInfo(dir); err == nil {
+		t.Fatal("API address file left behind after a clean exit")
+	}
+	_, errOut, code = cli(t, "status", "--data", dir)
+	if code != 1 || !strings.Contains(errOut, "meshnode run") {
+		t.Fatalf("status after exit: code %d, %q", code, errOut)
+	}
+}
+
+func TestCLISecondDaemonOnSamePortFailsClearly(t *testing.T) {
+	dir := t.TempDir()
+	startDaemon(t, dir)
+	addr, _, _ := node.ReadClientInfo(dir)
+	_, errOut, code := cli(t, "run", "--data", t.TempDir(), "--mdns=false", "--listen", "/ip4/127.0.0.1/tcp/0", "--api", addr)
+	if code != 1 || !strings.Contains(errOut, "API: cannot listen on "+addr) {
+		t.Fatalf("second daemon on a taken API port: code %d, %q", code, errOut)
+	}
+}
