@@ -23,9 +23,12 @@
 // # Persistence
 //
 // The directory holds doc.snapshot (automerge Save, checksummed) and
-// doc.log (checksummed records, each one or more changes). Every change,
-// local or remote, is appended and fsynced before the call that made it
-// returns. The log is folded into a new snapshot (temp file, fsync,
+// doc.log (checksummed records, each one or more changes). Every change
+// is appended before the call that made it returns; a local commit is
+// also fsynced first (with it, every earlier record). Changes from peers
+// are written but not fsynced on their own: they survive a process crash
+// (the page cache does), and a power loss costs only what anti-entropy
+// refetches from the peers that still hold them. The log is folded into a new snapshot (temp file, fsync,
 // rename) once it outgrows the snapshot. At Open, a damaged log tail is cut
 // off after copying the whole file aside (doc.log.damaged-<ns>) and a
 // damaged snapshot is moved aside; the valid part is loaded and the damage

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -76,6 +77,10 @@ type Doc struct {
 
 	mu     sync.Mutex // serialises mutations and persistence
 	am     *am.Doc
+	// heads caches am.Heads(), refreshed under mu after every mutation:
+	// heartbeats and gossip ask about heads far more often than they
+	// change, and each automerge call crosses cgo.
+	heads atomic.Pointer[[]Hash]
 	st     *store
 	closed bool
 	damage []string
@@ -130,7 +135,8 @@ func Open(cfg Config) (*Doc, error) {
 			return nil, err
 		}
 	}
-	lg.Info().Int("heads", len(d.am.Heads())).Int("log_records", len(records)).Msg("document opened")
+	d.refreshHeads()
+	lg.Info().Int("heads", len(d.Heads())).Int("log_records", len(records)).Msg("document opened")
 	return d, nil
 }
 
@@ -206,6 +212,7 @@ func (d *Doc) Update(msg string, fn func(*Tx) error) (Hash, error) {
 	if err != nil {
 		return Hash{}, nil // nothing changed
 	}
+	heads := d.refreshHeads()
 	ch, err := d.am.Change(h)
 	if err != nil {
 		return Hash{}, fmt.Errorf("crdt: read back commit: %w", err)
@@ -215,7 +222,16 @@ func (d *Doc) Update(msg string, fn func(*Tx) error) (Hash, error) {
 		return Hash{}, err
 	}
 	d.localCommits.Add(1)
-	d.notify(Event{Local: true, Change: raw, Hash: h, Deps: ch.Dependencies(), Heads: d.am.Heads()})
+	// Watchers (the publisher) see the change while it is being fsynced:
+	// the fsync is off the fleet's delivery path. Publishing a change
+	// before it is durable is safe: every process start uses a fresh
+	// actor, so a crash here cannot make this node reuse the change's
+	// sequence number; peers simply hold a change the caller was never
+	// told succeeded, as with any write cut short by a crash.
+	d.notify(Event{Local: true, Change: raw, Hash: h, Deps: ch.Dependencies(), Heads: heads})
+	if err := d.st.sync(); err != nil {
+		return Hash{}, err
+	}
 	return h, d.maybeCompactLocked()
 }
 
@@ -236,14 +252,13 @@ func (d *Doc) ApplyChange(raw []byte, hash Hash, deps []Hash) (bool, error) {
 	if d.has(hash) {
 		return false, nil
 	}
-	for _, dep := range deps {
-		if !d.has(dep) {
-			return false, ErrMissingDeps
-		}
+	if !d.hasAllLocked(deps) {
+		return false, ErrMissingDeps
 	}
 	if err := d.am.LoadIncremental(raw); err != nil {
 		return false, fmt.Errorf("%w: change %s: %v", ErrCorrupt, hash, err)
 	}
+	heads := d.refreshHeads()
 	if !d.has(hash) {
 		return false, fmt.Errorf("%w: change bytes do not hash to the announced %s", ErrCorrupt, hash)
 	}
@@ -251,7 +266,7 @@ func (d *Doc) ApplyChange(raw []byte, hash Hash, deps []Hash) (bool, error) {
 		return true, err
 	}
 	d.remoteChanges.Add(1)
-	d.notify(Event{Heads: d.am.Heads()})
+	d.notify(Event{Heads: heads})
 	return true, d.maybeCompactLocked()
 }
 
@@ -281,25 +296,34 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 	if _, err := am.Load(b); err != nil {
 		return fmt.Errorf("%w: snapshot from peer: %v", ErrCorrupt, err)
 	}
-	before := hashKey(d.am.Heads())
-	if err := d.am.LoadIncremental(b); err != nil {
+	before := hashKey(d.Heads())
+	err := d.am.LoadIncremental(b)
+	heads := d.refreshHeads()
+	if err != nil {
 		return fmt.Errorf("crdt: merge snapshot: %w", err)
 	}
 	d.snapshotMerges.Add(1)
 	if err := d.compactLocked(); err != nil {
 		return err
 	}
-	if hashKey(d.am.Heads()) != before {
-		d.notify(Event{Heads: d.am.Heads()})
+	if hashKey(heads) != before {
+		d.notify(Event{Heads: heads})
 	}
 	return nil
 }
 
 // Heads returns the current document heads.
-func (d *Doc) Heads() []Hash { return d.am.Heads() }
+func (d *Doc) Heads() []Hash { return slices.Clone(*d.heads.Load()) }
+
+// refreshHeads re-reads the heads after a mutation; call it with mu held.
+func (d *Doc) refreshHeads() []Hash {
+	h := d.am.Heads()
+	d.heads.Store(&h)
+	return slices.Clone(h)
+}
 
 // HeadStrings returns the heads as hex strings, sorted as automerge sorts them.
-func (d *Doc) HeadStrings() []string { return HashStrings(d.am.Heads()) }
+func (d *Doc) HeadStrings() []string { return HashStrings(*d.heads.Load()) }
 
 // HashStrings renders hashes as hex.
 func HashStrings(hs []Hash) []string {
@@ -320,9 +344,18 @@ func ParseHash(s string) (Hash, error) {
 }
 
 // HasAll reports whether every given change is already in the document.
-func (d *Doc) HasAll(hs []Hash) bool {
+func (d *Doc) HasAll(hs []Hash) bool { return d.hasAllLocked(hs) }
+
+// hasAllLocked checks the current heads first: the hashes asked about
+// (a heartbeat's heads, a gossiped change's deps) are usually among them,
+// and one Heads call is far cheaper than fetching changes by hash.
+func (d *Doc) hasAllLocked(hs []Hash) bool {
+	if len(hs) == 0 {
+		return true
+	}
+	heads := *d.heads.Load()
 	for _, h := range hs {
-		if !d.has(h) {
+		if !slices.Contains(heads, h) && !d.has(h) {
 			return false
 		}
 	}
@@ -330,12 +363,12 @@ func (d *Doc) HasAll(hs []Hash) bool {
 }
 
 // Empty reports whether the document holds no change at all.
-func (d *Doc) Empty() bool { return len(d.am.Heads()) == 0 }
+func (d *Doc) Empty() bool { return len(*d.heads.Load()) == 0 }
 
 // SavedSize returns the byte size of the document in automerge's compact
 // Save format, cached per heads.
 func (d *Doc) SavedSize() int {
-	key := hashKey(d.am.Heads())
+	key := hashKey(*d.heads.Load())
 	d.sizeMu.Lock()
 	defer d.sizeMu.Unlock()
 	if key != d.sizeHeads || d.sizeBytes == 0 {

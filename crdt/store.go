@@ -128,7 +128,11 @@ func (s *store) keepDamaged(path string, move bool) (string, error) {
 	return kept, atomicfile.WriteFile(kept, b, 0o600)
 }
 
-// append writes one record and fsyncs it before returning.
+// append writes one record without waiting for the disk: callers that
+// acknowledge a change call sync (which makes every earlier record durable
+// too). Changes from peers are not fsynced on their own: a peer still has
+// them, anti-entropy refetches what a power loss took, and no receiver
+// pays an fsync on the delivery path.
 func (s *store) append(payload []byte) error {
 	rec := appendRecord(nil, payload)
 	if _, err := s.log.Write(rec); err != nil {
@@ -138,11 +142,16 @@ func (s *store) append(payload []byte) error {
 		_, _ = s.log.Seek(s.logSize, 0)
 		return fmt.Errorf("crdt: append change log: %w", err)
 	}
+	s.logSize += int64(len(rec))
+	s.records++
+	return nil
+}
+
+// sync makes every record appended so far durable.
+func (s *store) sync() error {
 	if err := s.log.Sync(); err != nil {
 		return fmt.Errorf("crdt: sync change log: %w", err)
 	}
-	s.logSize += int64(len(rec))
-	s.records++
 	return nil
 }
 

@@ -131,8 +131,9 @@ func (d *Doc) receiveSync(ps *PeerState, b []byte) (int, error) {
 	if d.closed {
 		return 0, ErrClosed
 	}
-	before := hashKey(d.am.Heads())
+	before := hashKey(d.Heads())
 	sm, err := ps.ss.ReceiveMessage(b)
+	heads := d.refreshHeads()
 	if err != nil {
 		return 0, fmt.Errorf("%w: sync message: %v", ErrCorrupt, err)
 	}
@@ -145,8 +146,8 @@ func (d *Doc) receiveSync(ps *PeerState, b []byte) (int, error) {
 		}
 		d.remoteChanges.Add(uint64(len(chs)))
 	}
-	if hashKey(d.am.Heads()) != before {
-		d.notify(Event{Heads: d.am.Heads()})
+	if hashKey(heads) != before {
+		d.notify(Event{Heads: heads})
 	}
 	return len(chs), d.maybeCompactLocked()
 }

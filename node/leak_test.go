@@ -56,7 +56,7 @@ func leakedGoroutines() []string {
 	buf = buf[:runtime.Stack(buf, true)]
 	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "testing.tRunner") || strings.Contains(g, "leakedGoroutines") {
+		if strings.Contains(g, "testing.tRunner") || strings.Contains(g, "testing.(*B)") || strings.Contains(g, "leakedGoroutines") {
 			continue
 		}
 		for _, w := range leakWatched {
