@@ -12,7 +12,7 @@ import (
 
 // Node returns the record at nodes/<id>.
 func (d *Doc) Node(id string) (NodeRecord, bool, error) {
-	v, err := d.am.Path(nodeKey(id)).Get()
+	v, err := d.doc().Path(nodeKey(id)).Get()
 	if err != nil || v.IsVoid() {
 		return NodeRecord{}, false, err
 	}
@@ -120,7 +120,7 @@ func (d *Doc) rooms(prefix string) (map[string]Room, error) {
 
 // scan visits every root key with the given prefix.
 func (d *Doc) scan(prefix string, fn func(key string, v *am.Value)) error {
-	root := d.am.RootMap()
+	root := d.doc().RootMap()
 	keys, err := root.Keys()
 	if err != nil {
 		return err

@@ -155,17 +155,24 @@ func (s *store) sync() error {
 	return nil
 }
 
-// writeSnapshot atomically replaces the snapshot (temp file, fsync, rename,
-// fsync dir) and then empties the log, whose changes the snapshot now holds.
-// A crash between the two steps only replays changes already in the
-// snapshot, which automerge ignores.
-func (s *store) writeSnapshot(data []byte) error {
+// replaceSnapshot atomically replaces the snapshot (temp file, fsync,
+// rename, fsync dir) and leaves the log as it is.
+func (s *store) replaceSnapshot(data []byte) error {
 	enc := encodeSnapshot(data)
-	path := filepath.Join(s.dir, snapFile)
-	if err := atomicfile.WriteFile(path, enc, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(s.dir, snapFile), enc, 0o600); err != nil {
 		return fmt.Errorf("crdt: write snapshot: %w", err)
 	}
 	s.snapSize = int64(len(enc))
+	return nil
+}
+
+// writeSnapshot atomically replaces the snapshot and then empties the log,
+// whose changes the snapshot now holds. A crash between the two steps only
+// replays changes already in the snapshot, which automerge ignores.
+func (s *store) writeSnapshot(data []byte) error {
+	if err := s.replaceSnapshot(data); err != nil {
+		return err
+	}
 	if err := s.log.Truncate(int64(len(logMagic))); err != nil {
 		return fmt.Errorf("crdt: truncate change log: %w", err)
 	}

@@ -40,6 +40,7 @@ var ErrSyncRounds = errors.New("crdt: sync did not settle")
 type PeerState struct {
 	mu sync.Mutex
 	ss *am.SyncState
+	on *am.Doc // the document ss was made for
 }
 
 // SyncStats describe one session.
@@ -52,7 +53,16 @@ type SyncStats struct {
 
 // NewPeerState returns fresh sync state for one peer.
 func (d *Doc) NewPeerState() *PeerState {
-	return &PeerState{ss: am.NewSyncState(d.am)}
+	return &PeerState{}
+}
+
+// syncState returns ps's automerge state for the current document, fresh
+// if the document was replaced (a snapshot adopted) since. Call with d.mu.
+func (d *Doc) syncState(ps *PeerState) *am.SyncState {
+	if cur := d.doc(); ps.on != cur {
+		ps.ss, ps.on = am.NewSyncState(cur), cur
+	}
+	return ps.ss
 }
 
 // Sync runs one anti-entropy session over rw. The initiator speaks first.
@@ -116,7 +126,7 @@ func (d *Doc) generateSync(ps *PeerState) ([]byte, error) {
 	if d.closed {
 		return nil, ErrClosed
 	}
-	m, ok := ps.ss.GenerateMessage()
+	m, ok := d.syncState(ps).GenerateMessage()
 	if !ok {
 		return nil, nil
 	}
@@ -132,7 +142,7 @@ func (d *Doc) receiveSync(ps *PeerState, b []byte) (int, error) {
 		return 0, ErrClosed
 	}
 	before := hashKey(d.Heads())
-	sm, err := ps.ss.ReceiveMessage(b)
+	sm, err := d.syncState(ps).ReceiveMessage(b)
 	heads := d.refreshHeads()
 	if err != nil {
 		return 0, fmt.Errorf("%w: sync message: %v", ErrCorrupt, err)

@@ -318,6 +318,9 @@ func (m *Membership) sweep() {
 	}
 }
 
+// HeartbeatsSent returns how many heartbeats this node has published.
+func (m *Membership) HeartbeatsSent() uint64 { return m.seq.Load() }
+
 // Members returns what heartbeats told about every peer heard from, with
 // states current as of now.
 func (m *Membership) Members() map[peer.ID]Member {

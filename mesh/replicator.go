@@ -64,6 +64,7 @@ type Replicator struct {
 	needBoot             atomic.Bool
 	dropGossip           atomic.Bool
 	outbox               chan crdt.Event
+	notice               chan struct{} // coalesced: announce our heads
 	wake                 chan struct{}
 	topic                *pubsub.Topic
 
@@ -106,6 +107,7 @@ func NewReplicator(cfg ReplicatorConfig) *Replicator {
 		syncProto: string(cfg.Fleet.Protocol("sync/1")),
 		snapProto: string(cfg.Fleet.Protocol("snapshot/1")),
 		outbox:    make(chan crdt.Event, 4096),
+		notice:    make(chan struct{}, 1),
 		wake:      make(chan struct{}, 1),
 		pending:   map[peer.ID]bool{},
 		states:    map[stateKey]*crdt.PeerState{},
@@ -306,11 +308,30 @@ func (r *Replicator) syncWith(ctx context.Context, p peer.ID) error {
 func (r *Replicator) countSync(st crdt.SyncStats) {
 	r.bytesIn.Add(uint64(st.BytesReceived))
 	r.bytesOut.Add(uint64(st.BytesSent))
+	if st.Changes > 0 {
+		// Changes that came by anti-entropy are not gossiped; announce the
+		// new heads so peers that lack them pull at once (after a heal,
+		// a bootstrap or lost gossip) instead of at their next heartbeat.
+		select {
+		case r.notice <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (r *Replicator) serveSync(s network.Stream) {
 	p := s.Conn().RemotePeer()
 	defer s.Close()
+	if r.needBoot.Load() {
+		// Answering a sync with an empty document would make the peer
+		// send its whole history (~25x a snapshot): take its snapshot
+		// first, then answer with what is left.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		stop := context.AfterFunc(ctx, func() { s.Reset() })
+		r.maybeBootstrap(ctx, p)
+		stop()
+		cancel()
+	}
 	_ = s.SetDeadline(time.Now().Add(2 * time.Minute))
 	st, err := r.cfg.Doc.Sync(s, r.state(p, false), false)
 	r.countSync(st)
@@ -390,6 +411,10 @@ func (r *Replicator) publishLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-r.notice:
+			if err := r.topic.Publish(ctx, r.cfg.Fleet.Seal(encodeDocHeads(r.cfg.Doc.Heads()), r.topicName)); err != nil && ctx.Err() == nil {
+				r.lg.Debug().Err(err).Msg("publish heads notice failed")
+			}
 		case ev := <-r.outbox:
 			plain := encodeDocChange(ev.Hash, ev.Deps, ev.Change)
 			sealed := r.cfg.Fleet.Seal(plain, r.topicName)

@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -131,5 +132,36 @@ func TestGossipLossRepairedByAntiEntropy(t *testing.T) {
 		if lib, _ := n.Doc.Library(); len(lib) != 50 {
 			t.Fatalf("node %d has %d items, want 50", i+1, len(lib))
 		}
+	}
+}
+
+// Heartbeats are ephemeral: a converged, idle fleet exchanging many of them
+// makes no document change at all.
+func TestHeartbeatsDoNotChangeDocument(t *testing.T) {
+	c := newCluster(t, 3)
+	waitFor(t, 20*time.Second, "every node authenticated", func() bool { return c.allAuthenticated(1) })
+	waitFor(t, 20*time.Second, "converged", func() bool { return c.converged() })
+	before := c.nodes[0].Doc.HeadStrings()
+	commits := make([]uint64, len(c.nodes))
+	sent := make([]uint64, len(c.nodes))
+	for i, n := range c.nodes {
+		commits[i] = n.Doc.Stats().LocalCommits
+		sent[i] = n.Membership.HeartbeatsSent()
+	}
+	waitFor(t, 20*time.Second, "10 more heartbeats from every node", func() bool {
+		for i, n := range c.nodes {
+			if n.Membership.HeartbeatsSent() < sent[i]+10 {
+				return false
+			}
+		}
+		return true
+	})
+	for i, n := range c.nodes {
+		if got := n.Doc.Stats().LocalCommits; got != commits[i] {
+			t.Errorf("node %d committed %d document changes during heartbeats", i, got-commits[i])
+		}
+	}
+	if after := c.nodes[0].Doc.HeadStrings(); !slices.Equal(before, after) {
+		t.Fatalf("heads moved during idle heartbeats: %v -> %v", before, after)
 	}
 }
