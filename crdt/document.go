@@ -75,7 +75,7 @@ type Doc struct {
 	cfg Config
 	lg  zerolog.Logger
 
-	mu     sync.Mutex // serialises mutations and persistence
+	mu sync.Mutex // serialises mutations and persistence
 	// amp is the automerge document. It is replaced only by MergeSnapshot
 	// adopting a peer's larger document; readers that loaded the old
 	// pointer finish on a consistent (older) state.
@@ -83,7 +83,7 @@ type Doc struct {
 	// heads caches am.Heads(), refreshed under mu after every mutation:
 	// heartbeats and gossip ask about heads far more often than they
 	// change, and each automerge call crosses cgo.
-	heads atomic.Pointer[[]Hash]
+	heads  atomic.Pointer[[]Hash]
 	st     *store
 	closed bool
 	damage []string
