@@ -1,6 +1,7 @@
 // Package mesh is the networking of a node: the libp2p host (QUIC-v1 and
 // TCP), fleet authentication, discovery (mDNS, rendezvous peers, the
-// document's node list), replication of the document, and membership.
+// document's node list), replication of the document, membership, and
+// the mesh manager.
 //
 // # Fleet
 //
@@ -21,7 +22,8 @@
 //
 // # Gossip
 //
-//	meshnode/<id>/doc/1  each local commit (or a heads notice if too large)
+//	meshnode/<id>/doc/1  each local commit; a heads notice for a change too
+//	                     large to gossip or after anti-entropy brought changes
 //	meshnode/<id>/hb/1   heartbeats: name, listen addrs, document heads
 //
 // Payloads are sealed with XChaCha20-Poly1305 under the gossip key with the
@@ -37,4 +39,13 @@
 // (leaving heartbeat plus alive=false in its record) is a hint the stale
 // timeout confirms. Heartbeats never touch the document; last_seen_ms in
 // the record is refreshed only every LastSeenEvery.
+//
+// # Mesh manager
+//
+// Manager keeps up to Max supplementary QUIC connections to eligible peers
+// from the node list so the fleet stays connected without its rendezvous.
+// The decision is Reconcile (plan.go), a pure function of (node list,
+// current links, now, config) -> drops and opens; Manager runs it on an
+// interval and a debounce after node-list changes, dials, protects links
+// from the connection manager, and reports in Status.
 package mesh

@@ -79,6 +79,7 @@ func (n *Node) apiHandler() http.Handler {
 		"/v1/status": n.handleStatus,
 		"/v1/nodes":  n.handleNodes,
 		"/v1/peers":  n.handlePeers,
+		"/v1/mesh":   n.handleMesh,
 		"/v1/doc":    n.handleDoc,
 		"/v1/events": n.handleEvents,
 		"/metrics":   n.metrics.handler().ServeHTTP,
@@ -187,6 +188,10 @@ func transportOf(a ma.Multiaddr) string {
 
 func (n *Node) handlePeers(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, n.Peers())
+}
+
+func (n *Node) handleMesh(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, n.Mesh.Status())
 }
 
 func (n *Node) handleDoc(w http.ResponseWriter, _ *http.Request) {

@@ -55,6 +55,13 @@ type Config struct {
 	// LastSeenEvery is how often last_seen_ms is refreshed in the document
 	// [last-seen-every]. Default 10m: each refresh is a document change.
 	LastSeenEvery time.Duration
+	// MaxMeshPeers caps the supplementary connections this node opens to
+	// alive peers from the node list, so the fleet stays connected when a
+	// rendezvous dies [max-mesh-peers]. Default 4; 0 disables them.
+	MaxMeshPeers int
+	// MeshInterval between mesh reconcile passes [mesh-interval]. Default
+	// 30s; a pass also runs a second after the node list changes.
+	MeshInterval time.Duration
 
 	// Logger receives the node's logs (not configurable from outside).
 	Logger zerolog.Logger
@@ -74,6 +81,8 @@ func DefaultConfig() Config {
 		StaleAfter:        20 * time.Second,
 		SyncInterval:      30 * time.Second,
 		LastSeenEvery:     10 * time.Minute,
+		MaxMeshPeers:      4,
+		MeshInterval:      30 * time.Second,
 		Logger:            zerolog.Nop(),
 	}
 }
@@ -113,6 +122,12 @@ func (c *Config) validate() error {
 	}
 	if c.SyncInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("sync-interval: %v is below 100ms", c.SyncInterval))
+	}
+	if c.MaxMeshPeers < 0 || c.MaxMeshPeers > 64 {
+		errs = append(errs, fmt.Errorf("max-mesh-peers: %d is outside 0..64", c.MaxMeshPeers))
+	}
+	if c.MeshInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("mesh-interval: %v is below 100ms", c.MeshInterval))
 	}
 	if c.LastSeenEvery < time.Second {
 		errs = append(errs, fmt.Errorf("last-seen-every: %v is below 1s", c.LastSeenEvery))
@@ -173,6 +188,8 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.StaleAfter, "stale-after", c.StaleAfter, "a peer silent this long is stale")
 	fs.DurationVar(&c.SyncInterval, "sync-interval", c.SyncInterval, "time between anti-entropy rounds")
 	fs.DurationVar(&c.LastSeenEvery, "last-seen-every", c.LastSeenEvery, "how often last_seen_ms is refreshed in the document")
+	fs.IntVar(&c.MaxMeshPeers, "max-mesh-peers", c.MaxMeshPeers, "cap on supplementary connections to peers from the node list (0: none)")
+	fs.DurationVar(&c.MeshInterval, "mesh-interval", c.MeshInterval, "time between mesh reconcile passes")
 }
 
 // EnvPrefix starts every environment variable of meshnode.

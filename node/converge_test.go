@@ -165,3 +165,48 @@ func TestHeartbeatsDoNotChangeDocument(t *testing.T) {
 		t.Fatalf("heads moved during idle heartbeats: %v -> %v", before, after)
 	}
 }
+
+// Six nodes that know each other only through one rendezvous node (mDNS
+// off) form supplementary mesh links; after the rendezvous is killed,
+// changes made on any node still reach all the others.
+func TestRendezvousLossMeshKeepsSyncing(t *testing.T) {
+	c := newCluster(t, 7, func(i int, cfg *Config) {
+		cfg.MaxMeshPeers = 3
+		cfg.MeshInterval = 300 * time.Millisecond
+	})
+	survivors := []int{1, 2, 3, 4, 5, 6}
+	waitFor(t, 30*time.Second, "every survivor holds 3 supplementary links", func() bool {
+		for _, i := range survivors {
+			n := c.nodes[i]
+			if got := len(n.Mesh.Slots()); got != 3 {
+				return false
+			}
+			for _, p := range n.Mesh.Slots() {
+				if p == c.nodes[0].ID() {
+					t.Fatalf("node %d chose the rendezvous as a mesh link", i)
+				}
+			}
+		}
+		return true
+	})
+	for _, i := range survivors {
+		if st := c.nodes[i].Mesh.Status(); st.MaxSlotsSeen > 3 {
+			t.Fatalf("node %d held %d slots, cap 3", i, st.MaxSlotsSeen)
+		}
+	}
+	c.stop(0)
+	for _, i := range survivors {
+		update(t, c.nodes[i], func(tx *crdt.Tx) {
+			tx.SetItemName(fmt.Sprintf("after-rendezvous-%d", i), "v")
+		})
+	}
+	waitFor(t, 30*time.Second, "survivors converged without the rendezvous", func() bool { return c.converged(survivors...) })
+	for _, i := range survivors {
+		lib, _ := c.nodes[i].Doc.Library()
+		for _, j := range survivors {
+			if _, ok := lib[fmt.Sprintf("after-rendezvous-%d", j)]; !ok {
+				t.Fatalf("node %d lacks the change made on node %d", i, j)
+			}
+		}
+	}
+}

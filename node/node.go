@@ -40,6 +40,7 @@ type Node struct {
 	Replicator   *mesh.Replicator
 	Membership   *mesh.Membership
 	Discovery    *mesh.Discovery
+	Mesh         *mesh.Manager
 	Events       *Bus
 
 	ps       *pubsub.PubSub
@@ -156,6 +157,22 @@ func (n *Node) wire(boot []peer.AddrInfo, newDoc bool) {
 		MDNS: n.cfg.MDNS, Bootstrap: boot,
 		IsAlive: func(p peer.ID) bool { return n.Membership.Members()[p].State == mesh.StateAlive },
 	})
+	var rendezvous []peer.ID
+	for _, b := range boot {
+		rendezvous = append(rendezvous, b.ID)
+	}
+	n.Mesh = mesh.NewManager(mesh.ManagerConfig{
+		Host: n.Host, Doc: n.Doc, Logger: lg, Max: n.cfg.MaxMeshPeers, Interval: n.cfg.MeshInterval,
+		Fresh: 3 * n.cfg.LastSeenEvery, Rendezvous: rendezvous,
+		Silent: func() map[peer.ID]bool {
+			out := map[peer.ID]bool{}
+			for p, m := range n.Membership.Members() {
+				out[p] = m.State != mesh.StateAlive
+			}
+			return out
+		},
+		OnOpened: n.Replicator.RequestSync,
+	})
 	n.Doc.Watch(func(ev crdt.Event) {
 		n.Events.Publish(EventDocChanged, map[string]any{"local": ev.Local, "heads": crdt.HashStrings(ev.Heads)})
 	})
@@ -206,6 +223,7 @@ func (n *Node) Run(ctx context.Context) error {
 			{Name: "replicator", Policy: Required, Run: n.Replicator.Run},
 			{Name: "membership", Policy: Restart, Run: n.Membership.Run},
 			{Name: "discovery", Policy: BestEffort, Run: n.Discovery.Run},
+			{Name: "mesh", Policy: Restart, Run: n.Mesh.Run},
 			{Name: "api", Policy: Required, Run: func(ctx context.Context) error {
 				go func() {
 					<-ctx.Done()

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/meshnode/meshnode/mesh"
 	"github.com/meshnode/meshnode/node"
 )
 
@@ -83,6 +84,8 @@ func runClient(cmd string, args []string, out io.Writer) error {
 		v = &[]node.NodeInfo{}
 	case "peers":
 		v = &[]node.PeerInfo{}
+	case "mesh":
+		v = &mesh.MeshStatus{}
 	}
 	if err := c.get("/v1/"+cmd, v); err != nil {
 		return err
@@ -117,6 +120,29 @@ func runClient(cmd string, args []string, out io.Writer) error {
 				heard = time.Since(time.UnixMilli(n.LastHeardMs)).Round(time.Second).String() + " ago"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", name, shortID(n.ID), n.State, heard, len(n.Addrs))
+		}
+	case *mesh.MeshStatus:
+		last := "never"
+		if !x.LastReconcile.IsZero() {
+			last = time.Since(x.LastReconcile).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "Cap\t%d\nEligible\t%d\nLast reconcile\t%s (%d passes)\nOpened / dropped\t%d / %d\n\n",
+			x.Cap, len(x.Eligible), last, x.Passes, x.Opened, x.Dropped)
+		fmt.Fprintln(tw, "SUPPLEMENTARY\tAGE")
+		for _, sl := range x.Slots {
+			fmt.Fprintf(tw, "%s\t%s\n", shortID(sl.Peer), (time.Duration(sl.AgeSec) * time.Second).String())
+		}
+		if len(x.Skipped) > 0 {
+			fmt.Fprintln(tw, "\nSKIPPED\tWHY")
+			for p, why := range x.Skipped {
+				fmt.Fprintf(tw, "%s\t%s\n", shortID(p), why)
+			}
+		}
+		if len(x.RecentDrops) > 0 {
+			fmt.Fprintln(tw, "\nDROPPED\tWHY\tWHEN")
+			for _, d := range x.RecentDrops {
+				fmt.Fprintf(tw, "%s\t%s\t%s ago\n", shortID(d.Peer), d.Reason, time.Since(d.At).Round(time.Second))
+			}
 		}
 	case *[]node.PeerInfo:
 		fmt.Fprintln(tw, "ID\tTRANSPORT\tDIRECTION\tAUTHENTICATED\tADDRESS")

@@ -26,6 +26,7 @@ Usage:
   meshnode status [--json]      this node: id, fleet, addresses, document
   meshnode nodes [--json]       the fleet's nodes and their state
   meshnode peers [--json]       live connections
+  meshnode mesh [--json]        supplementary mesh connections and why
   meshnode fleet token          print the token other machines join with
 
 Client commands take --data DIR to pick a node (default: the same data dir
@@ -45,7 +46,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		err = runDaemon(args[1:], stdout, stderr)
-	case "status", "nodes", "peers":
+	case "status", "nodes", "peers", "mesh":
 		err = runClient(args[0], args[1:], stdout)
 	case "fleet":
 		err = runFleet(args[1:], stdout)

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnode/meshnode/mesh"
 	"github.com/meshnode/meshnode/node"
 )
 
@@ -170,6 +171,27 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 	peers, _, code := cli(t, "peers", "--data", dir, "--json")
 	if code != 0 || strings.TrimSpace(peers) != "[]" {
 		t.Fatalf("peers --json of a lone node: code %d, %q", code, peers)
+	}
+
+	// The node's own record reaches the mesh manager at its next pass,
+	// a second after the record is written.
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		mj, _, code := cli(t, "mesh", "--data", dir, "--json")
+		var ms mesh.MeshStatus
+		if code != 0 || json.Unmarshal([]byte(mj), &ms) != nil || ms.Cap != 4 {
+			t.Fatalf("mesh --json: code %d, %q", code, mj)
+		}
+		if ms.Skipped[st.ID] == mesh.SkipSelf {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mesh --json never listed this node as skipped (self): %q", mj)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if table, _, code := cli(t, "mesh", "--data", dir); code != 0 || !strings.Contains(table, "SUPPLEMENTARY") {
+		t.Fatalf("mesh: code %d, %q", code, table)
 	}
 
 	start := time.Now()

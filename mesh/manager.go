@@ -1,0 +1,314 @@
+package mesh
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/rs/zerolog"
+
+	"github.com/meshnode/meshnode/crdt"
+)
+
+// protectTag marks supplementary connections for the connection manager.
+const protectTag = "meshnode-mesh"
+
+// ManagerConfig configures a Manager.
+type ManagerConfig struct {
+	Host   host.Host
+	Doc    *crdt.Doc
+	Logger zerolog.Logger
+	// Max is the cap on supplementary connections; 0 disables the manager.
+	Max int
+	// Interval between reconcile passes. Default 30 s.
+	Interval time.Duration
+	// Debounce: a pass runs this long after the node list changes.
+	// Default 1 s.
+	Debounce time.Duration
+	// Fresh: a node's last_seen_ms must be this recent. Default 30 min
+	// (three refreshes at the default --last-seen-every).
+	Fresh time.Duration
+	// Rendezvous peers are never chosen for supplementary connections.
+	Rendezvous []peer.ID
+	// Silent returns the peers membership heard whose heartbeats have since
+	// stopped; called once per pass. Must not block. Optional.
+	Silent func() map[peer.ID]bool
+	// OnOpened is called once a supplementary connection is up, to start
+	// anti-entropy over it. Must not block. Optional.
+	OnOpened func(peer.ID)
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// MeshSlot is one supplementary connection, as shown by Status.
+type MeshSlot struct {
+	Peer   string  `json:"peer"`
+	AgeSec float64 `json:"age_sec"`
+}
+
+// MeshEvent records a drop or skip with its reason.
+type MeshEvent struct {
+	Peer   string    `json:"peer"`
+	Reason string    `json:"reason"`
+	At     time.Time `json:"at"`
+}
+
+// MeshStatus is what GET /v1/mesh shows.
+type MeshStatus struct {
+	Cap           int               `json:"cap"`
+	Eligible      []string          `json:"eligible"`
+	Slots         []MeshSlot        `json:"slots"`
+	Skipped       map[string]string `json:"skipped"`
+	RecentDrops   []MeshEvent       `json:"recent_drops"`
+	LastReconcile time.Time         `json:"last_reconcile"`
+	Passes        uint64            `json:"passes"`
+	Opened        uint64            `json:"opened_total"`
+	Dropped       uint64            `json:"dropped_total"`
+	MaxSlotsSeen  int               `json:"max_slots_seen"`
+}
+
+// Manager keeps up to Max supplementary connections to alive peers from
+// the document's node list, so that the fleet stays one connected graph
+// whichever single node (a rendezvous included) fails. Decisions come
+// from Reconcile; the Manager only dials, closes and keeps the books.
+type Manager struct {
+	cfg  ManagerConfig
+	lg   zerolog.Logger
+	kick chan struct{}
+	rv   map[peer.ID]bool
+
+	mu       sync.Mutex
+	slots    map[peer.ID]time.Time // when each supplementary connection opened
+	pending  map[peer.ID]bool      // slots still dialling
+	failed   map[peer.ID]time.Time
+	last     Plan
+	lastAt   time.Time
+	drops    []MeshEvent
+	maxSeen  int
+	dialing  sync.WaitGroup
+	passes   atomic.Uint64
+	opened   atomic.Uint64
+	dropped  atomic.Uint64
+	disabled bool
+}
+
+// NewManager returns a Manager; Run starts it.
+func NewManager(cfg ManagerConfig) *Manager {
+	if cfg.Interval <= 0 {
+		cfg.Interval = 30 * time.Second
+	}
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = time.Second
+	}
+	if cfg.Fresh <= 0 {
+		cfg.Fresh = 30 * time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Silent == nil {
+		cfg.Silent = func() map[peer.ID]bool { return nil }
+	}
+	if cfg.OnOpened == nil {
+		cfg.OnOpened = func(peer.ID) {}
+	}
+	m := &Manager{
+		cfg: cfg, lg: cfg.Logger.With().Str("component", "mesh").Logger(),
+		kick: make(chan struct{}, 1), rv: map[peer.ID]bool{},
+		slots: map[peer.ID]time.Time{}, pending: map[peer.ID]bool{}, failed: map[peer.ID]time.Time{},
+	}
+	for _, p := range cfg.Rendezvous {
+		m.rv[p] = true
+	}
+	return m
+}
+
+// Run reconciles every Interval and soon after the node list changes,
+// until ctx ends; then it waits for its dials.
+func (m *Manager) Run(ctx context.Context) error {
+	if m.cfg.Max <= 0 {
+		m.lg.Info().Msg("supplementary mesh connections disabled (--max-mesh-peers=0)")
+		m.mu.Lock()
+		m.disabled = true
+		m.mu.Unlock()
+		<-ctx.Done()
+		return nil
+	}
+	stop := m.cfg.Doc.Watch(func(crdt.Event) {
+		select {
+		case m.kick <- struct{}{}:
+		default:
+		}
+	})
+	defer stop()
+	defer m.dialing.Wait()
+	tick := time.NewTicker(m.cfg.Interval)
+	defer tick.Stop()
+	var debounce <-chan time.Time
+	m.reconcile(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			m.reconcile(ctx)
+		case <-m.kick:
+			if debounce == nil {
+				debounce = time.After(m.cfg.Debounce)
+			}
+		case <-debounce:
+			debounce = nil
+			m.reconcile(ctx)
+		}
+	}
+}
+
+// Kick asks for a reconcile pass soon (debounced).
+func (m *Manager) Kick() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (m *Manager) input() PlanInput {
+	recs, err := m.cfg.Doc.Nodes()
+	if err != nil {
+		m.lg.Warn().Err(err).Msg("reading the node list failed")
+	}
+	now := m.cfg.Now()
+	in := PlanInput{
+		Self: m.cfg.Host.ID(), Rendezvous: m.rv, Now: now, Max: m.cfg.Max, Fresh: m.cfg.Fresh,
+		DialBackoff: 2 * m.cfg.Interval, Slots: map[peer.ID]PlanSlot{}, DialFailed: map[peer.ID]time.Time{},
+	}
+	silent := m.cfg.Silent()
+	for id, r := range recs {
+		p, err := peer.Decode(id)
+		if err != nil {
+			continue
+		}
+		in.Nodes = append(in.Nodes, PlanNode{ID: p, Addrs: r.Addrs, Alive: r.Alive, LastSeenMs: r.LastSeenMs, Silent: silent[p]})
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for p, at := range m.slots {
+		up := m.pending[p] || m.cfg.Host.Network().Connectedness(p) == network.Connected
+		in.Slots[p] = PlanSlot{Opened: at, Connected: up}
+	}
+	for p, at := range m.failed {
+		in.DialFailed[p] = at
+	}
+	return in
+}
+
+func (m *Manager) reconcile(ctx context.Context) {
+	in := m.input()
+	plan := Reconcile(in)
+	m.passes.Add(1)
+	m.mu.Lock()
+	m.last, m.lastAt = plan, in.Now
+	addrs := map[peer.ID][]string{}
+	for _, n := range in.Nodes {
+		addrs[n.ID] = n.Addrs
+	}
+	for _, a := range plan.Actions {
+		if a.Open {
+			m.slots[a.Peer] = in.Now // held while dialling: the cap counts it
+			m.pending[a.Peer] = true
+			m.dialing.Add(1)
+			go m.open(ctx, a.Peer, addrs[a.Peer])
+			continue
+		}
+		delete(m.slots, a.Peer)
+		m.cfg.Host.ConnManager().Unprotect(a.Peer, protectTag)
+		if a.Reason != DropEnded {
+			_ = m.cfg.Host.Network().ClosePeer(a.Peer)
+		}
+		m.dropped.Add(1)
+		m.drops = append(m.drops, MeshEvent{Peer: a.Peer.String(), Reason: a.Reason, At: in.Now})
+		if len(m.drops) > 20 {
+			m.drops = m.drops[len(m.drops)-20:]
+		}
+		m.lg.Info().Str("peer", a.Peer.String()).Str("reason", a.Reason).Msg("supplementary connection dropped")
+	}
+	m.maxSeen = max(m.maxSeen, len(m.slots))
+	m.mu.Unlock()
+}
+
+// open dials p over QUIC (any address if it has no QUIC one) and protects
+// the connection from the connection manager's trimming.
+func (m *Manager) open(ctx context.Context, p peer.ID, addrs []string) {
+	defer m.dialing.Done()
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	ai := peer.AddrInfo{ID: p, Addrs: preferQUIC(ParseAddrs(addrs))}
+	err := m.cfg.Host.Connect(ctx, ai)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.pending, p)
+	if err != nil {
+		delete(m.slots, p)
+		m.failed[p] = m.cfg.Now()
+		m.lg.Debug().Str("peer", p.String()).Err(err).Msg("supplementary dial failed")
+		return
+	}
+	delete(m.failed, p)
+	m.cfg.Host.ConnManager().Protect(p, protectTag)
+	m.opened.Add(1)
+	m.lg.Info().Str("peer", p.String()).Bool("supplementary", true).Msg("supplementary connection opened")
+	m.cfg.OnOpened(p)
+}
+
+func preferQUIC(addrs []ma.Multiaddr) []ma.Multiaddr {
+	var quic []ma.Multiaddr
+	for _, a := range addrs {
+		if _, err := a.ValueForProtocol(ma.P_QUIC_V1); err == nil {
+			quic = append(quic, a)
+		}
+	}
+	if len(quic) > 0 {
+		return quic
+	}
+	return addrs
+}
+
+// Status reports the cap, the last pass and the current slots.
+func (m *Manager) Status() MeshStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := MeshStatus{
+		Cap: m.cfg.Max, LastReconcile: m.lastAt, Skipped: map[string]string{},
+		Eligible: []string{}, Slots: []MeshSlot{}, RecentDrops: append([]MeshEvent{}, m.drops...),
+		Passes: m.passes.Load(), Opened: m.opened.Load(), Dropped: m.dropped.Load(), MaxSlotsSeen: m.maxSeen,
+	}
+	if m.disabled {
+		st.Cap = 0
+	}
+	for _, p := range m.last.Eligible {
+		st.Eligible = append(st.Eligible, p.String())
+	}
+	for p, why := range m.last.Skipped {
+		st.Skipped[p.String()] = why
+	}
+	now := m.cfg.Now()
+	for p, at := range m.slots {
+		st.Slots = append(st.Slots, MeshSlot{Peer: p.String(), AgeSec: now.Sub(at).Seconds()})
+	}
+	return st
+}
+
+// Slots returns the peers this node holds supplementary connections to.
+func (m *Manager) Slots() []peer.ID {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]peer.ID, 0, len(m.slots))
+	for p := range m.slots {
+		out = append(out, p)
+	}
+	return out
+}
