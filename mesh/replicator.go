@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/rs/zerolog"
 
 	"github.com/meshnode/meshnode/crdt"
@@ -60,7 +61,7 @@ type Replicator struct {
 	cfg                  ReplicatorConfig
 	lg                   zerolog.Logger
 	topicName            string
-	syncProto, snapProto string
+	syncProto, snapProto protocol.ID
 	needBoot             atomic.Bool
 	dropGossip           atomic.Bool
 	outbox               chan crdt.Event
@@ -104,8 +105,8 @@ func NewReplicator(cfg ReplicatorConfig) *Replicator {
 		cfg:       cfg,
 		lg:        cfg.Logger.With().Str("component", "replicator").Logger(),
 		topicName: cfg.Fleet.Topic("doc/1"),
-		syncProto: string(cfg.Fleet.Protocol("sync/1")),
-		snapProto: string(cfg.Fleet.Protocol("snapshot/1")),
+		syncProto: cfg.Fleet.Protocol("sync/1"),
+		snapProto: cfg.Fleet.Protocol("snapshot/1"),
 		outbox:    make(chan crdt.Event, 4096),
 		notice:    make(chan struct{}, 1),
 		wake:      make(chan struct{}, 1),
@@ -153,10 +154,10 @@ func (r *Replicator) Run(ctx context.Context) error {
 		}
 	})
 	defer unwatch()
-	r.cfg.Auth.Handle(r.cfg.Fleet.Protocol("sync/1"), r.serveSync)
-	r.cfg.Auth.Handle(r.cfg.Fleet.Protocol("snapshot/1"), r.serveSnapshot)
-	defer r.cfg.Host.RemoveStreamHandler(r.cfg.Fleet.Protocol("sync/1"))
-	defer r.cfg.Host.RemoveStreamHandler(r.cfg.Fleet.Protocol("snapshot/1"))
+	r.cfg.Auth.Handle(r.syncProto, r.serveSync)
+	r.cfg.Auth.Handle(r.snapProto, r.serveSnapshot)
+	defer r.cfg.Host.RemoveStreamHandler(r.syncProto)
+	defer r.cfg.Host.RemoveStreamHandler(r.snapProto)
 
 	r.mu.Lock()
 	r.running = true
@@ -283,7 +284,7 @@ func (r *Replicator) periodic(ctx context.Context) {
 func (r *Replicator) syncWith(ctx context.Context, p peer.ID) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	s, err := r.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "sync"), p, r.cfg.Fleet.Protocol("sync/1"))
+	s, err := r.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "sync"), p, r.syncProto)
 	if err != nil {
 		return err
 	}
@@ -364,7 +365,7 @@ func (r *Replicator) bootstrap(ctx context.Context, p peer.ID) {
 	defer cancel()
 	start := time.Now()
 	err := func() error {
-		s, err := r.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "snapshot"), p, r.cfg.Fleet.Protocol("snapshot/1"))
+		s, err := r.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "snapshot"), p, r.snapProto)
 		if err != nil {
 			return err
 		}
