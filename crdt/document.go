@@ -257,7 +257,7 @@ func (d *Doc) ApplyChange(raw []byte, hash Hash, deps []Hash) (bool, error) {
 	if d.has(hash) {
 		return false, nil
 	}
-	if !d.hasAllLocked(deps) {
+	if !d.HasAll(deps) {
 		return false, ErrMissingDeps
 	}
 	if err := d.doc().LoadIncremental(raw); err != nil {
@@ -313,7 +313,7 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 	if err != nil {
 		return fmt.Errorf("%w: snapshot from peer: %v", ErrCorrupt, err)
 	}
-	before := hashKey(d.Heads())
+	before := hashKey(*d.heads.Load())
 	cur := d.doc()
 	if d.st.snapSize == 0 && int64(len(b)) > d.st.logSize {
 		// A new node: everything it has is in its change log, and the
@@ -384,12 +384,10 @@ func ParseHash(s string) (Hash, error) {
 }
 
 // HasAll reports whether every given change is already in the document.
-func (d *Doc) HasAll(hs []Hash) bool { return d.hasAllLocked(hs) }
-
-// hasAllLocked checks the current heads first: the hashes asked about
-// (a heartbeat's heads, a gossiped change's deps) are usually among them,
-// and one Heads call is far cheaper than fetching changes by hash.
-func (d *Doc) hasAllLocked(hs []Hash) bool {
+// It checks the cached heads first: the hashes asked about (a heartbeat's
+// heads, a gossiped change's deps) are usually among them, and that is far
+// cheaper than fetching changes by hash across cgo.
+func (d *Doc) HasAll(hs []Hash) bool {
 	if len(hs) == 0 {
 		return true
 	}

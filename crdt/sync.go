@@ -141,7 +141,7 @@ func (d *Doc) receiveSync(ps *PeerState, b []byte) (int, error) {
 	if d.closed {
 		return 0, ErrClosed
 	}
-	before := hashKey(d.Heads())
+	before := hashKey(*d.heads.Load())
 	sm, err := d.syncState(ps).ReceiveMessage(b)
 	heads := d.refreshHeads()
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -137,11 +139,7 @@ func (a *Auth) IsAuthenticated(p peer.ID) bool {
 func (a *Auth) Authenticated() []peer.ID {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := make([]peer.ID, 0, len(a.authed))
-	for p := range a.authed {
-		out = append(out, p)
-	}
-	return out
+	return slices.Collect(maps.Keys(a.authed))
 }
 
 // Handle registers a stream handler that only authenticated peers reach;

@@ -2,6 +2,8 @@ package mesh
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,19 +84,18 @@ type Manager struct {
 	kick chan struct{}
 	rv   map[peer.ID]bool
 
-	mu       sync.Mutex
-	slots    map[peer.ID]time.Time // when each supplementary connection opened
-	pending  map[peer.ID]bool      // slots still dialling
-	failed   map[peer.ID]time.Time
-	last     Plan
-	lastAt   time.Time
-	drops    []MeshEvent
-	maxSeen  int
-	dialing  sync.WaitGroup
-	passes   atomic.Uint64
-	opened   atomic.Uint64
-	dropped  atomic.Uint64
-	disabled bool
+	mu      sync.Mutex
+	slots   map[peer.ID]time.Time // when each supplementary connection opened
+	pending map[peer.ID]bool      // slots still dialling
+	failed  map[peer.ID]time.Time
+	last    Plan
+	lastAt  time.Time
+	drops   []MeshEvent
+	maxSeen int
+	dialing sync.WaitGroup
+	passes  atomic.Uint64
+	opened  atomic.Uint64
+	dropped atomic.Uint64
 }
 
 // NewManager returns a Manager; Run starts it.
@@ -133,9 +134,6 @@ func NewManager(cfg ManagerConfig) *Manager {
 func (m *Manager) Run(ctx context.Context) error {
 	if m.cfg.Max <= 0 {
 		m.lg.Info().Msg("supplementary mesh connections disabled (--max-mesh-peers=0)")
-		m.mu.Lock()
-		m.disabled = true
-		m.mu.Unlock()
 		<-ctx.Done()
 		return nil
 	}
@@ -282,12 +280,9 @@ func (m *Manager) Status() MeshStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := MeshStatus{
-		Cap: m.cfg.Max, LastReconcile: m.lastAt, Skipped: map[string]string{},
+		Cap: max(m.cfg.Max, 0), LastReconcile: m.lastAt, Skipped: map[string]string{},
 		Eligible: []string{}, Slots: []MeshSlot{}, RecentDrops: append([]MeshEvent{}, m.drops...),
 		Passes: m.passes.Load(), Opened: m.opened.Load(), Dropped: m.dropped.Load(), MaxSlotsSeen: m.maxSeen,
-	}
-	if m.disabled {
-		st.Cap = 0
 	}
 	for _, p := range m.last.Eligible {
 		st.Eligible = append(st.Eligible, p.String())
@@ -306,9 +301,22 @@ func (m *Manager) Status() MeshStatus {
 func (m *Manager) Slots() []peer.ID {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]peer.ID, 0, len(m.slots))
-	for p := range m.slots {
-		out = append(out, p)
+	return slices.Collect(maps.Keys(m.slots))
+}
+
+// MeshStats are the manager's figures for metrics: cheap to read, unlike
+// Status, which lists every eligible and skipped peer.
+type MeshStats struct {
+	Cap, Slots, Eligible    int
+	Passes, Opened, Dropped uint64
+}
+
+// Stats returns the current figures.
+func (m *Manager) Stats() MeshStats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return MeshStats{
+		Cap: max(m.cfg.Max, 0), Slots: len(m.slots), Eligible: len(m.last.Eligible),
+		Passes: m.passes.Load(), Opened: m.opened.Load(), Dropped: m.dropped.Load(),
 	}
-	return out
 }

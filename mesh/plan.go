@@ -171,11 +171,8 @@ func skipReason(in PlanInput, n PlanNode) string {
 // rankPeers sorts ids by this node's rendezvous-hash score, best first.
 func rankPeers(self peer.ID, ids []peer.ID) {
 	score := func(p peer.ID) uint64 {
-		h := blake3.New()
-		_, _ = h.Write([]byte(self))
-		_, _ = h.Write([]byte{0})
-		_, _ = h.Write([]byte(p))
-		return binary.BigEndian.Uint64(h.Sum(nil))
+		sum := blake3.Sum256([]byte(string(self) + "\x00" + string(p)))
+		return binary.BigEndian.Uint64(sum[:])
 	}
 	scores := make(map[peer.ID]uint64, len(ids))
 	for _, id := range ids {

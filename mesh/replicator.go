@@ -281,16 +281,25 @@ func (r *Replicator) periodic(ctx context.Context) {
 	}
 }
 
+// openStream opens a stream to p (relayed connections allowed) that is
+// reset when ctx ends; release stops that watch and closes the stream.
+func (r *Replicator) openStream(ctx context.Context, p peer.ID, proto protocol.ID, why string) (network.Stream, func(), error) {
+	s, err := r.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, why), p, proto)
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	return s, func() { stop(); s.Close() }, nil
+}
+
 func (r *Replicator) syncWith(ctx context.Context, p peer.ID) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	s, err := r.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "sync"), p, r.syncProto)
+	s, release, err := r.openStream(ctx, p, r.syncProto, "sync")
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	stop := context.AfterFunc(ctx, func() { s.Reset() })
-	defer stop()
+	defer release()
 	st, err := r.cfg.Doc.Sync(s, r.state(p, true), true)
 	r.sessions.Add(1)
 	r.countSync(st)
@@ -365,13 +374,11 @@ func (r *Replicator) bootstrap(ctx context.Context, p peer.ID) {
 	defer cancel()
 	start := time.Now()
 	err := func() error {
-		s, err := r.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "snapshot"), p, r.snapProto)
+		s, release, err := r.openStream(ctx, p, r.snapProto, "snapshot")
 		if err != nil {
 			return err
 		}
-		defer s.Close()
-		stop := context.AfterFunc(ctx, func() { s.Reset() })
-		defer stop()
+		defer release()
 		_ = s.CloseWrite()
 		b, err := frame.Read(bufio.NewReader(s), maxSnapshot)
 		if err != nil {

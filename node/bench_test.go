@@ -37,7 +37,7 @@ import (
 // baseline measured in the same run. Run them with -benchtime=1x
 // (scripts/bench.sh does). BENCHMARKS.md records the results.
 
-func benchConfig(b *testing.B) func(int, *Config) {
+func benchConfig() func(int, *Config) {
 	return func(_ int, c *Config) {
 		c.HeartbeatInterval = time.Second
 		c.StaleAfter = 5 * time.Second
@@ -120,7 +120,7 @@ func BenchmarkConvergence(b *testing.B) {
 }
 
 func benchConvergence(b *testing.B, nodes, rounds int) {
-	c := newCluster(b, nodes, benchConfig(b))
+	c := newCluster(b, nodes, benchConfig())
 	waitFor(b, 60*time.Second, "every node authenticated", func() bool { return c.allAuthenticated(1) })
 	waitFor(b, 60*time.Second, "document converged", func() bool { return c.converged() })
 
@@ -263,7 +263,7 @@ func BenchmarkHeal(b *testing.B) {
 }
 
 func benchHeal(b *testing.B) {
-	c := newCluster(b, 4, benchConfig(b))
+	c := newCluster(b, 4, benchConfig())
 	waitFor(b, 30*time.Second, "every node authenticated", func() bool { return c.allAuthenticated(1) })
 	waitFor(b, 30*time.Second, "document converged", func() bool { return c.converged() })
 	left, right := []int{0, 1}, []int{2, 3}
@@ -365,7 +365,7 @@ func benchBootstrap(b *testing.B, bin string) {
 	time.Sleep(2 * time.Second) // let it settle before reading its RSS
 	idleRSS := idle.rss("VmRSS")
 
-	c := newCluster(b, 1, benchConfig(b))
+	c := newCluster(b, 1, benchConfig())
 	src := c.nodes[0]
 	fleetNodes, entries := 100, 1000
 	if v := os.Getenv("MN_BENCH_SMALL"); v != "" {

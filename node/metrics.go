@@ -50,12 +50,13 @@ func newMetrics(n *Node) *metrics {
 	counter("snapshots_served_total", "Snapshots served to peers.", func() float64 { return float64(rs().SnapshotsServed) })
 	counter("sync_bytes_received_total", "Document bytes received by anti-entropy and snapshots.", func() float64 { return float64(rs().BytesIn) })
 	counter("sync_bytes_sent_total", "Document bytes sent by anti-entropy and snapshots.", func() float64 { return float64(rs().BytesOut) })
-	gauge("mesh_cap", "Cap on supplementary mesh connections (0: disabled).", func() float64 { return float64(n.Mesh.Status().Cap) })
-	gauge("mesh_slots", "Supplementary mesh connections held.", func() float64 { return float64(len(n.Mesh.Slots())) })
-	gauge("mesh_eligible", "Peers eligible for a supplementary connection at the last pass.", func() float64 { return float64(len(n.Mesh.Status().Eligible)) })
-	counter("mesh_opened_total", "Supplementary connections opened.", func() float64 { return float64(n.Mesh.Status().Opened) })
-	counter("mesh_dropped_total", "Supplementary connections dropped or freed.", func() float64 { return float64(n.Mesh.Status().Dropped) })
-	counter("mesh_passes_total", "Mesh reconcile passes.", func() float64 { return float64(n.Mesh.Status().Passes) })
+	ms := func() mesh.MeshStats { return n.Mesh.Stats() }
+	gauge("mesh_cap", "Cap on supplementary mesh connections (0: disabled).", func() float64 { return float64(ms().Cap) })
+	gauge("mesh_slots", "Supplementary mesh connections held.", func() float64 { return float64(ms().Slots) })
+	gauge("mesh_eligible", "Peers eligible for a supplementary connection at the last pass.", func() float64 { return float64(ms().Eligible) })
+	counter("mesh_opened_total", "Supplementary connections opened.", func() float64 { return float64(ms().Opened) })
+	counter("mesh_dropped_total", "Supplementary connections dropped or freed.", func() float64 { return float64(ms().Dropped) })
+	counter("mesh_passes_total", "Mesh reconcile passes.", func() float64 { return float64(ms().Passes) })
 	counter("events_dropped_total", "Events dropped for slow API subscribers.", func() float64 { return float64(n.Events.dropped.Load()) })
 	return &metrics{reg: reg}
 }
