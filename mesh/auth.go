@@ -75,9 +75,12 @@ type Auth struct {
 	mu       sync.Mutex
 	authed   map[peer.ID]time.Time
 	inflight map[peer.ID]bool
-	ctx      context.Context
-	closing  bool
-	wg       sync.WaitGroup
+	// changed is closed and replaced whenever a peer authenticates, fails
+	// or disconnects, to wake WaitAuthenticated.
+	changed chan struct{}
+	ctx     context.Context
+	closing bool
+	wg      sync.WaitGroup
 }
 
 // NewAuth returns Auth; Run starts it.
@@ -97,6 +100,7 @@ func NewAuth(cfg AuthConfig) *Auth {
 		proto:    cfg.Fleet.Protocol("auth/1"),
 		authed:   map[peer.ID]time.Time{},
 		inflight: map[peer.ID]bool{},
+		changed:  make(chan struct{}),
 	}
 }
 
@@ -133,6 +137,35 @@ func (a *Auth) IsAuthenticated(p peer.ID) bool {
 	defer a.mu.Unlock()
 	_, ok := a.authed[p]
 	return ok
+}
+
+// WaitAuthenticated waits until p has authenticated, and reports whether
+// it has; it gives up when p is no longer connected (it failed, or left),
+// ctx ends or timeout passes. It serves callers that act on a peer's
+// request which can arrive before the exchange on a new connection
+// completes (a relay reservation, for one).
+func (a *Auth) WaitAuthenticated(ctx context.Context, p peer.ID, timeout time.Duration) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		a.mu.Lock()
+		_, ok := a.authed[p]
+		ch := a.changed
+		a.mu.Unlock()
+		if ok {
+			return true
+		}
+		if a.cfg.Host.Network().Connectedness(p) != network.Connected {
+			return false
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return false
+		}
+	}
 }
 
 // Authenticated returns the authenticated peers.
@@ -206,6 +239,7 @@ func (a *Auth) disconnected(p peer.ID) {
 	a.mu.Lock()
 	_, was := a.authed[p]
 	delete(a.authed, p)
+	a.broadcastLocked()
 	a.mu.Unlock()
 	if was {
 		a.lg.Debug().Str("peer", p.String()).Msg("authenticated peer disconnected")
@@ -217,6 +251,7 @@ func (a *Auth) succeed(p peer.ID) {
 	a.mu.Lock()
 	_, was := a.authed[p]
 	a.authed[p] = time.Now()
+	a.broadcastLocked()
 	a.mu.Unlock()
 	a.cfg.Gate.Succeed(p)
 	if !was {
@@ -229,6 +264,15 @@ func (a *Auth) fail(p peer.ID, err error) {
 	d := a.cfg.Gate.Fail(p)
 	a.lg.Warn().Str("peer", p.String()).Err(err).Dur("backoff", d).Msg("peer failed fleet authentication; disconnected")
 	_ = a.cfg.Host.Network().ClosePeer(p)
+	a.mu.Lock()
+	a.broadcastLocked()
+	a.mu.Unlock()
+}
+
+// broadcastLocked wakes every WaitAuthenticated. Call with a.mu held.
+func (a *Auth) broadcastLocked() {
+	close(a.changed)
+	a.changed = make(chan struct{})
 }
 
 func (a *Auth) initiate(ctx context.Context, p peer.ID) {

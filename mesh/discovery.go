@@ -51,15 +51,19 @@ type Discovery struct {
 
 // ParseBootstrap parses rendezvous multiaddrs, which must end in /p2p/<id>.
 func ParseBootstrap(addrs []string) ([]peer.AddrInfo, error) {
+	return parseP2PAddrs("bootstrap", addrs)
+}
+
+func parseP2PAddrs(what string, addrs []string) ([]peer.AddrInfo, error) {
 	var out []peer.AddrInfo
 	for _, s := range addrs {
 		a, err := ma.NewMultiaddr(s)
 		if err != nil {
-			return nil, fmt.Errorf("bootstrap address %q: %w", s, err)
+			return nil, fmt.Errorf("%s address %q: %w", what, s, err)
 		}
 		ai, err := peer.AddrInfoFromP2pAddr(a)
 		if err != nil {
-			return nil, fmt.Errorf("bootstrap address %q must end in /p2p/<peer id>: %w", s, err)
+			return nil, fmt.Errorf("%s address %q must end in /p2p/<peer id>: %w", what, s, err)
 		}
 		out = append(out, *ai)
 	}

@@ -18,6 +18,10 @@ type Gate struct {
 	now     func() time.Time
 	backoff map[peer.ID]backoffEntry
 	blocked map[peer.ID]bool
+	// noDirect holds peers reachable only through a relay: what two sites
+	// that cannot route to each other look like, for partition tests and
+	// for operators who want a peer's traffic to go through the relay.
+	noDirect map[peer.ID]bool
 }
 
 type backoffEntry struct {
@@ -32,7 +36,7 @@ const (
 
 // NewGate returns an open gate.
 func NewGate() *Gate {
-	return &Gate{now: time.Now, backoff: map[peer.ID]backoffEntry{}, blocked: map[peer.ID]bool{}}
+	return &Gate{now: time.Now, backoff: map[peer.ID]backoffEntry{}, blocked: map[peer.ID]bool{}, noDirect: map[peer.ID]bool{}}
 }
 
 // Fail records an authentication failure and returns how long p is
@@ -74,6 +78,34 @@ func (g *Gate) Unblock(ps ...peer.ID) {
 	g.mu.Unlock()
 }
 
+// BlockDirect refuses direct connections to or from the peers; relayed
+// connections stay allowed. UnblockDirect lifts it.
+func (g *Gate) BlockDirect(ps ...peer.ID) {
+	g.mu.Lock()
+	for _, p := range ps {
+		g.noDirect[p] = true
+	}
+	g.mu.Unlock()
+}
+
+// UnblockDirect lifts BlockDirect.
+func (g *Gate) UnblockDirect(ps ...peer.ID) {
+	g.mu.Lock()
+	for _, p := range ps {
+		delete(g.noDirect, p)
+	}
+	g.mu.Unlock()
+}
+
+func (g *Gate) pathAllowed(p peer.ID, a ma.Multiaddr) bool {
+	if !g.Allowed(p) {
+		return false
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.noDirect[p] || isCircuit(a)
+}
+
 // Allowed reports whether p may connect now.
 func (g *Gate) Allowed(p peer.ID) bool {
 	g.mu.Lock()
@@ -86,9 +118,9 @@ func (g *Gate) Allowed(p peer.ID) bool {
 }
 
 func (g *Gate) InterceptPeerDial(p peer.ID) bool                 { return g.Allowed(p) }
-func (g *Gate) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return g.Allowed(p) }
+func (g *Gate) InterceptAddrDial(p peer.ID, a ma.Multiaddr) bool { return g.pathAllowed(p, a) }
 func (g *Gate) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
-func (g *Gate) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
-	return g.Allowed(p)
+func (g *Gate) InterceptSecured(_ network.Direction, p peer.ID, c network.ConnMultiaddrs) bool {
+	return g.pathAllowed(p, c.RemoteMultiaddr())
 }
 func (g *Gate) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }

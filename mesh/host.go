@@ -56,6 +56,10 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.ConnectionGater(cfg.Gate),
 		libp2p.ConnectionManager(cm),
+		// DCUtR: two nodes behind NATs that meet through a relay try to
+		// punch a direct path. libp2p only attempts it from hosts that see
+		// a public address of their own.
+		libp2p.EnableHolePunching(),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: start libp2p host: %w", err)

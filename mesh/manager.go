@@ -51,6 +51,8 @@ type ManagerConfig struct {
 type MeshSlot struct {
 	Peer   string  `json:"peer"`
 	AgeSec float64 `json:"age_sec"`
+	// Relayed is true while the connection goes through a relay.
+	Relayed bool `json:"relayed,omitempty"`
 }
 
 // MeshEvent records a drop or skip with its reason.
@@ -72,6 +74,12 @@ type MeshStatus struct {
 	Opened        uint64            `json:"opened_total"`
 	Dropped       uint64            `json:"dropped_total"`
 	MaxSlotsSeen  int               `json:"max_slots_seen"`
+	// RelayedPeers are connected only through a relay.
+	RelayedPeers []string `json:"relayed_peers"`
+	// Upgrades counts relayed connections replaced by direct ones.
+	Upgrades uint64 `json:"relay_upgrades_total"`
+	// Relays is this node's reservation on each --relay (set by the node).
+	Relays []RelayState `json:"relays"`
 }
 
 // Manager keeps up to Max supplementary connections to alive peers from
@@ -88,14 +96,19 @@ type Manager struct {
 	slots   map[peer.ID]time.Time // when each supplementary connection opened
 	pending map[peer.ID]bool      // slots still dialling
 	failed  map[peer.ID]time.Time
-	last    Plan
-	lastAt  time.Time
-	drops   []MeshEvent
-	maxSeen int
-	dialing sync.WaitGroup
-	passes  atomic.Uint64
-	opened  atomic.Uint64
-	dropped atomic.Uint64
+	// direct dials of peers reached only through a relay: in flight, and
+	// when the last one failed.
+	upgrading     map[peer.ID]bool
+	upgradeFailed map[peer.ID]time.Time
+	last          Plan
+	lastAt        time.Time
+	drops         []MeshEvent
+	maxSeen       int
+	dialing       sync.WaitGroup
+	passes        atomic.Uint64
+	opened        atomic.Uint64
+	dropped       atomic.Uint64
+	upgrades      atomic.Uint64
 }
 
 // NewManager returns a Manager; Run starts it.
@@ -122,6 +135,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 		cfg: cfg, lg: cfg.Logger.With().Str("component", "mesh").Logger(),
 		kick: make(chan struct{}, 1), rv: map[peer.ID]bool{},
 		slots: map[peer.ID]time.Time{}, pending: map[peer.ID]bool{}, failed: map[peer.ID]time.Time{},
+		upgrading: map[peer.ID]bool{}, upgradeFailed: map[peer.ID]time.Time{},
 	}
 	for _, p := range cfg.Rendezvous {
 		m.rv[p] = true
@@ -144,6 +158,15 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 	})
 	defer stop()
+	// A direct connection to a peer reached through a relay lets the
+	// next pass close the relayed one.
+	nb := &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		if !IsRelayed(c) && len(m.cfg.Host.Network().ConnsToPeer(c.RemotePeer())) > 1 {
+			m.Kick()
+		}
+	}}
+	m.cfg.Host.Network().Notify(nb)
+	defer m.cfg.Host.Network().StopNotify(nb)
 	defer m.dialing.Wait()
 	tick := time.NewTicker(m.cfg.Interval)
 	defer tick.Stop()
@@ -236,15 +259,100 @@ func (m *Manager) reconcile(ctx context.Context) {
 	}
 	m.maxSeen = max(m.maxSeen, len(m.slots))
 	m.mu.Unlock()
+	m.upgradeRelayed(ctx, addrs, in.Now, in.DialBackoff)
 }
 
-// open dials p over QUIC (any address if it has no QUIC one) and protects
-// the connection from the connection manager's trimming.
+// upgradeRelayed replaces relayed connections with direct ones: it closes
+// the relayed connections of peers that also have a direct one, and dials
+// the direct addresses of peers reached only through a relay (at most once
+// per backoff period).
+func (m *Manager) upgradeRelayed(ctx context.Context, addrs map[peer.ID][]string, now time.Time, backoff time.Duration) {
+	nw := m.cfg.Host.Network()
+	for _, p := range nw.Peers() {
+		direct, relayed := splitConns(nw.ConnsToPeer(p))
+		if len(relayed) == 0 {
+			continue
+		}
+		if len(direct) > 0 {
+			m.closeRelayed(p, relayed)
+			continue
+		}
+		var da []ma.Multiaddr
+		for _, a := range ParseAddrs(addrs[p]) {
+			if !isCircuit(a) {
+				da = append(da, a)
+			}
+		}
+		m.mu.Lock()
+		skip := len(da) == 0 || m.upgrading[p] || now.Sub(m.upgradeFailed[p]) < backoff
+		if !skip {
+			m.upgrading[p] = true
+			m.dialing.Add(1)
+		}
+		m.mu.Unlock()
+		if skip {
+			continue
+		}
+		go func() {
+			defer m.dialing.Done()
+			dctx, cancel := context.WithTimeout(network.WithForceDirectDial(ctx, "replace relayed connection"), 15*time.Second)
+			defer cancel()
+			err := m.cfg.Host.Connect(dctx, peer.AddrInfo{ID: p, Addrs: preferQUIC(da)})
+			m.mu.Lock()
+			delete(m.upgrading, p)
+			if err != nil {
+				m.upgradeFailed[p] = m.cfg.Now()
+			} else {
+				delete(m.upgradeFailed, p)
+			}
+			m.mu.Unlock()
+			if err != nil {
+				m.lg.Debug().Str("peer", p.String()).Err(err).Msg("direct dial of a relayed peer failed; staying relayed")
+				return
+			}
+			_, relayed := splitConns(nw.ConnsToPeer(p))
+			m.closeRelayed(p, relayed)
+		}()
+	}
+}
+
+func (m *Manager) closeRelayed(p peer.ID, relayed []network.Conn) {
+	for _, c := range relayed {
+		_ = c.Close()
+	}
+	if len(relayed) > 0 {
+		m.upgrades.Add(1)
+		m.lg.Info().Str("peer", p.String()).Int("relayed", len(relayed)).Msg("direct connection replaces the relayed one")
+	}
+}
+
+func splitConns(cs []network.Conn) (direct, relayed []network.Conn) {
+	for _, c := range cs {
+		if IsRelayed(c) {
+			relayed = append(relayed, c)
+		} else {
+			direct = append(direct, c)
+		}
+	}
+	return direct, relayed
+}
+
+// open dials p over QUIC (any direct address if it has no QUIC one, and
+// its relayed addresses, which libp2p tries after the direct ones) and
+// protects the connection from the connection manager's trimming.
 func (m *Manager) open(ctx context.Context, p peer.ID, addrs []string) {
 	defer m.dialing.Done()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	ctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(ctx, "mesh"), 15*time.Second)
 	defer cancel()
-	ai := peer.AddrInfo{ID: p, Addrs: preferQUIC(ParseAddrs(addrs))}
+	var direct, relayed []ma.Multiaddr
+	for _, a := range ParseAddrs(addrs) {
+		if isCircuit(a) {
+			relayed = append(relayed, a)
+		} else {
+			direct = append(direct, a)
+		}
+	}
+	ai := peer.AddrInfo{ID: p, Addrs: append(preferQUIC(direct), relayed...)}
 	err := m.cfg.Host.Connect(ctx, ai)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -258,7 +366,8 @@ func (m *Manager) open(ctx context.Context, p peer.ID, addrs []string) {
 	delete(m.failed, p)
 	m.cfg.Host.ConnManager().Protect(p, protectTag)
 	m.opened.Add(1)
-	m.lg.Info().Str("peer", p.String()).Bool("supplementary", true).Msg("supplementary connection opened")
+	dc, _ := splitConns(m.cfg.Host.Network().ConnsToPeer(p))
+	m.lg.Info().Str("peer", p.String()).Bool("supplementary", true).Bool("relayed", len(dc) == 0).Msg("supplementary connection opened")
 	m.cfg.OnOpened(p)
 }
 
@@ -283,7 +392,15 @@ func (m *Manager) Status() MeshStatus {
 		Cap: max(m.cfg.Max, 0), LastReconcile: m.lastAt, Skipped: map[string]string{},
 		Eligible: []string{}, Slots: []MeshSlot{}, RecentDrops: append([]MeshEvent{}, m.drops...),
 		Passes: m.passes.Load(), Opened: m.opened.Load(), Dropped: m.dropped.Load(), MaxSlotsSeen: m.maxSeen,
+		RelayedPeers: []string{}, Upgrades: m.upgrades.Load(), Relays: []RelayState{},
 	}
+	nw := m.cfg.Host.Network()
+	for _, p := range nw.Peers() {
+		if direct, relayed := splitConns(nw.ConnsToPeer(p)); len(direct) == 0 && len(relayed) > 0 {
+			st.RelayedPeers = append(st.RelayedPeers, p.String())
+		}
+	}
+	slices.Sort(st.RelayedPeers)
 	for _, p := range m.last.Eligible {
 		st.Eligible = append(st.Eligible, p.String())
 	}
@@ -292,7 +409,8 @@ func (m *Manager) Status() MeshStatus {
 	}
 	now := m.cfg.Now()
 	for p, at := range m.slots {
-		st.Slots = append(st.Slots, MeshSlot{Peer: p.String(), AgeSec: now.Sub(at).Seconds()})
+		direct, relayed := splitConns(nw.ConnsToPeer(p))
+		st.Slots = append(st.Slots, MeshSlot{Peer: p.String(), AgeSec: now.Sub(at).Seconds(), Relayed: len(direct) == 0 && len(relayed) > 0})
 	}
 	return st
 }

@@ -57,6 +57,9 @@ type MembershipConfig struct {
 	OnEvent func(MemberEvent)
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// RelayAddrs returns this node's relayed addresses, published after
+	// its listener addresses. Optional.
+	RelayAddrs func() []string
 }
 
 // MemberEvent is a membership transition of one peer.
@@ -111,6 +114,9 @@ func NewMembership(cfg MembershipConfig) *Membership {
 	if cfg.OnEvent == nil {
 		cfg.OnEvent = func(MemberEvent) {}
 	}
+	if cfg.RelayAddrs == nil {
+		cfg.RelayAddrs = func() []string { return nil }
+	}
 	return &Membership{
 		cfg:       cfg,
 		lg:        cfg.Logger.With().Str("component", "membership").Logger(),
@@ -164,10 +170,14 @@ func (m *Membership) Leave(ctx context.Context) error {
 }
 
 // listenAddrs returns this node's listener addresses (interface addresses
-// of its listeners, never ephemeral source ports), loopback last.
+// of its listeners, never ephemeral source ports), loopback last, then
+// its relayed addresses.
 func (m *Membership) listenAddrs() []string {
 	var out, loop []string
 	for _, a := range m.cfg.Host.Addrs() {
+		if isCircuit(a) {
+			continue // ours come from RelayAddrs, in a stable order
+		}
 		if manet.IsIPLoopback(a) {
 			loop = append(loop, a.String())
 		} else {
@@ -176,7 +186,8 @@ func (m *Membership) listenAddrs() []string {
 	}
 	sort.Strings(out)
 	sort.Strings(loop)
-	return append(out, loop...)
+	out = append(out, loop...)
+	return append(out, m.cfg.RelayAddrs()...)
 }
 
 // EnsureRecord makes this node's document record say what it should,

@@ -191,7 +191,7 @@ func (n *Node) handlePeers(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (n *Node) handleMesh(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, n.Mesh.Status())
+	writeJSON(w, http.StatusOK, n.MeshStatus())
 }
 
 func (n *Node) handleDoc(w http.ResponseWriter, _ *http.Request) {

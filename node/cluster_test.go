@@ -24,6 +24,8 @@ type cluster struct {
 	nodes []*Node
 	stops []func()
 	mu    sync.Mutex
+	// prepare, if set, runs on each new node before it starts.
+	prepare func(n *Node)
 }
 
 func testConfig(t testing.TB) Config {
@@ -67,6 +69,9 @@ func (c *cluster) add(mod ...func(i int, cfg *Config)) *Node {
 	if i == 0 {
 		c.token = n.Fleet.Token()
 		c.boot = n.Addrs()[:1]
+	}
+	if c.prepare != nil {
+		c.prepare(n)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/pelletier/go-toml/v2"
 	"github.com/rs/zerolog"
+
+	"github.com/meshnode/meshnode/mesh"
 )
 
 // Default ports. The p2p port serves both QUIC (UDP) and TCP.
@@ -62,6 +64,23 @@ type Config struct {
 	// MeshInterval between mesh reconcile passes [mesh-interval]. Default
 	// 30s; a pass also runs a second after the node list changes.
 	MeshInterval time.Duration
+	// RelayService makes this node a circuit-relay-v2 relay for fleet
+	// members [relay-service].
+	RelayService bool
+	// RelayLimitDuration and RelayLimitData limit each relayed connection
+	// [relay-limit-duration, relay-limit-data (bytes per direction)].
+	// Default 0: no limit; only fleet members can use the relay.
+	RelayLimitDuration time.Duration
+	RelayLimitData     int64
+	// RelayMaxReservations caps the nodes holding a slot at once
+	// [relay-max-reservations]. Default 1024.
+	RelayMaxReservations int
+	// RelayMaxCircuits caps one node's relayed connections through this
+	// relay [relay-max-circuits]. Default 64.
+	RelayMaxCircuits int
+	// Relays are relays (multiaddrs ending in /p2p/<id>) this node holds a
+	// slot on, to be reachable through them [relay].
+	Relays []string
 
 	// Logger receives the node's logs (not configurable from outside).
 	Logger zerolog.Logger
@@ -71,19 +90,21 @@ type Config struct {
 func DefaultConfig() Config {
 	host, _ := os.Hostname()
 	return Config{
-		DataDir:           defaultDataDir(),
-		Name:              host,
-		Listen:            ListenOnPort(DefaultPort),
-		MDNS:              true,
-		API:               DefaultAPIAddr,
-		LogLevel:          "info",
-		HeartbeatInterval: 5 * time.Second,
-		StaleAfter:        20 * time.Second,
-		SyncInterval:      30 * time.Second,
-		LastSeenEvery:     10 * time.Minute,
-		MaxMeshPeers:      4,
-		MeshInterval:      30 * time.Second,
-		Logger:            zerolog.Nop(),
+		DataDir:              defaultDataDir(),
+		Name:                 host,
+		Listen:               ListenOnPort(DefaultPort),
+		MDNS:                 true,
+		API:                  DefaultAPIAddr,
+		LogLevel:             "info",
+		HeartbeatInterval:    5 * time.Second,
+		StaleAfter:           20 * time.Second,
+		SyncInterval:         30 * time.Second,
+		LastSeenEvery:        10 * time.Minute,
+		MaxMeshPeers:         4,
+		MeshInterval:         30 * time.Second,
+		RelayMaxReservations: mesh.DefaultRelayLimits().MaxReservations,
+		RelayMaxCircuits:     mesh.DefaultRelayLimits().MaxCircuits,
+		Logger:               zerolog.Nop(),
 	}
 }
 
@@ -128,6 +149,21 @@ func (c *Config) validate() error {
 	}
 	if c.MeshInterval < 100*time.Millisecond {
 		errs = append(errs, fmt.Errorf("mesh-interval: %v is below 100ms", c.MeshInterval))
+	}
+	if c.RelayLimitDuration < 0 {
+		errs = append(errs, fmt.Errorf("relay-limit-duration: %v is negative (0 means no limit)", c.RelayLimitDuration))
+	}
+	if c.RelayLimitData < 0 {
+		errs = append(errs, fmt.Errorf("relay-limit-data: %d is negative (0 means no limit)", c.RelayLimitData))
+	}
+	if c.RelayMaxReservations < 1 {
+		errs = append(errs, fmt.Errorf("relay-max-reservations: %d must be at least 1", c.RelayMaxReservations))
+	}
+	if c.RelayMaxCircuits < 1 {
+		errs = append(errs, fmt.Errorf("relay-max-circuits: %d must be at least 1", c.RelayMaxCircuits))
+	}
+	if _, err := mesh.ParseRelays(c.Relays); err != nil {
+		errs = append(errs, fmt.Errorf("relay: %w", err))
 	}
 	if c.LastSeenEvery < time.Second {
 		errs = append(errs, fmt.Errorf("last-seen-every: %v is below 1s", c.LastSeenEvery))
@@ -190,6 +226,12 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.LastSeenEvery, "last-seen-every", c.LastSeenEvery, "how often last_seen_ms is refreshed in the document")
 	fs.IntVar(&c.MaxMeshPeers, "max-mesh-peers", c.MaxMeshPeers, "cap on supplementary connections to peers from the node list (0: none)")
 	fs.DurationVar(&c.MeshInterval, "mesh-interval", c.MeshInterval, "time between mesh reconcile passes")
+	fs.BoolVar(&c.RelayService, "relay-service", c.RelayService, "relay connections between fleet members (circuit relay v2)")
+	fs.DurationVar(&c.RelayLimitDuration, "relay-limit-duration", c.RelayLimitDuration, "relay service: reset a relayed connection after this long (0: no limit)")
+	fs.Int64Var(&c.RelayLimitData, "relay-limit-data", c.RelayLimitData, "relay service: reset a relayed connection after this many bytes each way (0: no limit)")
+	fs.IntVar(&c.RelayMaxReservations, "relay-max-reservations", c.RelayMaxReservations, "relay service: nodes that may hold a slot at once")
+	fs.IntVar(&c.RelayMaxCircuits, "relay-max-circuits", c.RelayMaxCircuits, "relay service: relayed connections one node may have open")
+	fs.Var(listFlag{&c.Relays}, "relay", "comma-separated relay multiaddrs ending in /p2p/<id> to be reachable through")
 }
 
 // EnvPrefix starts every environment variable of meshnode.

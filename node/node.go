@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -41,6 +42,8 @@ type Node struct {
 	Membership   *mesh.Membership
 	Discovery    *mesh.Discovery
 	Mesh         *mesh.Manager
+	RelayService *mesh.RelayService // nil without --relay-service
+	RelayClient  *mesh.RelayClient  // nil without --relay
 	Events       *Bus
 
 	ps       *pubsub.PubSub
@@ -109,7 +112,11 @@ func New(cfg Config) (_ *Node, err error) {
 	if n.ps, err = mesh.NewPubSub(psCtx, n.Host, slog.New(zslog.New(psLog))); err != nil {
 		return nil, err
 	}
-	n.wire(boot, newDoc)
+	relays, err := mesh.ParseRelays(cfg.Relays)
+	if err != nil {
+		return nil, fmt.Errorf("--relay: %w", err)
+	}
+	n.wire(boot, relays, newDoc)
 	if n.apiLn, err = net.Listen("tcp", cfg.API); err != nil {
 		return nil, fmt.Errorf("API: cannot listen on %s: %w (is another meshnode running? use --api to pick another address)", cfg.API, err)
 	}
@@ -120,7 +127,7 @@ func New(cfg Config) (_ *Node, err error) {
 	return n, nil
 }
 
-func (n *Node) wire(boot []peer.AddrInfo, newDoc bool) {
+func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 	lg := n.lg
 	n.Auth = mesh.NewAuth(mesh.AuthConfig{
 		Host: n.Host, Fleet: n.Fleet, Gate: n.Gate, Logger: lg,
@@ -142,9 +149,32 @@ func (n *Node) wire(boot []peer.AddrInfo, newDoc bool) {
 			}
 		},
 	})
+	if len(relays) > 0 {
+		n.RelayClient = mesh.NewRelayClient(mesh.RelayClientConfig{
+			Host: n.Host, Auth: n.Auth, Logger: lg, Relays: relays,
+			OnChange: func() {
+				if err := n.Membership.EnsureRecord(true); err != nil {
+					lg.Warn().Err(err).Msg("publishing relayed addresses failed")
+				}
+			},
+		})
+	}
+	roles := n.cfg.Roles
+	if n.cfg.RelayService {
+		n.RelayService = mesh.NewRelayService(mesh.RelayServiceConfig{
+			Host: n.Host, Auth: n.Auth, Logger: lg,
+			Limits: mesh.RelayLimits{
+				Duration: n.cfg.RelayLimitDuration, Data: n.cfg.RelayLimitData,
+				MaxReservations: n.cfg.RelayMaxReservations, MaxCircuits: n.cfg.RelayMaxCircuits,
+			},
+		})
+		if !slices.Contains(roles, "relay") {
+			roles = append(slices.Clone(roles), "relay")
+		}
+	}
 	n.Membership = mesh.NewMembership(mesh.MembershipConfig{
 		Host: n.Host, PubSub: n.ps, Fleet: n.Fleet, Auth: n.Auth, Doc: n.Doc, Logger: lg,
-		Name: n.cfg.Name, Roles: n.cfg.Roles,
+		Name: n.cfg.Name, Roles: roles, RelayAddrs: n.relayAddrs,
 		Interval: n.cfg.HeartbeatInterval, StaleAfter: n.cfg.StaleAfter, LastSeenEvery: n.cfg.LastSeenEvery,
 		OnHeadsUnknown: n.Replicator.RequestSync,
 		OnEvent: func(ev mesh.MemberEvent) {
@@ -176,6 +206,22 @@ func (n *Node) wire(boot []peer.AddrInfo, newDoc bool) {
 	n.Doc.Watch(func(ev crdt.Event) {
 		n.Events.Publish(EventDocChanged, map[string]any{"local": ev.Local, "heads": crdt.HashStrings(ev.Heads)})
 	})
+}
+
+func (n *Node) relayAddrs() []string {
+	if n.RelayClient == nil {
+		return nil
+	}
+	return n.RelayClient.Addrs()
+}
+
+// MeshStatus returns what GET /v1/mesh reports.
+func (n *Node) MeshStatus() mesh.MeshStatus {
+	st := n.Mesh.Status()
+	if n.RelayClient != nil {
+		st.Relays = n.RelayClient.Status()
+	}
+	return st
 }
 
 // ID returns the node's peer ID.
@@ -218,7 +264,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	done := make(chan error, 1)
 	go func() {
-		done <- supervise(svcCtx, n.lg, report, []Service{
+		svcs := []Service{
 			{Name: "auth", Policy: Required, Run: n.Auth.Run},
 			{Name: "replicator", Policy: Required, Run: n.Replicator.Run},
 			{Name: "membership", Policy: Restart, Run: n.Membership.Run},
@@ -236,7 +282,14 @@ func (n *Node) Run(ctx context.Context) error {
 				}
 				return nil
 			}},
-		})
+		}
+		if n.RelayService != nil {
+			svcs = append(svcs, Service{Name: "relay-service", Policy: Restart, Run: n.RelayService.Run})
+		}
+		if n.RelayClient != nil {
+			svcs = append(svcs, Service{Name: "relay-client", Policy: Restart, Run: n.RelayClient.Run})
+		}
+		done <- supervise(svcCtx, n.lg, report, svcs)
 	}()
 	n.lg.Info().Str("peer", n.ID().String()).Str("fleet", n.Fleet.ID).Strs("addrs", n.Addrs()).Str("api", n.APIAddr()).Msg("node started")
 

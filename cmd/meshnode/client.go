@@ -128,9 +128,26 @@ func runClient(cmd string, args []string, out io.Writer) error {
 		}
 		fmt.Fprintf(tw, "Cap\t%d\nEligible\t%d\nLast reconcile\t%s (%d passes)\nOpened / dropped\t%d / %d\n\n",
 			x.Cap, len(x.Eligible), last, x.Passes, x.Opened, x.Dropped)
-		fmt.Fprintln(tw, "SUPPLEMENTARY\tAGE")
+		fmt.Fprintln(tw, "SUPPLEMENTARY\tAGE\tPATH")
 		for _, sl := range x.Slots {
-			fmt.Fprintf(tw, "%s\t%s\n", shortID(sl.Peer), (time.Duration(sl.AgeSec) * time.Second).String())
+			path := "direct"
+			if sl.Relayed {
+				path = "relayed"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", shortID(sl.Peer), (time.Duration(sl.AgeSec) * time.Second).String(), path)
+		}
+		if len(x.Relays) > 0 {
+			fmt.Fprintln(tw, "\nRELAY\tSLOT\tEXPIRES\tERROR")
+			for _, r := range x.Relays {
+				slot, exp := "none", "-"
+				if r.Reserved {
+					slot, exp = "reserved", time.Until(r.Expires).Round(time.Second).String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", shortID(r.Relay), slot, exp, r.LastError)
+			}
+		}
+		if len(x.RelayedPeers) > 0 || x.Upgrades > 0 {
+			fmt.Fprintf(tw, "\nReached only through a relay\t%d (%d relayed connections replaced by direct ones)\n", len(x.RelayedPeers), x.Upgrades)
 		}
 		if len(x.Skipped) > 0 {
 			fmt.Fprintln(tw, "\nSKIPPED\tWHY")
