@@ -71,6 +71,9 @@ const (
 // ErrInvalidKey is returned when an ID cannot be used as a document key.
 var ErrInvalidKey = errors.New("crdt: invalid key")
 
+// ErrInvalidValue is returned for a value the document does not take.
+var ErrInvalidValue = errors.New("crdt: invalid value")
+
 // maxKeyLen bounds IDs used as map keys so a hostile or buggy caller cannot
 // bloat every replica of the document with one write.
 const maxKeyLen = 256

@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"fmt"
 	"slices"
 
 	am "github.com/automerge/automerge-go"
@@ -94,9 +95,16 @@ func (tx *Tx) SetPresence(topic, peer string, expiryMs int64) {
 	})
 }
 
+// MaxRoomStateValue bounds one room state value: the state is small
+// durable state that every replica keeps forever, not a data channel.
+const MaxRoomStateValue = 16 << 10
+
 // SetRoomState sets rooms/<topic>/state/<key> (last writer wins).
 func (tx *Tx) SetRoomState(topic, key, value string) {
 	err := firstErr(checkKey("room topic", topic), checkKey("state key", key))
+	if err == nil && len(value) > MaxRoomStateValue {
+		err = fmt.Errorf("%w: room state value is %d bytes, max %d", ErrInvalidValue, len(value), MaxRoomStateValue)
+	}
 	tx.add(err, func(d *am.Doc) error {
 		return d.Path(roomStateKey(topic, key)).Set(value)
 	})

@@ -3,7 +3,9 @@ package node
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"strings"
@@ -87,6 +89,9 @@ func (n *Node) apiHandler() http.Handler {
 	for path, h := range routes {
 		mux.HandleFunc("GET "+path, h)
 	}
+	mux.HandleFunc("GET /v1/rooms/{topic}/state", n.handleRoomState)
+	mux.HandleFunc("GET /v1/rooms/{topic}/state/{key}", n.handleRoomStateKey)
+	mux.HandleFunc("PUT /v1/rooms/{topic}/state/{key}", n.handlePutRoomState)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := routes[r.URL.Path]; ok {
 			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s takes GET, not %s", r.URL.Path, r.Method))
@@ -220,6 +225,8 @@ func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
 			return
+		case <-n.apiStopping:
+			return // end the stream cleanly: the node is stopping
 		case <-keep.C:
 			fmt.Fprint(w, ": keep-alive\n\n")
 			fl.Flush()
@@ -232,4 +239,73 @@ func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
 			fl.Flush()
 		}
 	}
+}
+
+// RoomStateValue is GET and PUT /v1/rooms/{topic}/state/{key}.
+type RoomStateValue struct {
+	Topic string `json:"topic"`
+	Key   string `json:"key"`
+	Value string `json:"value"`
+	// Heads are the document heads after the write (PUT only).
+	Heads []string `json:"heads,omitempty"`
+}
+
+func (n *Node) roomState(w http.ResponseWriter, topic string) (map[string]string, bool) {
+	room, _, err := n.Doc.Room(topic)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "doc_read", err.Error())
+		return nil, false
+	}
+	if room.State == nil {
+		room.State = map[string]string{}
+	}
+	return room.State, true
+}
+
+func (n *Node) handleRoomState(w http.ResponseWriter, r *http.Request) {
+	if st, ok := n.roomState(w, r.PathValue("topic")); ok {
+		writeJSON(w, http.StatusOK, st)
+	}
+}
+
+func (n *Node) handleRoomStateKey(w http.ResponseWriter, r *http.Request) {
+	topic, key := r.PathValue("topic"), r.PathValue("key")
+	st, ok := n.roomState(w, topic)
+	if !ok {
+		return
+	}
+	v, ok := st[key]
+	if !ok {
+		writeError(w, http.StatusNotFound, "no_such_key", fmt.Sprintf("room %q has no state key %q", topic, key))
+		return
+	}
+	writeJSON(w, http.StatusOK, RoomStateValue{Topic: topic, Key: key, Value: v})
+}
+
+// handlePutRoomState sets one room state key to the request body, in one
+// document change that is on disk before the answer.
+func (n *Node) handlePutRoomState(w http.ResponseWriter, r *http.Request) {
+	topic, key := r.PathValue("topic"), r.PathValue("key")
+	b, err := io.ReadAll(io.LimitReader(r.Body, crdt.MaxRoomStateValue+1))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_body", err.Error())
+		return
+	}
+	if len(b) > crdt.MaxRoomStateValue {
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("room state value is over %d bytes; keep large data out of the document", crdt.MaxRoomStateValue))
+		return
+	}
+	_, err = n.Doc.Update("room state", func(tx *crdt.Tx) error {
+		tx.SetRoomState(topic, key, string(b))
+		return nil
+	})
+	switch {
+	case errors.Is(err, crdt.ErrInvalidKey) || errors.Is(err, crdt.ErrInvalidValue):
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+		return
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, "doc_write", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, RoomStateValue{Topic: topic, Key: key, Value: string(b), Heads: n.Doc.HeadStrings()})
 }

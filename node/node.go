@@ -50,7 +50,9 @@ type Node struct {
 	psCancel context.CancelFunc
 	apiToken string
 	apiLn    net.Listener
-	metrics  *metrics
+	// apiStopping is closed when the API shuts down, ending event streams.
+	apiStopping chan struct{}
+	metrics     *metrics
 }
 
 // New prepares a node: data dir, fleet, identity, document, host (ports
@@ -61,7 +63,7 @@ func New(cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	lg := cfg.Logger
-	n := &Node{cfg: cfg, lg: lg, started: time.Now(), Events: newBus()}
+	n := &Node{cfg: cfg, lg: lg, started: time.Now(), Events: newBus(), apiStopping: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -256,6 +258,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	defer os.Remove(apiPath)
 	srv := &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
+	srv.RegisterOnShutdown(func() { close(n.apiStopping) })
 
 	svcCtx, stop := context.WithCancel(context.Background())
 	defer stop()

@@ -22,19 +22,33 @@ type client struct {
 }
 
 func clientFlags(name string, args []string) (dir string, asJSON bool, err error) {
+	dir, asJSON, _, err = clientArgs(name, args, 0)
+	return dir, asJSON, err
+}
+
+// clientArgs parses a client command's flags, which may come before,
+// between or after its up to maxArgs positional arguments.
+func clientArgs(name string, args []string, maxArgs int) (dir string, asJSON bool, pos []string, err error) {
 	fs := flag.NewFlagSet("meshnode "+name, flag.ContinueOnError)
 	fs.StringVar(&dir, "data", node.DefaultConfig().DataDir, "data directory of the node to ask")
 	fs.BoolVar(&asJSON, "json", false, "print JSON for scripts")
 	if v := os.Getenv(node.EnvPrefix + "DATA"); v != "" {
 		dir = v
 	}
-	if err := fs.Parse(args); err != nil {
-		return "", false, err
+	for {
+		if err := fs.Parse(args); err != nil {
+			return "", false, nil, err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		if len(pos) == maxArgs {
+			return "", false, nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
 	}
-	if fs.NArg() > 0 {
-		return "", false, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	return dir, asJSON, nil
+	return dir, asJSON, pos, nil
 }
 
 func newClient(dir string) (*client, error) {
@@ -46,7 +60,11 @@ func newClient(dir string) (*client, error) {
 }
 
 func (c *client) get(path string, v any) error {
-	req, _ := http.NewRequest("GET", "http://"+c.addr+path, nil)
+	return c.do("GET", path, nil, v)
+}
+
+func (c *client) do(method, path string, body io.Reader, v any) error {
+	req, _ := http.NewRequest(method, "http://"+c.addr+path, body)
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := c.http.Do(req)
 	if err != nil {

@@ -26,7 +26,10 @@ Usage:
   meshnode status [--json]      this node: id, fleet, addresses, document
   meshnode nodes [--json]       the fleet's nodes and their state
   meshnode peers [--json]       live connections
-  meshnode mesh [--json]        supplementary mesh connections and why
+  meshnode mesh [--json]        supplementary mesh connections, relays, and why
+  meshnode events [--json]      follow the node's events, one per line
+  meshnode room state TOPIC [KEY [VALUE]]
+                                show or set a room's durable state
   meshnode fleet token          print the token other machines join with
 
 Client commands take --data DIR to pick a node (default: the same data dir
@@ -50,6 +53,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runClient(args[0], args[1:], stdout)
 	case "fleet":
 		err = runFleet(args[1:], stdout)
+	case "room":
+		err = runRoom(args[1:], stdout)
+	case "events":
+		err = runEvents(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -194,6 +194,52 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 		t.Fatalf("mesh: code %d, %q", code, table)
 	}
 
+	// meshnode events follows the stream in its own process.
+	ev := exec.Command(os.Args[0], "events", "--data", dir)
+	ev.Env = append(os.Environ(), "MN_TEST_AS_MAIN=1")
+	evOut := &syncBuffer{}
+	ev.Stdout, ev.Stderr = evOut, evOut
+	if err := ev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	evDone := make(chan error, 1)
+	go func() { evDone <- ev.Wait() }()
+	defer ev.Process.Kill()
+	time.Sleep(300 * time.Millisecond) // let it subscribe
+
+	// Room state: set, read back, list, refuse bad input.
+	if got, errOut, code := cli(t, "room", "state", "lobby", "greeting", "hello world", "--data", dir); code != 0 || strings.TrimSpace(got) != "hello world" {
+		t.Fatalf("room state set: code %d, %q %q", code, got, errOut)
+	}
+	if got, _, code := cli(t, "room", "state", "--data", dir, "lobby", "greeting"); code != 0 || strings.TrimSpace(got) != "hello world" {
+		t.Fatalf("room state get: code %d, %q", code, got)
+	}
+	var all map[string]string
+	if got, _, code := cli(t, "room", "state", "lobby", "--json", "--data", dir); code != 0 || json.Unmarshal([]byte(got), &all) != nil || all["greeting"] != "hello world" {
+		t.Fatalf("room state list: code %d, %q", code, got)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"room", "state", "lobby", "missing"}, `room "lobby" has no state key "missing"`},
+		{[]string{"room", "state", "a/b", "k", "v"}, "contains '/'"},
+		{[]string{"room", "state", "lobby", "big", strings.Repeat("x", 17<<10)}, "room state value is over 16384 bytes"},
+		{[]string{"room", "state", "lobby", "k", "v", "extra"}, `unexpected argument "extra"`},
+		{[]string{"room"}, "usage: meshnode room state"},
+	} {
+		if _, errOut, code := cli(t, append(tc.args, "--data", dir)...); code != 1 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("meshnode %q: code %d, stderr %q; want %q", tc.args[:min(len(tc.args), 4)], code, errOut, tc.want)
+		}
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for !strings.Contains(evOut.String(), " doc.changed heads=") || !strings.Contains(evOut.String(), "local=true") {
+		if time.Now().After(deadline) {
+			t.Fatalf("meshnode events never showed the local change; output:\n%s", evOut)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
 	start := time.Now()
 	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -212,6 +258,14 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 	}
 	if _, _, err := node.ReadClientInfo(dir); err == nil {
 		t.Fatal("API address file left behind after a clean exit")
+	}
+	select {
+	case err := <-evDone:
+		if err != nil {
+			t.Fatalf("meshnode events after the daemon stopped: %v; output:\n%s", err, evOut)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("meshnode events still running 10s after the daemon stopped")
 	}
 	_, errOut, code = cli(t, "status", "--data", dir)
 	if code != 1 || !strings.Contains(errOut, "meshnode run") {
