@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -95,7 +96,7 @@ type Manager struct {
 	mu      sync.Mutex
 	slots   map[peer.ID]time.Time // when each supplementary connection opened
 	pending map[peer.ID]bool      // slots still dialling
-	failed  map[peer.ID]time.Time
+	failed  map[peer.ID]dialFailure
 	// direct dials of peers reached only through a relay: in flight, and
 	// when the last one failed.
 	upgrading     map[peer.ID]bool
@@ -134,7 +135,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 	m := &Manager{
 		cfg: cfg, lg: cfg.Logger.With().Str("component", "mesh").Logger(),
 		kick: make(chan struct{}, 1), rv: map[peer.ID]bool{},
-		slots: map[peer.ID]time.Time{}, pending: map[peer.ID]bool{}, failed: map[peer.ID]time.Time{},
+		slots: map[peer.ID]time.Time{}, pending: map[peer.ID]bool{}, failed: map[peer.ID]dialFailure{},
 		upgrading: map[peer.ID]bool{}, upgradeFailed: map[peer.ID]time.Time{},
 	}
 	for _, p := range cfg.Rendezvous {
@@ -208,12 +209,14 @@ func (m *Manager) input() PlanInput {
 		DialBackoff: 2 * m.cfg.Interval, Slots: map[peer.ID]PlanSlot{}, DialFailed: map[peer.ID]time.Time{},
 	}
 	silent := m.cfg.Silent()
+	addrsOf := map[peer.ID][]string{}
 	for id, r := range recs {
 		p, err := peer.Decode(id)
 		if err != nil {
 			continue
 		}
 		in.Nodes = append(in.Nodes, PlanNode{ID: p, Addrs: r.Addrs, Alive: r.Alive, LastSeenMs: r.LastSeenMs, Silent: silent[p]})
+		addrsOf[p] = r.Addrs
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -221,8 +224,12 @@ func (m *Manager) input() PlanInput {
 		up := m.pending[p] || m.cfg.Host.Network().Connectedness(p) == network.Connected
 		in.Slots[p] = PlanSlot{Opened: at, Connected: up}
 	}
-	for p, at := range m.failed {
-		in.DialFailed[p] = at
+	for p, f := range m.failed {
+		// A peer that has published new addresses since (a relayed one,
+		// say) is worth a dial now.
+		if f.addrs == addrKey(addrsOf[p]) {
+			in.DialFailed[p] = f.at
+		}
 	}
 	return in
 }
@@ -359,7 +366,7 @@ func (m *Manager) open(ctx context.Context, p peer.ID, addrs []string) {
 	delete(m.pending, p)
 	if err != nil {
 		delete(m.slots, p)
-		m.failed[p] = m.cfg.Now()
+		m.failed[p] = dialFailure{at: m.cfg.Now(), addrs: addrKey(addrs)}
 		m.lg.Debug().Str("peer", p.String()).Err(err).Msg("supplementary dial failed")
 		return
 	}
@@ -370,6 +377,14 @@ func (m *Manager) open(ctx context.Context, p peer.ID, addrs []string) {
 	m.lg.Info().Str("peer", p.String()).Bool("supplementary", true).Bool("relayed", len(dc) == 0).Msg("supplementary connection opened")
 	m.cfg.OnOpened(p)
 }
+
+// dialFailure is when a dial to a peer failed, and the addresses tried.
+type dialFailure struct {
+	at    time.Time
+	addrs string
+}
+
+func addrKey(addrs []string) string { return strings.Join(addrs, " ") }
 
 func preferQUIC(addrs []ma.Multiaddr) []ma.Multiaddr {
 	var quic []ma.Multiaddr
