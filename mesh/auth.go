@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	msmux "github.com/multiformats/go-multistream"
 	"github.com/rs/zerolog"
 
 	"github.com/meshnode/meshnode/internal/frame"
@@ -29,7 +30,7 @@ import (
 //	I → R: nI                        (32 random bytes)
 //	R → I: nR | MAC(K, "R", nI, nR, R, I)
 //	I → R: MAC(K, "I", nI, nR, I, R)
-//	R → I: 0x01                      (accepted)
+//	R → I: 0x01                      (accepted; 0x00: rejected)
 //
 // Each frame is a package frame message. Binding both peer IDs means a
 // proof cannot be relayed to a third peer; fresh nonces on both sides mean
@@ -42,6 +43,7 @@ const (
 	nonceLen = 32
 	macLen   = 32
 	authOK   = 0x01
+	authNo   = 0x00
 )
 
 var (
@@ -283,15 +285,38 @@ func (a *Auth) initiate(ctx context.Context, p peer.ID) {
 	}()
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.Timeout)
 	defer cancel()
-	err := a.runInitiator(network.WithAllowLimitedConn(ctx, "auth"), p)
-	switch {
-	case err == nil:
-		a.succeed(p)
-	case ctx.Err() != nil && a.cfg.Host.Network().Connectedness(p) != network.Connected:
-		// The connection went away or we are stopping: nothing to punish.
-	default:
-		a.fail(p, err)
+	for attempt := 1; ; attempt++ {
+		err := a.runInitiator(network.WithAllowLimitedConn(ctx, "auth"), p)
+		connected := a.cfg.Host.Network().Connectedness(p) == network.Connected
+		switch {
+		case err == nil:
+			a.succeed(p)
+			return
+		case refused(err):
+			a.fail(p, err)
+			return
+		case !connected || errors.Is(ctx.Err(), context.Canceled):
+			// The connection went away (the peer stopped, say) or we are
+			// stopping: nothing to punish.
+			a.lg.Debug().Str("peer", p.String()).Err(err).Msg("authentication interrupted: connection closed")
+			return
+		case attempt < 3 && ctx.Err() == nil:
+			// A reset stream on a live connection: try again shortly.
+			a.lg.Debug().Str("peer", p.String()).Err(err).Int("attempt", attempt).Msg("authentication interrupted; retrying")
+			sleepCtx(ctx, 100*time.Millisecond)
+		default:
+			a.fail(p, err)
+			return
+		}
 	}
+}
+
+// refused reports whether an exchange failed because the peer is not one
+// of ours (it lacks our fleet protocol, or its proof or its verdict says
+// so), as opposed to a transport failure.
+func refused(err error) bool {
+	var unsupported msmux.ErrNotSupported[protocol.ID]
+	return errors.Is(err, ErrAuthFailed) || errors.As(err, &unsupported)
 }
 
 func (a *Auth) runInitiator(ctx context.Context, p peer.ID) error {
@@ -327,7 +352,10 @@ func (a *Auth) runInitiator(ctx context.Context, p peer.ID) error {
 	}
 	b, err = frame.Read(br, 16)
 	if err != nil {
-		return fmt.Errorf("%w: responder rejected our proof: %v", ErrAuthFailed, err)
+		return fmt.Errorf("read verdict: %w", err)
+	}
+	if len(b) == 1 && b[0] == authNo {
+		return fmt.Errorf("%w: responder rejected our proof", ErrAuthFailed)
 	}
 	if len(b) != 1 || b[0] != authOK {
 		return fmt.Errorf("%w: unexpected verdict %x", ErrAuthFailed, b)
@@ -340,8 +368,16 @@ func (a *Auth) respond(s network.Stream) {
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(a.cfg.Timeout))
 	if err := a.runResponder(s, p); err != nil {
-		s.Reset()
-		a.fail(p, err)
+		if refused(err) {
+			_ = frame.Write(s, []byte{authNo})
+			s.Close()
+			a.fail(p, err)
+		} else {
+			// A transport failure: a peer that never completes is failed
+			// by the timeout that watches inbound connections.
+			s.Reset()
+			a.lg.Debug().Str("peer", p.String()).Err(err).Msg("authentication interrupted")
+		}
 		return
 	}
 	a.succeed(p)

@@ -11,14 +11,30 @@ import (
 
 // Handler is a slog.Handler writing to zerolog.
 type Handler struct {
-	lg    zerolog.Logger
-	attrs []slog.Attr
-	group string
+	lg     zerolog.Logger
+	attrs  []slog.Attr
+	group  string
+	demote map[string]bool
 }
 
 // New returns a handler writing to lg. Records below min are dropped
 // before they are formatted.
 func New(lg zerolog.Logger) *Handler { return &Handler{lg: lg} }
+
+// Demote returns a handler that logs records with these exact messages at
+// debug level: for a library's warnings about conditions it creates
+// itself and that need no action.
+func (h *Handler) Demote(msgs ...string) *Handler {
+	c := *h
+	c.demote = map[string]bool{}
+	for m := range h.demote {
+		c.demote[m] = true
+	}
+	for _, m := range msgs {
+		c.demote[m] = true
+	}
+	return &c
+}
 
 func level(l slog.Level) zerolog.Level {
 	switch {
@@ -40,7 +56,11 @@ func (h *Handler) Enabled(_ context.Context, l slog.Level) bool {
 
 // Handle implements slog.Handler.
 func (h *Handler) Handle(_ context.Context, r slog.Record) error {
-	ev := h.lg.WithLevel(level(r.Level))
+	lvl := level(r.Level)
+	if h.demote[r.Message] {
+		lvl = zerolog.DebugLevel
+	}
+	ev := h.lg.WithLevel(lvl)
 	if ev == nil {
 		return nil
 	}
