@@ -83,7 +83,10 @@ type Doc struct {
 	// heads caches am.Heads(), refreshed under mu after every mutation:
 	// heartbeats and gossip ask about heads far more often than they
 	// change, and each automerge call crosses cgo.
-	heads  atomic.Pointer[[]Hash]
+	heads atomic.Pointer[[]Hash]
+	// nodes caches Nodes by heads: the node list is read on every mesh
+	// pass and API call, and decoding it crosses cgo per field.
+	nodes  atomic.Pointer[nodesCache]
 	st     *store
 	closed bool
 	damage []string

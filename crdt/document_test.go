@@ -332,3 +332,40 @@ func TestSnapshotAdoptionKeepsOwnChanges(t *testing.T) {
 		t.Fatalf("after a second merge and restart %d items, want 204", len(lib))
 	}
 }
+
+// Nodes is cached by heads: a local write, a merged remote write and a
+// caller that edits the returned map must all leave it correct.
+func TestNodesCacheFollowsHeads(t *testing.T) {
+	d := openT(t, t.TempDir())
+	other := openT(t, t.TempDir())
+	set := func(d *Doc, id, name string) {
+		t.Helper()
+		if _, err := d.Update("node", func(tx *Tx) error { tx.SetNode(id, NodeRecord{Name: name, Alive: true}); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set(d, "peerA", "a")
+	if ns, _ := d.Nodes(); len(ns) != 1 {
+		t.Fatalf("after one write: %d nodes", len(ns))
+	}
+	set(d, "peerB", "b")
+	ns, _ := d.Nodes()
+	if len(ns) != 2 {
+		t.Fatalf("after a second write: %d nodes", len(ns))
+	}
+	delete(ns, "peerA")
+	if ns, _ := d.Nodes(); len(ns) != 2 {
+		t.Fatalf("a caller's edit reached the cache: %d nodes", len(ns))
+	}
+	set(other, "peerC", "c")
+	if err := d.MergeSnapshot(other.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	if ns, _ := d.Nodes(); len(ns) != 3 || ns["peerC"].Name != "c" {
+		t.Fatalf("after a merge: %+v", ns)
+	}
+	set(d, "peerA", "renamed")
+	if ns, _ := d.Nodes(); ns["peerA"].Name != "renamed" {
+		t.Fatalf("after a rewrite: %+v", ns["peerA"])
+	}
+}

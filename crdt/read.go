@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"maps"
 	"strings"
 
 	am "github.com/automerge/automerge-go"
@@ -20,8 +21,29 @@ func (d *Doc) Node(id string) (NodeRecord, bool, error) {
 	return r, err == nil, err
 }
 
-// Nodes returns every node record, keyed by peer ID.
+type nodesCache struct {
+	heads string
+	nodes map[string]NodeRecord
+}
+
+// Nodes returns every node record, keyed by peer ID. The map is the
+// caller's; the records' slices are shared and must not be modified.
+// Results are cached until the heads move.
 func (d *Doc) Nodes() (map[string]NodeRecord, error) {
+	// Heads are read before the document: a change that lands during the
+	// scan is then cached under older heads, never the other way round.
+	key := hashKey(*d.heads.Load())
+	if c := d.nodes.Load(); c != nil && c.heads == key {
+		return maps.Clone(c.nodes), nil
+	}
+	out, err := d.scanNodes()
+	if err == nil {
+		d.nodes.Store(&nodesCache{heads: key, nodes: maps.Clone(out)})
+	}
+	return out, err
+}
+
+func (d *Doc) scanNodes() (map[string]NodeRecord, error) {
 	out := map[string]NodeRecord{}
 	err := d.scan(pNodes, func(key string, v *am.Value) {
 		parts, _ := splitKey(key, pNodes)

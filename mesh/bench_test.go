@@ -3,6 +3,8 @@ package mesh
 import (
 	"crypto/rand"
 	"fmt"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"slices"
 	"testing"
 	"time"
 
@@ -119,4 +121,89 @@ func mergedSize(b *testing.B, docs []*crdt.Doc) int {
 		}
 	}
 	return fleetDoc.SavedSize()
+}
+
+// BenchmarkReconcilePass10k measures one mesh reconcile pass over a fleet
+// document of 10,000 node records. Each round first changes one record
+// (untimed), as the change that triggers a pass would, then times: the
+// baseline, decoding the node list from the changed document (Doc.Nodes,
+// which any pass must do and which is cached until the next change); the
+// Manager's input building (node list from the cache, peer IDs parsed,
+// connection state); and the pure Reconcile decision. Medians of the
+// rounds are reported. Run with -benchtime=1x.
+func BenchmarkReconcilePass10k(b *testing.B) {
+	for range b.N {
+		benchReconcilePass(b, 10_000, 30)
+	}
+}
+
+func benchReconcilePass(b *testing.B, nodes, rounds int) {
+	d, err := crdt.Open(crdt.Config{Dir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for start := 0; start < nodes; start += 500 {
+		if _, err := d.Update("bench", func(tx *crdt.Tx) error {
+			for i := start; i < min(start+500, nodes); i++ {
+				_, pub, err := crypto.GenerateEd25519Key(rand.Reader)
+				if err != nil {
+					return err
+				}
+				id, err := peer.IDFromPublicKey(pub)
+				if err != nil {
+					return err
+				}
+				tx.SetNode(id.String(), crdt.NodeRecord{
+					Name:    fmt.Sprintf("agent-%05d", i),
+					Addrs:   []string{fmt.Sprintf("/ip4/10.0.%d.%d/udp/4700/quic-v1", i/250, i%250), fmt.Sprintf("/ip4/10.0.%d.%d/tcp/4700", i/250, i%250)},
+					Version: ProtocolVersion, Roles: []string{"build"}, StartedMs: now.Add(-time.Hour).UnixMilli(),
+					LastSeenMs: now.Add(-time.Duration(i%20) * time.Minute).UnixMilli(), Alive: i%10 != 0,
+				})
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	h, err := NewHost(HostConfig{Key: key, Gate: NewGate(), Listen: []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	m := NewManager(ManagerConfig{Host: h, Doc: d, Max: 4, Now: func() time.Time { return now }})
+	var read, input, decide []time.Duration
+	var eligible int
+	b.ResetTimer()
+	for r := range rounds {
+		if _, err := d.Update("bench", func(tx *crdt.Tx) error {
+			tx.SetNode(m.cfg.Host.ID().String(), crdt.NodeRecord{Name: "self", Alive: true, LastSeenMs: int64(r)})
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		if _, err := d.Nodes(); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		in := m.input()
+		t2 := time.Now()
+		plan := Reconcile(in)
+		t3 := time.Now()
+		read, input, decide = append(read, t1.Sub(t0)), append(input, t2.Sub(t1)), append(decide, t3.Sub(t2))
+		eligible = len(plan.Eligible)
+	}
+	med := func(ds []time.Duration) float64 {
+		slices.Sort(ds)
+		return float64(ds[len(ds)/2]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(float64(eligible), "eligible")
+	b.ReportMetric(med(read), "docread-ms")
+	b.ReportMetric(med(input), "input-ms")
+	b.ReportMetric(med(decide), "reconcile-ms")
+	b.ReportMetric(med(decide)/med(read), "reconcile/docread")
+	b.ReportMetric((med(input)+med(decide))/med(read), "pass-beyond-read/docread")
 }

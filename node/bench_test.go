@@ -564,3 +564,97 @@ func rawStreamTime(b *testing.B, n int) time.Duration {
 	}
 	return time.Since(start)
 }
+
+// BenchmarkRendezvousLoss measures convergence among 9 nodes that met
+// through one rendezvous node (mDNS off, cap 3 supplementary links each):
+// commit on one survivor, time until every survivor holds the change;
+// rounds before the rendezvous is killed, then the same rounds after,
+// when only mesh links remain. The "before" rounds are the baseline.
+func BenchmarkRendezvousLoss(b *testing.B) {
+	for range b.N {
+		benchRendezvousLoss(b, 10, 200)
+	}
+}
+
+func benchRendezvousLoss(b *testing.B, nodes, rounds int) {
+	c := newCluster(b, nodes, benchConfig(), func(_ int, cfg *Config) {
+		cfg.MaxMeshPeers = 3
+		cfg.MeshInterval = time.Second
+	})
+	survivors := make([]int, 0, nodes-1)
+	for i := 1; i < nodes; i++ {
+		survivors = append(survivors, i)
+	}
+	waitFor(b, 60*time.Second, "every survivor holds 3 supplementary links", func() bool {
+		for _, i := range survivors {
+			if len(c.nodes[i].Mesh.Slots()) != 3 {
+				return false
+			}
+		}
+		return c.converged()
+	})
+	a := &arrivals{doc: make([]map[crdt.Hash]time.Time, nodes)}
+	for i, n := range c.nodes {
+		a.doc[i] = map[crdt.Hash]time.Time{}
+		stop := n.Doc.Watch(func(ev crdt.Event) {
+			now := time.Now()
+			a.mu.Lock()
+			for _, h := range ev.Heads {
+				if _, ok := a.doc[i][h]; !ok {
+					a.doc[i][h] = now
+				}
+			}
+			a.mu.Unlock()
+		})
+		defer stop()
+	}
+	round := func(r int) time.Duration {
+		from := survivors[r%len(survivors)]
+		start := time.Now()
+		h, err := c.nodes[from].Doc.Update("bench", func(tx *crdt.Tx) error {
+			tx.SetItemName("bench", fmt.Sprintf("round %d from n%d", r, from))
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		t, ok := lastArrival(nodes, from, 90*time.Second, func(i int) (time.Time, bool) {
+			if i == 0 {
+				return time.Time{}, true // the rendezvous is not a survivor
+			}
+			return a.docAt(i, h)
+		})
+		if !ok {
+			b.Fatalf("round %d: a change from node %d did not reach every survivor in 90s", r, from)
+		}
+		return t.Sub(start)
+	}
+	measure := func(offset int) []time.Duration {
+		for r := range 10 { // warm-up
+			round(offset + r)
+		}
+		var out []time.Duration
+		for r := range rounds {
+			out = append(out, round(offset+100+r))
+		}
+		slices.Sort(out)
+		return out
+	}
+	before := measure(0)
+	c.stop(0)
+	waitFor(b, 60*time.Second, "survivors see the rendezvous gone", func() bool {
+		for _, i := range survivors {
+			if c.nodes[i].Host.Network().Connectedness(c.nodes[0].ID()) == network.Connected {
+				return false
+			}
+		}
+		return true
+	})
+	after := measure(1_000_000)
+	b.ReportMetric(ms(percentile(before, 0.5)), "before-p50-ms")
+	b.ReportMetric(ms(percentile(before, 0.99)), "before-p99-ms")
+	b.ReportMetric(ms(percentile(after, 0.5)), "after-p50-ms")
+	b.ReportMetric(ms(percentile(after, 0.99)), "after-p99-ms")
+	b.ReportMetric(ms(percentile(after, 0.99))/ms(percentile(before, 0.99)), "p99-after/before")
+	b.ReportMetric(ms(percentile(after, 0.5))/ms(percentile(before, 0.5)), "p50-after/before")
+}
