@@ -1,7 +1,7 @@
 // Package mesh is the networking of a node: the libp2p host (QUIC-v1 and
 // TCP), fleet authentication, discovery (mDNS, rendezvous peers, the
 // document's node list), replication of the document, membership, and
-// the mesh manager.
+// the mesh manager and the relay.
 //
 // # Fleet
 //
@@ -47,5 +47,21 @@
 // The decision is Reconcile (plan.go), a pure function of (node list,
 // current links, now, config) -> drops and opens; Manager runs it on an
 // interval and a debounce after node-list changes, dials, protects links
-// from the connection manager, and reports in Status.
+// from the connection manager, and reports in Status. Each pass also
+// dials the direct addresses of peers reached only through a relay, and
+// closes a relayed connection once a direct one to the same peer exists.
+//
+// # Relay
+//
+// RelayService runs libp2p's circuit relay v2 (/libp2p/circuit/relay/0.2.0/
+// hop and stop, libp2p's own wire format) behind an access filter: a
+// reservation, or a relayed connection, only for peers that have passed
+// fleet authentication (the destination too). Limits come from
+// RelayLimits; by default none per connection, so libp2p does not mark
+// relayed connections limited. RelayClient holds a slot on each --relay,
+// refreshes it at two thirds of its lifetime, retakes it when the
+// connection to the relay drops, and hands Membership the relayed
+// addresses (<relay addr>/p2p/<relay>/p2p-circuit) to publish after the
+// node's own in its record. Fleet authentication and our streams run over
+// relayed connections like over direct ones.
 package mesh

@@ -411,7 +411,7 @@ func (m *Manager) Status() MeshStatus {
 	}
 	nw := m.cfg.Host.Network()
 	for _, p := range nw.Peers() {
-		if direct, relayed := splitConns(nw.ConnsToPeer(p)); len(direct) == 0 && len(relayed) > 0 {
+		if RelayedOnly(nw, p) {
 			st.RelayedPeers = append(st.RelayedPeers, p.String())
 		}
 	}
@@ -424,8 +424,7 @@ func (m *Manager) Status() MeshStatus {
 	}
 	now := m.cfg.Now()
 	for p, at := range m.slots {
-		direct, relayed := splitConns(nw.ConnsToPeer(p))
-		st.Slots = append(st.Slots, MeshSlot{Peer: p.String(), AgeSec: now.Sub(at).Seconds(), Relayed: len(direct) == 0 && len(relayed) > 0})
+		st.Slots = append(st.Slots, MeshSlot{Peer: p.String(), AgeSec: now.Sub(at).Seconds(), Relayed: RelayedOnly(nw, p)})
 	}
 	return st
 }
@@ -440,8 +439,8 @@ func (m *Manager) Slots() []peer.ID {
 // MeshStats are the manager's figures for metrics: cheap to read, unlike
 // Status, which lists every eligible and skipped peer.
 type MeshStats struct {
-	Cap, Slots, Eligible    int
-	Passes, Opened, Dropped uint64
+	Cap, Slots, Eligible              int
+	Passes, Opened, Dropped, Upgrades uint64
 }
 
 // Stats returns the current figures.
@@ -450,6 +449,6 @@ func (m *Manager) Stats() MeshStats {
 	defer m.mu.Unlock()
 	return MeshStats{
 		Cap: max(m.cfg.Max, 0), Slots: len(m.slots), Eligible: len(m.last.Eligible),
-		Passes: m.passes.Load(), Opened: m.opened.Load(), Dropped: m.dropped.Load(),
+		Passes: m.passes.Load(), Opened: m.opened.Load(), Dropped: m.dropped.Load(), Upgrades: m.upgrades.Load(),
 	}
 }

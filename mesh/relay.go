@@ -353,6 +353,13 @@ func (c *RelayClient) Status() []RelayState {
 	return out
 }
 
+// RelayedOnly reports whether the host is connected to p, through relays
+// only.
+func RelayedOnly(nw network.Network, p peer.ID) bool {
+	direct, relayed := splitConns(nw.ConnsToPeer(p))
+	return len(direct) == 0 && len(relayed) > 0
+}
+
 // IsRelayed reports whether a connection goes through a relay.
 func IsRelayed(c network.Conn) bool {
 	return isCircuit(c.RemoteMultiaddr())

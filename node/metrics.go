@@ -57,6 +57,27 @@ func newMetrics(n *Node) *metrics {
 	counter("mesh_opened_total", "Supplementary connections opened.", func() float64 { return float64(ms().Opened) })
 	counter("mesh_dropped_total", "Supplementary connections dropped or freed.", func() float64 { return float64(ms().Dropped) })
 	counter("mesh_passes_total", "Mesh reconcile passes.", func() float64 { return float64(ms().Passes) })
+	counter("relay_upgrades_total", "Relayed connections replaced by direct ones.", func() float64 { return float64(ms().Upgrades) })
+	gauge("peers_relayed", "Peers connected only through a relay.", func() float64 {
+		c := 0
+		for _, p := range n.Host.Network().Peers() {
+			if mesh.RelayedOnly(n.Host.Network(), p) {
+				c++
+			}
+		}
+		return float64(c)
+	})
+	gauge("relay_slots", "Relay slots this node holds (--relay).", func() float64 {
+		c := 0
+		if n.RelayClient != nil {
+			for _, r := range n.RelayClient.Status() {
+				if r.Reserved {
+					c++
+				}
+			}
+		}
+		return float64(c)
+	})
 	counter("events_dropped_total", "Events dropped for slow API subscribers.", func() float64 { return float64(n.Events.dropped.Load()) })
 	return &metrics{reg: reg}
 }

@@ -13,17 +13,6 @@ import (
 	"github.com/meshnode/meshnode/mesh"
 )
 
-// relayedOnly reports whether n is connected to p through relays only.
-func relayedOnly(n *Node, p peer.ID) bool {
-	cs := n.Host.Network().ConnsToPeer(p)
-	for _, c := range cs {
-		if !mesh.IsRelayed(c) {
-			return false
-		}
-	}
-	return len(cs) > 0
-}
-
 func directOnly(n *Node, p peer.ID) bool {
 	cs := n.Host.Network().ConnsToPeer(p)
 	for _, c := range cs {
@@ -69,7 +58,7 @@ func TestRelayLinksPeersThatCannotDialEachOther(t *testing.T) {
 		t.Fatalf("relay's record has roles %v, want the relay role", rec.Roles)
 	}
 	waitFor(t, 20*time.Second, "a relayed link between the sites", func() bool {
-		return relayedOnly(a, b.ID()) && relayedOnly(b, a.ID()) && a.Auth.IsAuthenticated(b.ID()) && b.Auth.IsAuthenticated(a.ID())
+		return mesh.RelayedOnly(a.Host.Network(), b.ID()) && mesh.RelayedOnly(b.Host.Network(), a.ID()) && a.Auth.IsAuthenticated(b.ID()) && b.Auth.IsAuthenticated(a.ID())
 	})
 	st := b.MeshStatus()
 	if !slices.Contains(st.RelayedPeers, a.ID().String()) || len(st.Relays) != 1 || !st.Relays[0].Reserved {
