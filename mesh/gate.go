@@ -61,40 +61,28 @@ func (g *Gate) Succeed(p peer.ID) {
 }
 
 // Block refuses every connection to or from the peers until Unblock.
-func (g *Gate) Block(ps ...peer.ID) {
-	g.mu.Lock()
-	for _, p := range ps {
-		g.blocked[p] = true
-	}
-	g.mu.Unlock()
-}
+func (g *Gate) Block(ps ...peer.ID) { g.mark(g.blocked, true, ps) }
 
 // Unblock lifts Block.
-func (g *Gate) Unblock(ps ...peer.ID) {
-	g.mu.Lock()
-	for _, p := range ps {
-		delete(g.blocked, p)
-	}
-	g.mu.Unlock()
-}
+func (g *Gate) Unblock(ps ...peer.ID) { g.mark(g.blocked, false, ps) }
 
 // BlockDirect refuses direct connections to or from the peers; relayed
 // connections stay allowed. UnblockDirect lifts it.
-func (g *Gate) BlockDirect(ps ...peer.ID) {
-	g.mu.Lock()
-	for _, p := range ps {
-		g.noDirect[p] = true
-	}
-	g.mu.Unlock()
-}
+func (g *Gate) BlockDirect(ps ...peer.ID) { g.mark(g.noDirect, true, ps) }
 
 // UnblockDirect lifts BlockDirect.
-func (g *Gate) UnblockDirect(ps ...peer.ID) {
+func (g *Gate) UnblockDirect(ps ...peer.ID) { g.mark(g.noDirect, false, ps) }
+
+func (g *Gate) mark(set map[peer.ID]bool, on bool, ps []peer.ID) {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	for _, p := range ps {
-		delete(g.noDirect, p)
+		if on {
+			set[p] = true
+		} else {
+			delete(set, p)
+		}
 	}
-	g.mu.Unlock()
 }
 
 func (g *Gate) pathAllowed(p peer.ID, a ma.Multiaddr) bool {

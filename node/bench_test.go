@@ -65,6 +65,30 @@ type arrivals struct {
 	raw []map[uint64]time.Time
 }
 
+// watchDocs records when each node's document first holds each head, until
+// the returned function is called.
+func (a *arrivals) watchDocs(c *cluster) (stop func()) {
+	var stops []func()
+	for i, n := range c.nodes {
+		a.doc[i] = map[crdt.Hash]time.Time{}
+		stops = append(stops, n.Doc.Watch(func(ev crdt.Event) {
+			now := time.Now()
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			for _, h := range ev.Heads {
+				if _, ok := a.doc[i][h]; !ok {
+					a.doc[i][h] = now
+				}
+			}
+		}))
+	}
+	return func() {
+		for _, s := range stops {
+			s()
+		}
+	}
+}
+
 func (a *arrivals) docAt(i int, h crdt.Hash) (time.Time, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -128,20 +152,9 @@ func benchConvergence(b *testing.B, nodes, rounds int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	topics := make([]*pubsub.Topic, nodes)
+	defer a.watchDocs(c)()
 	for i, n := range c.nodes {
-		a.doc[i] = map[crdt.Hash]time.Time{}
 		a.raw[i] = map[uint64]time.Time{}
-		stop := n.Doc.Watch(func(ev crdt.Event) {
-			now := time.Now()
-			a.mu.Lock()
-			for _, h := range ev.Heads {
-				if _, ok := a.doc[i][h]; !ok {
-					a.doc[i][h] = now
-				}
-			}
-			a.mu.Unlock()
-		})
-		defer stop()
 		t, err := n.ps.Join("bench/raw/" + n.Fleet.ID)
 		if err != nil {
 			b.Fatal(err)
@@ -594,20 +607,7 @@ func benchRendezvousLoss(b *testing.B, nodes, rounds int) {
 		return c.converged()
 	})
 	a := &arrivals{doc: make([]map[crdt.Hash]time.Time, nodes)}
-	for i, n := range c.nodes {
-		a.doc[i] = map[crdt.Hash]time.Time{}
-		stop := n.Doc.Watch(func(ev crdt.Event) {
-			now := time.Now()
-			a.mu.Lock()
-			for _, h := range ev.Heads {
-				if _, ok := a.doc[i][h]; !ok {
-					a.doc[i][h] = now
-				}
-			}
-			a.mu.Unlock()
-		})
-		defer stop()
-	}
+	defer a.watchDocs(c)()
 	round := func(r int) time.Duration {
 		from := survivors[r%len(survivors)]
 		start := time.Now()
