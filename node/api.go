@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshnode/meshnode/crdt"
 	"github.com/meshnode/meshnode/mesh"
+	"github.com/meshnode/meshnode/transfer"
 )
 
 // API response types, shared with the CLI.
@@ -89,6 +90,11 @@ func (n *Node) apiHandler() http.Handler {
 	for path, h := range routes {
 		mux.HandleFunc("GET "+path, h)
 	}
+	mux.HandleFunc("GET /v1/library", n.handleLibrary)
+	mux.HandleFunc("POST /v1/items/{id}/download", n.handleDownload)
+	mux.HandleFunc("GET /v1/transfers", n.handleTransfers)
+	mux.HandleFunc("GET /v1/transfers/{id}", n.handleTransfer)
+	mux.HandleFunc("DELETE /v1/transfers/{id}", n.handleCancel)
 	mux.HandleFunc("GET /v1/rooms/{topic}/state", n.handleRoomState)
 	mux.HandleFunc("GET /v1/rooms/{topic}/state/{key}", n.handleRoomStateKey)
 	mux.HandleFunc("PUT /v1/rooms/{topic}/state/{key}", n.handlePutRoomState)
@@ -308,4 +314,63 @@ func (n *Node) handlePutRoomState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, RoomStateValue{Topic: topic, Key: key, Value: string(b), Heads: n.Doc.HeadStrings()})
+}
+
+func (n *Node) handleLibrary(w http.ResponseWriter, _ *http.Request) {
+	v, err := n.Library.View()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "doc_read", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+// DownloadRequest is the optional body of POST /v1/items/{id}/download.
+type DownloadRequest struct {
+	// Manifest picks a version; empty: the version held complete by the
+	// most recently updated holder.
+	Manifest string `json:"manifest"`
+}
+
+func (n *Node) handleDownload(w http.ResponseWriter, r *http.Request) {
+	var req DownloadRequest
+	if r.ContentLength != 0 {
+		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+			writeError(w, http.StatusBadRequest, "bad_body", "body must be JSON like {\"manifest\": \"<hash>\"}: "+err.Error())
+			return
+		}
+	}
+	t, err := n.Library.StartDownload(r.PathValue("id"), req.Manifest)
+	switch {
+	case errors.Is(err, transfer.ErrBusy):
+		writeError(w, http.StatusConflict, "busy", err.Error())
+	case errors.Is(err, transfer.ErrNoHolder):
+		writeError(w, http.StatusNotFound, "no_holder", err.Error())
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+	default:
+		writeJSON(w, http.StatusAccepted, t)
+	}
+}
+
+func (n *Node) handleTransfers(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, n.Library.Transfers())
+}
+
+func (n *Node) handleTransfer(w http.ResponseWriter, r *http.Request) {
+	t, ok := n.Library.TransferByID(r.PathValue("id"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "no_such_transfer", "no transfer "+r.PathValue("id"))
+		return
+	}
+	writeJSON(w, http.StatusOK, t)
+}
+
+func (n *Node) handleCancel(w http.ResponseWriter, r *http.Request) {
+	if err := n.Library.Cancel(r.PathValue("id")); err != nil {
+		writeError(w, http.StatusConflict, "not_running", err.Error())
+		return
+	}
+	t, _ := n.Library.TransferByID(r.PathValue("id"))
+	writeJSON(w, http.StatusOK, t)
 }

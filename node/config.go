@@ -81,6 +81,12 @@ type Config struct {
 	// Relays are relays (multiaddrs ending in /p2p/<id>) this node holds a
 	// slot on, to be reachable through them [relay].
 	Relays []string
+	// Share is the share folder: each immediate subfolder is an item
+	// [share]. Default: "share" inside the data dir.
+	Share string
+	// ScanInterval between full rescans of the share folder, which repair
+	// missed watch events [scan-interval]. Default 10m.
+	ScanInterval time.Duration
 
 	// Logger receives the node's logs (not configurable from outside).
 	Logger zerolog.Logger
@@ -104,6 +110,7 @@ func DefaultConfig() Config {
 		MeshInterval:         30 * time.Second,
 		RelayMaxReservations: mesh.DefaultRelayLimits().MaxReservations,
 		RelayMaxCircuits:     mesh.DefaultRelayLimits().MaxCircuits,
+		ScanInterval:         10 * time.Minute,
 		Logger:               zerolog.Nop(),
 	}
 }
@@ -164,6 +171,9 @@ func (c *Config) validate() error {
 	}
 	if _, err := mesh.ParseRelays(c.Relays); err != nil {
 		errs = append(errs, fmt.Errorf("relay: %w", err))
+	}
+	if c.ScanInterval < time.Second {
+		errs = append(errs, fmt.Errorf("scan-interval: %v is below 1s", c.ScanInterval))
 	}
 	if c.LastSeenEvery < time.Second {
 		errs = append(errs, fmt.Errorf("last-seen-every: %v is below 1s", c.LastSeenEvery))
@@ -232,6 +242,8 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.IntVar(&c.RelayMaxReservations, "relay-max-reservations", c.RelayMaxReservations, "relay service: nodes that may hold a slot at once")
 	fs.IntVar(&c.RelayMaxCircuits, "relay-max-circuits", c.RelayMaxCircuits, "relay service: relayed connections one node may have open")
 	fs.Var(listFlag{&c.Relays}, "relay", "comma-separated relay multiaddrs ending in /p2p/<id> to be reachable through")
+	fs.StringVar(&c.Share, "share", c.Share, "share folder: each subfolder is an item (default: share inside the data dir)")
+	fs.DurationVar(&c.ScanInterval, "scan-interval", c.ScanInterval, "time between full rescans of the share folder")
 }
 
 // EnvPrefix starts every environment variable of meshnode.

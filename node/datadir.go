@@ -21,6 +21,8 @@ const (
 	FileAPIToken = "api.token"    // bearer token of the local API
 	FileAPIAddr  = "api.addr"     // address the running daemon's API listens on
 	DirDoc       = "doc"          // document snapshot and change log
+	DirShare     = "share"        // default share folder (--share)
+	DirLibrary   = "library"      // scan index, manifests, download staging
 )
 
 // loadFleet returns the fleet to run in: --join if given (stored for next

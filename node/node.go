@@ -23,6 +23,7 @@ import (
 	"github.com/meshnode/meshnode/internal/atomicfile"
 	"github.com/meshnode/meshnode/internal/zslog"
 	"github.com/meshnode/meshnode/mesh"
+	"github.com/meshnode/meshnode/transfer"
 )
 
 // Node is one running meshnode: it owns the document, the libp2p host and
@@ -44,6 +45,7 @@ type Node struct {
 	Mesh         *mesh.Manager
 	RelayService *mesh.RelayService // nil without --relay-service
 	RelayClient  *mesh.RelayClient  // nil without --relay
+	Library      *transfer.Library
 	Events       *Bus
 
 	ps       *pubsub.PubSub
@@ -208,6 +210,15 @@ func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 		},
 		OnOpened: n.Replicator.RequestSync,
 	})
+	share := n.cfg.Share
+	if share == "" {
+		share = filepath.Join(n.cfg.DataDir, DirShare)
+	}
+	n.Library = transfer.NewLibrary(transfer.LibraryConfig{
+		Share: share, Dir: filepath.Join(n.cfg.DataDir, DirLibrary), Doc: n.Doc, Host: n.Host,
+		Protocol: n.Fleet.Protocol("xfer/1"), Handle: n.Auth.Handle, Logger: lg,
+		ScanInterval: n.cfg.ScanInterval, OnEvent: n.Events.Publish,
+	})
 	n.Doc.Watch(func(ev crdt.Event) {
 		n.Events.Publish(EventDocChanged, map[string]any{"local": ev.Local, "heads": crdt.HashStrings(ev.Heads)})
 	})
@@ -276,6 +287,7 @@ func (n *Node) Run(ctx context.Context) error {
 			{Name: "membership", Policy: Restart, Run: n.Membership.Run},
 			{Name: "discovery", Policy: BestEffort, Run: n.Discovery.Run},
 			{Name: "mesh", Policy: Restart, Run: n.Mesh.Run},
+			{Name: "library", Policy: Restart, Run: n.Library.Run},
 			{Name: "api", Policy: Required, Run: func(ctx context.Context) error {
 				go func() {
 					<-ctx.Done()

@@ -1,0 +1,352 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+
+	"github.com/meshnode/meshnode/internal/frame"
+	"github.com/meshnode/meshnode/transfer"
+)
+
+// shareDir is n's share folder (the default, inside its data dir).
+func shareDir(n *Node) string { return filepath.Join(n.cfg.DataDir, DirShare) }
+
+type testFile struct {
+	data []byte
+	mode os.FileMode
+}
+
+func randBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// writeItem creates item id in n's share folder.
+func writeItem(t *testing.T, n *Node, id string, files map[string]testFile) {
+	t.Helper()
+	for p, f := range files {
+		full := filepath.Join(shareDir(n), id, filepath.FromSlash(p))
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, f.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(full, f.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// treeOf reads an item's shared files: path -> content and mode.
+func treeOf(t *testing.T, root string) map[string]testFile {
+	t.Helper()
+	ig, err := transfer.LoadIgnore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]testFile{}
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		rel = filepath.ToSlash(rel)
+		if ig.Ignored(rel) || !d.Type().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		fi, _ := d.Info()
+		out[rel] = testFile{data: b, mode: fi.Mode().Perm()}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func sameTree(t *testing.T, want, got map[string]testFile) {
+	t.Helper()
+	if len(want) != len(got) {
+		t.Fatalf("%d files, want %d", len(got), len(want))
+	}
+	for p, w := range want {
+		g, ok := got[p]
+		if !ok {
+			t.Fatalf("%s missing", p)
+		}
+		if !bytes.Equal(w.data, g.data) || w.mode != g.mode {
+			t.Fatalf("%s differs: %d bytes mode %v, want %d bytes mode %v", p, len(g.data), g.mode, len(w.data), w.mode)
+		}
+	}
+}
+
+// holds waits until every node sees holder h of item id at h's manifest.
+func waitHolder(t *testing.T, c *cluster, h *Node, id string) string {
+	t.Helper()
+	var manifest string
+	waitFor(t, 20*time.Second, "holder entry of "+id+" everywhere", func() bool {
+		it, ok, _ := h.Doc.Item(id)
+		if !ok {
+			return false
+		}
+		manifest = it.Holders[h.ID().String()].Manifest
+		for _, n := range c.nodes {
+			it, ok, _ := n.Doc.Item(id)
+			if !ok || it.Holders[h.ID().String()].Manifest != manifest || manifest == "" {
+				return false
+			}
+		}
+		return true
+	})
+	return manifest
+}
+
+func download(t *testing.T, n *Node, id string) transfer.TransferStatus {
+	t.Helper()
+	st, err := n.Library.StartDownload(id, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last transfer.TransferStatus
+	waitFor(t, 60*time.Second, "download of "+id, func() bool {
+		last, _ = n.Library.TransferByID(st.ID)
+		if last.State == transfer.TransferFailed {
+			t.Fatalf("download failed: %s", last.Error)
+		}
+		return last.State == transfer.TransferDone
+	})
+	return last
+}
+
+func gameItem() map[string]testFile {
+	return map[string]testFile{
+		"bin/run.sh":           {[]byte("#!/bin/sh\necho run\n"), 0o755},
+		"data/levels/big.dat":  {randBytes(24<<20 + 12345), 0o644},
+		"data/levels/tiny.dat": {randBytes(100), 0o600},
+		"empty":                {nil, 0o644},
+		"README":               {[]byte("a game\n"), 0o444},
+		".meshignore":          {[]byte("# user files\n*.log\nsaves\n"), 0o644},
+		"local/settings.ini":   {[]byte("user-owned"), 0o644},
+		"debug.log":            {[]byte("user-owned too"), 0o644},
+		"saves/slot1":          {[]byte("and this"), 0o644},
+	}
+}
+
+// A shares an item; B downloads it; C downloads it from A and B at once.
+// Bytes and modes match, user-owned files stay home, both holders serve.
+func TestDownloadFromOneThenTwoHolders(t *testing.T) {
+	c := newCluster(t, 3)
+	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
+	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
+	writeItem(t, a, "game", gameItem())
+	a.Library.ScanAll()
+	manifest := waitHolder(t, c, a, "game")
+	want := treeOf(t, filepath.Join(shareDir(a), "game"))
+	for _, p := range []string{"local/settings.ini", "debug.log", "saves/slot1"} {
+		if _, ok := want[p]; ok {
+			t.Fatalf("user-owned %s is shared", p)
+		}
+	}
+
+	st := download(t, b, "game")
+	sameTree(t, want, treeOf(t, filepath.Join(shareDir(b), "game")))
+	if st.Fetched != st.Total || st.Manifest != manifest {
+		t.Fatalf("B fetched %d of %d bytes at %s", st.Fetched, st.Total, st.Manifest)
+	}
+	if _, err := os.Stat(filepath.Join(shareDir(b), "game", "local")); err == nil {
+		t.Fatal("A's local/ reached B")
+	}
+	waitHolder(t, c, b, "game")
+
+	st = download(t, cc, "game")
+	sameTree(t, want, treeOf(t, filepath.Join(shareDir(cc), "game")))
+	if st.BySource[a.ID().String()] == 0 || st.BySource[b.ID().String()] == 0 {
+		t.Fatalf("C's sources: %v; want both A and B used", st.BySource)
+	}
+	view, err := cc.Library.View()
+	if err != nil || len(view) != 1 || view[0].Local != transfer.LocalComplete || len(view[0].Versions) != 1 || len(view[0].Versions[0].Holders) != 3 {
+		t.Fatalf("C's library view: %+v %v", view, err)
+	}
+}
+
+// A holder that serves wrong bytes for some chunks: every bad chunk is
+// detected, fetched from the honest holder, and the liar is reported.
+func TestBadHolderIsDetectedAndAvoided(t *testing.T) {
+	c := newCluster(t, 3)
+	a, liar, dl := c.nodes[0], c.nodes[1], c.nodes[2]
+	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
+	item := map[string]testFile{"blob": {randBytes(20 << 20), 0o644}, "small": {randBytes(10), 0o644}}
+	writeItem(t, a, "tool", item)
+	writeItem(t, liar, "tool", item)
+	a.Library.ScanAll()
+	liar.Library.ScanAll()
+	waitHolder(t, c, a, "tool")
+	waitHolder(t, c, liar, "tool")
+
+	// The liar answers every chunk request with flipped bytes.
+	proto := liar.Fleet.Protocol("xfer/1")
+	liarRoot := filepath.Join(shareDir(liar), "tool")
+	manifestBytes := func(h transfer.Hash) []byte {
+		b, _ := os.ReadFile(filepath.Join(liar.cfg.DataDir, DirLibrary, "manifests", h.String()))
+		return b
+	}
+	liar.Host.SetStreamHandler(proto, func(s network.Stream) {
+		defer s.Close()
+		br := bufio.NewReader(s)
+		for {
+			b, err := frame.Read(br, 1<<16)
+			if err != nil {
+				return
+			}
+			req, err := transfer.DecodeRequest(b)
+			if err != nil {
+				return
+			}
+			var payload []byte
+			if req.Kind == transfer.ReqManifest {
+				payload = manifestBytes(req.Manifest)
+			} else {
+				data, _ := os.ReadFile(filepath.Join(liarRoot, req.Path))
+				start := int(req.Chunk) * transfer.ChunkSize
+				payload = append([]byte{}, data[start:min(start+transfer.ChunkSize, len(data))]...)
+				payload[0] ^= 0xff
+			}
+			if err := frame.Write(s, transfer.Response{Status: transfer.StatusOK, Payload: payload}.Encode()); err != nil {
+				return
+			}
+		}
+	})
+	events, stop := dl.Events.Subscribe(1024)
+	defer stop()
+
+	st := download(t, dl, "tool")
+	sameTree(t, treeOf(t, filepath.Join(shareDir(a), "tool")), treeOf(t, filepath.Join(shareDir(dl), "tool")))
+	if st.BadChunks == 0 || st.BadSources[liar.ID().String()] == "" {
+		t.Fatalf("bad data went unnoticed: %d bad chunks, bad sources %v", st.BadChunks, st.BadSources)
+	}
+	if st.BySource[liar.ID().String()] != 0 {
+		t.Fatalf("bytes from the liar were kept: %v", st.BySource)
+	}
+	reported := false
+	for len(events) > 0 {
+		ev := <-events
+		reported = reported || (ev.Type == "peer.bad_data" && ev.Data["peer"] == liar.ID().String())
+	}
+	if !reported {
+		t.Fatal("no peer.bad_data event for the liar")
+	}
+}
+
+// Requests for paths outside what is shared are refused with a reason.
+func TestHostileTransferRequestsRefused(t *testing.T) {
+	c := newCluster(t, 2)
+	a, b := c.nodes[0], c.nodes[1]
+	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	writeItem(t, a, "game", gameItem())
+	outside := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(outside, []byte("outside"), 0o644)
+	if err := os.Symlink(outside, filepath.Join(shareDir(a), "game", "link")); err != nil {
+		t.Fatal(err)
+	}
+	a.Library.ScanAll()
+	mh, err := transfer.ParseHash(waitHolder(t, c, a, "game"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Host.NewStream(t.Context(), a.ID(), a.Fleet.Protocol("xfer/1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	br := bufio.NewReader(s)
+	ask := func(path string) transfer.Response {
+		if err := frame.Write(s, transfer.Request{Kind: transfer.ReqChunk, Manifest: mh, Path: path}.Encode()); err != nil {
+			t.Fatal(err)
+		}
+		b, err := frame.Read(br, 2<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := transfer.DecodeResponse(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	for _, tc := range []struct{ path, why string }{
+		{"../x", "not clean"},
+		{"bin/../../x", "not clean"},
+		{"/etc/passwd", "absolute"},
+		{"local/settings.ini", "user-owned"},
+		{"debug.log", "user-owned"},
+		{"saves/slot1", "user-owned"},
+		{"link", "not in the manifest"},
+		{"nope", "not in the manifest"},
+	} {
+		r := ask(tc.path)
+		if r.Status == transfer.StatusOK || !strings.Contains(string(r.Payload), tc.why) {
+			t.Errorf("%q: status %d %q; want a refusal saying %q", tc.path, r.Status, r.Payload, tc.why)
+		}
+	}
+	if r := ask("README"); r.Status != transfer.StatusOK || string(r.Payload) != "a game\n" {
+		t.Fatalf("an honest request failed: %d %q", r.Status, r.Payload)
+	}
+	if _, refused := a.Library.Server().Stats(); refused < 6 {
+		t.Fatalf("server counted %d refusals, want at least 6", refused)
+	}
+}
+
+// An update of one file of ten fetches only that file's chunks; the rest
+// comes from the old version, and the downloader's local/ survives.
+func TestUpdateFetchesOnlyChangedChunks(t *testing.T) {
+	c := newCluster(t, 2)
+	a, b := c.nodes[0], c.nodes[1]
+	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	files := map[string]testFile{}
+	for i := range 10 {
+		files[filepath.Join("part", string(rune('a'+i)))] = testFile{randBytes(2<<20 + i), 0o644}
+	}
+	writeItem(t, a, "build", files)
+	a.Library.ScanAll()
+	v1 := waitHolder(t, c, a, "build")
+	download(t, b, "build")
+	os.MkdirAll(filepath.Join(shareDir(b), "build", "local"), 0o755)
+	os.WriteFile(filepath.Join(shareDir(b), "build", "local", "mine"), []byte("keep me"), 0o644)
+
+	changed := randBytes(3<<20 + 7)
+	if err := os.WriteFile(filepath.Join(shareDir(a), "build", "part", "c"), changed, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.Library.ScanAll()
+	waitFor(t, 20*time.Second, "A's new version on B", func() bool {
+		it, _, _ := b.Doc.Item("build")
+		h := it.Holders[a.ID().String()]
+		return h.Manifest != "" && h.Manifest != v1
+	})
+	st := download(t, b, "build")
+	if st.Fetched != int64(len(changed)) {
+		t.Fatalf("update fetched %d bytes, want %d (only the changed file)", st.Fetched, len(changed))
+	}
+	if st.Reused+st.Fetched != st.Total {
+		t.Fatalf("reused %d + fetched %d != total %d", st.Reused, st.Fetched, st.Total)
+	}
+	sameTree(t, treeOf(t, filepath.Join(shareDir(a), "build")), treeOf(t, filepath.Join(shareDir(b), "build")))
+	if got, err := os.ReadFile(filepath.Join(shareDir(b), "build", "local", "mine")); err != nil || string(got) != "keep me" {
+		t.Fatalf("B's local/ did not survive the update: %q %v", got, err)
+	}
+}

@@ -1,0 +1,117 @@
+package transfer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Request kinds.
+const (
+	ReqManifest = 1
+	ReqChunk    = 2
+)
+
+// Response statuses.
+const (
+	StatusOK       = 0
+	StatusNotFound = 1 // this node does not serve that manifest, path or chunk
+	StatusRefused  = 2 // the request is not allowed (a path outside the item, ...)
+	StatusError    = 3 // the server failed (I/O)
+	StatusBusy     = 4 // too many streams from this peer
+)
+
+// Frame limits.
+const (
+	maxRequest      = 1 + 32 + 10 + MaxPathLen + 10
+	maxManifestSize = 64 << 20
+	maxResponse     = 1 + maxManifestSize
+)
+
+// ErrBadFrame is returned for a request or response that does not decode.
+var ErrBadFrame = errors.New("transfer: bad frame")
+
+// Request asks for a manifest, or for one chunk of one file of it.
+type Request struct {
+	Kind     byte
+	Manifest Hash
+	Path     string // ReqChunk only
+	Chunk    uint64 // ReqChunk only
+}
+
+// Encode: kind | manifest hash (32) | for a chunk: uvarint len(path) |
+// path | uvarint chunk index.
+func (r Request) Encode() []byte {
+	b := append([]byte{r.Kind}, r.Manifest[:]...)
+	if r.Kind == ReqChunk {
+		b = binary.AppendUvarint(b, uint64(len(r.Path)))
+		b = append(b, r.Path...)
+		b = binary.AppendUvarint(b, r.Chunk)
+	}
+	return b
+}
+
+// DecodeRequest parses a request frame. The path is returned as sent: the
+// server judges it.
+func DecodeRequest(b []byte) (Request, error) {
+	var r Request
+	if len(b) < 33 {
+		return r, fmt.Errorf("%w: request of %d bytes", ErrBadFrame, len(b))
+	}
+	r.Kind = b[0]
+	copy(r.Manifest[:], b[1:33])
+	rd := bytes.NewReader(b[33:])
+	switch r.Kind {
+	case ReqManifest:
+	case ReqChunk:
+		n, err := binary.ReadUvarint(rd)
+		if err != nil || n > MaxPathLen || n > uint64(rd.Len()) {
+			return r, fmt.Errorf("%w: bad path length", ErrBadFrame)
+		}
+		p := make([]byte, n)
+		_, _ = rd.Read(p)
+		r.Path = string(p)
+		if r.Chunk, err = binary.ReadUvarint(rd); err != nil {
+			return r, fmt.Errorf("%w: bad chunk index", ErrBadFrame)
+		}
+	default:
+		return r, fmt.Errorf("%w: unknown request kind %d", ErrBadFrame, r.Kind)
+	}
+	if rd.Len() != 0 {
+		return r, fmt.Errorf("%w: %d trailing bytes", ErrBadFrame, rd.Len())
+	}
+	return r, nil
+}
+
+// Response is a status and, for StatusOK, the payload (manifest encoding
+// or chunk bytes); otherwise a message saying why.
+type Response struct {
+	Status  byte
+	Payload []byte
+}
+
+// Encode: status | payload.
+func (r Response) Encode() []byte { return append([]byte{r.Status}, r.Payload...) }
+
+// DecodeResponse parses a response frame.
+func DecodeResponse(b []byte) (Response, error) {
+	if len(b) == 0 {
+		return Response{}, fmt.Errorf("%w: empty response", ErrBadFrame)
+	}
+	if b[0] > StatusBusy {
+		return Response{}, fmt.Errorf("%w: unknown status %d", ErrBadFrame, b[0])
+	}
+	return Response{Status: b[0], Payload: b[1:]}, nil
+}
+
+// ServerError is a refusal or failure reported by the serving peer.
+type ServerError struct {
+	Status byte
+	Msg    string
+}
+
+func (e *ServerError) Error() string {
+	what := map[byte]string{StatusNotFound: "not found", StatusRefused: "refused", StatusError: "server error", StatusBusy: "busy"}[e.Status]
+	return fmt.Sprintf("peer answered %s: %s", what, e.Msg)
+}

@@ -1,0 +1,229 @@
+package transfer
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/meshnode/meshnode/internal/atomicfile"
+)
+
+// Names with a meaning inside an item.
+const (
+	// LocalDir is the user-owned subtree of an item: never hashed, listed
+	// or served, and kept across updates.
+	LocalDir = "local"
+	// IgnoreFile lists more user-owned patterns, one per line (path.Match
+	// syntax against the slash path, or against any leading part of it;
+	// '#' starts a comment).
+	IgnoreFile = ".meshignore"
+)
+
+// Ignore decides which paths of an item are user-owned.
+type Ignore struct {
+	patterns []string
+}
+
+// LoadIgnore reads the item's .meshignore, if any. The local/ subtree is
+// always ignored.
+func LoadIgnore(root string) (*Ignore, error) {
+	ig := &Ignore{patterns: []string{LocalDir}}
+	b, err := os.ReadFile(filepath.Join(root, IgnoreFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return ig, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		line = strings.Trim(line, "/")
+		if _, err := path.Match(line, ""); err != nil {
+			return nil, fmt.Errorf("%s: bad pattern %q: %w", IgnoreFile, line, err)
+		}
+		ig.patterns = append(ig.patterns, line)
+	}
+	return ig, nil
+}
+
+// Ignored reports whether p (slash-separated, relative) or any folder it
+// is in matches a pattern.
+func (ig *Ignore) Ignored(p string) bool {
+	parts := strings.Split(p, "/")
+	for i := range parts {
+		prefix := strings.Join(parts[:i+1], "/")
+		for _, pat := range ig.patterns {
+			if ok, _ := path.Match(pat, prefix); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// fingerprint is the cheap stat data that says a file is unchanged.
+type fingerprint struct {
+	Size    int64  `json:"size"`
+	MtimeNs int64  `json:"mtime_ns"`
+	Mode    uint32 `json:"mode"`
+	Ino     uint64 `json:"ino"`
+	Ctime   int64  `json:"ctime_ns"`
+}
+
+func fingerprintOf(fi fs.FileInfo) fingerprint {
+	f := fingerprint{Size: fi.Size(), MtimeNs: fi.ModTime().UnixNano(), Mode: uint32(fi.Mode().Perm())}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		f.Ino = st.Ino
+		f.Ctime = st.Ctim.Sec*1e9 + st.Ctim.Nsec
+	}
+	return f
+}
+
+// indexEntry is one file as last scanned.
+type indexEntry struct {
+	FP     fingerprint `json:"fp"`
+	Chunks []Hash      `json:"chunks"`
+}
+
+// Index is the persisted result of an item's last scan: per file, its
+// fingerprint and chunk hashes. A rescan re-hashes only files whose
+// fingerprint changed.
+type Index struct {
+	Files    map[string]indexEntry `json:"files"`
+	Manifest Hash                  `json:"manifest"`
+}
+
+// LoadIndex reads an index file; a missing or unreadable one is empty (the
+// next scan rebuilds it).
+func LoadIndex(file string) *Index {
+	ix := &Index{Files: map[string]indexEntry{}}
+	b, err := os.ReadFile(file)
+	if err != nil || json.Unmarshal(b, ix) != nil || ix.Files == nil {
+		return &Index{Files: map[string]indexEntry{}}
+	}
+	return ix
+}
+
+// Save writes the index atomically.
+func (ix *Index) Save(file string) error {
+	b, err := json.Marshal(ix)
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(file, b, 0o600)
+}
+
+// ScanStats counts what a scan did.
+type ScanStats struct {
+	Files, Hashed, Skipped int
+	BytesHashed            int64
+}
+
+// Scan builds the manifest of the item at root, reusing ix for files whose
+// fingerprint is unchanged, and updates ix. Symlinks, special files and
+// ignored paths are skipped (counted in Skipped): they are never served.
+func Scan(root string, ix *Index) (*Manifest, ScanStats, error) {
+	var st ScanStats
+	ig, err := LoadIgnore(root)
+	if err != nil {
+		return nil, st, err
+	}
+	m := &Manifest{}
+	seen := map[string]bool{}
+	err = filepath.WalkDir(root, func(full string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if full == root {
+			return nil
+		}
+		rel, _ := filepath.Rel(root, full)
+		rel = filepath.ToSlash(rel)
+		if ig.Ignored(rel) || CheckPath(rel) != nil {
+			st.Skipped++
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() || !d.Type().IsRegular() {
+			if !d.IsDir() {
+				st.Skipped++
+			}
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fp := fingerprintOf(fi)
+		e, ok := ix.Files[rel]
+		if !ok || e.FP != fp {
+			if e.Chunks, err = hashFile(full, fi.Size()); err != nil {
+				return err
+			}
+			e.FP = fp
+			st.Hashed++
+			st.BytesHashed += fi.Size()
+		}
+		ix.Files[rel] = e
+		seen[rel] = true
+		st.Files++
+		m.Files = append(m.Files, File{Path: rel, Size: fp.Size, Mode: fp.Mode, Chunks: e.Chunks})
+		return nil
+	})
+	if err != nil {
+		return nil, st, fmt.Errorf("transfer: scan %s: %w", root, err)
+	}
+	for p := range ix.Files {
+		if !seen[p] {
+			delete(ix.Files, p)
+		}
+	}
+	slices.SortFunc(m.Files, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
+	ix.Manifest = m.Hash()
+	return m, st, nil
+}
+
+// hashFile returns the BLAKE3 hash of each chunk of the file.
+func hashFile(p string, size int64) ([]Hash, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	out := make([]Hash, 0, chunkCount(size))
+	buf := make([]byte, ChunkSize)
+	for {
+		n, err := io.ReadFull(f, buf)
+		if n > 0 {
+			out = append(out, blake3.Sum256(buf[:n]))
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if len(out) != chunkCount(size) {
+		return nil, fmt.Errorf("%s changed while it was hashed", p)
+	}
+	return out, nil
+}

@@ -1,0 +1,164 @@
+package transfer
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/rs/zerolog"
+
+	"github.com/meshnode/meshnode/internal/frame"
+)
+
+// Served is an item this node serves under one manifest.
+type Served struct {
+	Root     string
+	Manifest *Manifest
+	Encoded  []byte
+	Ignore   *Ignore
+}
+
+// Server answers manifest and chunk requests on the transfer protocol.
+// Each stream carries requests and responses in order, so a client may
+// pipeline several; a peer may hold at most PerPeer streams at once.
+type Server struct {
+	lookup  func(Hash) (*Served, bool)
+	lg      zerolog.Logger
+	perPeer int
+
+	mu      sync.Mutex
+	streams map[peer.ID]int
+	served  uint64
+	refused uint64
+}
+
+// NewServer returns a server over lookup, which returns what this node
+// serves for a manifest hash.
+func NewServer(lookup func(Hash) (*Served, bool), lg zerolog.Logger, perPeer int) *Server {
+	if perPeer <= 0 {
+		perPeer = 8
+	}
+	return &Server{lookup: lookup, lg: lg.With().Str("component", "transfer-server").Logger(), perPeer: perPeer, streams: map[peer.ID]int{}}
+}
+
+// Stats returns chunks served and requests refused.
+func (s *Server) Stats() (served, refused uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.served, s.refused
+}
+
+// Handle serves one stream until the client closes it.
+func (s *Server) Handle(st network.Stream) {
+	p := st.Conn().RemotePeer()
+	defer st.Close()
+	s.mu.Lock()
+	busy := s.streams[p] >= s.perPeer
+	if !busy {
+		s.streams[p]++
+	}
+	s.mu.Unlock()
+	if busy {
+		_ = frame.Write(st, Response{Status: StatusBusy, Payload: []byte("too many transfer streams from this peer")}.Encode())
+		return
+	}
+	defer func() {
+		s.mu.Lock()
+		if s.streams[p]--; s.streams[p] <= 0 {
+			delete(s.streams, p)
+		}
+		s.mu.Unlock()
+	}()
+	br := bufio.NewReader(st)
+	for {
+		_ = st.SetReadDeadline(time.Now().Add(2 * time.Minute))
+		b, err := frame.Read(br, maxRequest)
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				s.lg.Debug().Str("peer", p.String()).Err(err).Msg("transfer stream ended")
+			}
+			return
+		}
+		resp := s.answer(p, b)
+		_ = st.SetWriteDeadline(time.Now().Add(2 * time.Minute))
+		if err := frame.Write(st, resp.Encode()); err != nil {
+			return
+		}
+	}
+}
+
+func (s *Server) answer(p peer.ID, b []byte) Response {
+	req, err := DecodeRequest(b)
+	if err != nil {
+		return s.refuse(p, StatusRefused, err.Error())
+	}
+	sv, ok := s.lookup(req.Manifest)
+	if !ok {
+		return Response{Status: StatusNotFound, Payload: []byte("manifest " + req.Manifest.String() + " is not served here")}
+	}
+	if req.Kind == ReqManifest {
+		return Response{Status: StatusOK, Payload: sv.Encoded}
+	}
+	data, status, err := readChunk(sv, req.Path, req.Chunk)
+	if err != nil {
+		return s.refuse(p, status, err.Error())
+	}
+	s.mu.Lock()
+	s.served++
+	s.mu.Unlock()
+	return Response{Status: StatusOK, Payload: data}
+}
+
+func (s *Server) refuse(p peer.ID, status byte, msg string) Response {
+	if status == StatusRefused {
+		s.mu.Lock()
+		s.refused++
+		s.mu.Unlock()
+		s.lg.Warn().Str("peer", p.String()).Str("why", msg).Msg("transfer request refused")
+	}
+	return Response{Status: status, Payload: []byte(msg)}
+}
+
+// readChunk reads chunk i of the file at rel inside the served item. The
+// path must be clean and relative, listed in the manifest, not
+// user-owned, and resolve to a regular file inside the root: os.Root
+// refuses ".." and symlinks that lead out.
+func readChunk(sv *Served, rel string, i uint64) ([]byte, byte, error) {
+	if err := CheckPath(rel); err != nil {
+		return nil, StatusRefused, err
+	}
+	if sv.Ignore != nil && sv.Ignore.Ignored(rel) {
+		return nil, StatusRefused, fmt.Errorf("path %q is in the user-owned part of the item", rel)
+	}
+	f, ok := sv.Manifest.File(rel)
+	if !ok {
+		return nil, StatusNotFound, fmt.Errorf("path %q is not in the manifest", rel)
+	}
+	if i >= uint64(len(f.Chunks)) {
+		return nil, StatusNotFound, fmt.Errorf("%s has %d chunks, not %d", rel, len(f.Chunks), i+1)
+	}
+	root, err := os.OpenRoot(sv.Root)
+	if err != nil {
+		return nil, StatusError, fmt.Errorf("open item: %v", err)
+	}
+	defer root.Close()
+	fh, err := root.Open(rel)
+	if err != nil {
+		return nil, StatusRefused, fmt.Errorf("open %s: %v", rel, err)
+	}
+	defer fh.Close()
+	if fi, err := fh.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil, StatusRefused, fmt.Errorf("%s is not a regular file", rel)
+	}
+	buf := make([]byte, ChunkLen(f.Size, int(i)))
+	if _, err := fh.ReadAt(buf, int64(i)*ChunkSize); err != nil {
+		return nil, StatusError, fmt.Errorf("read %s: %v", rel, err)
+	}
+	return buf, StatusOK, nil
+}
