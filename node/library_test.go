@@ -350,3 +350,151 @@ func TestUpdateFetchesOnlyChangedChunks(t *testing.T) {
 		t.Fatalf("B's local/ did not survive the update: %q %v", got, err)
 	}
 }
+
+// The watcher follows the share folder: a new item, a changed file, a
+// removed file and a removed item each update the holder entry.
+func TestWatchedShareFolderUpdatesHolder(t *testing.T) {
+	c := newCluster(t, 1)
+	a := c.nodes[0]
+	self := a.ID().String()
+	holder := func() (string, int64) {
+		it, _, _ := a.Doc.Item("kit")
+		h := it.Holders[self]
+		return h.Manifest, h.Files
+	}
+	waitFor(t, 10*time.Second, "library running", func() bool { return a.Library.ScanStatus().Scans > 0 })
+	writeItem(t, a, "kit", map[string]testFile{"one": {[]byte("1"), 0o644}, "dir/two": {[]byte("2"), 0o644}})
+	waitFor(t, 10*time.Second, "new item published", func() bool { m, n := holder(); return m != "" && n == 2 })
+	m1, _ := holder()
+	os.WriteFile(filepath.Join(shareDir(a), "kit", "one"), []byte("changed"), 0o644)
+	waitFor(t, 10*time.Second, "changed file published", func() bool { m, _ := holder(); return m != m1 })
+	os.Remove(filepath.Join(shareDir(a), "kit", "dir", "two"))
+	waitFor(t, 10*time.Second, "removed file published", func() bool { _, n := holder(); return n == 1 })
+	os.RemoveAll(filepath.Join(shareDir(a), "kit"))
+	waitFor(t, 10*time.Second, "removed item unpublished", func() bool { m, _ := holder(); return m == "" })
+}
+
+// Scan requests for an item with a download in flight are dropped; while
+// a scan runs, any number of requests make exactly one more pass.
+func TestScanRequestsWhileBusyOrScanning(t *testing.T) {
+	c := newCluster(t, 2)
+	a, b := c.nodes[0], c.nodes[1]
+	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	writeItem(t, a, "huge", map[string]testFile{"blob": {randBytes(64 << 20), 0o644}})
+	a.Library.ScanAll()
+	waitHolder(t, c, a, "huge")
+	st, err := b.Library.StartDownload("huge", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := b.Library.ScanStatus()
+	b.Library.RequestScan("huge")
+	if got := b.Library.ScanStatus(); got.DroppedEvents != before.DroppedEvents+1 {
+		t.Fatalf("a scan request during the download was not dropped: %+v", got)
+	}
+	if _, err := b.Library.StartDownload("huge", ""); err == nil {
+		t.Fatal("a second download of an item in flight was accepted")
+	}
+	waitFor(t, 60*time.Second, "download done", func() bool {
+		t, _ := b.Library.TransferByID(st.ID)
+		return t.State == transfer.TransferDone
+	})
+
+	files := map[string]testFile{}
+	for i := range 2000 {
+		files[filepath.Join("many", strings.Repeat("x", i%7)+string(rune('a'+i%26))+time.Duration(i).String())] = testFile{[]byte{byte(i)}, 0o644}
+	}
+	writeItem(t, a, "many", files)
+	waitFor(t, 20*time.Second, "watch-triggered scans settle", func() bool {
+		s := a.Library.ScanStatus()
+		return len(s.Scanning) == 0 && holderFiles(a, "many") == len(files)
+	})
+	time.Sleep(1500 * time.Millisecond) // let any debounced event fire
+	waitFor(t, 20*time.Second, "idle", func() bool { return len(a.Library.ScanStatus().Scanning) == 0 })
+	base := a.Library.ScanStatus().Scans
+	for range 3 {
+		a.Library.RequestScan("many")
+	}
+	waitFor(t, 20*time.Second, "requested scans done", func() bool { return len(a.Library.ScanStatus().Scanning) == 0 })
+	if got := a.Library.ScanStatus().Scans - base; got != 2 {
+		t.Fatalf("3 requests during a scan made %d passes, want 2 (one, then one more)", got)
+	}
+}
+
+func holderFiles(n *Node, id string) int {
+	it, _, _ := n.Doc.Item(id)
+	return int(it.Holders[n.ID().String()].Files)
+}
+
+// Cancelling stops a download between chunks and discards its staging;
+// nothing appears under the item's name.
+func TestCancelDownload(t *testing.T) {
+	c := newCluster(t, 2)
+	a, b := c.nodes[0], c.nodes[1]
+	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	writeItem(t, a, "big", map[string]testFile{"blob": {randBytes(96 << 20), 0o644}})
+	a.Library.ScanAll()
+	waitHolder(t, c, a, "big")
+	st, err := b.Library.StartDownload("big", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Library.Cancel(st.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "cancelled", func() bool {
+		t, _ := b.Library.TransferByID(st.ID)
+		return t.State == transfer.TransferCancelled && len(b.Library.ScanStatus().Scanning) == 0
+	})
+	if _, err := os.Stat(filepath.Join(shareDir(b), "big")); err == nil {
+		t.Fatal("a cancelled download appeared under the item's name")
+	}
+	waitFor(t, 10*time.Second, "staging removed", func() bool {
+		ents, _ := os.ReadDir(filepath.Join(b.cfg.DataDir, DirLibrary, "staging"))
+		return len(ents) == 0
+	})
+	if err := b.Library.Cancel(st.ID); err == nil {
+		t.Fatal("cancelling a finished transfer succeeded")
+	}
+}
+
+// A download that does not fit fails before writing, with a clear error,
+// and leaves what the node holds untouched. Needs root to mount a small
+// tmpfs as the downloader's data dir.
+func TestDownloadRefusedWhenDiskTooSmall(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	small := t.TempDir()
+	if err := syscallMount(small, "size=16m"); err != nil {
+		t.Skipf("cannot mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscallUnmount(small) })
+	c := newCluster(t, 1)
+	a := c.nodes[0]
+	b := c.add(func(_ int, cfg *Config) { cfg.DataDir = filepath.Join(small, "b") })
+	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	writeItem(t, b, "mine", map[string]testFile{"keep": {[]byte("precious"), 0o644}})
+	writeItem(t, a, "big", map[string]testFile{"blob": {randBytes(24 << 20), 0o644}})
+	a.Library.ScanAll()
+	b.Library.ScanAll()
+	waitHolder(t, c, a, "big")
+	st, err := b.Library.StartDownload("big", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last transfer.TransferStatus
+	waitFor(t, 20*time.Second, "download to fail", func() bool {
+		last, _ = b.Library.TransferByID(st.ID)
+		return last.State == transfer.TransferFailed
+	})
+	if !strings.Contains(last.Error, "not enough free space") || !strings.Contains(last.Error, "needs") {
+		t.Fatalf("error does not say what is wrong: %q", last.Error)
+	}
+	if got, err := os.ReadFile(filepath.Join(shareDir(b), "mine", "keep")); err != nil || string(got) != "precious" {
+		t.Fatalf("existing item damaged: %q %v", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(shareDir(b), "big")); err == nil {
+		t.Fatal("a failed download appeared under the item's name")
+	}
+}

@@ -131,13 +131,13 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 		return nil, fmt.Errorf("%w: no %s header", ErrBadManifest, manifestTag)
 	}
 	r := bytes.NewReader(b[len(manifestTag):])
-	n, err := binary.ReadUvarint(r)
+	n, err := readUvarint(r)
 	if err != nil || n > MaxFiles {
 		return nil, fmt.Errorf("%w: file count unreadable or over %d", ErrBadManifest, MaxFiles)
 	}
 	m := &Manifest{Files: make([]File, 0, min(n, 1024))}
 	for i := range n {
-		pl, err := binary.ReadUvarint(r)
+		pl, err := readUvarint(r)
 		if err != nil || pl == 0 || pl > MaxPathLen || pl > uint64(r.Len()) {
 			return nil, fmt.Errorf("%w: file %d: bad path length", ErrBadManifest, i)
 		}
@@ -150,11 +150,11 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 		if i > 0 && m.Files[i-1].Path >= f.Path {
 			return nil, fmt.Errorf("%w: %q is out of order or repeated", ErrBadManifest, f.Path)
 		}
-		size, err := binary.ReadUvarint(r)
+		size, err := readUvarint(r)
 		if err != nil || size > MaxFileSize {
 			return nil, fmt.Errorf("%w: %s: bad size", ErrBadManifest, f.Path)
 		}
-		mode, err := binary.ReadUvarint(r)
+		mode, err := readUvarint(r)
 		if err != nil || mode > 0o777 {
 			return nil, fmt.Errorf("%w: %s: bad mode", ErrBadManifest, f.Path)
 		}

@@ -32,6 +32,20 @@ const (
 // ErrBadFrame is returned for a request or response that does not decode.
 var ErrBadFrame = errors.New("transfer: bad frame")
 
+// readUvarint reads a minimally encoded uvarint: the canonical encodings
+// have exactly one byte form for each message.
+func readUvarint(r *bytes.Reader) (uint64, error) {
+	before := r.Len()
+	v, err := binary.ReadUvarint(r)
+	if err != nil {
+		return 0, err
+	}
+	if before-r.Len() != len(binary.AppendUvarint(nil, v)) {
+		return 0, errors.New("non-minimal varint")
+	}
+	return v, nil
+}
+
 // Request asks for a manifest, or for one chunk of one file of it.
 type Request struct {
 	Kind     byte
@@ -65,14 +79,14 @@ func DecodeRequest(b []byte) (Request, error) {
 	switch r.Kind {
 	case ReqManifest:
 	case ReqChunk:
-		n, err := binary.ReadUvarint(rd)
+		n, err := readUvarint(rd)
 		if err != nil || n > MaxPathLen || n > uint64(rd.Len()) {
 			return r, fmt.Errorf("%w: bad path length", ErrBadFrame)
 		}
 		p := make([]byte, n)
 		_, _ = rd.Read(p)
 		r.Path = string(p)
-		if r.Chunk, err = binary.ReadUvarint(rd); err != nil {
+		if r.Chunk, err = readUvarint(rd); err != nil {
 			return r, fmt.Errorf("%w: bad chunk index", ErrBadFrame)
 		}
 	default:
