@@ -27,6 +27,8 @@ Usage:
   meshnode nodes [--json]       the fleet's nodes and their state
   meshnode peers [--json]       live connections
   meshnode mesh [--json]        supplementary mesh connections, relays, and why
+  meshnode library [--json]     every item in the fleet, and its state here
+  meshnode get ITEM             download an item, with live progress
   meshnode events [--json]      follow the node's events, one per line
   meshnode room state TOPIC [KEY [VALUE]]
                                 show or set a room's durable state
@@ -57,6 +59,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runRoom(args[1:], stdout)
 	case "events":
 		err = runEvents(args[1:], stdout)
+	case "library":
+		err = runLibrary(args[1:], stdout)
+	case "get":
+		err = runGet(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

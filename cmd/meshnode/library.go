@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/meshnode/meshnode/node"
+	"github.com/meshnode/meshnode/transfer"
+)
+
+// runLibrary prints the fleet's library with this node's state per item.
+func runLibrary(args []string, out io.Writer) error {
+	dir, asJSON, err := clientFlags("library", args)
+	if err != nil {
+		return err
+	}
+	c, err := newClient(dir)
+	if err != nil {
+		return err
+	}
+	var items []transfer.ItemView
+	if err := c.get("/v1/library", &items); err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(out, items)
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ITEM\tSIZE\tFILES\tHOLDERS\tVERSIONS\tHERE")
+	for _, it := range items {
+		var size, files int64
+		holders := 0
+		for _, v := range it.Versions {
+			if v.Manifest == it.Latest {
+				size, files, holders = v.Size, v.Files, len(v.Holders)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", it.ID, humanBytes(float64(size)), files, holders, len(it.Versions), it.Local)
+	}
+	return tw.Flush()
+}
+
+// runGet downloads an item and shows a live progress line until it ends.
+func runGet(args []string, out, errOut io.Writer) error {
+	fs := flag.NewFlagSet("meshnode get", flag.ContinueOnError)
+	var manifest string
+	fs.StringVar(&manifest, "manifest", "", "version to fetch (default: the most recently updated complete holder's)")
+	dir, _, pos, err := clientArgsWith(fs, "get", args, 1)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("usage: meshnode get ITEM [--manifest HASH] [--data DIR]")
+	}
+	c, err := newClient(dir)
+	if err != nil {
+		return err
+	}
+	body, _ := json.Marshal(node.DownloadRequest{Manifest: manifest})
+	var st transfer.TransferStatus
+	if err := c.do("POST", "/v1/items/"+url.PathEscape(pos[0])+"/download", bytes.NewReader(body), &st); err != nil {
+		return err
+	}
+	tty := isTerminal(errOut)
+	last := ""
+	for {
+		if err := c.get("/v1/transfers/"+st.ID, &st); err != nil {
+			return err
+		}
+		line := progressLine(st)
+		if tty {
+			fmt.Fprintf(errOut, "\r\033[K%s", line)
+		} else if line != last && time.Since(st.Started) > 0 {
+			fmt.Fprintln(errOut, line)
+		}
+		last = line
+		switch st.State {
+		case transfer.TransferDone:
+			if tty {
+				fmt.Fprintln(errOut)
+			}
+			fmt.Fprintf(out, "%s: %s at %s (%s fetched, %s reused, %s resumed) in %.1fs\n", st.Item, humanBytes(float64(st.Total)), st.Manifest[:16],
+				humanBytes(float64(st.Fetched)), humanBytes(float64(st.Reused)), humanBytes(float64(st.Resumed)), st.ElapsedSec)
+			return nil
+		case transfer.TransferFailed, transfer.TransferCancelled:
+			if tty {
+				fmt.Fprintln(errOut)
+			}
+			return fmt.Errorf("%s %s: %s", st.Item, st.State, st.Error)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// progressLine: a bar, bytes, rate, ETA and sources.
+func progressLine(st transfer.TransferStatus) string {
+	frac := 0.0
+	if st.Total > 0 {
+		frac = float64(st.Done) / float64(st.Total)
+	}
+	const width = 24
+	bar := strings.Repeat("#", int(frac*width)) + strings.Repeat(".", width-int(frac*width))
+	eta := "-"
+	if st.RateBps > 0 && st.Done < st.Total {
+		eta = (time.Duration(float64(st.Total-st.Done)/st.RateBps) * time.Second).Round(time.Second).String()
+	}
+	return fmt.Sprintf("%s [%s] %3.0f%% %s/%s %s/s ETA %s from %d source(s)", st.Item, bar, 100*frac,
+		humanBytes(float64(st.Done)), humanBytes(float64(st.Total)), humanBytes(st.RateBps), eta, len(st.BySource))
+}
+
+func humanBytes(b float64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
+	i := 0
+	for b >= 1024 && i < len(units)-1 {
+		b /= 1024
+		i++
+	}
+	if i == 0 {
+		return fmt.Sprintf("%.0f %s", b, units[i])
+	}
+	return fmt.Sprintf("%.1f %s", b, units[i])
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
