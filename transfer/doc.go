@@ -1,4 +1,69 @@
-// Package transfer will own the share folder, manifests and chunked,
-// verified downloads (see DESIGN.md, "Library and transfer"). The
-// document's library entries it writes are already defined in crdt.
+// Package transfer is the library: it shares the items of the share
+// folder with the fleet and downloads other nodes' items into it, in
+// verified chunks, from every holder at once.
+//
+// # Items
+//
+// Each immediate subfolder of the share folder is an item; its ID is the
+// folder name (ValidItemID: not hidden, no separators or control
+// characters). Inside an item, local/ and the patterns listed in the
+// item's .meshignore are user-owned: never hashed, listed or served, and
+// kept when an update replaces the item. Symlinks and special files are
+// not shared. Bookkeeping lives outside the share folder, in the
+// library folder: index/<item>.json (the last scan), manifests/<hash>,
+// and staging/<item>-<hash16>/ (one per download: manifest, have, data/,
+// job.json, swap.json).
+//
+// # Manifest
+//
+// The canonical encoding, whose BLAKE3-256 hash identifies a version:
+//
+//	"MNM1" | uvarint nfiles | per file, sorted by path:
+//	  uvarint len(path) | path | uvarint size | uvarint mode (0o777 bits)
+//	  | BLAKE3-256 of each 1 MiB chunk (ceil(size / 1 MiB) of them)
+//
+// Paths are slash-separated, relative and clean; varints are minimal, so
+// one manifest has exactly one encoding. DecodeManifest enforces all of it.
+//
+// # Protocol /meshnode/<fleet>/xfer/1
+//
+// Authenticated fleet members only. Each message is a frame (uvarint
+// length, payload). A stream carries requests and responses in order, so a
+// client keeps several requests in flight:
+//
+//	request:  kind (1 manifest, 2 chunk) | manifest hash (32)
+//	          [chunk: uvarint len(path) | path | uvarint chunk index]
+//	response: status (0 ok, 1 not found, 2 refused, 3 error, 4 busy)
+//	          | payload (manifest encoding or chunk bytes; else a reason)
+//
+// The server answers only for manifests of items it holds complete; a
+// chunk path must be clean, in that manifest, not user-owned, and resolve
+// to a regular file inside the item (os.Root: no "..", no symlink out). A
+// peer may hold 8 streams at once.
+//
+// # Download
+//
+// The manifest comes from any holder and is checked against its hash.
+// Free space is checked first. Files are created at full size in the
+// staging folder; chunks come from a shared queue, one pipelined stream
+// per holder with 8 requests in flight, so faster holders take more. Each
+// chunk is checked against the manifest before it is written, and logged
+// in "have". A chunk that fails is queued again for other holders, and its
+// sender is reported and dropped. After a crash, start-up resumes every
+// download in staging, re-verifying the chunks its log names. An update
+// copies the chunks it already has from the old version. When all is
+// written, files get their modes and are synced; then a swap, recorded in
+// swap.json first, moves the old item's user-owned entries into the new
+// one, the old item aside, and the new one into place, so an item appears
+// under its name only complete, and a crash mid-swap is finished at start.
+//
+// # Scanning
+//
+// A scan stats every file and re-hashes only those whose fingerprint
+// (size, mtime, mode, inode, ctime) changed since the index. fsnotify
+// events rescan their item after a 1 s debounce; an event for an item with
+// a download in flight is dropped; a request while that item's scan runs
+// makes exactly one more pass. A full scan every ScanInterval repairs what
+// the watcher missed. Each scan publishes this node's holder entries in
+// one document change, only where they changed.
 package transfer
