@@ -593,8 +593,22 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	close(stopProgress)
 	pw.Wait()
 	l.mu.Lock()
-	t.ended = l.cfg.Now()
+	cancelled := t.State == TransferCancelled
+	l.mu.Unlock()
+	if cancelled {
+		// Discarded while the item is still marked busy, so a new
+		// download of it cannot start in a folder being removed.
+		_ = os.RemoveAll(staging)
+	}
+	l.mu.Lock()
 	delete(l.busy, t.Item)
+	l.mu.Unlock()
+	if err == nil {
+		// Known to the library and published before it is reported done.
+		l.scanAndPublish([]string{t.Item})
+	}
+	l.mu.Lock()
+	t.ended = l.cfg.Now()
 	switch {
 	case err == nil:
 		t.State = TransferDone
@@ -609,10 +623,8 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	switch state {
 	case TransferDone:
 		l.lg.Info().Str("item", t.Item).Str("manifest", t.Manifest).Int64("bytes", m.Size()).Msg("download complete")
-		l.scanAndPublish([]string{t.Item})
 		l.cfg.OnEvent("transfer.done", map[string]any{"id": t.ID, "item": t.Item})
 	case TransferCancelled:
-		_ = os.RemoveAll(staging)
 		l.cfg.OnEvent("transfer.cancelled", map[string]any{"id": t.ID, "item": t.Item})
 	default:
 		l.lg.Warn().Str("item", t.Item).Str("error", t.Error).Msg("download failed")
