@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -53,22 +54,14 @@ type Progress struct {
 func (p *Progress) Sources() map[peer.ID]int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make(map[peer.ID]int64, len(p.bySource))
-	for k, v := range p.bySource {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(p.bySource)
 }
 
 // BadSources returns the peers that sent bad data, and what.
 func (p *Progress) BadSources() map[peer.ID]string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make(map[peer.ID]string, len(p.badSources))
-	for k, v := range p.badSources {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(p.badSources)
 }
 
 func (p *Progress) addSource(id peer.ID, n int64) {

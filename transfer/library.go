@@ -352,7 +352,7 @@ func (l *Library) scanAndPublish(ids []string) {
 				}
 				continue
 			}
-			want := crdt.Holder{Manifest: r.sv.Manifest.Hash().String(), Size: r.sv.Manifest.Size(), Files: int64(len(r.sv.Manifest.Files)), State: crdt.HolderComplete, UpdatedMs: now}
+			want := crdt.Holder{Manifest: r.sv.Hash.String(), Size: r.sv.Manifest.Size(), Files: int64(len(r.sv.Manifest.Files)), State: crdt.HolderComplete, UpdatedMs: now}
 			if had && old.Manifest == want.Manifest && old.Size == want.Size && old.Files == want.Files && old.State == want.State {
 				continue
 			}
@@ -405,7 +405,7 @@ func (l *Library) scanItem(id, root string) (*Served, ScanStats, error) {
 	if err != nil {
 		return nil, st, err
 	}
-	return &Served{Root: root, Manifest: m, Encoded: enc, Ignore: ig}, st, nil
+	return &Served{Root: root, Manifest: m, Hash: h, Encoded: enc, Ignore: ig}, st, nil
 }
 
 // lookup is the server's view: complete items only.
@@ -413,7 +413,7 @@ func (l *Library) lookup(h Hash) (*Served, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for id, sv := range l.local {
-		if l.busy[id] == "" && sv.Manifest.Hash() == h {
+		if l.busy[id] == "" && sv.Hash == h {
 			return sv, true
 		}
 	}
@@ -516,7 +516,7 @@ func (l *Library) start(id string, mh Hash, sources []peer.ID) (TransferStatus, 
 		l.mu.Unlock()
 		return TransferStatus{}, ErrBusy
 	}
-	if sv := l.local[id]; sv != nil && sv.Manifest.Hash() == mh {
+	if sv := l.local[id]; sv != nil && sv.Hash == mh {
 		l.mu.Unlock()
 		return TransferStatus{}, fmt.Errorf("transfer: this node already holds %s at %s", id, mh)
 	}
@@ -942,7 +942,7 @@ func (l *Library) View() ([]ItemView, error) {
 		}
 		sort.Slice(v.Versions, func(i, j int) bool { return v.Versions[i].Updated > v.Versions[j].Updated })
 		if sv := l.local[id]; sv != nil {
-			v.LocalVer = sv.Manifest.Hash().String()
+			v.LocalVer = sv.Hash.String()
 			v.Local = LocalOutdated
 			if v.LocalVer == v.Latest {
 				v.Local = LocalComplete

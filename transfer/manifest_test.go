@@ -182,7 +182,7 @@ func TestReadChunkRefusesSymlinkOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sv := &Served{Root: root, Manifest: m, Encoded: m.Encode()}
+	sv := &Served{Root: root, Manifest: m, Hash: m.Hash(), Encoded: m.Encode()}
 	if b, st, err := readChunk(sv, "f", 0); err != nil || st != StatusOK || string(b) != "secret" {
 		t.Fatalf("honest read: %q %d %v", b, st, err)
 	}

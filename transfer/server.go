@@ -20,6 +20,7 @@ import (
 type Served struct {
 	Root     string
 	Manifest *Manifest
+	Hash     Hash // of Encoded, computed once
 	Encoded  []byte
 	Ignore   *Ignore
 }
