@@ -89,6 +89,29 @@ func (a *arrivals) watchDocs(c *cluster) (stop func()) {
 	}
 }
 
+// commitRound commits a one-key change on node from and returns the time
+// until every other node (but those skip reports) holds it.
+func (a *arrivals) commitRound(b *testing.B, c *cluster, r, from int, skip func(int) bool) time.Duration {
+	start := time.Now()
+	h, err := c.nodes[from].Doc.Update("bench", func(tx *crdt.Tx) error {
+		tx.SetItemName("bench", fmt.Sprintf("round %d from n%d", r, from))
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	t, ok := lastArrival(len(c.nodes), from, 90*time.Second, func(i int) (time.Time, bool) {
+		if skip != nil && skip(i) {
+			return time.Time{}, true
+		}
+		return a.docAt(i, h)
+	})
+	if !ok {
+		b.Fatalf("round %d: a change from node %d did not reach every node in 90s", r, from)
+	}
+	return t.Sub(start)
+}
+
 func (a *arrivals) docAt(i int, h crdt.Hash) (time.Time, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -205,21 +228,7 @@ func benchConvergence(b *testing.B, nodes, rounds int) {
 		t, ok := lastArrival(nodes, from, wait, func(i int) (time.Time, bool) { return a.rawAt(i, r) })
 		return t.Sub(start), ok
 	}
-	docRound := func(r uint64, from int) time.Duration {
-		start := time.Now()
-		h, err := c.nodes[from].Doc.Update("bench", func(tx *crdt.Tx) error {
-			tx.SetItemName("bench", fmt.Sprintf("round %d from n%d", r, from))
-			return nil
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		t, ok := lastArrival(nodes, from, 90*time.Second, func(i int) (time.Time, bool) { return a.docAt(i, h) })
-		if !ok {
-			b.Fatalf("round %d: a change from node %d did not reach every node in 90s", r, from)
-		}
-		return t.Sub(start)
-	}
+	docRound := func(r uint64, from int) time.Duration { return a.commitRound(b, c, int(r), from, nil) }
 	// Warm-up: GossipSub loses messages published before its meshes form,
 	// so probe the raw topic from every node until a whole pass arrives.
 	probe := uint64(1 << 40)
@@ -609,25 +618,8 @@ func benchRendezvousLoss(b *testing.B, nodes, rounds int) {
 	a := &arrivals{doc: make([]map[crdt.Hash]time.Time, nodes)}
 	defer a.watchDocs(c)()
 	round := func(r int) time.Duration {
-		from := survivors[r%len(survivors)]
-		start := time.Now()
-		h, err := c.nodes[from].Doc.Update("bench", func(tx *crdt.Tx) error {
-			tx.SetItemName("bench", fmt.Sprintf("round %d from n%d", r, from))
-			return nil
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		t, ok := lastArrival(nodes, from, 90*time.Second, func(i int) (time.Time, bool) {
-			if i == 0 {
-				return time.Time{}, true // the rendezvous is not a survivor
-			}
-			return a.docAt(i, h)
-		})
-		if !ok {
-			b.Fatalf("round %d: a change from node %d did not reach every survivor in 90s", r, from)
-		}
-		return t.Sub(start)
+		// The rendezvous (node 0) is not a survivor.
+		return a.commitRound(b, c, r, survivors[r%len(survivors)], func(i int) bool { return i == 0 })
 	}
 	measure := func(offset int) []time.Duration {
 		for r := range 10 { // warm-up

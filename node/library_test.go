@@ -116,6 +116,15 @@ func waitHolder(t *testing.T, c *cluster, h *Node, id string) string {
 	return manifest
 }
 
+// shareItem writes item id on holder h, scans it and waits until every
+// node sees h's entry; it returns the manifest.
+func shareItem(t *testing.T, c *cluster, h *Node, id string, files map[string]testFile) string {
+	t.Helper()
+	writeItem(t, h, id, files)
+	h.Library.ScanAll()
+	return waitHolder(t, c, h, id)
+}
+
 func download(t *testing.T, n *Node, id string) transfer.TransferStatus {
 	t.Helper()
 	st, err := n.Library.StartDownload(id, "")
@@ -153,9 +162,7 @@ func TestDownloadFromOneThenTwoHolders(t *testing.T) {
 	c := newCluster(t, 3)
 	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
-	writeItem(t, a, "game", gameItem())
-	a.Library.ScanAll()
-	manifest := waitHolder(t, c, a, "game")
+	manifest := shareItem(t, c, a, "game", gameItem())
 	want := treeOf(t, filepath.Join(shareDir(a), "game"))
 	for _, p := range []string{"local/settings.ini", "debug.log", "saves/slot1"} {
 		if _, ok := want[p]; ok {
@@ -191,12 +198,8 @@ func TestBadHolderIsDetectedAndAvoided(t *testing.T) {
 	a, liar, dl := c.nodes[0], c.nodes[1], c.nodes[2]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
 	item := map[string]testFile{"blob": {randBytes(20 << 20), 0o644}, "small": {randBytes(10), 0o644}}
-	writeItem(t, a, "tool", item)
-	writeItem(t, liar, "tool", item)
-	a.Library.ScanAll()
-	liar.Library.ScanAll()
-	waitHolder(t, c, a, "tool")
-	waitHolder(t, c, liar, "tool")
+	shareItem(t, c, a, "tool", item)
+	shareItem(t, c, liar, "tool", item)
 
 	// The liar answers every chunk request with flipped bytes.
 	proto := liar.Fleet.Protocol("xfer/1")
@@ -321,9 +324,7 @@ func TestUpdateFetchesOnlyChangedChunks(t *testing.T) {
 	for i := range 10 {
 		files[filepath.Join("part", string(rune('a'+i)))] = testFile{randBytes(2<<20 + i), 0o644}
 	}
-	writeItem(t, a, "build", files)
-	a.Library.ScanAll()
-	v1 := waitHolder(t, c, a, "build")
+	v1 := shareItem(t, c, a, "build", files)
 	download(t, b, "build")
 	os.MkdirAll(filepath.Join(shareDir(b), "build", "local"), 0o755)
 	os.WriteFile(filepath.Join(shareDir(b), "build", "local", "mine"), []byte("keep me"), 0o644)
@@ -380,9 +381,7 @@ func TestScanRequestsWhileBusyOrScanning(t *testing.T) {
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
-	writeItem(t, a, "huge", map[string]testFile{"blob": {randBytes(64 << 20), 0o644}})
-	a.Library.ScanAll()
-	waitHolder(t, c, a, "huge")
+	shareItem(t, c, a, "huge", map[string]testFile{"blob": {randBytes(64 << 20), 0o644}})
 	st, err := b.Library.StartDownload("huge", "")
 	if err != nil {
 		t.Fatal(err)
@@ -432,9 +431,7 @@ func TestCancelDownload(t *testing.T) {
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
-	writeItem(t, a, "big", map[string]testFile{"blob": {randBytes(96 << 20), 0o644}})
-	a.Library.ScanAll()
-	waitHolder(t, c, a, "big")
+	shareItem(t, c, a, "big", map[string]testFile{"blob": {randBytes(96 << 20), 0o644}})
 	st, err := b.Library.StartDownload("big", "")
 	if err != nil {
 		t.Fatal(err)
@@ -474,11 +471,8 @@ func TestDownloadRefusedWhenDiskTooSmall(t *testing.T) {
 	a := c.nodes[0]
 	b := c.add(func(_ int, cfg *Config) { cfg.DataDir = filepath.Join(small, "b") })
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
-	writeItem(t, b, "mine", map[string]testFile{"keep": {[]byte("precious"), 0o644}})
-	writeItem(t, a, "big", map[string]testFile{"blob": {randBytes(24 << 20), 0o644}})
-	a.Library.ScanAll()
-	b.Library.ScanAll()
-	waitHolder(t, c, a, "big")
+	shareItem(t, c, b, "mine", map[string]testFile{"keep": {[]byte("precious"), 0o644}})
+	shareItem(t, c, a, "big", map[string]testFile{"blob": {randBytes(24 << 20), 0o644}})
 	st, err := b.Library.StartDownload("big", "")
 	if err != nil {
 		t.Fatal(err)

@@ -232,13 +232,14 @@ func (l *Library) goFunc(fn func(ctx context.Context)) bool {
 // more when it ends.
 func (l *Library) RequestScan(id string) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	switch {
 	case l.busy[id] != "":
 		l.dropped++
+		l.mu.Unlock()
 		return
 	case l.scanning[id]:
 		l.pending[id] = true
+		l.mu.Unlock()
 		return
 	}
 	l.scanning[id] = true
@@ -251,15 +252,17 @@ func (l *Library) RequestScan(id string) {
 			delete(l.pending, id)
 			if !again {
 				delete(l.scanning, id)
-				l.mu.Unlock()
-				return
 			}
 			l.mu.Unlock()
+			if !again {
+				return
+			}
 		}
 	})
-	l.mu.Lock()
 	if !started {
+		l.mu.Lock()
 		delete(l.scanning, id)
+		l.mu.Unlock()
 	}
 }
 
@@ -340,10 +343,17 @@ func (l *Library) scanAndPublish(ids []string) {
 	}
 	self := l.cfg.Host.ID().String()
 	now := l.cfg.Now().UnixMilli()
+	// One read of the library: Doc.Item scans every root key, so reading
+	// per item would make a full scan quadratic.
+	lib, err := l.cfg.Doc.Library()
+	if err != nil {
+		l.lg.Warn().Err(err).Msg("reading the library failed")
+		return
+	}
 	var changed []string
-	_, err := l.cfg.Doc.Update("library scan", func(tx *crdt.Tx) error {
+	_, err = l.cfg.Doc.Update("library scan", func(tx *crdt.Tx) error {
 		for _, r := range results {
-			cur, _, _ := l.cfg.Doc.Item(r.id)
+			cur := lib[r.id]
 			old, had := cur.Holders[self]
 			if r.sv == nil {
 				if had {
@@ -494,20 +504,32 @@ func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
 		}
 		return TransferStatus{}, err
 	}
-	var sources []peer.ID
-	for p, h := range it.Holders {
-		if p == self || h.Manifest != version || h.State != crdt.HolderComplete {
-			continue
-		}
-		if pid, err := peer.Decode(p); err == nil {
-			sources = append(sources, pid)
-		}
-	}
+	sources := l.holdersOf(it, version, nil)
 	if len(sources) == 0 {
 		return TransferStatus{}, fmt.Errorf("%w (version %s)", ErrNoHolder, version)
 	}
-	sort.Slice(sources, func(i, j int) bool { return sources[i] < sources[j] })
 	return l.start(id, mh, sources)
+}
+
+// holdersOf returns the other nodes holding version of it complete, with
+// extra peers added, sorted and without repeats.
+func (l *Library) holdersOf(it crdt.Item, version string, extra []peer.ID) []peer.ID {
+	set := map[peer.ID]bool{}
+	for _, p := range extra {
+		set[p] = true
+	}
+	for p, h := range it.Holders {
+		if pid, err := peer.Decode(p); err == nil && h.Manifest == version && h.State == crdt.HolderComplete {
+			set[pid] = true
+		}
+	}
+	delete(set, l.cfg.Host.ID())
+	out := make([]peer.ID, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
 }
 
 func (l *Library) start(id string, mh Hash, sources []peer.ID) (TransferStatus, error) {
@@ -781,25 +803,14 @@ func (l *Library) resumeDownloads() {
 		if err != nil {
 			continue
 		}
-		sources := map[peer.ID]bool{}
+		var old []peer.ID
 		for _, s := range job.Sources {
 			if p, err := peer.Decode(s); err == nil {
-				sources[p] = true
+				old = append(old, p)
 			}
 		}
-		if it, ok, _ := l.cfg.Doc.Item(job.Item); ok {
-			for p, h := range it.Holders {
-				if pid, err := peer.Decode(p); err == nil && h.Manifest == job.Manifest && h.State == crdt.HolderComplete {
-					sources[pid] = true
-				}
-			}
-		}
-		delete(sources, l.cfg.Host.ID())
-		list := make([]peer.ID, 0, len(sources))
-		for p := range sources {
-			list = append(list, p)
-		}
-		sort.Slice(list, func(i, j int) bool { return list[i] < list[j] })
+		it, _, _ := l.cfg.Doc.Item(job.Item)
+		list := l.holdersOf(it, job.Manifest, old)
 		l.lg.Info().Str("item", job.Item).Int("sources", len(list)).Msg("resuming an interrupted download")
 		if _, err := l.start(job.Item, mh, list); err != nil {
 			l.lg.Warn().Str("item", job.Item).Err(err).Msg("cannot resume download")

@@ -29,11 +29,11 @@ func clientFlags(name string, args []string) (dir string, asJSON bool, err error
 // clientArgs parses a client command's flags, which may come before,
 // between or after its up to maxArgs positional arguments.
 func clientArgs(name string, args []string, maxArgs int) (dir string, asJSON bool, pos []string, err error) {
-	return clientArgsWith(flag.NewFlagSet("meshnode "+name, flag.ContinueOnError), name, args, maxArgs)
+	return clientArgsWith(flag.NewFlagSet("meshnode "+name, flag.ContinueOnError), args, maxArgs)
 }
 
 // clientArgsWith is clientArgs on a flag set that may hold more flags.
-func clientArgsWith(fs *flag.FlagSet, name string, args []string, maxArgs int) (dir string, asJSON bool, pos []string, err error) {
+func clientArgsWith(fs *flag.FlagSet, args []string, maxArgs int) (dir string, asJSON bool, pos []string, err error) {
 	fs.StringVar(&dir, "data", node.DefaultConfig().DataDir, "data directory of the node to ask")
 	fs.BoolVar(&asJSON, "json", false, "print JSON for scripts")
 	if v := os.Getenv(node.EnvPrefix + "DATA"); v != "" {

@@ -53,7 +53,7 @@ func runGet(args []string, out, errOut io.Writer) error {
 	fs := flag.NewFlagSet("meshnode get", flag.ContinueOnError)
 	var manifest string
 	fs.StringVar(&manifest, "manifest", "", "version to fetch (default: the most recently updated complete holder's)")
-	dir, _, pos, err := clientArgsWith(fs, "get", args, 1)
+	dir, _, pos, err := clientArgsWith(fs, args, 1)
 	if err != nil {
 		return err
 	}
