@@ -221,9 +221,12 @@ func TestBadHolderIsDetectedAndAvoided(t *testing.T) {
 				return
 			}
 			var payload []byte
-			if req.Kind == transfer.ReqManifest {
+			switch req.Kind {
+			case transfer.ReqManifest:
 				payload = manifestBytes(req.Manifest)
-			} else {
+			case transfer.ReqHave:
+				payload = []byte{1} // "I hold the whole item"
+			default:
 				data, _ := os.ReadFile(filepath.Join(liarRoot, req.Path))
 				start := int(req.Chunk) * transfer.ChunkSize
 				payload = append([]byte{}, data[start:min(start+transfer.ChunkSize, len(data))]...)
@@ -490,5 +493,69 @@ func TestDownloadRefusedWhenDiskTooSmall(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(shareDir(b), "big")); err == nil {
 		t.Fatal("a failed download appeared under the item's name")
+	}
+}
+
+// slowStream delays every chunk-sized write, to make a holder slow.
+type slowStream struct {
+	network.Stream
+	delay time.Duration
+}
+
+func (s slowStream) Write(b []byte) (int, error) {
+	if len(b) > 1<<16 {
+		time.Sleep(s.delay)
+	}
+	return s.Stream.Write(b)
+}
+
+// A, the only holder, is slow. B starts downloading; C starts once B holds
+// some chunks. B shows in the library as a partial holder while it
+// downloads, C fetches from B as well as from A, and both end with A's
+// bytes and a complete holder entry.
+func TestDownloadersSwarm(t *testing.T) {
+	c := newCluster(t, 3)
+	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
+	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
+	item := map[string]testFile{"blob": {randBytes(40 << 20), 0o644}, "note": {[]byte("hi"), 0o600}}
+	manifest := shareItem(t, c, a, "movie", item)
+	proto := a.Fleet.Protocol("xfer/1")
+	a.Host.SetStreamHandler(proto, func(s network.Stream) {
+		a.Library.Server().Handle(slowStream{Stream: s, delay: 40 * time.Millisecond})
+	})
+
+	stB, err := b.Library.StartDownload("movie", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "B listed as a partial holder on C", func() bool {
+		it, _, _ := cc.Doc.Item("movie")
+		h := it.Holders[b.ID().String()]
+		return h.State == "partial" && h.Manifest == manifest
+	})
+	waitFor(t, 20*time.Second, "B holding 4 MiB", func() bool {
+		st, _ := b.Library.TransferByID(stB.ID)
+		return st.Done >= 4<<20
+	})
+	stC := download(t, cc, "movie")
+	waitFor(t, 60*time.Second, "B's download", func() bool {
+		st, _ := b.Library.TransferByID(stB.ID)
+		if st.State == transfer.TransferFailed {
+			t.Fatalf("B failed: %s", st.Error)
+		}
+		return st.State == transfer.TransferDone
+	})
+	want := treeOf(t, filepath.Join(shareDir(a), "movie"))
+	sameTree(t, want, treeOf(t, filepath.Join(shareDir(b), "movie")))
+	sameTree(t, want, treeOf(t, filepath.Join(shareDir(cc), "movie")))
+	if stC.BySource[b.ID().String()] == 0 {
+		t.Fatalf("C took nothing from B, which was downloading the same item: %v", stC.BySource)
+	}
+	for _, n := range []*Node{b, cc} {
+		waitFor(t, 20*time.Second, "complete holder entry", func() bool {
+			it, _, _ := a.Doc.Item("movie")
+			h := it.Holders[n.ID().String()]
+			return h.State == "complete" && h.Manifest == manifest
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -103,6 +104,17 @@ type DownloadConfig struct {
 	Logger   zerolog.Logger
 	// OnBadPeer is called when a peer sends data that fails verification.
 	OnBadPeer func(p peer.ID, why string)
+	// MoreSources, if set, is asked every second for the current sources
+	// (holders that appeared since the start, partial ones included);
+	// peers not yet in use are added. Must not block for long.
+	MoreSources func() []peer.ID
+	// Serve, if set, is called once the staging folder is ready, with the
+	// partial item to serve to other downloaders: it serves the chunks
+	// this download holds verified, and must be withdrawn before the
+	// staging folder moves or is removed.
+	Serve func(*Served)
+	// Writers verify and write received chunks. Default 2.
+	Writers int
 }
 
 // chunkRef locates one chunk of a manifest.
@@ -111,13 +123,14 @@ type chunkRef struct {
 }
 
 type download struct {
-	cfg    DownloadConfig
-	m      *Manifest
-	refs   []chunkRef
-	data   string
-	haveMu sync.Mutex
-	have   *os.File
-	done   []bool
+	cfg     DownloadConfig
+	m       *Manifest
+	refs    []chunkRef
+	data    string
+	logMu   sync.Mutex
+	haveLog *os.File
+	have    *chunkSet
+	files   fileCache
 }
 
 // Download fetches the item with manifest cfg.Manifest into
@@ -139,6 +152,9 @@ func Download(ctx context.Context, cfg DownloadConfig) (*Manifest, error) {
 	if cfg.OnBadPeer == nil {
 		cfg.OnBadPeer = func(peer.ID, string) {}
 	}
+	if cfg.Writers <= 0 {
+		cfg.Writers = 2
+	}
 	if err := os.MkdirAll(cfg.Staging, 0o700); err != nil {
 		return nil, err
 	}
@@ -153,14 +169,19 @@ func Download(ctx context.Context, cfg DownloadConfig) (*Manifest, error) {
 			d.refs = append(d.refs, chunkRef{fi, ci})
 		}
 	}
-	d.done = make([]bool, len(d.refs))
+	d.have = newChunkSet(len(d.refs))
 	if err := d.prepare(); err != nil {
 		return nil, err
 	}
-	defer d.have.Close()
+	defer d.haveLog.Close()
+	defer d.files.close()
 	need, err := d.resume()
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Serve != nil {
+		enc := d.m.Encode()
+		cfg.Serve(&Served{Root: d.data, Manifest: d.m, Hash: cfg.Manifest, Encoded: enc, partial: d.have, firsts: d.m.firstChunks()})
 	}
 	if need, err = d.reuse(need); err != nil {
 		return nil, err
@@ -258,14 +279,17 @@ func (d *download) prepare() error {
 		if err != nil {
 			return err
 		}
-		err = fh.Truncate(f.Size)
+		err = preallocate(fh, f.Size)
 		fh.Close()
+		if errors.Is(err, syscall.ENOSPC) {
+			return fmt.Errorf("%w: reserving %d bytes for %s: %v", ErrNoSpace, f.Size, f.Path, err)
+		}
 		if err != nil {
 			return fmt.Errorf("transfer: size %s: %w", f.Path, err)
 		}
 	}
 	var err error
-	d.have, err = os.OpenFile(filepath.Join(d.cfg.Staging, stagingHave), os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
+	d.haveLog, err = os.OpenFile(filepath.Join(d.cfg.Staging, stagingHave), os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o600)
 	return err
 }
 
@@ -286,25 +310,25 @@ func checkSpace(dir string, need int64) error {
 // resume reads the have log, keeps the chunks whose staged bytes still
 // verify, and returns the rest.
 func (d *download) resume() ([]int, error) {
-	b, err := io.ReadAll(d.have)
+	b, err := io.ReadAll(d.haveLog)
 	if err != nil {
 		return nil, err
 	}
 	buf := make([]byte, ChunkSize)
 	for i := 0; i+4 <= len(b); i += 4 {
 		g := int(binary.LittleEndian.Uint32(b[i:]))
-		if g >= len(d.refs) || d.done[g] {
+		if g >= len(d.refs) || d.have.has(g) {
 			continue
 		}
 		if n, ok := d.readStaged(g, buf); ok {
-			d.done[g] = true
+			d.have.add(g)
 			d.cfg.Progress.Done.Add(int64(n))
 			d.cfg.Progress.Resumed.Add(int64(n))
 		}
 	}
 	var need []int
-	for g, ok := range d.done {
-		if !ok {
+	for g := range d.refs {
+		if !d.have.has(g) {
 			need = append(need, g)
 		}
 	}
@@ -355,28 +379,87 @@ func (d *download) reuse(need []int) ([]int, error) {
 	return rest, nil
 }
 
-// write stores a verified chunk and logs it.
+// write stores a verified chunk, logs it, and only then counts it held
+// (and servable to others).
 func (d *download) write(g int, b []byte) error {
 	f, _ := d.hashOf(g)
-	fh, err := os.OpenFile(filepath.Join(d.data, filepath.FromSlash(f.Path)), os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	_, err = fh.WriteAt(b, int64(d.refs[g].idx)*ChunkSize)
-	if cerr := fh.Close(); err == nil {
-		err = cerr
+	fh, done, err := d.files.open(d.refs[g].file, filepath.Join(d.data, filepath.FromSlash(f.Path)))
+	if err == nil {
+		_, err = fh.WriteAt(b, int64(d.refs[g].idx)*ChunkSize)
+		done()
 	}
 	if err != nil {
 		return fmt.Errorf("transfer: write %s: %w", f.Path, err)
 	}
 	var rec [4]byte
 	binary.LittleEndian.PutUint32(rec[:], uint32(g))
-	d.haveMu.Lock()
-	d.done[g] = true
-	_, err = d.have.Write(rec[:])
-	d.haveMu.Unlock()
+	d.logMu.Lock()
+	_, err = d.haveLog.Write(rec[:])
+	d.logMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("transfer: log chunk: %w", err)
+	}
+	d.have.add(g)
 	d.cfg.Progress.Done.Add(int64(len(b)))
-	return err
+	return nil
+}
+
+// fileCache keeps the staged files open for writing while chunks arrive.
+// Beyond fileCacheMax open files, those no writer is using are closed.
+type fileCache struct {
+	mu    sync.Mutex
+	files map[int]*cachedFile
+}
+
+type cachedFile struct {
+	fh    *os.File
+	users int
+}
+
+const fileCacheMax = 64
+
+// open returns file i open for writing and a function to call when done
+// with it.
+func (c *fileCache) open(i int, path string) (*os.File, func(), error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.files == nil {
+		c.files = map[int]*cachedFile{}
+	}
+	cf := c.files[i]
+	if cf == nil {
+		if len(c.files) >= fileCacheMax {
+			c.closeIdle()
+		}
+		fh, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			return nil, nil, err
+		}
+		cf = &cachedFile{fh: fh}
+		c.files[i] = cf
+	}
+	cf.users++
+	return cf.fh, func() {
+		c.mu.Lock()
+		cf.users--
+		c.mu.Unlock()
+	}, nil
+}
+
+// close closes every file; it is called once no writer runs.
+func (c *fileCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeIdle()
+}
+
+func (c *fileCache) closeIdle() {
+	for i, cf := range c.files {
+		if cf.users == 0 {
+			cf.fh.Close()
+			delete(c.files, i)
+		}
+	}
 }
 
 func (d *download) bad(p peer.ID, why string) {
@@ -385,77 +468,233 @@ func (d *download) bad(p peer.ID, why string) {
 	d.cfg.OnBadPeer(p, why)
 }
 
-// fetch pulls the needed chunks from every source at once: one pipelined
-// stream per source with Window requests in flight, taking chunks from a
-// shared queue, so faster sources take more.
+// fetch pulls the needed chunks from every source at once; see fetcher.
 func (d *download) fetch(ctx context.Context, need []int) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	queue := make(chan int, len(need))
-	for _, g := range need {
-		queue <- g
+	f := &fetcher{
+		d: d, ctx: ctx, cancel: cancel,
+		sc:      newScheduler(len(d.refs), need, mrand.IntN(len(need))),
+		work:    make(chan received, 2*d.cfg.Writers),
+		allDone: make(chan struct{}),
+		ended:   make(chan struct{}, 1),
+		srcs:    map[peer.ID]*source{},
 	}
-	var remaining atomic.Int64
-	remaining.Store(int64(len(need)))
-	allDone := make(chan struct{})
-	var fatal error
-	var fatalOnce sync.Once
-	fail := func(err error) {
-		fatalOnce.Do(func() { fatal = err; cancel() })
-	}
-	var wg sync.WaitGroup
-	var live atomic.Int64
-	var errMu sync.Mutex
-	var srcErrs []error
-	for _, p := range d.cfg.Sources {
-		live.Add(1)
-		wg.Add(1)
+	return f.run()
+}
+
+// fetcher runs one download's transfers. Each source gets one pipelined
+// stream with Window requests in flight; what arrives goes to Writers
+// goroutines that verify and write it, so the network never waits on the
+// disk. A source that holds only part of the item (another node still
+// downloading it) takes only chunks it has, and is asked again for its
+// bitmap when it has nothing left to offer.
+type fetcher struct {
+	d       *download
+	ctx     context.Context
+	cancel  context.CancelFunc
+	sc      *scheduler
+	work    chan received
+	allDone chan struct{}
+	ended   chan struct{} // a worker ended (capacity 1: a hint)
+	wg      sync.WaitGroup
+
+	mu    sync.Mutex
+	srcs  map[peer.ID]*source
+	errs  []error
+	fatal error
+}
+
+type source struct {
+	running bool
+	bad     bool
+	ended   time.Time
+}
+
+// received is a chunk read from a source, waiting to be verified.
+type received struct {
+	g      int
+	buf    *[]byte
+	n      int
+	src    peer.ID
+	srcBad context.CancelCauseFunc // stops the source's worker
+}
+
+// restartAfter: a source whose worker gave up is tried again this long
+// after, if it is still listed.
+const restartAfter = 5 * time.Second
+
+func (f *fetcher) run() error {
+	var writers sync.WaitGroup
+	for range f.d.cfg.Writers {
+		writers.Add(1)
 		go func() {
-			defer wg.Done()
-			err := d.worker(ctx, p, queue, &remaining, allDone, fail)
-			if err != nil && ctx.Err() == nil {
-				errMu.Lock()
-				srcErrs = append(srcErrs, fmt.Errorf("%s: %w", p, err))
-				errMu.Unlock()
-			}
-			if live.Add(-1) == 0 && remaining.Load() > 0 {
-				fail(fmt.Errorf("transfer: %d chunks left and no source can supply them: %w", remaining.Load(), errors.Join(srcErrs...)))
+			defer writers.Done()
+			for r := range f.work {
+				f.store(r)
+				chunkPool.Put(r.buf)
 			}
 		}()
 	}
-	select {
-	case <-allDone:
-	case <-ctx.Done():
+	f.addSources(f.d.cfg.Sources)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+loop:
+	for {
+		select {
+		case <-f.allDone:
+			break loop
+		case <-f.ctx.Done():
+			break loop
+		case <-tick.C:
+			f.refreshSources()
+		case <-f.ended:
+			if f.live() == 0 {
+				f.refreshSources()
+				if f.live() == 0 && f.sc.left() > 0 {
+					f.mu.Lock()
+					f.setFatal(fmt.Errorf("transfer: %d chunks left and no source can supply them: %w", f.sc.left(), errors.Join(f.errs...)))
+					f.mu.Unlock()
+					break loop
+				}
+			}
+		}
 	}
-	cancel()
-	wg.Wait()
-	if remaining.Load() == 0 {
+	f.cancel()
+	f.wg.Wait()
+	close(f.work)
+	writers.Wait()
+	if f.sc.left() == 0 {
 		return nil
 	}
-	if fatal != nil {
-		return fatal
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fatal != nil {
+		return f.fatal
 	}
-	return ctx.Err()
+	return context.Canceled
 }
 
-// worker serves the queue from one source until the queue is drained,
-// the source fails three times in a row, or it sends bad data.
-func (d *download) worker(ctx context.Context, p peer.ID, queue chan int, remaining *atomic.Int64, allDone chan struct{}, fail func(error)) error {
+func (f *fetcher) refreshSources() {
+	if f.d.cfg.MoreSources != nil {
+		f.addSources(f.d.cfg.MoreSources())
+	}
+}
+
+// addSources starts a worker for each listed peer not in use, not known
+// bad, and not given up on in the last restartAfter.
+func (f *fetcher) addSources(ps []peer.ID) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range ps {
+		src := f.srcs[p]
+		if src == nil {
+			src = &source{}
+			f.srcs[p] = src
+		} else if src.running || src.bad || time.Since(src.ended) < restartAfter {
+			continue
+		}
+		if f.ctx.Err() != nil {
+			return
+		}
+		src.running = true
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			err := f.worker(p)
+			f.mu.Lock()
+			src.running, src.ended = false, time.Now()
+			if err != nil && f.ctx.Err() == nil {
+				src.bad = errors.Is(err, errBadData) || isRefusal(err)
+				f.errs = append(f.errs, fmt.Errorf("%s: %w", p, err))
+			}
+			f.mu.Unlock()
+			select {
+			case f.ended <- struct{}{}:
+			default:
+			}
+		}()
+	}
+}
+
+func (f *fetcher) live() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, s := range f.srcs {
+		if s.running {
+			n++
+		}
+	}
+	return n
+}
+
+func (f *fetcher) setFatal(err error) {
+	if f.fatal == nil {
+		f.fatal = err
+	}
+	f.cancel()
+}
+
+func isRefusal(err error) bool {
+	var se *ServerError
+	return errors.As(err, &se) && se.Status == StatusRefused
+}
+
+// store verifies a received chunk and writes it. Bad data stops its
+// source and puts the chunk back for the others.
+func (f *fetcher) store(r received) {
+	d := f.d
+	fl, want := d.hashOf(r.g)
+	b := (*r.buf)[:r.n]
+	if len(b) != ChunkLen(fl.Size, d.refs[r.g].idx) || Hash(blake3.Sum256(b)) != want {
+		d.cfg.Progress.BadChunks.Add(1)
+		d.bad(r.src, fmt.Sprintf("chunk %d of %s does not match the manifest", d.refs[r.g].idx, fl.Path))
+		f.sc.release(r.g)
+		r.srcBad(errBadData)
+		return
+	}
+	if err := d.write(r.g, b); err != nil {
+		f.sc.release(r.g)
+		f.mu.Lock()
+		f.setFatal(err)
+		f.mu.Unlock()
+		return
+	}
+	d.cfg.Progress.Fetched.Add(int64(len(b)))
+	d.cfg.Progress.addSource(r.src, int64(len(b)))
+	if f.sc.finish(r.g) {
+		close(f.allDone)
+	}
+}
+
+// worker serves the download from one source until nothing is left, the
+// source fails three times in a row, refuses, or sends bad data.
+func (f *fetcher) worker(p peer.ID) error {
+	ctx, stop := context.WithCancelCause(f.ctx)
+	defer stop(nil)
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		if attempt > 0 {
 			select {
 			case <-ctx.Done():
-				return nil
 			case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
 			}
 		}
-		progressed, err := d.session(ctx, p, queue, remaining, allDone, fail)
+		if errors.Is(context.Cause(ctx), errBadData) {
+			return errBadData
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		progressed, err := f.session(ctx, stop, p)
+		if errors.Is(context.Cause(ctx), errBadData) {
+			return errBadData
+		}
 		if err == nil || ctx.Err() != nil {
 			return nil
 		}
-		var se *ServerError
-		if errors.As(err, &se) && se.Status == StatusRefused || errors.Is(err, errBadData) {
+		if isRefusal(err) {
 			return err
 		}
 		if progressed {
@@ -468,9 +707,14 @@ func (d *download) worker(ctx context.Context, p peer.ID, queue chan int, remain
 
 var errBadData = errors.New("sent a chunk that does not match the manifest")
 
-// session runs one pipelined stream. Chunks it took but did not finish
-// go back to the queue.
-func (d *download) session(ctx context.Context, p peer.ID, queue chan int, remaining *atomic.Int64, allDone chan struct{}, fail func(error)) (progressed bool, err error) {
+// partialRefresh is how long a source holding part of the item is left
+// before being asked again which chunks it has.
+const partialRefresh = 500 * time.Millisecond
+
+// session runs one pipelined stream to p. Chunks it requested but did not
+// receive go back to the scheduler.
+func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p peer.ID) (progressed bool, err error) {
+	d := f.d
 	s, err := d.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "transfer"), p, d.cfg.Protocol)
 	if err != nil {
 		return false, err
@@ -478,76 +722,117 @@ func (d *download) session(ctx context.Context, p peer.ID, queue chan int, remai
 	defer s.Close()
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
-	br := bufio.NewReaderSize(s, 256<<10)
+	br := bufio.NewReaderSize(s, 64<<10)
+	has, err := f.askHave(s, br)
+	if err != nil {
+		return false, err
+	}
 	var inflight []int
 	defer func() {
 		for _, g := range inflight {
-			queue <- g
+			f.sc.release(g)
 		}
 	}()
 	for {
-		// Fill the window.
+		wake := f.sc.changed() // before take: a release after it wakes us
 		for len(inflight) < d.cfg.Window {
-			var g int
-			select {
-			case g = <-queue:
-			default:
-				g = -1
-			}
-			if g < 0 {
+			g, ok := f.sc.take(has)
+			if !ok {
 				break
 			}
-			f, _ := d.hashOf(g)
-			if err := frame.Write(s, Request{Kind: ReqChunk, Manifest: d.cfg.Manifest, Path: f.Path, Chunk: uint64(d.refs[g].idx)}.Encode()); err != nil {
-				queue <- g
+			inflight = append(inflight, g)
+			fl, _ := d.hashOf(g)
+			if err := frame.Write(s, Request{Kind: ReqChunk, Manifest: d.cfg.Manifest, Path: fl.Path, Chunk: uint64(d.refs[g].idx)}.Encode()); err != nil {
 				return progressed, err
 			}
-			inflight = append(inflight, g)
 		}
 		if len(inflight) == 0 {
-			// Nothing queued: others hold the rest. Wait for the end, or
-			// for a chunk to come back.
-			select {
-			case <-allDone:
+			if f.sc.left() == 0 {
 				return progressed, nil
+			}
+			var refresh <-chan time.Time
+			if has != nil {
+				refresh = time.After(partialRefresh)
+			}
+			select {
 			case <-ctx.Done():
 				return progressed, nil
-			case g := <-queue:
-				queue <- g
-				continue
+			case <-wake:
+			case <-refresh:
+				if has, err = f.askHave(s, br); err != nil {
+					return progressed, err
+				}
 			}
+			continue
 		}
 		_ = s.SetReadDeadline(time.Now().Add(time.Minute))
-		b, err := readResponse(br)
+		buf := chunkPool.Get().(*[]byte)
+		b, err := readChunkResponse(br, *buf)
 		if err != nil {
+			chunkPool.Put(buf)
 			return progressed, err
 		}
 		g := inflight[0]
 		inflight = inflight[1:]
-		f, want := d.hashOf(g)
-		if len(b) != ChunkLen(f.Size, d.refs[g].idx) || Hash(blake3.Sum256(b)) != want {
-			d.cfg.Progress.BadChunks.Add(1)
-			d.bad(p, fmt.Sprintf("chunk %d of %s does not match the manifest", d.refs[g].idx, f.Path))
-			queue <- g
-			return progressed, errBadData
-		}
-		if err := d.write(g, b); err != nil {
-			fail(err)
-			return progressed, err
-		}
 		progressed = true
-		d.cfg.Progress.Fetched.Add(int64(len(b)))
-		d.cfg.Progress.addSource(p, int64(len(b)))
-		if remaining.Add(-1) == 0 {
-			close(allDone)
-			return true, nil
+		select {
+		case f.work <- received{g: g, buf: buf, n: len(b), src: p, srcBad: srcBad}:
+		case <-ctx.Done():
+			chunkPool.Put(buf)
+			f.sc.release(g)
+			return progressed, nil
 		}
 	}
 }
 
+// askHave asks the source which chunks it holds; nil means all of them.
+func (f *fetcher) askHave(s network.Stream, br *bufio.Reader) (func(int) bool, error) {
+	_ = s.SetDeadline(time.Now().Add(time.Minute))
+	if err := frame.Write(s, Request{Kind: ReqHave, Manifest: f.d.cfg.Manifest}.Encode()); err != nil {
+		return nil, err
+	}
+	b, err := readResponse(br)
+	if err != nil {
+		return nil, err
+	}
+	bits, err := decodeHave(b, len(f.d.refs))
+	if err != nil || bits == nil {
+		return nil, err
+	}
+	return func(g int) bool { return bitSet(bits, g) }, nil
+}
+
+// readChunkResponse reads one response into buf (ChunkSize bytes or
+// more) and returns the chunk bytes.
+func readChunkResponse(br *bufio.Reader, buf []byte) ([]byte, error) {
+	n, err := binary.ReadUvarint(br)
+	if err != nil {
+		return nil, fmt.Errorf("frame: read length: %w", err)
+	}
+	if n == 0 || n > uint64(1+ChunkSize) || n-1 > uint64(len(buf)) {
+		return nil, fmt.Errorf("%w: chunk response of %d bytes", ErrBadFrame, n)
+	}
+	status, err := br.ReadByte()
+	if err != nil {
+		return nil, fmt.Errorf("frame: read status: %w", err)
+	}
+	b := buf[:n-1]
+	if _, err := io.ReadFull(br, b); err != nil {
+		return nil, fmt.Errorf("frame: read %d-byte body: %w", n, io.ErrUnexpectedEOF)
+	}
+	switch {
+	case status > StatusBusy:
+		return nil, fmt.Errorf("%w: unknown status %d", ErrBadFrame, status)
+	case status != StatusOK:
+		return nil, &ServerError{Status: status, Msg: string(b)}
+	}
+	return b, nil
+}
+
 // finish sets modes and syncs every file and folder of the staged item.
 func (d *download) finish() error {
-	if err := d.have.Sync(); err != nil {
+	d.files.close()
+	if err := d.haveLog.Sync(); err != nil {
 		return err
 	}
 	dirs := map[string]bool{d.data: true}

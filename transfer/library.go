@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -73,6 +74,7 @@ type Library struct {
 
 	mu        sync.Mutex
 	local     map[string]*Served // item ID -> what this node holds complete
+	partial   map[Hash]*Served   // manifest -> a download in flight, served for swarming
 	busy      map[string]string  // item ID -> operation in flight ("download", "swap")
 	scanning  map[string]bool
 	pending   map[string]bool
@@ -97,7 +99,7 @@ func NewLibrary(cfg LibraryConfig) *Library {
 	}
 	l := &Library{
 		cfg: cfg, lg: cfg.Logger.With().Str("component", "library").Logger(),
-		local: map[string]*Served{}, busy: map[string]string{}, scanning: map[string]bool{},
+		local: map[string]*Served{}, partial: map[Hash]*Served{}, busy: map[string]string{}, scanning: map[string]bool{},
 		pending: map[string]bool{}, transfers: map[string]*Transfer{},
 	}
 	l.server = NewServer(l.lookup, cfg.Logger, 0)
@@ -300,6 +302,16 @@ func (l *Library) ScanAll() {
 		ids[id] = true // gone items are unpublished
 	}
 	l.mu.Unlock()
+	// So are entries left from an earlier run: an item deleted while the
+	// node was down, a partial entry of a download that is not resumed.
+	if lib, err := l.cfg.Doc.Library(); err == nil {
+		self := l.cfg.Host.ID().String()
+		for id, it := range lib {
+			if _, ok := it.Holders[self]; ok && ValidItemID(id) == nil {
+				ids[id] = true
+			}
+		}
+	}
 	var list []string
 	for id := range ids {
 		list = append(list, id)
@@ -418,7 +430,8 @@ func (l *Library) scanItem(id, root string) (*Served, ScanStats, error) {
 	return &Served{Root: root, Manifest: m, Hash: h, Encoded: enc, Ignore: ig}, st, nil
 }
 
-// lookup is the server's view: complete items only.
+// lookup is the server's view: complete items that are not being
+// replaced, then downloads in flight (their verified chunks only).
 func (l *Library) lookup(h Hash) (*Served, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -427,7 +440,54 @@ func (l *Library) lookup(h Hash) (*Served, bool) {
 			return sv, true
 		}
 	}
-	return nil, false
+	sv, ok := l.partial[h]
+	return sv, ok
+}
+
+// servePartial makes a download's verified chunks available to the fleet
+// and, when this node holds no version of the item, publishes it as a
+// partial holder so that others downloading the same version find it. It
+// reports whether it published. A node that holds an older version keeps
+// advertising that one complete instead.
+func (l *Library) servePartial(id string, sv *Served) bool {
+	l.mu.Lock()
+	l.partial[sv.Hash] = sv
+	holds := l.local[id] != nil
+	l.mu.Unlock()
+	if holds {
+		return false
+	}
+	self := l.cfg.Host.ID().String()
+	h := crdt.Holder{Manifest: sv.Hash.String(), Size: sv.Manifest.Size(), Files: int64(len(sv.Manifest.Files)), State: crdt.HolderPartial, UpdatedMs: l.cfg.Now().UnixMilli()}
+	_, err := l.cfg.Doc.Update("library partial", func(tx *crdt.Tx) error {
+		tx.SetHolder(id, self, h)
+		return nil
+	})
+	if err != nil {
+		l.lg.Warn().Str("item", id).Err(err).Msg("publishing a partial holder entry failed")
+		return false
+	}
+	return true
+}
+
+// withdrawPartial stops serving a download's chunks; with unpublish, it
+// also removes the partial holder entry (a download that failed or was
+// cancelled: a finished one is replaced by its complete entry).
+func (l *Library) withdrawPartial(id string, h Hash, unpublish bool) {
+	l.mu.Lock()
+	delete(l.partial, h)
+	l.mu.Unlock()
+	if !unpublish {
+		return
+	}
+	self := l.cfg.Host.ID().String()
+	_, err := l.cfg.Doc.Update("library partial withdrawn", func(tx *crdt.Tx) error {
+		tx.RemoveHolder(id, self)
+		return nil
+	})
+	if err != nil {
+		l.lg.Warn().Str("item", id).Err(err).Msg("withdrawing a partial holder entry failed")
+	}
 }
 
 // Transfer is one download, as the API shows it.
@@ -511,15 +571,16 @@ func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
 	return l.start(id, mh, sources)
 }
 
-// holdersOf returns the other nodes holding version of it complete, with
-// extra peers added, sorted and without repeats.
+// holdersOf returns the other nodes holding version of it, complete or
+// partial (downloading it and serving what they have), with extra peers
+// added, sorted and without repeats.
 func (l *Library) holdersOf(it crdt.Item, version string, extra []peer.ID) []peer.ID {
 	set := map[peer.ID]bool{}
 	for _, p := range extra {
 		set[p] = true
 	}
 	for p, h := range it.Holders {
-		if pid, err := peer.Decode(p); err == nil && h.Manifest == version && h.State == crdt.HolderComplete {
+		if pid, err := peer.Decode(p); err == nil && h.Manifest == version && (h.State == crdt.HolderComplete || h.State == crdt.HolderPartial) {
 			set[pid] = true
 		}
 	}
@@ -581,12 +642,21 @@ type jobInfo struct {
 }
 
 func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources []peer.ID, staging string, base *Served) {
+	var published atomic.Bool
 	cfg := DownloadConfig{
 		Host: l.cfg.Host, Protocol: l.cfg.Protocol, Manifest: mh, Sources: sources, Staging: staging,
 		Progress: t.progress, Logger: l.lg.With().Str("item", t.Item).Logger(),
 		OnBadPeer: func(p peer.ID, why string) {
 			l.cfg.OnEvent("peer.bad_data", map[string]any{"peer": p.String(), "item": t.Item, "why": why})
 		},
+		MoreSources: func() []peer.ID {
+			it, _, err := l.cfg.Doc.Item(t.Item)
+			if err != nil {
+				return nil
+			}
+			return l.holdersOf(it, mh.String(), nil)
+		},
+		Serve: func(sv *Served) { published.Store(l.servePartial(t.Item, sv)) },
 	}
 	if base != nil {
 		cfg.Local = localChunks(base)
@@ -609,6 +679,8 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 		}
 	}()
 	m, err := Download(ctx, cfg)
+	// Withdrawn before the staged files move or go.
+	l.withdrawPartial(t.Item, mh, err != nil && published.Load())
 	if err == nil {
 		err = l.swapIn(t.Item, staging)
 	}
@@ -949,6 +1021,7 @@ func (l *Library) View() ([]ItemView, error) {
 		}
 		for _, iv := range byM {
 			sort.Strings(iv.Holders)
+			sort.Strings(iv.Partial)
 			v.Versions = append(v.Versions, *iv)
 		}
 		sort.Slice(v.Versions, func(i, j int) bool { return v.Versions[i].Updated > v.Versions[j].Updated })

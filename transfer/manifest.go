@@ -76,19 +76,39 @@ func (m *Manifest) Chunks() int {
 
 // File returns the file at p.
 func (m *Manifest) File(p string) (File, bool) {
+	if i, ok := m.fileIndex(p); ok {
+		return m.Files[i], true
+	}
+	return File{}, false
+}
+
+// fileIndex finds the file at p by binary search (files are sorted).
+func (m *Manifest) fileIndex(p string) (int, bool) {
 	lo, hi := 0, len(m.Files)
 	for lo < hi {
 		mid := (lo + hi) / 2
 		switch c := strings.Compare(m.Files[mid].Path, p); {
 		case c == 0:
-			return m.Files[mid], true
+			return mid, true
 		case c < 0:
 			lo = mid + 1
 		default:
 			hi = mid
 		}
 	}
-	return File{}, false
+	return 0, false
+}
+
+// firstChunks returns, per file, the manifest-wide index of its first
+// chunk: chunks are numbered through the files in path order.
+func (m *Manifest) firstChunks() []int {
+	out := make([]int, len(m.Files))
+	n := 0
+	for i, f := range m.Files {
+		out[i] = n
+		n += len(f.Chunks)
+	}
+	return out
 }
 
 func chunkCount(size int64) int { return int((size + ChunkSize - 1) / ChunkSize) }

@@ -183,15 +183,15 @@ func TestReadChunkRefusesSymlinkOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	sv := &Served{Root: root, Manifest: m, Hash: m.Hash(), Encoded: m.Encode()}
-	if b, st, err := readChunk(sv, "f", 0); err != nil || st != StatusOK || string(b) != "secret" {
+	if b, st, err := readChunk(sv, "f", 0, make([]byte, ChunkSize)); err != nil || st != StatusOK || string(b) != "secret" {
 		t.Fatalf("honest read: %q %d %v", b, st, err)
 	}
 	os.Remove(filepath.Join(root, "f"))
 	os.Symlink(outside, filepath.Join(root, "f"))
-	if _, st, err := readChunk(sv, "f", 0); err == nil || st != StatusRefused {
+	if _, st, err := readChunk(sv, "f", 0, make([]byte, ChunkSize)); err == nil || st != StatusRefused {
 		t.Fatalf("symlink out was followed: status %d, %v", st, err)
 	}
-	if _, st, err := readChunk(sv, "f", 5); err == nil || st != StatusNotFound {
+	if _, st, err := readChunk(sv, "f", 5, make([]byte, ChunkSize)); err == nil || st != StatusNotFound {
 		t.Fatalf("chunk past the end: status %d, %v", st, err)
 	}
 }

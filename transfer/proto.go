@@ -11,6 +11,7 @@ import (
 const (
 	ReqManifest = 1
 	ReqChunk    = 2
+	ReqHave     = 3 // which chunks the server holds
 )
 
 // Response statuses.
@@ -27,7 +28,41 @@ const (
 	maxRequest      = 1 + 32 + 10 + MaxPathLen + 10
 	maxManifestSize = 64 << 20
 	maxResponse     = 1 + maxManifestSize
+	// respHeader is room for a response's frame length and status in
+	// front of a chunk, so a chunk goes out without being copied.
+	respHeader = binary.MaxVarintLen64 + 1
 )
+
+// Answers to ReqHave: the first payload byte.
+const (
+	haveComplete = 1 // the whole item; nothing follows
+	havePartial  = 0 // a bitmap follows: bit g (LSB first) = chunk g held
+)
+
+// encodeHave encodes an answer to ReqHave; a nil bitmap means complete.
+func encodeHave(bits []byte) []byte {
+	if bits == nil {
+		return []byte{haveComplete}
+	}
+	return append([]byte{havePartial}, bits...)
+}
+
+// decodeHave parses an answer to ReqHave for a manifest of n chunks. It
+// returns nil for a complete holder.
+func decodeHave(b []byte, n int) ([]byte, error) {
+	switch {
+	case len(b) == 1 && b[0] == haveComplete:
+		return nil, nil
+	case len(b) == 1+(n+7)/8 && b[0] == havePartial:
+		if n%8 != 0 && b[len(b)-1]>>(n%8) != 0 {
+			return nil, fmt.Errorf("%w: bits set past the last chunk", ErrBadFrame)
+		}
+		return b[1:], nil
+	}
+	return nil, fmt.Errorf("%w: have answer of %d bytes for %d chunks", ErrBadFrame, len(b), n)
+}
+
+func bitSet(bits []byte, g int) bool { return bits[g/8]&(1<<(g%8)) != 0 }
 
 // ErrBadFrame is returned for a request or response that does not decode.
 var ErrBadFrame = errors.New("transfer: bad frame")
@@ -77,7 +112,7 @@ func DecodeRequest(b []byte) (Request, error) {
 	copy(r.Manifest[:], b[1:33])
 	rd := bytes.NewReader(b[33:])
 	switch r.Kind {
-	case ReqManifest:
+	case ReqManifest, ReqHave:
 	case ReqChunk:
 		n, err := readUvarint(rd)
 		if err != nil || n > MaxPathLen || n > uint64(rd.Len()) {

@@ -138,8 +138,15 @@ type ScanStats struct {
 // Scan builds the manifest of the item at root, reusing ix for files whose
 // fingerprint is unchanged, and updates ix. Symlinks, special files and
 // ignored paths are skipped (counted in Skipped): they are never served.
+// A nil ix scans without reusing anything.
 func Scan(root string, ix *Index) (*Manifest, ScanStats, error) {
 	var st ScanStats
+	if ix == nil {
+		ix = &Index{}
+	}
+	if ix.Files == nil {
+		ix.Files = map[string]indexEntry{}
+	}
 	ig, err := LoadIgnore(root)
 	if err != nil {
 		return nil, st, err

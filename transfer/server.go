@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -16,14 +17,26 @@ import (
 	"github.com/meshnode/meshnode/internal/frame"
 )
 
-// Served is an item this node serves under one manifest.
+// Served is an item this node serves under one manifest: complete, or
+// still downloading (partial), in which case only the chunks it holds
+// verified are served.
 type Served struct {
 	Root     string
 	Manifest *Manifest
 	Hash     Hash // of Encoded, computed once
 	Encoded  []byte
 	Ignore   *Ignore
+
+	partial *chunkSet // nil for a complete item
+	firsts  []int     // Manifest.firstChunks(), for partial
 }
+
+// Partial reports whether the item is still downloading.
+func (sv *Served) Partial() bool { return sv.partial != nil }
+
+// chunkPool holds buffers for one chunk with room for a response header
+// in front.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, respHeader+ChunkSize); return &b }}
 
 // Server answers manifest and chunk requests on the transfer protocol.
 // Each stream carries requests and responses in order, so a client may
@@ -86,34 +99,49 @@ func (s *Server) Handle(st network.Stream) {
 			}
 			return
 		}
-		resp := s.answer(p, b)
 		_ = st.SetWriteDeadline(time.Now().Add(2 * time.Minute))
-		if err := frame.Write(st, resp.Encode()); err != nil {
+		if err := s.respond(st, p, b); err != nil {
 			return
 		}
 	}
 }
 
-func (s *Server) answer(p peer.ID, b []byte) Response {
+// respond answers one request. A chunk is read into a pooled buffer
+// behind room for the frame header and written with one call, uncopied.
+func (s *Server) respond(w io.Writer, p peer.ID, b []byte) error {
 	req, err := DecodeRequest(b)
 	if err != nil {
-		return s.refuse(p, StatusRefused, err.Error())
+		return frame.Write(w, s.refuse(p, StatusRefused, err.Error()).Encode())
 	}
 	sv, ok := s.lookup(req.Manifest)
 	if !ok {
-		return Response{Status: StatusNotFound, Payload: []byte("manifest " + req.Manifest.String() + " is not served here")}
+		return frame.Write(w, Response{Status: StatusNotFound, Payload: []byte("manifest " + req.Manifest.String() + " is not served here")}.Encode())
 	}
-	if req.Kind == ReqManifest {
-		return Response{Status: StatusOK, Payload: sv.Encoded}
+	switch req.Kind {
+	case ReqManifest:
+		return frame.Write(w, Response{Status: StatusOK, Payload: sv.Encoded}.Encode())
+	case ReqHave:
+		var bits []byte
+		if sv.partial != nil {
+			bits = sv.partial.bitmap()
+		}
+		return frame.Write(w, Response{Status: StatusOK, Payload: encodeHave(bits)}.Encode())
 	}
-	data, status, err := readChunk(sv, req.Path, req.Chunk)
+	buf := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(buf)
+	data, status, err := readChunk(sv, req.Path, req.Chunk, (*buf)[respHeader:])
 	if err != nil {
-		return s.refuse(p, status, err.Error())
+		return frame.Write(w, s.refuse(p, status, err.Error()).Encode())
 	}
 	s.mu.Lock()
 	s.served++
 	s.mu.Unlock()
-	return Response{Status: StatusOK, Payload: data}
+	var hdr [respHeader]byte
+	h := append(binary.AppendUvarint(hdr[:0], uint64(1+len(data))), StatusOK)
+	start := respHeader - len(h)
+	copy((*buf)[start:], h)
+	_, err = w.Write((*buf)[start : respHeader+len(data)])
+	return err
 }
 
 func (s *Server) refuse(p peer.ID, status byte, msg string) Response {
@@ -126,23 +154,28 @@ func (s *Server) refuse(p peer.ID, status byte, msg string) Response {
 	return Response{Status: status, Payload: []byte(msg)}
 }
 
-// readChunk reads chunk i of the file at rel inside the served item. The
-// path must be clean and relative, listed in the manifest, not
-// user-owned, and resolve to a regular file inside the root: os.Root
-// refuses ".." and symlinks that lead out.
-func readChunk(sv *Served, rel string, i uint64) ([]byte, byte, error) {
+// readChunk reads chunk i of the file at rel inside the served item into
+// buf (ChunkSize bytes). The path must be clean and relative, listed in
+// the manifest, not user-owned, and resolve to a regular file inside the
+// root: os.Root refuses ".." and symlinks that lead out. A partial item
+// serves only the chunks it holds verified.
+func readChunk(sv *Served, rel string, i uint64, buf []byte) ([]byte, byte, error) {
 	if err := CheckPath(rel); err != nil {
 		return nil, StatusRefused, err
 	}
 	if sv.Ignore != nil && sv.Ignore.Ignored(rel) {
 		return nil, StatusRefused, fmt.Errorf("path %q is in the user-owned part of the item", rel)
 	}
-	f, ok := sv.Manifest.File(rel)
+	idx, ok := sv.Manifest.fileIndex(rel)
 	if !ok {
 		return nil, StatusNotFound, fmt.Errorf("path %q is not in the manifest", rel)
 	}
+	f := sv.Manifest.Files[idx]
 	if i >= uint64(len(f.Chunks)) {
 		return nil, StatusNotFound, fmt.Errorf("%s has %d chunks, not %d", rel, len(f.Chunks), i+1)
+	}
+	if sv.partial != nil && !sv.partial.has(sv.firsts[idx]+int(i)) {
+		return nil, StatusNotFound, fmt.Errorf("chunk %d of %s is not downloaded here yet", i, rel)
 	}
 	root, err := os.OpenRoot(sv.Root)
 	if err != nil {
@@ -157,7 +190,7 @@ func readChunk(sv *Served, rel string, i uint64) ([]byte, byte, error) {
 	if fi, err := fh.Stat(); err != nil || !fi.Mode().IsRegular() {
 		return nil, StatusRefused, fmt.Errorf("%s is not a regular file", rel)
 	}
-	buf := make([]byte, ChunkLen(f.Size, int(i)))
+	buf = buf[:ChunkLen(f.Size, int(i))]
 	if _, err := fh.ReadAt(buf, int64(i)*ChunkSize); err != nil {
 		return nil, StatusError, fmt.Errorf("read %s: %v", rel, err)
 	}

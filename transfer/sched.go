@@ -1,0 +1,113 @@
+package transfer
+
+import "sync"
+
+// chunk states in a scheduler.
+const (
+	chunkNeeded = iota
+	chunkTaken
+	chunkDone
+)
+
+// scheduler hands a download's needed chunks to its sources. Chunks go
+// out in one order (the needed chunks rotated to a start point, so that
+// several nodes downloading the same item start in different places and
+// have chunks to trade); a chunk given back goes out first. A source that
+// holds only part of the item takes the first needed chunk it has. All
+// methods are safe for concurrent use and never block.
+type scheduler struct {
+	mu        sync.Mutex
+	state     []uint8
+	queue     []int // pick order; entries no longer needed are skipped
+	head      int
+	returned  []int
+	remaining int
+	wake      chan struct{}
+}
+
+// newScheduler covers chunks 0..n-1 of which need are still needed,
+// handed out starting at need[start % len(need)].
+func newScheduler(n int, need []int, start int) *scheduler {
+	s := &scheduler{state: make([]uint8, n), wake: make(chan struct{}), remaining: len(need)}
+	for g := range s.state {
+		s.state[g] = chunkDone
+	}
+	for _, g := range need {
+		s.state[g] = chunkNeeded
+	}
+	if len(need) > 0 {
+		start %= len(need)
+		s.queue = append(append(make([]int, 0, len(need)), need[start:]...), need[:start]...)
+	}
+	return s
+}
+
+// take marks the next needed chunk that has accepts (nil: any) as taken
+// and returns it; false when there is none.
+func (s *scheduler) take(has func(g int) bool) (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, g := range s.returned {
+		if s.state[g] == chunkNeeded && (has == nil || has(g)) {
+			s.returned = append(s.returned[:i], s.returned[i+1:]...)
+			s.state[g] = chunkTaken
+			return g, true
+		}
+	}
+	for s.head < len(s.queue) && s.state[s.queue[s.head]] != chunkNeeded {
+		s.head++
+	}
+	for i := s.head; i < len(s.queue); i++ {
+		if g := s.queue[i]; s.state[g] == chunkNeeded && (has == nil || has(g)) {
+			s.state[g] = chunkTaken
+			return g, true
+		}
+	}
+	return 0, false
+}
+
+// release gives a taken chunk back, to go out before the others.
+func (s *scheduler) release(g int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state[g] != chunkTaken {
+		return
+	}
+	s.state[g] = chunkNeeded
+	s.returned = append(s.returned, g)
+	s.notify()
+}
+
+// finish marks a taken chunk done and reports whether it was the last.
+func (s *scheduler) finish(g int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state[g] == chunkDone {
+		return false
+	}
+	s.state[g] = chunkDone
+	s.remaining--
+	if s.remaining == 0 {
+		s.notify()
+	}
+	return s.remaining == 0
+}
+
+// left is the number of chunks not done.
+func (s *scheduler) left() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.remaining
+}
+
+// changed returns a channel closed at the next release or completion.
+func (s *scheduler) changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.wake
+}
+
+func (s *scheduler) notify() {
+	close(s.wake)
+	s.wake = make(chan struct{})
+}

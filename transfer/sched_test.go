@@ -1,0 +1,63 @@
+package transfer
+
+import (
+	"slices"
+	"testing"
+)
+
+func takeAll(s *scheduler, has func(int) bool) []int {
+	var out []int
+	for {
+		g, ok := s.take(has)
+		if !ok {
+			return out
+		}
+		out = append(out, g)
+	}
+}
+
+func TestSchedulerOrderAndRelease(t *testing.T) {
+	s := newScheduler(6, []int{1, 2, 4, 5}, 2)
+	if got := takeAll(s, nil); !slices.Equal(got, []int{4, 5, 1, 2}) {
+		t.Fatalf("order %v, want the needed chunks from the start point on", got)
+	}
+	if _, ok := s.take(nil); ok {
+		t.Fatal("a chunk was handed out twice")
+	}
+	wake := s.changed()
+	s.release(5)
+	select {
+	case <-wake:
+	default:
+		t.Fatal("release did not wake waiters")
+	}
+	if g, ok := s.take(nil); !ok || g != 5 {
+		t.Fatalf("took %d %v, want the released 5", g, ok)
+	}
+	for i, g := range []int{4, 5, 1} {
+		if s.finish(g) {
+			t.Fatalf("finish %d (#%d) reported the end early", g, i)
+		}
+	}
+	if s.finish(1) {
+		t.Fatal("a chunk finished twice counted twice")
+	}
+	if !s.finish(2) || s.left() != 0 {
+		t.Fatalf("last finish: left %d", s.left())
+	}
+}
+
+func TestSchedulerPartialSource(t *testing.T) {
+	s := newScheduler(8, []int{0, 1, 2, 3, 4, 5, 6, 7}, 0)
+	odd := func(g int) bool { return g%2 == 1 }
+	if got := takeAll(s, odd); !slices.Equal(got, []int{1, 3, 5, 7}) {
+		t.Fatalf("partial source took %v, want only the chunks it has", got)
+	}
+	s.release(3)
+	if got := takeAll(s, nil); !slices.Equal(got, []int{3, 0, 2, 4, 6}) {
+		t.Fatalf("complete source took %v, want the released chunk first", got)
+	}
+	if _, ok := s.take(odd); ok {
+		t.Fatal("a taken chunk was handed out again")
+	}
+}
