@@ -12,4 +12,4 @@ pattern=${1:-.}
 count=${COUNT:-3}
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(uname -srm), $(nproc) cores, $(go version | cut -d' ' -f3)"
 echo "# commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
-go test ./node ./mesh -run '^$' -bench "$pattern" -benchtime 1x -count "$count" -timeout 60m
+go test ./node ./mesh ./transfer -run '^$' -bench "$pattern" -benchtime 1x -count "$count" -timeout 60m

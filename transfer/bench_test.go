@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -93,7 +95,7 @@ func writeBenchItem(tb testing.TB, root string, files int, size int64) {
 // files raw (every file's bytes in manifest order, then close) on the raw
 // protocol.
 func serve(h host.Host, sv *Served) {
-	srv := NewServer(func(x Hash) (*Served, bool) { return sv, x == sv.Hash }, zerolog.Nop(), 0)
+	srv := NewServer(func(x Hash) (*Served, bool) { return sv, x == sv.Hash }, zerolog.Nop(), Limits{})
 	h.SetStreamHandler(benchProto, srv.Handle)
 	h.SetStreamHandler(rawProto, func(s network.Stream) {
 		defer s.Close()
@@ -318,5 +320,133 @@ func BenchmarkRescan100k(b *testing.B) {
 		b.ReportMetric(walk.Seconds()*1e3, "walk_ms")
 		b.ReportMetric(d.Seconds()*1e3, "rescan_ms")
 		b.ReportMetric(d.Seconds()/walk.Seconds(), "ratio")
+	}
+}
+
+// uplink models a holder's upload link: chunk-sized writes on all its
+// streams share one rate.
+type uplink struct {
+	mu       sync.Mutex
+	next     time.Time
+	perChunk time.Duration // 0: unlimited
+	sent     atomic.Int64
+}
+
+type uplinkStream struct {
+	network.Stream
+	up *uplink
+}
+
+func (s uplinkStream) Write(b []byte) (int, error) {
+	if len(b) > 1<<16 {
+		s.up.sent.Add(int64(len(b)))
+		if s.up.perChunk > 0 {
+			s.up.mu.Lock()
+			now := time.Now()
+			if s.up.next.Before(now) {
+				s.up.next = now
+			}
+			at := s.up.next
+			s.up.next = at.Add(s.up.perChunk)
+			s.up.mu.Unlock()
+			time.Sleep(time.Until(at))
+		}
+	}
+	return s.Stream.Write(b)
+}
+
+// fanOut has n nodes download sv from one origin at once and returns the
+// time until the last finishes and the bytes the origin sent. With swarm,
+// each downloader serves its verified chunks and takes the others as
+// sources, as the library does.
+func fanOut(b *testing.B, sv *Served, n int, swarm bool, perChunk time.Duration) (time.Duration, int64) {
+	origin := testHost(b, "quic")
+	up := &uplink{perChunk: perChunk}
+	srv := NewServer(func(h Hash) (*Served, bool) { return sv, h == sv.Hash }, zerolog.Nop(), Limits{})
+	origin.SetStreamHandler(benchProto, func(s network.Stream) { srv.Handle(uplinkStream{s, up}) })
+	hosts := make([]host.Host, n)
+	partial := make([]atomic.Pointer[Served], n)
+	for i := range hosts {
+		hosts[i] = testHost(b, "quic")
+		connect(b, hosts[i], origin)
+		for j := range i {
+			connect(b, hosts[i], hosts[j])
+		}
+		s := NewServer(func(h Hash) (*Served, bool) {
+			p := partial[i].Load()
+			return p, p != nil && p.Hash == h
+		}, zerolog.Nop(), Limits{})
+		hosts[i].SetStreamHandler(benchProto, s.Handle)
+	}
+	dir := b.TempDir()
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i, h := range hosts {
+		cfg := DownloadConfig{Host: h, Protocol: benchProto, Manifest: sv.Hash, Sources: []peer.ID{origin.ID()},
+			Staging: filepath.Join(dir, fmt.Sprint(i)), Logger: zerolog.Nop()}
+		if swarm {
+			cfg.Serve = func(p *Served) { partial[i].Store(p) }
+			cfg.MoreSources = func() []peer.ID {
+				out := []peer.ID{origin.ID()}
+				for j, o := range hosts {
+					if j != i {
+						out = append(out, o.ID())
+					}
+				}
+				return out
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := Download(context.Background(), cfg)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	_ = os.RemoveAll(dir)
+	return took, up.sent.Load()
+}
+
+// BenchmarkFanOut: one holder, eight nodes downloading a 256 MiB item at
+// once, against one node downloading it alone, over QUIC. "cpu": the
+// origin's upload is limited only by this machine, which then carries all
+// nine nodes' work on two cores. "link": the origin's upload is limited
+// to 64 MB/s, as a holder on a LAN link would be; the same fan-out also
+// runs without swarming (downloaders take only the origin), for
+// comparison. origin_x is the bytes the origin sent over the item size.
+func BenchmarkFanOut(b *testing.B) {
+	root := filepath.Join(b.TempDir(), "item")
+	writeBenchItem(b, root, 16, 256<<20)
+	sv := servedOf(b, root)
+	size := float64(sv.Manifest.Size())
+	for _, mode := range []string{"cpu", "link"} {
+		b.Run(mode, func(b *testing.B) {
+			var perChunk time.Duration
+			if mode == "link" {
+				perChunk = time.Duration(float64(time.Second) * ChunkSize / 64e6)
+			}
+			for range b.N {
+				alone, _ := fanOut(b, sv, 1, true, perChunk)
+				all, sent := fanOut(b, sv, 8, true, perChunk)
+				b.ReportMetric(alone.Seconds(), "alone_s")
+				b.ReportMetric(all.Seconds(), "eight_s")
+				b.ReportMetric(all.Seconds()/alone.Seconds(), "ratio")
+				b.ReportMetric(float64(sent)/size, "origin_x")
+				if mode == "link" {
+					plain, sent := fanOut(b, sv, 8, false, perChunk)
+					b.ReportMetric(plain.Seconds(), "eight_noswarm_s")
+					b.ReportMetric(float64(sent)/size, "noswarm_origin_x")
+				}
+			}
+		})
 	}
 }

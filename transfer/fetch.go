@@ -115,6 +115,9 @@ type DownloadConfig struct {
 	Serve func(*Served)
 	// Writers verify and write received chunks. Default 2.
 	Writers int
+
+	// writeAt writes a chunk into a staged file; tests inject failures.
+	writeAt func(f *os.File, b []byte, off int64) (int, error)
 }
 
 // chunkRef locates one chunk of a manifest.
@@ -154,6 +157,9 @@ func Download(ctx context.Context, cfg DownloadConfig) (*Manifest, error) {
 	}
 	if cfg.Writers <= 0 {
 		cfg.Writers = 2
+	}
+	if cfg.writeAt == nil {
+		cfg.writeAt = (*os.File).WriteAt
 	}
 	if err := os.MkdirAll(cfg.Staging, 0o700); err != nil {
 		return nil, err
@@ -385,8 +391,11 @@ func (d *download) write(g int, b []byte) error {
 	f, _ := d.hashOf(g)
 	fh, done, err := d.files.open(d.refs[g].file, filepath.Join(d.data, filepath.FromSlash(f.Path)))
 	if err == nil {
-		_, err = fh.WriteAt(b, int64(d.refs[g].idx)*ChunkSize)
+		_, err = d.cfg.writeAt(fh, b, int64(d.refs[g].idx)*ChunkSize)
 		done()
+	}
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("%w: writing %s: %v; free space and download again: verified chunks are kept", ErrNoSpace, f.Path, err)
 	}
 	if err != nil {
 		return fmt.Errorf("transfer: write %s: %w", f.Path, err)
@@ -707,9 +716,10 @@ func (f *fetcher) worker(p peer.ID) error {
 
 var errBadData = errors.New("sent a chunk that does not match the manifest")
 
-// partialRefresh is how long a source holding part of the item is left
-// before being asked again which chunks it has.
-const partialRefresh = 500 * time.Millisecond
+// partialRefresh: a source holding part of the item, with nothing left
+// to offer, is asked again which chunks it has this long after the last
+// time.
+const partialRefresh = 200 * time.Millisecond
 
 // session runs one pipelined stream to p. Chunks it requested but did not
 // receive go back to the scheduler.
@@ -723,8 +733,24 @@ func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
 	br := bufio.NewReaderSize(s, 64<<10)
-	has, err := f.askHave(s, br)
-	if err != nil {
+	var bits []byte // a partial source's last answer; nil: complete
+	defer func() { f.sc.offer(bits, nil) }()
+	var asked time.Time
+	var has func(int) bool
+	ask := func() error {
+		cur, err := f.askHave(s, br)
+		if err != nil {
+			return err
+		}
+		f.sc.offer(bits, cur)
+		bits, asked = cur, time.Now()
+		has = nil
+		if cur != nil {
+			has = func(g int) bool { return bitSet(cur, g) }
+		}
+		return nil
+	}
+	if err := ask(); err != nil {
 		return false, err
 	}
 	var inflight []int
@@ -751,15 +777,15 @@ func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p
 				return progressed, nil
 			}
 			var refresh <-chan time.Time
-			if has != nil {
-				refresh = time.After(partialRefresh)
+			if bits != nil {
+				refresh = time.After(partialRefresh - time.Since(asked))
 			}
 			select {
 			case <-ctx.Done():
 				return progressed, nil
 			case <-wake:
 			case <-refresh:
-				if has, err = f.askHave(s, br); err != nil {
+				if err := ask(); err != nil {
 					return progressed, err
 				}
 			}
@@ -786,7 +812,7 @@ func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p
 }
 
 // askHave asks the source which chunks it holds; nil means all of them.
-func (f *fetcher) askHave(s network.Stream, br *bufio.Reader) (func(int) bool, error) {
+func (f *fetcher) askHave(s network.Stream, br *bufio.Reader) ([]byte, error) {
 	_ = s.SetDeadline(time.Now().Add(time.Minute))
 	if err := frame.Write(s, Request{Kind: ReqHave, Manifest: f.d.cfg.Manifest}.Encode()); err != nil {
 		return nil, err
@@ -795,11 +821,7 @@ func (f *fetcher) askHave(s network.Stream, br *bufio.Reader) (func(int) bool, e
 	if err != nil {
 		return nil, err
 	}
-	bits, err := decodeHave(b, len(f.d.refs))
-	if err != nil || bits == nil {
-		return nil, err
-	}
-	return func(g int) bool { return bitSet(bits, g) }, nil
+	return decodeHave(b, len(f.d.refs))
 }
 
 // readChunkResponse reads one response into buf (ChunkSize bytes or

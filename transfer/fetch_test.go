@@ -4,13 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/rs/zerolog"
@@ -59,7 +63,7 @@ func TestPartialHolderServesVerifiedChunks(t *testing.T) {
 
 	gate := make(chan struct{})
 	var sent atomic.Int32
-	srvA := NewServer(func(h Hash) (*Served, bool) { return sv, h == sv.Hash }, zerolog.Nop(), 0)
+	srvA := NewServer(func(h Hash) (*Served, bool) { return sv, h == sv.Hash }, zerolog.Nop(), Limits{})
 	a.SetStreamHandler(benchProto, func(s network.Stream) {
 		srvA.Handle(gatedStream{Stream: s, sent: &sent, free: 10, gate: gate})
 	})
@@ -67,7 +71,7 @@ func TestPartialHolderServesVerifiedChunks(t *testing.T) {
 	srvB := NewServer(func(h Hash) (*Served, bool) {
 		p := partialB.Load()
 		return p, p != nil && p.Hash == h
-	}, zerolog.Nop(), 0)
+	}, zerolog.Nop(), Limits{})
 	b.SetStreamHandler(benchProto, srvB.Handle)
 
 	var wg sync.WaitGroup
@@ -175,5 +179,95 @@ func TestPartialHolderServesVerifiedChunks(t *testing.T) {
 		if !bytes.Equal(want, got) {
 			t.Fatalf("C's %s differs", f.Path)
 		}
+	}
+}
+
+// The disk fills up in the middle of a download: the download stops with
+// an error that says so, the chunks written before stay verified, and a
+// second run resumes from them and finishes with the holder's bytes.
+func TestDiskFullMidDownload(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "item")
+	writeBenchItem(t, root, 2, 16<<20)
+	sv := servedOf(t, root)
+	src, dst := testHost(t, "tcp"), testHost(t, "tcp")
+	serve(src, sv)
+	connect(t, dst, src)
+	staging := t.TempDir()
+	var writes atomic.Int32
+	full := func(f *os.File, b []byte, off int64) (int, error) {
+		if writes.Add(1) > 5 {
+			return 0, &os.PathError{Op: "write", Path: f.Name(), Err: syscall.ENOSPC}
+		}
+		return f.WriteAt(b, off)
+	}
+	cfg := DownloadConfig{Host: dst, Protocol: benchProto, Manifest: sv.Hash, Sources: []peer.ID{src.ID()}, Staging: staging, Logger: zerolog.Nop(), writeAt: full, Writers: 1}
+	_, err := Download(context.Background(), cfg)
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("disk full: got %v, want ErrNoSpace naming the cause", err)
+	}
+	pr := &Progress{}
+	cfg.writeAt, cfg.Progress = nil, pr
+	if _, err := Download(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if pr.Resumed.Load() != 5*ChunkSize || pr.Fetched.Load() != sv.Manifest.Size()-5*ChunkSize {
+		t.Fatalf("second run resumed %d and fetched %d bytes, want the 5 written chunks kept", pr.Resumed.Load(), pr.Fetched.Load())
+	}
+	for _, f := range sv.Manifest.Files {
+		want, _ := os.ReadFile(filepath.Join(root, f.Path))
+		got, _ := os.ReadFile(filepath.Join(staging, stagingData, f.Path))
+		if !bytes.Equal(want, got) {
+			t.Fatalf("%s differs after the resumed run", f.Path)
+		}
+	}
+}
+
+// A server holds at most PerPeer streams per peer and Total in all; a
+// stream beyond either is answered busy with the reason.
+func TestServerStreamLimits(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "item")
+	writeBenchItem(t, root, 1, 1<<20)
+	sv := servedOf(t, root)
+	srvHost := testHost(t, "tcp")
+	srv := NewServer(func(h Hash) (*Served, bool) { return sv, h == sv.Hash }, zerolog.Nop(), Limits{PerPeer: 2, Total: 3})
+	srvHost.SetStreamHandler(benchProto, srv.Handle)
+	// open starts a stream from h and returns the answer to ReqHave.
+	open := func(h host.Host) Response {
+		t.Helper()
+		st, err := h.NewStream(context.Background(), srvHost.ID(), benchProto)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		if err := frame.Write(st, Request{Kind: ReqHave, Manifest: sv.Hash}.Encode()); err != nil {
+			t.Fatal(err)
+		}
+		raw, err := frame.Read(bufio.NewReader(st), maxResponse)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := DecodeResponse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	a, b, c := testHost(t, "tcp"), testHost(t, "tcp"), testHost(t, "tcp")
+	for _, h := range []host.Host{a, b, c} {
+		connect(t, h, srvHost)
+	}
+	for i := range 2 {
+		if r := open(a); r.Status != StatusOK {
+			t.Fatalf("a's stream %d: status %d %q", i+1, r.Status, r.Payload)
+		}
+	}
+	if r := open(a); r.Status != StatusBusy || !strings.Contains(string(r.Payload), "this peer already holds 2") {
+		t.Fatalf("a's third stream: status %d %q, want busy per peer", r.Status, r.Payload)
+	}
+	if r := open(b); r.Status != StatusOK {
+		t.Fatalf("b's stream: status %d %q", r.Status, r.Payload)
+	}
+	if r := open(c); r.Status != StatusBusy || !strings.Contains(string(r.Payload), "already serves 3") {
+		t.Fatalf("c's stream: status %d %q, want busy in total", r.Status, r.Payload)
 	}
 }

@@ -102,7 +102,7 @@ func NewLibrary(cfg LibraryConfig) *Library {
 		local: map[string]*Served{}, partial: map[Hash]*Served{}, busy: map[string]string{}, scanning: map[string]bool{},
 		pending: map[string]bool{}, transfers: map[string]*Transfer{},
 	}
-	l.server = NewServer(l.lookup, cfg.Logger, 0)
+	l.server = NewServer(l.lookup, cfg.Logger, Limits{})
 	return l
 }
 

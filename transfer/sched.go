@@ -2,6 +2,10 @@ package transfer
 
 import "sync"
 
+// rareScan bounds how far a complete source looks for a chunk that no
+// partial source offers before it takes any.
+const rareScan = 4096
+
 // chunk states in a scheduler.
 const (
 	chunkNeeded = iota
@@ -13,11 +17,14 @@ const (
 // out in one order (the needed chunks rotated to a start point, so that
 // several nodes downloading the same item start in different places and
 // have chunks to trade); a chunk given back goes out first. A source that
-// holds only part of the item takes the first needed chunk it has. All
-// methods are safe for concurrent use and never block.
+// holds only part of the item takes the first needed chunk it has; a
+// complete source prefers chunks that no partial source offers, so that
+// the origin of a swarm sends what the others cannot. All methods are
+// safe for concurrent use and never block.
 type scheduler struct {
 	mu        sync.Mutex
 	state     []uint8
+	avail     []uint16 // partial sources offering each chunk
 	queue     []int // pick order; entries no longer needed are skipped
 	head      int
 	returned  []int
@@ -28,7 +35,7 @@ type scheduler struct {
 // newScheduler covers chunks 0..n-1 of which need are still needed,
 // handed out starting at need[start % len(need)].
 func newScheduler(n int, need []int, start int) *scheduler {
-	s := &scheduler{state: make([]uint8, n), wake: make(chan struct{}), remaining: len(need)}
+	s := &scheduler{state: make([]uint8, n), avail: make([]uint16, n), wake: make(chan struct{}), remaining: len(need)}
 	for g := range s.state {
 		s.state[g] = chunkDone
 	}
@@ -57,6 +64,14 @@ func (s *scheduler) take(has func(g int) bool) (int, bool) {
 	for s.head < len(s.queue) && s.state[s.queue[s.head]] != chunkNeeded {
 		s.head++
 	}
+	if has == nil {
+		for i := s.head; i < len(s.queue) && i < s.head+rareScan; i++ {
+			if g := s.queue[i]; s.state[g] == chunkNeeded && s.avail[g] == 0 {
+				s.state[g] = chunkTaken
+				return g, true
+			}
+		}
+	}
 	for i := s.head; i < len(s.queue); i++ {
 		if g := s.queue[i]; s.state[g] == chunkNeeded && (has == nil || has(g)) {
 			s.state[g] = chunkTaken
@@ -64,6 +79,23 @@ func (s *scheduler) take(has func(g int) bool) (int, bool) {
 		}
 	}
 	return 0, false
+}
+
+// offer records that a partial source's bitmap went from old to cur
+// (either may be nil: no bits).
+func (s *scheduler) offer(old, cur []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for g := range s.avail {
+		was := old != nil && bitSet(old, g)
+		is := cur != nil && bitSet(cur, g)
+		switch {
+		case is && !was:
+			s.avail[g]++
+		case was && !is:
+			s.avail[g]--
+		}
+	}
 }
 
 // release gives a taken chunk back, to go out before the others.

@@ -61,3 +61,19 @@ func TestSchedulerPartialSource(t *testing.T) {
 		t.Fatal("a taken chunk was handed out again")
 	}
 }
+
+func TestSchedulerCompleteSourcePrefersChunksNoPeerOffers(t *testing.T) {
+	s := newScheduler(4, []int{0, 1, 2, 3}, 0)
+	peer := []byte{0b0101} // chunks 0 and 2
+	s.offer(nil, peer)
+	if got := takeAll(s, nil); !slices.Equal(got, []int{1, 3, 0, 2}) {
+		t.Fatalf("complete source took %v, want 1 and 3 (no peer has them) first", got)
+	}
+	for _, g := range []int{0, 1, 2, 3} {
+		s.release(g)
+	}
+	s.offer(peer, nil) // the peer left
+	if got := takeAll(s, nil); !slices.Equal(got, []int{0, 1, 2, 3}) {
+		t.Fatalf("after the peer left: took %v, want the released order", got)
+	}
+}

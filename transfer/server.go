@@ -38,27 +38,43 @@ func (sv *Served) Partial() bool { return sv.partial != nil }
 // in front.
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, respHeader+ChunkSize); return &b }}
 
+// Limits bound the streams a server runs at once. Each stream reads one
+// chunk at a time, so they also bound the disk reads and the memory (one
+// chunk buffer per stream) that peers can cause.
+type Limits struct {
+	// PerPeer is the streams one peer may hold. Default 8.
+	PerPeer int
+	// Total is the streams all peers together may hold. Default 256.
+	Total int
+}
+
 // Server answers manifest and chunk requests on the transfer protocol.
 // Each stream carries requests and responses in order, so a client may
-// pipeline several; a peer may hold at most PerPeer streams at once.
+// pipeline several. A stream beyond the limits is answered StatusBusy and
+// closed.
 type Server struct {
-	lookup  func(Hash) (*Served, bool)
-	lg      zerolog.Logger
-	perPeer int
+	lookup func(Hash) (*Served, bool)
+	lg     zerolog.Logger
+	limits Limits
 
 	mu      sync.Mutex
 	streams map[peer.ID]int
+	total   int
 	served  uint64
 	refused uint64
+	busy    uint64
 }
 
 // NewServer returns a server over lookup, which returns what this node
 // serves for a manifest hash.
-func NewServer(lookup func(Hash) (*Served, bool), lg zerolog.Logger, perPeer int) *Server {
-	if perPeer <= 0 {
-		perPeer = 8
+func NewServer(lookup func(Hash) (*Served, bool), lg zerolog.Logger, limits Limits) *Server {
+	if limits.PerPeer <= 0 {
+		limits.PerPeer = 8
 	}
-	return &Server{lookup: lookup, lg: lg.With().Str("component", "transfer-server").Logger(), perPeer: perPeer, streams: map[peer.ID]int{}}
+	if limits.Total <= 0 {
+		limits.Total = 256
+	}
+	return &Server{lookup: lookup, lg: lg.With().Str("component", "transfer-server").Logger(), limits: limits, streams: map[peer.ID]int{}}
 }
 
 // Stats returns chunks served and requests refused.
@@ -73,17 +89,27 @@ func (s *Server) Handle(st network.Stream) {
 	p := st.Conn().RemotePeer()
 	defer st.Close()
 	s.mu.Lock()
-	busy := s.streams[p] >= s.perPeer
-	if !busy {
+	var busy string
+	switch {
+	case s.streams[p] >= s.limits.PerPeer:
+		busy = fmt.Sprintf("this peer already holds %d transfer streams here", s.streams[p])
+	case s.total >= s.limits.Total:
+		busy = fmt.Sprintf("this node already serves %d transfer streams", s.total)
+	default:
 		s.streams[p]++
+		s.total++
+	}
+	if busy != "" {
+		s.busy++
 	}
 	s.mu.Unlock()
-	if busy {
-		_ = frame.Write(st, Response{Status: StatusBusy, Payload: []byte("too many transfer streams from this peer")}.Encode())
+	if busy != "" {
+		_ = frame.Write(st, Response{Status: StatusBusy, Payload: []byte(busy)}.Encode())
 		return
 	}
 	defer func() {
 		s.mu.Lock()
+		s.total--
 		if s.streams[p]--; s.streams[p] <= 0 {
 			delete(s.streams, p)
 		}
