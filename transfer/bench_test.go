@@ -269,7 +269,7 @@ func BenchmarkRescan100k(b *testing.B) {
 	for i := range items {
 		for j := range files {
 			p := filepath.Join(share, fmt.Sprintf("item%03d", i), fmt.Sprintf("d%02d", j%10), fmt.Sprintf("f%04d", j))
-			if j%10 == 0 {
+			if j < 10 {
 				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 					b.Fatal(err)
 				}

@@ -31,31 +31,51 @@
 // length, payload). A stream carries requests and responses in order, so a
 // client keeps several requests in flight:
 //
-//	request:  kind (1 manifest, 2 chunk) | manifest hash (32)
+//	request:  kind (1 manifest, 2 chunk, 3 have) | manifest hash (32)
 //	          [chunk: uvarint len(path) | path | uvarint chunk index]
 //	response: status (0 ok, 1 not found, 2 refused, 3 error, 4 busy)
-//	          | payload (manifest encoding or chunk bytes; else a reason)
+//	          | payload: the manifest encoding, the chunk bytes, or the
+//	          have answer; for another status, a reason
+//	have:     0x01 (the whole item) | 0x00 bitmap (ceil(chunks/8) bytes,
+//	          bit g LSB first = chunk g held; chunks are numbered through
+//	          the files in manifest order; no bit set past the last chunk)
 //
-// The server answers only for manifests of items it holds complete; a
+// The server answers for manifests of items it holds complete, and of
+// items it is downloading: those serve only chunks already verified and
+// written (others are "not found"), which is what lets a fleet that
+// downloads the same item swarm instead of all pulling from one origin. A
 // chunk path must be clean, in that manifest, not user-owned, and resolve
 // to a regular file inside the item (os.Root: no "..", no symlink out). A
-// peer may hold 8 streams at once.
+// peer may hold 8 streams at once and all peers together 256; a stream
+// beyond that is answered busy, with the reason.
 //
 // # Download
 //
-// The manifest comes from any holder and is checked against its hash.
-// Free space is checked first. Files are created at full size in the
-// staging folder; chunks come from a shared queue, one pipelined stream
-// per holder with 8 requests in flight, so faster holders take more. Each
-// chunk is checked against the manifest before it is written, and logged
-// in "have". A chunk that fails is queued again for other holders, and its
-// sender is reported and dropped. After a crash, start-up resumes every
-// download in staging, re-verifying the chunks its log names. An update
-// copies the chunks it already has from the old version. When all is
-// written, files get their modes and are synced; then a swap, recorded in
-// swap.json first, moves the old item's user-owned entries into the new
-// one, the old item aside, and the new one into place, so an item appears
-// under its name only complete, and a crash mid-swap is finished at start.
+// The manifest comes from any source and is checked against its hash.
+// Free space is checked first, and every file is preallocated (fallocate)
+// in the staging folder, so a disk that is too small fails before any
+// fetch. Each source gets one pipelined stream with 8 requests in flight;
+// it first asks which chunks the source has. A scheduler hands out the
+// needed chunks from a random start (downloaders of one item start in
+// different places and have chunks to trade): a partial source takes only
+// chunks it has, asking again when it has nothing left to offer, and a
+// complete source prefers chunks no partial source offers. Received
+// chunks go to two writer goroutines that check each against the
+// manifest, write it and log it in "have", so the stream never waits on
+// the disk; only then is the chunk served to others. A chunk that fails
+// is handed out again, and its sender is reported and dropped. Every
+// second the download takes new sources from the document (holders that
+// appeared, partial ones included). A node downloading an item it holds
+// no version of publishes itself as a partial holder of that version; the
+// entry becomes complete when the download ends, or is removed if it
+// fails. After a crash, start-up resumes every download in staging,
+// re-verifying the chunks its log names; a full disk mid-download stops
+// it with ErrNoSpace and keeps what was written. An update copies the
+// chunks it already has from the old version. When all is written, files
+// get their modes and are synced; then a swap, recorded in swap.json
+// first, moves the old item's user-owned entries into the new one, the
+// old item aside, and the new one into place, so an item appears under
+// its name only complete, and a crash mid-swap is finished at start.
 //
 // # Scanning
 //

@@ -391,7 +391,10 @@ func (d *download) write(g int, b []byte) error {
 	f, _ := d.hashOf(g)
 	fh, done, err := d.files.open(d.refs[g].file, filepath.Join(d.data, filepath.FromSlash(f.Path)))
 	if err == nil {
-		_, err = d.cfg.writeAt(fh, b, int64(d.refs[g].idx)*ChunkSize)
+		off := int64(d.refs[g].idx) * ChunkSize
+		if _, err = d.cfg.writeAt(fh, b, off); err == nil {
+			startWriteback(fh, off, int64(len(b)))
+		}
 		done()
 	}
 	if errors.Is(err, syscall.ENOSPC) {

@@ -28,6 +28,19 @@ type Hash [32]byte
 
 func (h Hash) String() string { return hex.EncodeToString(h[:]) }
 
+// MarshalText writes the hash as hex (the index on disk stores hashes so).
+func (h Hash) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
+
+// UnmarshalText reads a hex hash.
+func (h *Hash) UnmarshalText(b []byte) error {
+	x, err := ParseHash(string(b))
+	if err != nil {
+		return err
+	}
+	*h = x
+	return nil
+}
+
 // ParseHash parses a hex digest.
 func ParseHash(s string) (Hash, error) {
 	var h Hash

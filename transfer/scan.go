@@ -107,6 +107,7 @@ type indexEntry struct {
 type Index struct {
 	Files    map[string]indexEntry `json:"files"`
 	Manifest Hash                  `json:"manifest"`
+	dirty    bool                  // changed since loaded: Save writes it
 }
 
 // LoadIndex reads an index file; a missing or unreadable one is empty (the
@@ -115,18 +116,26 @@ func LoadIndex(file string) *Index {
 	ix := &Index{Files: map[string]indexEntry{}}
 	b, err := os.ReadFile(file)
 	if err != nil || json.Unmarshal(b, ix) != nil || ix.Files == nil {
-		return &Index{Files: map[string]indexEntry{}}
+		return &Index{Files: map[string]indexEntry{}, dirty: true}
 	}
 	return ix
 }
 
-// Save writes the index atomically.
+// Save writes the index atomically, unless nothing changed since it was
+// loaded: a rescan of an unchanged item writes nothing.
 func (ix *Index) Save(file string) error {
+	if !ix.dirty {
+		return nil
+	}
 	b, err := json.Marshal(ix)
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(file, b, 0o600)
+	if err := atomicfile.WriteFile(file, b, 0o600); err != nil {
+		return err
+	}
+	ix.dirty = false
+	return nil
 }
 
 // ScanStats counts what a scan did.
@@ -142,7 +151,7 @@ type ScanStats struct {
 func Scan(root string, ix *Index) (*Manifest, ScanStats, error) {
 	var st ScanStats
 	if ix == nil {
-		ix = &Index{}
+		ix = &Index{dirty: true}
 	}
 	if ix.Files == nil {
 		ix.Files = map[string]indexEntry{}
@@ -186,6 +195,7 @@ func Scan(root string, ix *Index) (*Manifest, ScanStats, error) {
 				return err
 			}
 			e.FP = fp
+			ix.dirty = true
 			st.Hashed++
 			st.BytesHashed += fi.Size()
 		}
@@ -201,10 +211,13 @@ func Scan(root string, ix *Index) (*Manifest, ScanStats, error) {
 	for p := range ix.Files {
 		if !seen[p] {
 			delete(ix.Files, p)
+			ix.dirty = true
 		}
 	}
 	slices.SortFunc(m.Files, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
-	ix.Manifest = m.Hash()
+	if h := m.Hash(); h != ix.Manifest {
+		ix.Manifest, ix.dirty = h, true
+	}
 	return m, st, nil
 }
 

@@ -25,7 +25,7 @@ type scheduler struct {
 	mu        sync.Mutex
 	state     []uint8
 	avail     []uint16 // partial sources offering each chunk
-	queue     []int // pick order; entries no longer needed are skipped
+	queue     []int    // pick order; entries no longer needed are skipped
 	head      int
 	returned  []int
 	remaining int
