@@ -124,9 +124,10 @@ func servedOf(tb testing.TB, root string) *Served {
 	return &Served{Root: root, Manifest: m, Hash: m.Hash(), Encoded: m.Encode()}
 }
 
-// rawPull reads the raw protocol's whole stream from p and returns the
-// bytes and the time it took.
-func rawPull(tb testing.TB, h host.Host, p peer.ID) (int64, time.Duration) {
+// rawPull reads the raw protocol's whole stream from p into io.Discard,
+// or with dir into one file there, synced and removed after; it returns
+// the bytes and the time it took.
+func rawPull(tb testing.TB, h host.Host, p peer.ID, dir string) (int64, time.Duration) {
 	tb.Helper()
 	start := time.Now()
 	s, err := h.NewStream(context.Background(), p, rawProto)
@@ -135,9 +136,24 @@ func rawPull(tb testing.TB, h host.Host, p peer.ID) (int64, time.Duration) {
 	}
 	defer s.Close()
 	_ = s.CloseWrite()
-	n, err := io.Copy(io.Discard, s)
+	var dst io.Writer = io.Discard
+	if dir != "" {
+		f, err := os.CreateTemp(dir, "raw-")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		dst = f
+	}
+	n, err := io.Copy(dst, s)
 	if err != nil {
 		tb.Fatal(err)
+	}
+	if f, ok := dst.(*os.File); ok {
+		if err := f.Sync(); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	return n, time.Since(start)
 }
@@ -167,7 +183,8 @@ func mbps(n int64, d time.Duration) float64 { return float64(n) / 1e6 / d.Second
 // bytes read from the same files and sent over one raw libp2p stream of
 // the same transport between the same hosts, received into io.Discard;
 // it runs before and after the download and the mean is the baseline. The
-// download also verifies every chunk, writes it and fsyncs the item.
+// download also verifies every chunk, writes it and fsyncs the item, so a
+// second baseline writes the raw stream into one file and fsyncs it.
 func BenchmarkDownload1GiB(b *testing.B) {
 	root := filepath.Join(b.TempDir(), "item")
 	writeBenchItem(b, root, 64, 1<<30)
@@ -178,13 +195,17 @@ func BenchmarkDownload1GiB(b *testing.B) {
 				src, dst := testHost(b, tr), testHost(b, tr)
 				serve(src, sv)
 				connect(b, dst, src)
-				n, raw1 := rawPull(b, dst, src.ID())
-				dl, _ := benchDownload(b, dst, sv, []peer.ID{src.ID()}, b.TempDir())
-				_, raw2 := rawPull(b, dst, src.ID())
+				disk := b.TempDir()
+				n, raw1 := rawPull(b, dst, src.ID(), "")
+				_, toDisk := rawPull(b, dst, src.ID(), disk)
+				dl, _ := benchDownload(b, dst, sv, []peer.ID{src.ID()}, disk)
+				_, raw2 := rawPull(b, dst, src.ID(), "")
 				raw := (raw1 + raw2) / 2
 				b.ReportMetric(mbps(n, raw), "raw_MB/s")
+				b.ReportMetric(mbps(n, toDisk), "rawdisk_MB/s")
 				b.ReportMetric(mbps(n, dl), "download_MB/s")
 				b.ReportMetric(raw.Seconds()/dl.Seconds(), "ratio")
+				b.ReportMetric(toDisk.Seconds()/dl.Seconds(), "ratio_disk")
 			}
 		})
 	}
