@@ -98,6 +98,7 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("GET /v1/rooms/{topic}/state", n.handleRoomState)
 	mux.HandleFunc("GET /v1/rooms/{topic}/state/{key}", n.handleRoomStateKey)
 	mux.HandleFunc("PUT /v1/rooms/{topic}/state/{key}", n.handlePutRoomState)
+	n.roomRoutes(mux)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := routes[r.URL.Path]; ok {
 			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s takes GET, not %s", r.URL.Path, r.Method))
@@ -213,38 +214,9 @@ func (n *Node) handleDoc(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (n *Node) handleEvents(w http.ResponseWriter, r *http.Request) {
-	fl, ok := w.(http.Flusher)
-	if !ok {
-		writeError(w, http.StatusInternalServerError, "no_streaming", "streaming unsupported")
-		return
-	}
 	ch, cancel := n.Events.Subscribe(256)
 	defer cancel()
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	fmt.Fprint(w, ": meshnode events\n\n")
-	fl.Flush()
-	keep := time.NewTicker(15 * time.Second)
-	defer keep.Stop()
-	for {
-		select {
-		case <-r.Context().Done():
-			return
-		case <-n.apiStopping:
-			return // end the stream cleanly: the node is stopping
-		case <-keep.C:
-			fmt.Fprint(w, ": keep-alive\n\n")
-			fl.Flush()
-		case ev, ok := <-ch:
-			if !ok {
-				return
-			}
-			b, _ := json.Marshal(ev)
-			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev.Type, b)
-			fl.Flush()
-		}
-	}
+	streamSSE(n, w, r, "meshnode events", ch, func(ev Event) (string, any) { return ev.Type, ev })
 }
 
 // RoomStateValue is GET and PUT /v1/rooms/{topic}/state/{key}.

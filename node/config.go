@@ -87,6 +87,10 @@ type Config struct {
 	// ScanInterval between full rescans of the share folder, which repair
 	// missed watch events [scan-interval]. Default 10m.
 	ScanInterval time.Duration
+	// RoomLease is how long a room presence lease in the document lasts;
+	// it is renewed at half its life while the topic is open. Liveness in
+	// between comes from heartbeats.
+	RoomLease time.Duration
 
 	// Logger receives the node's logs (not configurable from outside).
 	Logger zerolog.Logger
@@ -111,6 +115,7 @@ func DefaultConfig() Config {
 		RelayMaxReservations: mesh.DefaultRelayLimits().MaxReservations,
 		RelayMaxCircuits:     mesh.DefaultRelayLimits().MaxCircuits,
 		ScanInterval:         10 * time.Minute,
+		RoomLease:            10 * time.Minute,
 		Logger:               zerolog.Nop(),
 	}
 }
@@ -174,6 +179,9 @@ func (c *Config) validate() error {
 	}
 	if c.ScanInterval < time.Second {
 		errs = append(errs, fmt.Errorf("scan-interval: %v is below 1s", c.ScanInterval))
+	}
+	if c.RoomLease < time.Second {
+		errs = append(errs, fmt.Errorf("room-lease: %v is below 1s", c.RoomLease))
 	}
 	if c.LastSeenEvery < time.Second {
 		errs = append(errs, fmt.Errorf("last-seen-every: %v is below 1s", c.LastSeenEvery))
@@ -244,6 +252,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.Var(listFlag{&c.Relays}, "relay", "comma-separated relay multiaddrs ending in /p2p/<id> to be reachable through")
 	fs.StringVar(&c.Share, "share", c.Share, "share folder: each subfolder is an item (default: share inside the data dir)")
 	fs.DurationVar(&c.ScanInterval, "scan-interval", c.ScanInterval, "time between full rescans of the share folder")
+	fs.DurationVar(&c.RoomLease, "room-lease", c.RoomLease, "lifetime of a room presence lease in the document (renewed at half)")
 }
 
 // EnvPrefix starts every environment variable of meshnode.

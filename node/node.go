@@ -23,6 +23,7 @@ import (
 	"github.com/meshnode/meshnode/internal/atomicfile"
 	"github.com/meshnode/meshnode/internal/zslog"
 	"github.com/meshnode/meshnode/mesh"
+	"github.com/meshnode/meshnode/room"
 	"github.com/meshnode/meshnode/transfer"
 )
 
@@ -46,6 +47,7 @@ type Node struct {
 	RelayService *mesh.RelayService // nil without --relay-service
 	RelayClient  *mesh.RelayClient  // nil without --relay
 	Library      *transfer.Library
+	Rooms        *room.Manager
 	Events       *Bus
 
 	ps       *pubsub.PubSub
@@ -219,6 +221,12 @@ func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 		Protocol: n.Fleet.Protocol("xfer/1"), Handle: n.Auth.Handle, Logger: lg,
 		ScanInterval: n.cfg.ScanInterval, OnEvent: n.Events.Publish,
 	})
+	n.Rooms = room.NewManager(room.Config{
+		Self: n.Host.ID(), Doc: n.Doc, PubSub: n.ps, Logger: lg, OnEvent: n.Events.Publish,
+		TopicName: func(id room.ID) string { return n.Fleet.Topic("room/" + id.String()) },
+		Alive:     func(p peer.ID) bool { return n.Membership.Members()[p].State == mesh.StateAlive },
+		LeaseTTL:  n.cfg.RoomLease,
+	})
 	n.Doc.Watch(func(ev crdt.Event) {
 		n.Events.Publish(EventDocChanged, map[string]any{"local": ev.Local, "heads": crdt.HashStrings(ev.Heads)})
 	})
@@ -288,6 +296,7 @@ func (n *Node) Run(ctx context.Context) error {
 			{Name: "discovery", Policy: BestEffort, Run: n.Discovery.Run},
 			{Name: "mesh", Policy: Restart, Run: n.Mesh.Run},
 			{Name: "library", Policy: Restart, Run: n.Library.Run},
+			{Name: "rooms", Policy: Restart, Run: n.Rooms.Run},
 			{Name: "api", Policy: Required, Run: func(ctx context.Context) error {
 				go func() {
 					<-ctx.Done()

@@ -1,0 +1,175 @@
+package node
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+	"unicode/utf8"
+
+	"github.com/meshnode/meshnode/room"
+)
+
+func (n *Node) roomRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/rooms", n.handleRooms)
+	mux.HandleFunc("POST /v1/rooms/{topic}/join", n.roomAction(n.Rooms.Join))
+	mux.HandleFunc("DELETE /v1/rooms/{topic}/join", n.roomAction(n.Rooms.Leave))
+	mux.HandleFunc("POST /v1/rooms/{topic}/offer", n.roomAction(n.Rooms.Offer))
+	mux.HandleFunc("POST /v1/rooms/{topic}/rotate", n.roomAction(func(t string) error { _, err := n.Rooms.Rotate(t); return err }))
+	mux.HandleFunc("POST /v1/rooms/{topic}/messages", n.handleRoomSend)
+	mux.HandleFunc("GET /v1/rooms/{topic}/events", n.handleRoomEvents)
+}
+
+func (n *Node) handleRooms(w http.ResponseWriter, r *http.Request) {
+	st, err := n.Rooms.Rooms()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "doc_read", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// roomError answers a room error with the status that fits it.
+func roomError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, room.ErrBadTopic):
+		writeError(w, http.StatusBadRequest, "bad_topic", err.Error())
+	case errors.Is(err, room.ErrNotJoined):
+		writeError(w, http.StatusConflict, "not_joined", err.Error())
+	case errors.Is(err, room.ErrNotConnected):
+		writeError(w, http.StatusConflict, "not_connected", err.Error()+"; the room is being set up, try again in a moment")
+	case errors.Is(err, room.ErrTooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", err.Error())
+	default:
+		writeError(w, http.StatusInternalServerError, "room", err.Error())
+	}
+}
+
+// roomAction runs fn on the topic and answers with the topic's status.
+func (n *Node) roomAction(fn func(topic string) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		topic := r.PathValue("topic")
+		if err := fn(topic); err != nil {
+			roomError(w, err)
+			return
+		}
+		st, _ := n.Rooms.Rooms()
+		for _, s := range st {
+			if s.Topic == topic {
+				writeJSON(w, http.StatusOK, s)
+				return
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"topic": topic})
+	}
+}
+
+// SendRequest is the body of POST /v1/rooms/{topic}/messages: a type and
+// either text or a base64 payload.
+type SendRequest struct {
+	Type    string `json:"type"`
+	Text    string `json:"text,omitempty"`
+	Payload []byte `json:"payload,omitempty"`
+}
+
+// RoomMessage is a room message as the API shows it: the payload in
+// base64, and as text too when it is UTF-8.
+type RoomMessage struct {
+	room.Message
+	Text string `json:"text,omitempty"`
+}
+
+func apiMessage(m room.Message) RoomMessage {
+	out := RoomMessage{Message: m}
+	if utf8.Valid(m.Payload) {
+		out.Text = string(m.Payload)
+	}
+	return out
+}
+
+func (n *Node) handleRoomSend(w http.ResponseWriter, r *http.Request) {
+	var req SendRequest
+	body, err := io.ReadAll(io.LimitReader(r.Body, 4*room.MaxPayload))
+	if err == nil {
+		err = json.Unmarshal(body, &req)
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_body", "want JSON {\"type\": ..., \"text\": ...} or {\"type\": ..., \"payload\": base64}: "+err.Error())
+		return
+	}
+	payload := req.Payload
+	if req.Text != "" {
+		if len(payload) > 0 {
+			writeError(w, http.StatusBadRequest, "bad_body", "give text or payload, not both")
+			return
+		}
+		payload = []byte(req.Text)
+	}
+	m, err := n.Rooms.Send(r.Context(), r.PathValue("topic"), req.Type, payload)
+	if err != nil {
+		roomError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, apiMessage(m))
+}
+
+// RoomEvent is one event of GET /v1/rooms/{topic}/events.
+type RoomEvent struct {
+	room.Event
+	Message *RoomMessage `json:"message,omitempty"`
+}
+
+func (n *Node) handleRoomEvents(w http.ResponseWriter, r *http.Request) {
+	ch, cancel, err := n.Rooms.Subscribe(r.PathValue("topic"), 1024)
+	if err != nil {
+		roomError(w, err)
+		return
+	}
+	defer cancel()
+	streamSSE(n, w, r, "meshnode room "+r.PathValue("topic"), ch, func(ev room.Event) (string, any) {
+		out := RoomEvent{Event: ev}
+		if ev.Message != nil {
+			m := apiMessage(*ev.Message)
+			out.Message = &m
+		}
+		return ev.Type, out
+	})
+}
+
+// streamSSE writes each value from ch as a server-sent event until the
+// client goes, the channel closes or the node stops.
+func streamSSE[T any](n *Node, w http.ResponseWriter, r *http.Request, hello string, ch <-chan T, render func(T) (string, any)) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, http.StatusInternalServerError, "no_streaming", "streaming unsupported")
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, ": %s\n\n", hello)
+	fl.Flush()
+	keep := time.NewTicker(15 * time.Second)
+	defer keep.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-n.apiStopping:
+			return // end the stream cleanly: the node is stopping
+		case <-keep.C:
+			fmt.Fprint(w, ": keep-alive\n\n")
+			fl.Flush()
+		case v, ok := <-ch:
+			if !ok {
+				return
+			}
+			typ, body := render(v)
+			b, _ := json.Marshal(body)
+			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", typ, b)
+			fl.Flush()
+		}
+	}
+}

@@ -1,0 +1,289 @@
+package room
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+var t0 = time.UnixMilli(1_800_000_000_000)
+
+func testPeer(t testing.TB) peer.ID {
+	t.Helper()
+	_, pub, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestCredsRoundTripAndRejects(t *testing.T) {
+	c := NewCreds(t0, time.Hour)
+	got, err := ParseCreds(c.Encode(), t0.Add(time.Minute))
+	if err != nil || got != c {
+		t.Fatalf("round trip: %v, %+v != %+v", err, got, c)
+	}
+	if _, err := ParseCreds(c.Encode(), t0.Add(time.Hour)); !errors.Is(err, ErrBadCreds) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("expired creds: %v", err)
+	}
+	raw := []byte(c.Encode())
+	v2 := NewCreds(t0, time.Hour)
+	b := mustDecode(t, v2.Encode())
+	b[0] = 2
+	for name, s := range map[string]string{
+		"empty":         "",
+		"not base64":    "!!!",
+		"short":         string(raw[:20]),
+		"long":          string(raw) + "AAAA",
+		"version 2":     encodeRaw(b),
+		"zero times":    encodeRaw(append(mustDecode(t, c.Encode())[:49], make([]byte, 16)...)),
+		"expires first": (Creds{ID: c.ID, Created: 10, Expires: 5}).Encode(),
+		"zero id":       (Creds{Created: 1, Expires: 5}).Encode(),
+	} {
+		_, err := DecodeCreds(s)
+		if !errors.Is(err, ErrBadCreds) {
+			t.Errorf("%s: got %v, want ErrBadCreds", name, err)
+		}
+		if name == "version 2" && !strings.Contains(err.Error(), "unknown version 2") {
+			t.Errorf("version 2: %v does not name the version", err)
+		}
+	}
+}
+
+func FuzzDecodeCreds(f *testing.F) {
+	f.Add(NewCreds(t0, time.Hour).Encode())
+	f.Add("")
+	f.Add("AQ")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := DecodeCreds(s)
+		if err != nil {
+			return
+		}
+		again, err := DecodeCreds(c.Encode())
+		if err != nil || again != c {
+			t.Fatalf("decoded creds do not round-trip: %v", err)
+		}
+	})
+}
+
+func TestSealOpen(t *testing.T) {
+	c := NewCreds(t0, time.Hour)
+	s := newSealer(c)
+	m := Message{Sender: testPeer(t), Epoch: 7, Seq: 3, Type: "chat", Payload: []byte("hello room")}
+	b, err := s.seal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, m.Payload) || bytes.Contains(b, []byte("chat")) {
+		t.Fatal("sealed message shows its plaintext")
+	}
+	got, err := s.open(b)
+	if err != nil || got.Sender != m.Sender || got.Seq != 3 || got.Epoch != 7 || got.Type != "chat" || string(got.Payload) != "hello room" {
+		t.Fatalf("open: %v %+v", err, got)
+	}
+	other := newSealer(NewCreds(t0, time.Hour))
+	if _, err := other.open(b); !errors.Is(err, ErrBadMessage) {
+		t.Fatalf("another room's key opened it: %v", err)
+	}
+	moved := newSealer(Creds{ID: NewCreds(t0, time.Hour).ID, Secret: c.Secret})
+	if _, err := moved.open(b); !errors.Is(err, ErrBadMessage) {
+		t.Fatalf("the same secret under another room ID opened it: %v", err)
+	}
+	for i := range b {
+		tampered := bytes.Clone(b)
+		tampered[i] ^= 1
+		if _, err := s.open(tampered); err == nil {
+			t.Fatalf("a message with byte %d flipped opened", i)
+		}
+	}
+	if _, err := s.seal(Message{Sender: m.Sender, Seq: 1, Payload: make([]byte, MaxPayload+1)}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversized payload: %v", err)
+	}
+	if _, err := s.seal(Message{Sender: m.Sender, Seq: 1, Type: strings.Repeat("t", MaxType+1)}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversized type: %v", err)
+	}
+}
+
+func FuzzOpenMessage(f *testing.F) {
+	s := newSealer(Creds{ID: ID{1}, Secret: [32]byte{2}, Created: 1, Expires: 2})
+	b, _ := s.seal(Message{Sender: peer.ID("\x00\x04abcd"), Epoch: 1, Seq: 1, Type: "t", Payload: []byte("p")})
+	f.Add(b)
+	f.Add([]byte{1})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = s.open(b)
+	})
+}
+
+func FuzzDecodePlain(f *testing.F) {
+	f.Add(encodePlain(Message{Sender: peer.ID("\x00\x04abcd"), Epoch: 1, Seq: 2, Type: "t", Payload: []byte("p")}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := decodePlain(b)
+		if err != nil {
+			return
+		}
+		again, err := decodePlain(encodePlain(m))
+		if err != nil || again.Sender != m.Sender || again.Seq != m.Seq || again.Epoch != m.Epoch || again.Type != m.Type || !bytes.Equal(again.Payload, m.Payload) {
+			t.Fatalf("decoded message does not round-trip: %v", err)
+		}
+	})
+}
+
+func seqs(ms []Message) []uint64 {
+	var out []uint64
+	for _, m := range ms {
+		out = append(out, m.Seq)
+	}
+	return out
+}
+
+func TestInboxOrdersDropsAndReportsGaps(t *testing.T) {
+	in := newInbox(time.Second)
+	p := testPeer(t)
+	msg := func(epoch, seq uint64) Message { return Message{Sender: p, Epoch: epoch, Seq: seq} }
+	var got []uint64
+	add := func(m Message, now time.Time) (dup bool) {
+		d, g, dup := in.add(m, now)
+		if len(g) != 0 {
+			t.Fatalf("unexpected gap %v", g)
+		}
+		got = append(got, seqs(d)...)
+		return dup
+	}
+	add(msg(1, 5), t0) // a first message starts the sender's stream
+	add(msg(1, 7), t0)
+	add(msg(1, 8), t0)
+	if len(got) != 1 {
+		t.Fatalf("delivered %v before 6 arrived", got)
+	}
+	add(msg(1, 6), t0)
+	if !add(msg(1, 6), t0) || !add(msg(1, 4), t0) {
+		t.Fatal("a duplicate or an old message was not dropped")
+	}
+	if want := []uint64{5, 6, 7, 8}; !equal(got, want) {
+		t.Fatalf("delivered %v, want %v", got, want)
+	}
+	add(msg(1, 11), t0)
+	if d, g := in.expire(t0.Add(500 * time.Millisecond)); len(d)+len(g) != 0 {
+		t.Fatal("gave up on a gap before the wait")
+	}
+	d, g := in.expire(t0.Add(2 * time.Second))
+	if len(g) != 1 || g[0].From != 9 || g[0].To != 10 || !equal(seqs(d), []uint64{11}) {
+		t.Fatalf("gap report %v, delivered %v", g, seqs(d))
+	}
+	// A new epoch restarts the sequence; the old epoch is a replay.
+	got = nil
+	add(msg(2, 1), t0)
+	if !add(msg(1, 12), t0) {
+		t.Fatal("a message from an older epoch was not dropped")
+	}
+	if !equal(got, []uint64{1}) {
+		t.Fatalf("new epoch delivered %v", got)
+	}
+	// A late joiner's history sets where a sender stands.
+	q := testPeer(t)
+	in.start(q, 3, 10)
+	if _, _, dup := in.add(Message{Sender: q, Epoch: 3, Seq: 10}, t0); !dup {
+		t.Fatal("a message the history covered was delivered again")
+	}
+	if d, _, _ := in.add(Message{Sender: q, Epoch: 3, Seq: 11}, t0); len(d) != 1 {
+		t.Fatal("the message after the history was not delivered")
+	}
+}
+
+func equal(a, b []uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func kinds(acts []Action) string {
+	var b strings.Builder
+	for _, a := range acts {
+		b.WriteString([]string{"M", "C", "D"}[a.Kind])
+	}
+	return b.String()
+}
+
+func TestReconcile(t *testing.T) {
+	cur := NewCreds(t0, time.Hour)
+	old := NewCreds(t0, time.Hour)
+	minted := NewCreds(t0, time.Hour)
+	mint := func() Creds { return minted }
+	expired := NewCreds(t0.Add(-2*time.Hour), time.Hour)
+	base := View{Now: t0, Open: true, PeerPresent: true, ConnectTimeout: 10 * time.Second}
+	with := func(f func(*View)) View { v := base; f(&v); return v }
+	for _, tc := range []struct {
+		name string
+		v    View
+		want string
+	}{
+		{"closed: drop everything", with(func(v *View) { v.Open = false; v.Links = []Link{{Room: cur.ID}} }), "D"},
+		{"no peer: tear down", with(func(v *View) {
+			v.PeerPresent = false
+			v.Creds = cur.Encode()
+			v.Links = []Link{{Room: cur.ID, State: Connected}}
+		}), "D"},
+		{"no peer, nothing to do", with(func(v *View) { v.PeerPresent = false }), ""},
+		{"no creds, peer present: mint and connect", base, "MC"},
+		{"no creds, offered alone: mint and connect", with(func(v *View) { v.PeerPresent = false; v.Hold = true }), "MC"},
+		{"expired creds: re-mint, connect, drop old", with(func(v *View) { v.Creds = expired.Encode(); v.Links = []Link{{Room: expired.ID, State: Connected}} }), "MCD"},
+		{"garbage creds: mint", with(func(v *View) { v.Creds = "garbage" }), "MC"},
+		{"connected to the advertised room: nothing", with(func(v *View) { v.Creds = cur.Encode(); v.Links = []Link{{Room: cur.ID, State: Connected}} }), ""},
+		{"creds changed: connect new, then drop old", with(func(v *View) { v.Creds = cur.Encode(); v.Links = []Link{{Room: old.ID, State: Connected}} }), "CD"},
+		{"migrating: new one linked, old dropped", with(func(v *View) {
+			v.Creds = cur.Encode()
+			v.Links = []Link{{Room: old.ID, State: Connected}, {Room: cur.ID, State: Connecting, Since: t0}}
+		}), "D"},
+		{"connecting within the timeout: wait", with(func(v *View) {
+			v.Creds = cur.Encode()
+			v.Links = []Link{{Room: cur.ID, Since: t0.Add(-5 * time.Second)}}
+		}), ""},
+		{"stuck connecting: sweep", with(func(v *View) {
+			v.Creds = cur.Encode()
+			v.Links = []Link{{Room: cur.ID, Since: t0.Add(-11 * time.Second)}}
+		}), "D"},
+	} {
+		acts := Reconcile(tc.v, mint)
+		if got := kinds(acts); got != tc.want {
+			t.Errorf("%s: actions %q (%+v), want %q", tc.name, got, acts, tc.want)
+		}
+	}
+	// The order and targets of a migration.
+	acts := Reconcile(with(func(v *View) { v.Creds = cur.Encode(); v.Links = []Link{{Room: old.ID, State: Connected}} }), mint)
+	if acts[0].Creds.ID != cur.ID || acts[1].Room != old.ID {
+		t.Fatalf("migration: %+v", acts)
+	}
+	// After a sweep, the next pass (no link left) connects again.
+	if got := kinds(Reconcile(with(func(v *View) { v.Creds = cur.Encode() }), mint)); got != "C" {
+		t.Fatalf("after a sweep: %q, want a new connect", got)
+	}
+}
+
+func mustDecode(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func encodeRaw(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
