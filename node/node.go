@@ -226,7 +226,9 @@ func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 		TopicName: func(id room.ID) string { return n.Fleet.Topic("room/" + id.String()) },
 		Alive:     func(p peer.ID) bool { return n.Membership.Members()[p].State == mesh.StateAlive },
 		LeaseTTL:  n.cfg.RoomLease,
+		Host:      n.Host, HistoryProtocol: n.Fleet.Protocol("room/1"),
 	})
+	n.Auth.Handle(n.Fleet.Protocol("room/1"), n.Rooms.HandleHistory)
 	n.Doc.Watch(func(ev crdt.Event) {
 		n.Events.Publish(EventDocChanged, map[string]any{"local": ev.Local, "heads": crdt.HashStrings(ev.Heads)})
 	})

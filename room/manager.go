@@ -9,7 +9,9 @@ import (
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/rs/zerolog"
 
 	"github.com/meshnode/meshnode/crdt"
@@ -57,6 +59,11 @@ type Config struct {
 	// History is how many recent messages each topic keeps for late
 	// joiners. Default 256.
 	History int
+	// Host and HistoryProtocol let a late joiner fetch recent messages
+	// from a participant (HandleHistory serves them). Without a Host,
+	// joiners start with live messages only.
+	Host            host.Host
+	HistoryProtocol protocol.ID
 }
 
 func (c *Config) defaults() {
@@ -114,9 +121,19 @@ type topicState struct {
 	current    ID // the advertised room, once linked
 	inbox      *inbox
 	recent     []Message // last History messages, oldest first
-	subs       map[int]chan Event
-	nextSub    int
-	stats      TopicStats
+	// A joiner holds live messages in pending while it fetches history
+	// (catching), then delivers history, then pending, through the inbox,
+	// so the seam has no duplicate. Until refillUntil, a gap held in the
+	// inbox triggers one more fetch, which fills it if a participant has
+	// the missing messages.
+	needHistory bool
+	catching    bool
+	pending     []Message
+	refillUntil time.Time
+	refilling   bool
+	subs        map[int]chan Event
+	nextSub     int
+	stats       TopicStats
 }
 
 // TopicStats counts a topic's traffic on this node.
@@ -145,7 +162,8 @@ type link struct {
 
 // Event is what a topic's subscribers receive.
 type Event struct {
-	Type    string   `json:"type"` // message, gap, connected, dropped
+	Type    string   `json:"type"`              // message, gap, joining, connected, dropped, live
+	History bool     `json:"history,omitempty"` // a message from before this node joined
 	Topic   string   `json:"topic"`
 	Room    string   `json:"room,omitempty"`
 	Message *Message `json:"message,omitempty"`
@@ -273,6 +291,7 @@ func (m *Manager) Leave(topic string) error {
 	}
 	ts.open, ts.hold = false, false
 	ts.leaseUntil = time.Time{}
+	ts.recent = nil // a later join catches up afresh; the inbox still drops what was seen
 	m.mu.Unlock()
 	err := m.writeLeases([]string{topic}, 0)
 	m.poke()
@@ -374,6 +393,10 @@ func (m *Manager) reconcileAll() {
 				l.state = Connected
 				m.emitLocked(ts, Event{Type: "connected", Room: id.String()})
 				m.cfg.OnEvent("room.connected", map[string]any{"topic": name, "room": id.String()})
+				if ts.needHistory {
+					ts.needHistory = false
+					m.startCatchUp(ts, l, r, now, false)
+				}
 			}
 			v.Links = append(v.Links, Link{Room: id, State: l.state, Since: l.since})
 		}
@@ -393,6 +416,11 @@ func (m *Manager) reconcileAll() {
 					ts.stats.Sweeps++
 				}
 				m.dropLocked(ts, a.Room, a.Why)
+			}
+		}
+		if now.Before(ts.refillUntil) && !ts.refilling && !ts.catching && ts.inbox.holding() {
+			if l := ts.links[ts.current]; l != nil {
+				m.startCatchUp(ts, l, r, now, true)
 			}
 		}
 		d, gaps := ts.inbox.expire(now)
@@ -453,8 +481,14 @@ func (m *Manager) connectLocked(ts *topicState, c Creds, now time.Time) error {
 	}
 	ctx, cancel := context.WithCancel(m.ctx)
 	l := &link{name: name, creds: c, sealer: s, topic: t, sub: sub, state: Connecting, since: now, cancel: cancel, done: make(chan struct{})}
+	if len(ts.links) == 0 && ts.open && m.cfg.Host != nil && len(ts.recent) == 0 {
+		// A join, not a migration: take history once connected, and
+		// hold live messages until then.
+		ts.needHistory, ts.catching = true, true
+	}
 	ts.links[c.ID] = l
 	ts.current = c.ID
+	m.emitLocked(ts, Event{Type: "joining", Room: c.ID.String()})
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -512,29 +546,91 @@ func (m *Manager) receive(ctx context.Context, ts *topicState, l *link) {
 		case mm.Sender != msg.GetFrom():
 			ts.stats.Rejected++
 			m.lg.Warn().Str("topic", ts.name).Str("from", msg.GetFrom().String()).Str("claimed", mm.Sender.String()).Msg("room message with a forged sender dropped")
+		case ts.catching:
+			ts.pending = append(ts.pending, mm)
 		default:
-			d, gaps, dup := ts.inbox.add(mm, m.cfg.Now())
-			if dup {
-				ts.stats.Dups++
-			}
-			m.deliverLocked(ts, d, gaps)
+			m.addLocked(ts, mm, false)
 		}
 		m.mu.Unlock()
 	}
 }
 
-func (m *Manager) deliverLocked(ts *topicState, d []Message, gaps []Gap) {
+func (m *Manager) addLocked(ts *topicState, mm Message, history bool) {
+	d, gaps, dup := ts.inbox.add(mm, m.cfg.Now())
+	if dup {
+		ts.stats.Dups++
+	}
+	m.deliverLocked(ts, d, gaps, history)
+}
+
+// startCatchUp fetches history for a joiner (or, with refill, once more
+// to fill a gap) from a present participant, on a goroutine Run waits
+// for.
+func (m *Manager) startCatchUp(ts *topicState, l *link, r crdt.Room, now time.Time, refill bool) {
+	var cands []peer.ID
+	inTopic := map[peer.ID]bool{}
+	for _, p := range l.topic.ListPeers() {
+		inTopic[p] = true
+	}
+	for p, exp := range r.Presence {
+		id, err := peer.Decode(p)
+		if err != nil || id == m.cfg.Self || exp <= now.UnixMilli() || !m.cfg.Alive(id) {
+			continue
+		}
+		cands = append(cands, id)
+	}
+	sort.Slice(cands, func(i, j int) bool { return inTopic[cands[i]] && !inTopic[cands[j]] })
+	if refill {
+		ts.refilling = true
+	}
+	ctx := m.ctx
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		var hist []Message
+		var from peer.ID
+		for _, p := range cands {
+			h, err := m.fetchHistory(ctx, p, l)
+			if err == nil {
+				hist, from = h, p
+				break
+			}
+			m.lg.Debug().Str("topic", ts.name).Str("peer", p.String()).Err(err).Msg("history fetch failed")
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, h := range hist {
+			if h.Sender != m.cfg.Self {
+				m.addLocked(ts, h, !refill)
+			}
+		}
+		if refill {
+			ts.refilling = false
+			ts.refillUntil = time.Time{}
+			return
+		}
+		for _, p := range ts.pending {
+			m.addLocked(ts, p, false)
+		}
+		ts.pending, ts.catching = nil, false
+		ts.refillUntil = m.cfg.Now().Add(2 * m.cfg.GapWait)
+		m.emitLocked(ts, Event{Type: "live", Room: l.creds.ID.String(), Why: fmt.Sprintf("%d messages of history from %s", len(hist), from)})
+	}()
+}
+
+func (m *Manager) deliverLocked(ts *topicState, d []Message, gaps []Gap, history ...bool) {
 	for i := range gaps {
 		ts.stats.Gaps++
 		g := gaps[i]
 		m.emitLocked(ts, Event{Type: "gap", Gap: &g})
 		m.cfg.OnEvent("room.gap", map[string]any{"topic": ts.name, "sender": g.Sender.String(), "from": g.From, "to": g.To})
 	}
+	hist := len(history) > 0 && history[0]
 	for i := range d {
 		ts.stats.Received++
 		m.remember(ts, d[i])
 		msg := d[i]
-		m.emitLocked(ts, Event{Type: "message", Message: &msg})
+		m.emitLocked(ts, Event{Type: "message", Message: &msg, History: hist})
 	}
 }
 
@@ -680,4 +776,23 @@ func (m *Manager) Rooms() ([]Status, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Topic < out[j].Topic })
 	return out, nil
+}
+
+// PublishSealed publishes bytes already sealed for the topic's current
+// room, as they are: a relay of a captured message, which receivers judge
+// like any other (a test uses it to replay one).
+func (m *Manager) PublishSealed(ctx context.Context, topic string, b []byte) error {
+	m.mu.Lock()
+	ts := m.topics[topic]
+	var t *pubsub.Topic
+	if ts != nil {
+		if l := ts.links[ts.current]; l != nil {
+			t = l.topic
+		}
+	}
+	m.mu.Unlock()
+	if t == nil {
+		return fmt.Errorf("%w: %s", ErrNotConnected, topic)
+	}
+	return t.Publish(ctx, b)
 }

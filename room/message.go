@@ -121,9 +121,10 @@ func decodePlain(b []byte) (Message, error) {
 //
 // so a message cannot be moved to another room or read without the creds.
 type sealer struct {
-	id   ID
-	aead cipher.AEAD
-	ad   []byte
+	id      ID
+	aead    cipher.AEAD
+	ad      []byte
+	histKey []byte // proves knowledge of the creds in history requests
 }
 
 func newSealer(c Creds) *sealer {
@@ -132,7 +133,8 @@ func newSealer(c Creds) *sealer {
 		panic(err) // only for a length hkdf cannot produce
 	}
 	aead, _ := chacha20poly1305.NewX(key) // only fails on a wrong key size
-	return &sealer{id: c.ID, aead: aead, ad: append([]byte{wireVersion}, c.ID[:]...)}
+	hk, _ := hkdf.Key(sha256.New, c.Secret[:], c.ID[:], "meshnode room history v1", 32)
+	return &sealer{id: c.ID, aead: aead, ad: append([]byte{wireVersion}, c.ID[:]...), histKey: hk}
 }
 
 func (s *sealer) seal(m Message) ([]byte, error) {

@@ -30,8 +30,8 @@ Usage:
   meshnode library [--json]     every item in the fleet, and its state here
   meshnode get ITEM             download an item, with live progress
   meshnode events [--json]      follow the node's events, one per line
-  meshnode room state TOPIC [KEY [VALUE]]
-                                show or set a room's durable state
+  meshnode room list|join|offer|leave|send|tail|state ...
+                                live rooms: meshnode room for the details
   meshnode fleet token          print the token other machines join with
 
 Client commands take --data DIR to pick a node (default: the same data dir

@@ -226,12 +226,54 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 		{[]string{"room", "state", "a/b", "k", "v"}, "contains '/'"},
 		{[]string{"room", "state", "lobby", "big", strings.Repeat("x", 17<<10)}, "room state value is over 16384 bytes"},
 		{[]string{"room", "state", "lobby", "k", "v", "extra"}, `unexpected argument "extra"`},
-		{[]string{"room"}, "usage: meshnode room state"},
+		{[]string{"room"}, "usage: meshnode room COMMAND"},
+		{[]string{"room", "dance"}, `unknown room command "dance"`},
+		{[]string{"room", "send", "nowhere", "hi"}, "topic not joined here"},
+		{[]string{"room", "join", "a/b"}, "contains '/'"},
 	} {
 		if _, errOut, code := cli(t, append(tc.args, "--data", dir)...); code != 1 || !strings.Contains(errOut, tc.want) {
 			t.Errorf("meshnode %q: code %d, stderr %q; want %q", tc.args[:min(len(tc.args), 4)], code, errOut, tc.want)
 		}
 	}
+
+	// Live room: offer, follow it in its own process, send, list, leave.
+	if got, errOut, code := cli(t, "room", "offer", "lobby", "--data", dir); code != 0 || !strings.Contains(got, "offered lobby") {
+		t.Fatalf("room offer: code %d, %q %q", code, got, errOut)
+	}
+	tail := exec.Command(os.Args[0], "room", "tail", "lobby", "--data", dir)
+	tail.Env = append(os.Environ(), "MN_TEST_AS_MAIN=1")
+	tailOut := &syncBuffer{}
+	tail.Stdout, tail.Stderr = tailOut, tailOut
+	if err := tail.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tailDone := make(chan error, 1)
+	go func() { tailDone <- tail.Wait() }()
+	defer tail.Process.Kill()
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		got, errOut, code := cli(t, "room", "send", "lobby", "hi there", "--type", "chat", "--data", dir)
+		if code == 0 && strings.Contains(got, "sent #1") {
+			break
+		}
+		if !strings.Contains(errOut, "not connected") || time.Now().After(deadline) {
+			t.Fatalf("room send: code %d, %q %q", code, got, errOut)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for !strings.Contains(tailOut.String(), "#1 chat hi there") {
+		if time.Now().After(deadline) {
+			t.Fatalf("room tail never showed the message; output:\n%s", tailOut)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got, _, code := cli(t, "room", "list", "--data", dir); code != 0 || !strings.Contains(got, "lobby") || !strings.Contains(got, "offered") || !strings.Contains(got, "connected") {
+		t.Fatalf("room list: code %d, %q", code, got)
+	}
+	if got, errOut, code := cli(t, "room", "leave", "lobby", "--data", dir); code != 0 || !strings.Contains(got, "left lobby") {
+		t.Fatalf("room leave: code %d, %q %q", code, got, errOut)
+	}
+
 	deadline = time.Now().Add(10 * time.Second)
 	for !strings.Contains(evOut.String(), " doc.changed heads=") || !strings.Contains(evOut.String(), "local=true") {
 		if time.Now().After(deadline) {
@@ -266,6 +308,14 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("meshnode events still running 10s after the daemon stopped")
+	}
+	select {
+	case err := <-tailDone:
+		if err != nil {
+			t.Fatalf("meshnode room tail after the daemon stopped: %v; output:\n%s", err, tailOut)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("meshnode room tail still running 10s after the daemon stopped")
 	}
 	_, errOut, code = cli(t, "status", "--data", dir)
 	if code != 1 || !strings.Contains(errOut, "meshnode run") {
