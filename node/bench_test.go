@@ -152,30 +152,17 @@ func lastArrival(n, from int, d time.Duration, seen func(i int) (time.Time, bool
 	return last, true
 }
 
-// BenchmarkConvergence measures the time from a commit on one node until
-// every other node can read it, against raw GossipSub delivery of a
-// message of similar size over the same hosts, connections and pubsub
-// routers, interleaved round by round.
-func BenchmarkConvergence(b *testing.B) {
-	for _, tc := range []struct{ nodes, rounds int }{{10, 500}, {30, 150}} {
-		b.Run(fmt.Sprintf("nodes=%d", tc.nodes), func(b *testing.B) {
-			for range b.N {
-				benchConvergence(b, tc.nodes, tc.rounds)
-			}
-		})
-	}
-}
-
-func benchConvergence(b *testing.B, nodes, rounds int) {
-	c := newCluster(b, nodes, benchConfig())
-	waitFor(b, 60*time.Second, "every node authenticated", func() bool { return c.allAuthenticated(1) })
-	waitFor(b, 60*time.Second, "document converged", func() bool { return c.converged() })
-
-	a := &arrivals{doc: make([]map[crdt.Hash]time.Time, nodes), raw: make([]map[uint64]time.Time, nodes)}
+// rawTopic joins every node's pubsub router to an extra topic, the
+// baseline of the latency benchmarks: the same routers over the same
+// connections, without the document or a room. round publishes a
+// 256-byte message numbered r from node from and returns the time until
+// every other node got it (false if one did not within wait).
+func (a *arrivals) rawTopic(b *testing.B, c *cluster) (round func(r uint64, from int, wait time.Duration) (time.Duration, bool), stop func()) {
+	nodes := len(c.nodes)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	topics := make([]*pubsub.Topic, nodes)
-	defer a.watchDocs(c)()
+	subs := make([]*pubsub.Subscription, nodes)
 	for i, n := range c.nodes {
 		a.raw[i] = map[uint64]time.Time{}
 		t, err := n.ps.Join("bench/raw/" + n.Fleet.ID)
@@ -186,7 +173,7 @@ func benchConvergence(b *testing.B, nodes, rounds int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		topics[i] = t
+		topics[i], subs[i] = t, sub
 		self := n.ID()
 		wg.Add(1)
 		go func() {
@@ -208,17 +195,8 @@ func benchConvergence(b *testing.B, nodes, rounds int) {
 				a.mu.Unlock()
 			}
 		}()
-		defer sub.Cancel()
 	}
-	defer func() {
-		cancel()
-		wg.Wait()
-		for _, t := range topics {
-			_ = t.Close()
-		}
-	}()
-
-	rawRound := func(r uint64, from int, wait time.Duration) (time.Duration, bool) {
+	round = func(r uint64, from int, wait time.Duration) (time.Duration, bool) {
 		msg := make([]byte, 256) // about the size of a sealed one-key change
 		binary.BigEndian.PutUint64(msg, r)
 		start := time.Now()
@@ -228,6 +206,39 @@ func benchConvergence(b *testing.B, nodes, rounds int) {
 		t, ok := lastArrival(nodes, from, wait, func(i int) (time.Time, bool) { return a.rawAt(i, r) })
 		return t.Sub(start), ok
 	}
+	return round, func() {
+		cancel()
+		wg.Wait()
+		for i, t := range topics {
+			subs[i].Cancel()
+			_ = t.Close()
+		}
+	}
+}
+
+// BenchmarkConvergence measures the time from a commit on one node until
+// every other node can read it, against raw GossipSub delivery of a
+// message of similar size over the same hosts, connections and pubsub
+// routers, interleaved round by round.
+func BenchmarkConvergence(b *testing.B) {
+	for _, tc := range []struct{ nodes, rounds int }{{10, 500}, {30, 150}} {
+		b.Run(fmt.Sprintf("nodes=%d", tc.nodes), func(b *testing.B) {
+			for range b.N {
+				benchConvergence(b, tc.nodes, tc.rounds)
+			}
+		})
+	}
+}
+
+func benchConvergence(b *testing.B, nodes, rounds int) {
+	c := newCluster(b, nodes, benchConfig())
+	waitFor(b, 60*time.Second, "every node authenticated", func() bool { return c.allAuthenticated(1) })
+	waitFor(b, 60*time.Second, "document converged", func() bool { return c.converged() })
+
+	a := &arrivals{doc: make([]map[crdt.Hash]time.Time, nodes), raw: make([]map[uint64]time.Time, nodes)}
+	defer a.watchDocs(c)()
+	rawRound, stopRaw := a.rawTopic(b, c)
+	defer stopRaw()
 	docRound := func(r uint64, from int) time.Duration { return a.commitRound(b, c, int(r), from, nil) }
 	// Warm-up: GossipSub loses messages published before its meshes form,
 	// so probe the raw topic from every node until a whole pass arrives.

@@ -14,6 +14,7 @@ import (
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/gologshim"
 	ma "github.com/multiformats/go-multiaddr"
@@ -48,6 +49,7 @@ type Node struct {
 	RelayClient  *mesh.RelayClient  // nil without --relay
 	Library      *transfer.Library
 	Rooms        *room.Manager
+	roomConfig   room.Config // kept so that tests can rebuild Rooms with other timings
 	Events       *Bus
 
 	ps       *pubsub.PubSub
@@ -221,14 +223,15 @@ func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 		Protocol: n.Fleet.Protocol("xfer/1"), Handle: n.Auth.Handle, Logger: lg,
 		ScanInterval: n.cfg.ScanInterval, OnEvent: n.Events.Publish,
 	})
-	n.Rooms = room.NewManager(room.Config{
+	n.roomConfig = room.Config{
 		Self: n.Host.ID(), Doc: n.Doc, PubSub: n.ps, Logger: lg, OnEvent: n.Events.Publish,
 		TopicName: func(id room.ID) string { return n.Fleet.Topic("room/" + id.String()) },
 		Alive:     func(p peer.ID) bool { return n.Membership.Members()[p].State == mesh.StateAlive },
 		LeaseTTL:  n.cfg.RoomLease,
 		Host:      n.Host, HistoryProtocol: n.Fleet.Protocol("room/1"),
-	})
-	n.Auth.Handle(n.Fleet.Protocol("room/1"), n.Rooms.HandleHistory)
+	}
+	n.Rooms = room.NewManager(n.roomConfig)
+	n.Auth.Handle(n.Fleet.Protocol("room/1"), func(s network.Stream) { n.Rooms.HandleHistory(s) })
 	n.Doc.Watch(func(ev crdt.Event) {
 		n.Events.Publish(EventDocChanged, map[string]any{"local": ev.Local, "heads": crdt.HashStrings(ev.Heads)})
 	})

@@ -337,6 +337,7 @@ func TestRoomLateJoiner(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	earlyRecs := []*roomEvents{recordRoom(t, c.nodes[1], "session"), recordRoom(t, c.nodes[2], "session")}
 	for i := range 30 {
 		if _, err := a.Rooms.Send(ctx, "session", "chat", []byte(fmt.Sprintf("m%02d", i))); err != nil {
 			t.Fatal(err)
@@ -393,9 +394,23 @@ func TestRoomLateJoiner(t *testing.T) {
 	})
 	got, hist := dw.texts(a.ID())
 	if hist == 0 {
+		for _, ev := range dw.snapshot() {
+			if ev.Type != "message" {
+				t.Logf("D event %+v", ev)
+			}
+		}
 		t.Fatal("D got no message from history")
 	}
 	if got[0] != "m00" {
+		for i, r := range earlyRecs {
+			g, _ := r.texts(a.ID())
+			t.Logf("early node %d got from A: %v", i+1, g[:min(5, len(g))])
+			for _, ev := range r.snapshot() {
+				if ev.Type != "message" {
+					t.Logf("  event %+v", ev)
+				}
+			}
+		}
 		t.Fatalf("D's first message from A is %s, want m00 (history holds all 30)", got[0])
 	}
 	for i, s := range got {
@@ -429,7 +444,7 @@ func advertised(t *testing.T, n *Node, topic string) room.Creds {
 	return c
 }
 
-func topicStats(t *testing.T, n *Node, topic string) room.TopicStats {
+func topicStats(t testing.TB, n *Node, topic string) room.TopicStats {
 	t.Helper()
 	st, err := n.Rooms.Rooms()
 	if err != nil {
@@ -623,4 +638,52 @@ func TestRoomTeardownOnLeaseLapseAndRemint(t *testing.T) {
 		id, ok := inOneRoom(c.nodes, "duel")
 		return ok && id != short.ID.String()
 	})
+}
+
+// A link stuck connecting (a participant present by its lease, but not
+// in the room) is swept after the timeout and retried on a later pass;
+// once the participant really joins, the link connects.
+func TestRoomStuckLinkSweptAndRetried(t *testing.T) {
+	c := &cluster{t: t}
+	c.prepare = func(n *Node) {
+		n.roomConfig.ConnectTimeout = time.Second
+		n.Rooms = room.NewManager(n.roomConfig)
+	}
+	checkLeaks(t)
+	c.add()
+	c.add()
+	t.Cleanup(c.close)
+	a, b := c.nodes[0], c.nodes[1]
+	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	if _, err := b.Doc.Update("lease", func(tx *crdt.Tx) error {
+		tx.SetPresence("stuck", b.ID().String(), time.Now().Add(time.Minute).UnixMilli())
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rec := recordRoom(t, a, "stuck")
+	if err := a.Rooms.Join("stuck"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "a swept and joined again", func() bool {
+		joins := 0
+		for _, ev := range rec.snapshot() {
+			if ev.Type == "joining" {
+				joins++
+			}
+		}
+		return joins >= 2 && topicStats(t, a, "stuck").Sweeps >= 1
+	})
+	for _, ev := range rec.snapshot() {
+		if ev.Type == "connected" {
+			t.Fatal("a link with nobody in the room counted as connected")
+		}
+		if ev.Type == "dropped" && ev.Why != "stuck connecting; swept, retried next pass" {
+			t.Fatalf("dropped for %q", ev.Why)
+		}
+	}
+	if err := b.Rooms.Join("stuck"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "both in one room", func() bool { _, ok := inOneRoom(c.nodes, "stuck"); return ok })
 }

@@ -95,7 +95,7 @@ func (m *Manager) fetchHistory(ctx context.Context, p peer.ID, l *link) ([]Messa
 	if m.cfg.Host == nil {
 		return nil, fmt.Errorf("%w: no host to ask with", errHistory)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	st, err := m.cfg.Host.NewStream(ctx, p, m.cfg.HistoryProtocol)
 	if err != nil {

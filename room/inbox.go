@@ -23,17 +23,30 @@ type Gap struct {
 type inbox struct {
 	wait    time.Duration
 	senders map[peer.ID]*senderState
+	// joined is this node's own epoch on the topic. A sender whose epoch
+	// is not older joined while this node was in the room, so its stream
+	// is expected from seq 1: messages arrive out of order (GossipSub
+	// validates concurrently), and a later one seen first must not hide
+	// the earlier ones. A sender that joined before this node, met
+	// without history, starts at the lowest sequence number seen in its
+	// first settle period.
+	joined uint64
+	settle time.Duration
 }
 
 type senderState struct {
 	epoch uint64
-	next  uint64 // the sequence number to deliver next
+	next  uint64 // the sequence number to deliver next; 0 while settling
 	held  map[uint64]Message
 	since time.Time // when the oldest held message arrived
 }
 
+// settleFor is how long the first messages of a sender met mid-stream
+// are gathered before its stream starts at the lowest.
+const settleFor = 200 * time.Millisecond
+
 func newInbox(wait time.Duration) *inbox {
-	return &inbox{wait: wait, senders: map[peer.ID]*senderState{}}
+	return &inbox{wait: wait, settle: settleFor, senders: map[peer.ID]*senderState{}}
 }
 
 // start records where a sender's stream stands without delivering
@@ -46,7 +59,6 @@ func (in *inbox) start(sender peer.ID, epoch, seq uint64) {
 }
 
 // add takes one message and returns what is now deliverable, in order.
-// The first message of a sender not seen before starts its stream.
 func (in *inbox) add(m Message, now time.Time) (deliver []Message, gaps []Gap, dup bool) {
 	s := in.senders[m.Sender]
 	switch {
@@ -54,10 +66,26 @@ func (in *inbox) add(m Message, now time.Time) (deliver []Message, gaps []Gap, d
 		if s != nil {
 			deliver, gaps = in.flush(m.Sender, s)
 		}
-		s = &senderState{epoch: m.Epoch, next: m.Seq, held: map[uint64]Message{}}
+		var next uint64 // settle: met mid-stream, start unknown
+		if s != nil || m.Epoch >= in.joined || m.Seq == 1 {
+			next = 1 // a new session of a known sender, or one begun while here
+		}
+		s = &senderState{epoch: m.Epoch, next: next, held: map[uint64]Message{}}
 		in.senders[m.Sender] = s
+	case s.next == 0:
+		// settling: gather
 	case m.Epoch < s.epoch || m.Seq < s.next:
 		return nil, nil, true
+	}
+	if s.next == 0 {
+		if _, ok := s.held[m.Seq]; ok {
+			return deliver, gaps, true
+		}
+		if len(s.held) == 0 {
+			s.since = now
+		}
+		s.held[m.Seq] = m
+		return deliver, gaps, false
 	}
 	if _, ok := s.held[m.Seq]; ok {
 		return deliver, gaps, true
@@ -92,6 +120,13 @@ func (in *inbox) drain(s *senderState) []Message {
 // delivers what follows it.
 func (in *inbox) expire(now time.Time) (deliver []Message, gaps []Gap) {
 	for p, s := range in.senders {
+		if s.next == 0 && len(s.held) > 0 && now.Sub(s.since) >= in.settle {
+			s.next = ^uint64(0)
+			for q := range s.held {
+				s.next = min(s.next, q)
+			}
+			deliver = append(deliver, in.drain(s)...)
+		}
 		if len(s.held) == 0 || now.Sub(s.since) < in.wait {
 			continue
 		}
@@ -121,12 +156,25 @@ func (in *inbox) flush(p peer.ID, s *senderState) (deliver []Message, gaps []Gap
 	return deliver, gaps
 }
 
-// held reports whether any sender has messages waiting on a gap.
+// holding reports whether any sender has messages waiting on a gap.
 func (in *inbox) holding() bool {
 	for _, s := range in.senders {
-		if len(s.held) > 0 {
+		if len(s.held) > 0 && s.next != 0 {
 			return true
 		}
 	}
 	return false
 }
+
+// settling reports whether a sender's first messages are being gathered.
+func (in *inbox) settling() bool {
+	for _, s := range in.senders {
+		if s.next == 0 && len(s.held) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// known reports whether the inbox has a position for sender.
+func (in *inbox) known(sender peer.ID) bool { return in.senders[sender] != nil }

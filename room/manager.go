@@ -106,9 +106,10 @@ type Manager struct {
 	kick chan struct{}
 	wg   sync.WaitGroup
 
-	mu     sync.Mutex
-	ctx    context.Context // Run's; nil before Run
-	topics map[string]*topicState
+	mu          sync.Mutex
+	ctx         context.Context // Run's; nil before Run
+	topics      map[string]*topicState
+	settleTimer *time.Timer // pending wake-up for settling senders
 }
 
 type topicState struct {
@@ -146,6 +147,7 @@ type TopicStats struct {
 	Lagged   uint64 `json:"lagged"` // events a slow subscriber missed
 	Sweeps   uint64 `json:"sweeps"`
 	Mints    uint64 `json:"mints"`
+	Renewals uint64 `json:"lease_writes"`
 }
 
 type link struct {
@@ -224,6 +226,10 @@ func (m *Manager) Run(ctx context.Context) error {
 
 func (m *Manager) shutdown() {
 	m.mu.Lock()
+	if m.settleTimer != nil {
+		m.settleTimer.Stop()
+		m.settleTimer = nil
+	}
 	var open []string
 	for name, ts := range m.topics {
 		if ts.open {
@@ -259,6 +265,7 @@ func (m *Manager) open(topic string, hold bool) error {
 		ts.open = true
 		ts.epoch = max(uint64(now.UnixMilli()), ts.epoch+1)
 		ts.seq = 0
+		ts.inbox.joined = ts.epoch
 	}
 	ts.hold = ts.hold || hold
 	m.mu.Unlock()
@@ -325,6 +332,7 @@ func (m *Manager) renew(topic string, now time.Time) error {
 	m.mu.Lock()
 	if ts := m.topics[topic]; ts != nil && ts.open {
 		ts.leaseUntil = until
+		ts.stats.Renewals++
 	}
 	m.mu.Unlock()
 	return nil
@@ -561,25 +569,42 @@ func (m *Manager) addLocked(ts *topicState, mm Message, history bool) {
 		ts.stats.Dups++
 	}
 	m.deliverLocked(ts, d, gaps, history)
+	if ts.inbox.settling() && m.settleTimer == nil {
+		// A reconcile pass after the settle period delivers them.
+		m.settleTimer = time.AfterFunc(settleFor, func() {
+			m.mu.Lock()
+			m.settleTimer = nil
+			m.mu.Unlock()
+			m.poke()
+		})
+	}
 }
 
 // startCatchUp fetches history for a joiner (or, with refill, once more
 // to fill a gap) from a present participant, on a goroutine Run waits
 // for.
 func (m *Manager) startCatchUp(ts *topicState, l *link, r crdt.Room, now time.Time, refill bool) {
+	// Peers seen in the room's topic first (they are in it, and
+	// connected), then others holding a lease.
 	var cands []peer.ID
-	inTopic := map[peer.ID]bool{}
+	seen := map[peer.ID]bool{m.cfg.Self: true}
 	for _, p := range l.topic.ListPeers() {
-		inTopic[p] = true
+		if !seen[p] {
+			seen[p] = true
+			cands = append(cands, p)
+		}
 	}
+	var rest []peer.ID
 	for p, exp := range r.Presence {
 		id, err := peer.Decode(p)
-		if err != nil || id == m.cfg.Self || exp <= now.UnixMilli() || !m.cfg.Alive(id) {
+		if err != nil || seen[id] || exp <= now.UnixMilli() {
 			continue
 		}
-		cands = append(cands, id)
+		seen[id] = true
+		rest = append(rest, id)
 	}
-	sort.Slice(cands, func(i, j int) bool { return inTopic[cands[i]] && !inTopic[cands[j]] })
+	sort.Slice(rest, func(i, j int) bool { return m.cfg.Alive(rest[i]) && !m.cfg.Alive(rest[j]) })
+	cands = append(cands, rest...)
 	if refill {
 		ts.refilling = true
 	}
@@ -600,9 +625,14 @@ func (m *Manager) startCatchUp(ts *topicState, l *link, r crdt.Room, now time.Ti
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		for _, h := range hist {
-			if h.Sender != m.cfg.Self {
-				m.addLocked(ts, h, !refill)
+			if h.Sender == m.cfg.Self {
+				continue
 			}
+			if !ts.inbox.known(h.Sender) {
+				// History is in order: a sender starts at its first message.
+				ts.inbox.start(h.Sender, h.Epoch, h.Seq-1)
+			}
+			m.addLocked(ts, h, !refill)
 		}
 		if refill {
 			ts.refilling = false

@@ -150,6 +150,7 @@ func seqs(ms []Message) []uint64 {
 
 func TestInboxOrdersDropsAndReportsGaps(t *testing.T) {
 	in := newInbox(time.Second)
+	in.joined = 1 // this node joined at epoch 1: senders of epoch 1 and 2 joined with or after it
 	p := testPeer(t)
 	msg := func(epoch, seq uint64) Message { return Message{Sender: p, Epoch: epoch, Seq: seq} }
 	var got []uint64
@@ -161,7 +162,8 @@ func TestInboxOrdersDropsAndReportsGaps(t *testing.T) {
 		got = append(got, seqs(d)...)
 		return dup
 	}
-	add(msg(1, 5), t0) // a first message starts the sender's stream
+	in.start(p, 1, 4) // history: p's epoch-1 messages up to 4 were seen
+	add(msg(1, 5), t0)
 	add(msg(1, 7), t0)
 	add(msg(1, 8), t0)
 	if len(got) != 1 {
@@ -190,6 +192,26 @@ func TestInboxOrdersDropsAndReportsGaps(t *testing.T) {
 	}
 	if !equal(got, []uint64{1}) {
 		t.Fatalf("new epoch delivered %v", got)
+	}
+	// A sender that joined before this node, met mid-stream, starts at
+	// the lowest sequence number of its first settle period; one that
+	// joined after starts at 1. Either way an early message overtaken by
+	// a later one is not lost.
+	old, late := testPeer(t), testPeer(t)
+	in.joined = 10
+	for _, q := range []uint64{41, 40} {
+		if d, _, _ := in.add(Message{Sender: old, Epoch: 9, Seq: q}, t0); len(d) != 0 {
+			t.Fatal("a sender met mid-stream was delivered before its settle period ended")
+		}
+	}
+	if d, g := in.expire(t0.Add(settleFor)); !equal(seqs(d), []uint64{40, 41}) || len(g) != 0 {
+		t.Fatalf("after settling: delivered %v, gaps %v", seqs(d), g)
+	}
+	if d, _, _ := in.add(Message{Sender: late, Epoch: 11, Seq: 2}, t0); len(d) != 0 {
+		t.Fatal("seq 2 of a sender that joined after this node was delivered before seq 1")
+	}
+	if d, _, _ := in.add(Message{Sender: late, Epoch: 11, Seq: 1}, t0); !equal(seqs(d), []uint64{1, 2}) {
+		t.Fatalf("after seq 1 arrived: delivered %v", seqs(d))
 	}
 	// A late joiner's history sets where a sender stands.
 	q := testPeer(t)

@@ -251,6 +251,12 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 	go func() { tailDone <- tail.Wait() }()
 	defer tail.Process.Kill()
 	deadline = time.Now().Add(10 * time.Second)
+	for !strings.Contains(tailOut.String(), "following lobby") {
+		if time.Now().After(deadline) {
+			t.Fatalf("room tail did not start; output:\n%s", tailOut)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	for {
 		got, errOut, code := cli(t, "room", "send", "lobby", "hi there", "--type", "chat", "--data", dir)
 		if code == 0 && strings.Contains(got, "sent #1") {

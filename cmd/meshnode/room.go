@@ -165,7 +165,14 @@ func runRoomTail(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return c.stream("/v1/rooms/"+url.PathEscape(pos[0])+"/events", func(data string) error {
+	if !asJSON {
+		defer fmt.Fprintf(out, "stopped following %s\n", pos[0])
+	}
+	return c.streamHello("/v1/rooms/"+url.PathEscape(pos[0])+"/events", func() {
+		if !asJSON {
+			fmt.Fprintf(out, "following %s (interrupt to stop)\n", pos[0])
+		}
+	}, func(data string) error {
 		if asJSON {
 			fmt.Fprintln(out, data)
 			return nil
@@ -280,6 +287,12 @@ func runEvents(args []string, out io.Writer) error {
 // stream reads a server-sent event stream and calls fn with each event's
 // data until the stream ends (the daemon stopped: not an error).
 func (c *client) stream(path string, fn func(data string) error) error {
+	return c.streamHello(path, func() {}, fn)
+}
+
+// streamHello is stream, calling hello once the daemon has accepted the
+// subscription.
+func (c *client) streamHello(path string, hello func(), fn func(data string) error) error {
 	req, _ := http.NewRequest("GET", "http://"+c.addr+path, nil)
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	resp, err := (&http.Client{}).Do(req)
@@ -294,6 +307,7 @@ func (c *client) stream(path string, fn func(data string) error) error {
 		}
 		return fmt.Errorf("daemon answered %s", resp.Status)
 	}
+	hello()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
