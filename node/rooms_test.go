@@ -508,13 +508,9 @@ func TestRoomMessagesSealedTamperAndReplay(t *testing.T) {
 	if bytes.Contains(wire, []byte("the plan")) || bytes.Contains(wire, []byte("chat")) {
 		t.Fatal("the room's topic carries plaintext")
 	}
-	got, _ := bw.texts(a.ID())
-	before := len(got)
-	if before == 0 {
-		waitFor(t, 5*time.Second, "b receiving a's message", func() bool { g, _ := bw.texts(a.ID()); return len(g) > 0 })
-		got, _ = bw.texts(a.ID())
-		before = len(got)
-	}
+	sent := int(topicStats(t, a, "secret").Sent)
+	waitFor(t, 10*time.Second, "b receiving each of a's messages", func() bool { g, _ := bw.texts(a.ID()); return len(g) == sent })
+	before := sent
 
 	// From x (a member of the fleet, but not of the room): the same bytes
 	// as if x sent them.
