@@ -158,8 +158,11 @@ type link struct {
 	sub    *pubsub.Subscription
 	state  LinkState
 	since  time.Time
+	peers  *pubsub.TopicEventHandler
 	cancel context.CancelFunc
-	done   chan struct{}
+	done   chan struct{} // receive returned
+	// peersDone: the peer-event goroutine returned
+	peersDone chan struct{}
 }
 
 // Event is what a topic's subscribers receive.
@@ -487,8 +490,15 @@ func (m *Manager) connectLocked(ts *topicState, c Creds, now time.Time) error {
 		_ = m.cfg.PubSub.UnregisterTopicValidator(name)
 		return err
 	}
+	peers, err := t.EventHandler()
+	if err != nil {
+		sub.Cancel()
+		_ = t.Close()
+		_ = m.cfg.PubSub.UnregisterTopicValidator(name)
+		return err
+	}
 	ctx, cancel := context.WithCancel(m.ctx)
-	l := &link{name: name, creds: c, sealer: s, topic: t, sub: sub, state: Connecting, since: now, cancel: cancel, done: make(chan struct{})}
+	l := &link{name: name, creds: c, sealer: s, topic: t, sub: sub, peers: peers, state: Connecting, since: now, cancel: cancel, done: make(chan struct{}), peersDone: make(chan struct{})}
 	if len(ts.links) == 0 && ts.open && m.cfg.Host != nil && len(ts.recent) == 0 {
 		// A join, not a migration: take history once connected, and
 		// hold live messages until then.
@@ -497,10 +507,22 @@ func (m *Manager) connectLocked(ts *topicState, c Creds, now time.Time) error {
 	ts.links[c.ID] = l
 	ts.current = c.ID
 	m.emitLocked(ts, Event{Type: "joining", Room: c.ID.String()})
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go func() {
 		defer m.wg.Done()
 		m.receive(ctx, ts, l)
+	}()
+	go func() {
+		// A participant appearing in the room's topic is what a
+		// connecting link waits for: reconcile at once, not at the tick.
+		defer m.wg.Done()
+		defer close(l.peersDone)
+		for {
+			if _, err := peers.NextPeerEvent(ctx); err != nil {
+				return
+			}
+			m.poke()
+		}
 	}()
 	m.lg.Debug().Str("topic", ts.name).Str("room", c.ID.String()).Msg("joining room")
 	return nil
@@ -521,6 +543,8 @@ func (m *Manager) dropLocked(ts *topicState, id ID, why string) {
 	go func() {
 		defer m.wg.Done()
 		<-l.done
+		<-l.peersDone
+		l.peers.Cancel()
 		// Cancel is processed by pubsub's loop: Close fails until it is.
 		for i := 0; l.topic.Close() != nil && i < 100; i++ {
 			time.Sleep(10 * time.Millisecond)
