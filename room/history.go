@@ -7,11 +7,13 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/meshnode/meshnode/crdt"
 	"github.com/meshnode/meshnode/internal/frame"
 )
 
@@ -133,4 +135,72 @@ func (m *Manager) fetchHistory(ctx context.Context, p peer.ID, l *link) ([]Messa
 		out = append(out, msg)
 	}
 	return nil, fmt.Errorf("%w: %s sent more than %d messages", errHistory, p, m.cfg.History)
+}
+
+// startCatchUp fetches history for a joiner (or, with refill, once more
+// to fill a gap) from a present participant, on a goroutine Run waits
+// for.
+func (m *Manager) startCatchUp(ts *topicState, l *link, r crdt.Room, now time.Time, refill bool) {
+	// Peers seen in the room's topic first (they are in it, and
+	// connected), then others holding a lease.
+	var cands []peer.ID
+	seen := map[peer.ID]bool{m.cfg.Self: true}
+	for _, p := range l.topic.ListPeers() {
+		if !seen[p] {
+			seen[p] = true
+			cands = append(cands, p)
+		}
+	}
+	var rest []peer.ID
+	for p, exp := range r.Presence {
+		id, err := peer.Decode(p)
+		if err != nil || seen[id] || exp <= now.UnixMilli() {
+			continue
+		}
+		seen[id] = true
+		rest = append(rest, id)
+	}
+	sort.Slice(rest, func(i, j int) bool { return m.cfg.Alive(rest[i]) && !m.cfg.Alive(rest[j]) })
+	cands = append(cands, rest...)
+	if refill {
+		ts.refilling = true
+	}
+	ctx := m.ctx
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		var hist []Message
+		var from peer.ID
+		for _, p := range cands {
+			h, err := m.fetchHistory(ctx, p, l)
+			if err == nil {
+				hist, from = h, p
+				break
+			}
+			m.lg.Debug().Str("topic", ts.name).Str("peer", p.String()).Err(err).Msg("history fetch failed")
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, h := range hist {
+			if h.Sender == m.cfg.Self {
+				continue
+			}
+			if !ts.inbox.known(h.Sender) {
+				// History is in order: a sender starts at its first message.
+				ts.inbox.start(h.Sender, h.Epoch, h.Seq-1)
+			}
+			m.addLocked(ts, h, !refill)
+		}
+		if refill {
+			ts.refilling = false
+			ts.refillUntil = time.Time{}
+			return
+		}
+		for _, p := range ts.pending {
+			m.addLocked(ts, p, false)
+		}
+		ts.pending, ts.catching = nil, false
+		ts.refillUntil = m.cfg.Now().Add(2 * m.cfg.GapWait)
+		m.emitLocked(ts, Event{Type: "live", Room: l.creds.ID.String(), Why: fmt.Sprintf("%d messages of history from %s", len(hist), from)})
+	}()
 }

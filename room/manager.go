@@ -435,7 +435,7 @@ func (m *Manager) reconcileAll() {
 			}
 		}
 		d, gaps := ts.inbox.expire(now)
-		m.deliverLocked(ts, d, gaps)
+		m.deliverLocked(ts, d, gaps, false)
 		if !ts.open && len(ts.links) == 0 && len(ts.subs) == 0 {
 			delete(m.topics, name)
 		}
@@ -604,87 +604,18 @@ func (m *Manager) addLocked(ts *topicState, mm Message, history bool) {
 	}
 }
 
-// startCatchUp fetches history for a joiner (or, with refill, once more
-// to fill a gap) from a present participant, on a goroutine Run waits
-// for.
-func (m *Manager) startCatchUp(ts *topicState, l *link, r crdt.Room, now time.Time, refill bool) {
-	// Peers seen in the room's topic first (they are in it, and
-	// connected), then others holding a lease.
-	var cands []peer.ID
-	seen := map[peer.ID]bool{m.cfg.Self: true}
-	for _, p := range l.topic.ListPeers() {
-		if !seen[p] {
-			seen[p] = true
-			cands = append(cands, p)
-		}
-	}
-	var rest []peer.ID
-	for p, exp := range r.Presence {
-		id, err := peer.Decode(p)
-		if err != nil || seen[id] || exp <= now.UnixMilli() {
-			continue
-		}
-		seen[id] = true
-		rest = append(rest, id)
-	}
-	sort.Slice(rest, func(i, j int) bool { return m.cfg.Alive(rest[i]) && !m.cfg.Alive(rest[j]) })
-	cands = append(cands, rest...)
-	if refill {
-		ts.refilling = true
-	}
-	ctx := m.ctx
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		var hist []Message
-		var from peer.ID
-		for _, p := range cands {
-			h, err := m.fetchHistory(ctx, p, l)
-			if err == nil {
-				hist, from = h, p
-				break
-			}
-			m.lg.Debug().Str("topic", ts.name).Str("peer", p.String()).Err(err).Msg("history fetch failed")
-		}
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		for _, h := range hist {
-			if h.Sender == m.cfg.Self {
-				continue
-			}
-			if !ts.inbox.known(h.Sender) {
-				// History is in order: a sender starts at its first message.
-				ts.inbox.start(h.Sender, h.Epoch, h.Seq-1)
-			}
-			m.addLocked(ts, h, !refill)
-		}
-		if refill {
-			ts.refilling = false
-			ts.refillUntil = time.Time{}
-			return
-		}
-		for _, p := range ts.pending {
-			m.addLocked(ts, p, false)
-		}
-		ts.pending, ts.catching = nil, false
-		ts.refillUntil = m.cfg.Now().Add(2 * m.cfg.GapWait)
-		m.emitLocked(ts, Event{Type: "live", Room: l.creds.ID.String(), Why: fmt.Sprintf("%d messages of history from %s", len(hist), from)})
-	}()
-}
-
-func (m *Manager) deliverLocked(ts *topicState, d []Message, gaps []Gap, history ...bool) {
+func (m *Manager) deliverLocked(ts *topicState, d []Message, gaps []Gap, history bool) {
 	for i := range gaps {
 		ts.stats.Gaps++
 		g := gaps[i]
 		m.emitLocked(ts, Event{Type: "gap", Gap: &g})
 		m.cfg.OnEvent("room.gap", map[string]any{"topic": ts.name, "sender": g.Sender.String(), "from": g.From, "to": g.To})
 	}
-	hist := len(history) > 0 && history[0]
 	for i := range d {
 		ts.stats.Received++
 		m.remember(ts, d[i])
 		msg := d[i]
-		m.emitLocked(ts, Event{Type: "message", Message: &msg, History: hist})
+		m.emitLocked(ts, Event{Type: "message", Message: &msg, History: history})
 	}
 }
 
@@ -761,75 +692,6 @@ func (m *Manager) Subscribe(topic string, buffer int) (<-chan Event, func(), err
 		defer m.mu.Unlock()
 		delete(ts.subs, id)
 	}, nil
-}
-
-// Status is one topic as GET /v1/rooms shows it.
-type Status struct {
-	Topic    string     `json:"topic"`
-	Open     bool       `json:"open"`
-	Hold     bool       `json:"offered"`
-	Room     string     `json:"room,omitempty"` // advertised in the document
-	Expires  int64      `json:"expires_ms,omitempty"`
-	Present  []string   `json:"present"` // peers with a fresh lease (alive or not)
-	Links    []LinkInfo `json:"links"`
-	Stats    TopicStats `json:"stats"`
-	CredsErr string     `json:"creds_error,omitempty"`
-}
-
-// LinkInfo is one link of a topic.
-type LinkInfo struct {
-	Room  string    `json:"room"`
-	State string    `json:"state"`
-	Since time.Time `json:"since"`
-	Peers int       `json:"peers"`
-}
-
-// Rooms returns every topic in the document or open here.
-func (m *Manager) Rooms() ([]Status, error) {
-	rooms, err := m.cfg.Doc.Rooms()
-	if err != nil {
-		return nil, err
-	}
-	now := m.cfg.Now()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	names := map[string]bool{}
-	for n := range rooms {
-		names[n] = true
-	}
-	for n := range m.topics {
-		names[n] = true
-	}
-	out := make([]Status, 0, len(names))
-	for n := range names {
-		r := rooms[n]
-		st := Status{Topic: n, Present: []string{}, Links: []LinkInfo{}}
-		if r.Creds != "" {
-			if c, err := DecodeCreds(r.Creds); err == nil {
-				st.Room, st.Expires = c.ID.String(), c.Expires
-				if err := c.Valid(now); err != nil {
-					st.CredsErr = err.Error()
-				}
-			} else {
-				st.CredsErr = err.Error()
-			}
-		}
-		for p, exp := range r.Presence {
-			if exp > now.UnixMilli() {
-				st.Present = append(st.Present, p)
-			}
-		}
-		sort.Strings(st.Present)
-		if ts := m.topics[n]; ts != nil {
-			st.Open, st.Hold, st.Stats = ts.open, ts.hold, ts.stats
-			for id, l := range ts.links {
-				st.Links = append(st.Links, LinkInfo{Room: id.String(), State: l.state.String(), Since: l.since, Peers: len(l.topic.ListPeers())})
-			}
-		}
-		out = append(out, st)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Topic < out[j].Topic })
-	return out, nil
 }
 
 // PublishSealed publishes bytes already sealed for the topic's current

@@ -38,6 +38,23 @@ func (s gatedStream) Write(b []byte) (int, error) {
 	return s.Stream.Write(b)
 }
 
+// exchange sends one request on st and reads its response.
+func exchange(t *testing.T, st network.Stream, br *bufio.Reader, req Request) Response {
+	t.Helper()
+	if err := frame.Write(st, req.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := frame.Read(br, maxResponse)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := DecodeResponse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -101,21 +118,7 @@ func TestPartialHolderServesVerifiedChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(st)
-	call := func(req Request) Response {
-		t.Helper()
-		if err := frame.Write(st, req.Encode()); err != nil {
-			t.Fatal(err)
-		}
-		raw, err := frame.Read(br, maxResponse)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp, err := DecodeResponse(raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp
-	}
+	call := func(req Request) Response { return exchange(t, st, br, req) }
 	resp := call(Request{Kind: ReqHave, Manifest: sv.Hash})
 	bits, err := decodeHave(resp.Payload, sv.Manifest.Chunks())
 	if resp.Status != StatusOK || err != nil || bits == nil {
@@ -239,18 +242,7 @@ func TestServerStreamLimits(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		if err := frame.Write(st, Request{Kind: ReqHave, Manifest: sv.Hash}.Encode()); err != nil {
-			t.Fatal(err)
-		}
-		raw, err := frame.Read(bufio.NewReader(st), maxResponse)
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := DecodeResponse(raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r
+		return exchange(t, st, bufio.NewReader(st), Request{Kind: ReqHave, Manifest: sv.Hash})
 	}
 	a, b, c := testHost(t, "tcp"), testHost(t, "tcp"), testHost(t, "tcp")
 	for _, h := range []host.Host{a, b, c} {

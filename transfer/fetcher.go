@@ -1,0 +1,393 @@
+package transfer
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	mrand "math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/zeebo/blake3"
+
+	"github.com/meshnode/meshnode/internal/frame"
+)
+
+// fetch pulls the needed chunks from every source at once; see fetcher.
+func (d *download) fetch(ctx context.Context, need []int) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	f := &fetcher{
+		d: d, ctx: ctx, cancel: cancel,
+		sc:      newScheduler(len(d.refs), need, mrand.IntN(len(need))),
+		work:    make(chan received, 2*d.cfg.Writers),
+		allDone: make(chan struct{}),
+		ended:   make(chan struct{}, 1),
+		srcs:    map[peer.ID]*source{},
+	}
+	return f.run()
+}
+
+// fetcher runs one download's transfers. Each source gets one pipelined
+// stream with Window requests in flight; what arrives goes to Writers
+// goroutines that verify and write it, so the network never waits on the
+// disk. A source that holds only part of the item (another node still
+// downloading it) takes only chunks it has, and is asked again for its
+// bitmap when it has nothing left to offer.
+type fetcher struct {
+	d       *download
+	ctx     context.Context
+	cancel  context.CancelFunc
+	sc      *scheduler
+	work    chan received
+	allDone chan struct{}
+	ended   chan struct{} // a worker ended (capacity 1: a hint)
+	wg      sync.WaitGroup
+
+	mu    sync.Mutex
+	srcs  map[peer.ID]*source
+	errs  []error
+	fatal error
+}
+
+type source struct {
+	running bool
+	bad     bool
+	ended   time.Time
+}
+
+// received is a chunk read from a source, waiting to be verified.
+type received struct {
+	g      int
+	buf    *[]byte
+	n      int
+	src    peer.ID
+	srcBad context.CancelCauseFunc // stops the source's worker
+}
+
+// restartAfter: a source whose worker gave up is tried again this long
+// after, if it is still listed.
+const restartAfter = 5 * time.Second
+
+func (f *fetcher) run() error {
+	var writers sync.WaitGroup
+	for range f.d.cfg.Writers {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			for r := range f.work {
+				f.store(r)
+				chunkPool.Put(r.buf)
+			}
+		}()
+	}
+	f.addSources(f.d.cfg.Sources)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+loop:
+	for {
+		select {
+		case <-f.allDone:
+			break loop
+		case <-f.ctx.Done():
+			break loop
+		case <-tick.C:
+			f.refreshSources()
+		case <-f.ended:
+			if f.live() == 0 {
+				f.refreshSources()
+				if f.live() == 0 && f.sc.left() > 0 {
+					f.mu.Lock()
+					f.setFatal(fmt.Errorf("transfer: %d chunks left and no source can supply them: %w", f.sc.left(), errors.Join(f.errs...)))
+					f.mu.Unlock()
+					break loop
+				}
+			}
+		}
+	}
+	f.cancel()
+	f.wg.Wait()
+	close(f.work)
+	writers.Wait()
+	if f.sc.left() == 0 {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fatal != nil {
+		return f.fatal
+	}
+	return context.Canceled
+}
+
+func (f *fetcher) refreshSources() {
+	if f.d.cfg.MoreSources != nil {
+		f.addSources(f.d.cfg.MoreSources())
+	}
+}
+
+// addSources starts a worker for each listed peer not in use, not known
+// bad, and not given up on in the last restartAfter.
+func (f *fetcher) addSources(ps []peer.ID) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range ps {
+		src := f.srcs[p]
+		if src == nil {
+			src = &source{}
+			f.srcs[p] = src
+		} else if src.running || src.bad || time.Since(src.ended) < restartAfter {
+			continue
+		}
+		if f.ctx.Err() != nil {
+			return
+		}
+		src.running = true
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			err := f.worker(p)
+			f.mu.Lock()
+			src.running, src.ended = false, time.Now()
+			if err != nil && f.ctx.Err() == nil {
+				src.bad = errors.Is(err, errBadData) || isRefusal(err)
+				f.errs = append(f.errs, fmt.Errorf("%s: %w", p, err))
+			}
+			f.mu.Unlock()
+			select {
+			case f.ended <- struct{}{}:
+			default:
+			}
+		}()
+	}
+}
+
+func (f *fetcher) live() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, s := range f.srcs {
+		if s.running {
+			n++
+		}
+	}
+	return n
+}
+
+func (f *fetcher) setFatal(err error) {
+	if f.fatal == nil {
+		f.fatal = err
+	}
+	f.cancel()
+}
+
+func isRefusal(err error) bool {
+	var se *ServerError
+	return errors.As(err, &se) && se.Status == StatusRefused
+}
+
+// store verifies a received chunk and writes it. Bad data stops its
+// source and puts the chunk back for the others.
+func (f *fetcher) store(r received) {
+	d := f.d
+	fl, want := d.hashOf(r.g)
+	b := (*r.buf)[:r.n]
+	if len(b) != ChunkLen(fl.Size, d.refs[r.g].idx) || Hash(blake3.Sum256(b)) != want {
+		d.cfg.Progress.BadChunks.Add(1)
+		d.bad(r.src, fmt.Sprintf("chunk %d of %s does not match the manifest", d.refs[r.g].idx, fl.Path))
+		f.sc.release(r.g)
+		r.srcBad(errBadData)
+		return
+	}
+	if err := d.write(r.g, b); err != nil {
+		f.sc.release(r.g)
+		f.mu.Lock()
+		f.setFatal(err)
+		f.mu.Unlock()
+		return
+	}
+	d.cfg.Progress.Fetched.Add(int64(len(b)))
+	d.cfg.Progress.addSource(r.src, int64(len(b)))
+	if f.sc.finish(r.g) {
+		close(f.allDone)
+	}
+}
+
+// worker serves the download from one source until nothing is left, the
+// source fails three times in a row, refuses, or sends bad data.
+func (f *fetcher) worker(p peer.ID) error {
+	ctx, stop := context.WithCancelCause(f.ctx)
+	defer stop(nil)
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		if attempt > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
+			}
+		}
+		if errors.Is(context.Cause(ctx), errBadData) {
+			return errBadData
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		progressed, err := f.session(ctx, stop, p)
+		if errors.Is(context.Cause(ctx), errBadData) {
+			return errBadData
+		}
+		if err == nil || ctx.Err() != nil {
+			return nil
+		}
+		if isRefusal(err) {
+			return err
+		}
+		if progressed {
+			attempt = -1 // it was working: start counting again
+		}
+		lastErr = err
+	}
+	return lastErr
+}
+
+var errBadData = errors.New("sent a chunk that does not match the manifest")
+
+// partialRefresh: a source holding part of the item, with nothing left
+// to offer, is asked again which chunks it has this long after the last
+// time.
+const partialRefresh = 200 * time.Millisecond
+
+// session runs one pipelined stream to p. Chunks it requested but did not
+// receive go back to the scheduler.
+func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p peer.ID) (progressed bool, err error) {
+	d := f.d
+	s, err := d.cfg.Host.NewStream(network.WithAllowLimitedConn(ctx, "transfer"), p, d.cfg.Protocol)
+	if err != nil {
+		return false, err
+	}
+	defer s.Close()
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	br := bufio.NewReaderSize(s, 64<<10)
+	var bits []byte // a partial source's last answer; nil: complete
+	defer func() { f.sc.offer(bits, nil) }()
+	var asked time.Time
+	var has func(int) bool
+	ask := func() error {
+		cur, err := f.askHave(s, br)
+		if err != nil {
+			return err
+		}
+		f.sc.offer(bits, cur)
+		bits, asked = cur, time.Now()
+		has = nil
+		if cur != nil {
+			has = func(g int) bool { return bitSet(cur, g) }
+		}
+		return nil
+	}
+	if err := ask(); err != nil {
+		return false, err
+	}
+	var inflight []int
+	defer func() {
+		for _, g := range inflight {
+			f.sc.release(g)
+		}
+	}()
+	for {
+		wake := f.sc.changed() // before take: a release after it wakes us
+		for len(inflight) < d.cfg.Window {
+			g, ok := f.sc.take(has)
+			if !ok {
+				break
+			}
+			inflight = append(inflight, g)
+			fl, _ := d.hashOf(g)
+			if err := frame.Write(s, Request{Kind: ReqChunk, Manifest: d.cfg.Manifest, Path: fl.Path, Chunk: uint64(d.refs[g].idx)}.Encode()); err != nil {
+				return progressed, err
+			}
+		}
+		if len(inflight) == 0 {
+			if f.sc.left() == 0 {
+				return progressed, nil
+			}
+			var refresh <-chan time.Time
+			if bits != nil {
+				refresh = time.After(partialRefresh - time.Since(asked))
+			}
+			select {
+			case <-ctx.Done():
+				return progressed, nil
+			case <-wake:
+			case <-refresh:
+				if err := ask(); err != nil {
+					return progressed, err
+				}
+			}
+			continue
+		}
+		_ = s.SetReadDeadline(time.Now().Add(time.Minute))
+		buf := chunkPool.Get().(*[]byte)
+		b, err := readChunkResponse(br, *buf)
+		if err != nil {
+			chunkPool.Put(buf)
+			return progressed, err
+		}
+		g := inflight[0]
+		inflight = inflight[1:]
+		progressed = true
+		select {
+		case f.work <- received{g: g, buf: buf, n: len(b), src: p, srcBad: srcBad}:
+		case <-ctx.Done():
+			chunkPool.Put(buf)
+			f.sc.release(g)
+			return progressed, nil
+		}
+	}
+}
+
+// askHave asks the source which chunks it holds; nil means all of them.
+func (f *fetcher) askHave(s network.Stream, br *bufio.Reader) ([]byte, error) {
+	_ = s.SetDeadline(time.Now().Add(time.Minute))
+	if err := frame.Write(s, Request{Kind: ReqHave, Manifest: f.d.cfg.Manifest}.Encode()); err != nil {
+		return nil, err
+	}
+	b, err := readResponse(br)
+	if err != nil {
+		return nil, err
+	}
+	return decodeHave(b, len(f.d.refs))
+}
+
+// readChunkResponse reads one response into buf (ChunkSize bytes or
+// more) and returns the chunk bytes.
+func readChunkResponse(br *bufio.Reader, buf []byte) ([]byte, error) {
+	n, err := binary.ReadUvarint(br)
+	if err != nil {
+		return nil, fmt.Errorf("frame: read length: %w", err)
+	}
+	if n == 0 || n > uint64(1+ChunkSize) || n-1 > uint64(len(buf)) {
+		return nil, fmt.Errorf("%w: chunk response of %d bytes", ErrBadFrame, n)
+	}
+	status, err := br.ReadByte()
+	if err != nil {
+		return nil, fmt.Errorf("frame: read status: %w", err)
+	}
+	b := buf[:n-1]
+	if _, err := io.ReadFull(br, b); err != nil {
+		return nil, fmt.Errorf("frame: read %d-byte body: %w", n, io.ErrUnexpectedEOF)
+	}
+	switch {
+	case status > StatusBusy:
+		return nil, fmt.Errorf("%w: unknown status %d", ErrBadFrame, status)
+	case status != StatusOK:
+		return nil, &ServerError{Status: status, Msg: string(b)}
+	}
+	return b, nil
+}
