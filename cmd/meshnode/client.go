@@ -79,7 +79,7 @@ func (c *client) do(method, path string, body io.Reader, v any) error {
 	if err != nil {
 		return err
 	}
-	if resp.StatusCode != http.StatusOK {
+	if resp.StatusCode/100 != 2 {
 		var e node.APIError
 		if json.Unmarshal(b, &e) == nil && e.Error.Message != "" {
 			return fmt.Errorf("%s (%s)", e.Error.Message, e.Error.Code)

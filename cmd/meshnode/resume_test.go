@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,4 +131,45 @@ func TestDownloadResumesAfterKill9(t *testing.T) {
 		t.Fatalf("resumed item differs (%d bytes, %v)", len(got), err)
 	}
 	t.Logf("killed at %d of %d bytes; after restart resumed %d and fetched %d", tr.Done, tr.Total, done.Resumed, done.Fetched)
+}
+
+// meshnode get, as a user runs it: two daemons of one fleet; B gets A's
+// item with progress on stderr and a summary on stdout, and the files
+// match. An item nobody has is refused with the reason.
+func TestCLIGet(t *testing.T) {
+	dirA, dirB := t.TempDir(), t.TempDir()
+	files := map[string][]byte{"bin/tool": make([]byte, 3<<20+17), "README": []byte("a tool\n")}
+	for p, b := range files {
+		_, _ = rand.Read(b)
+		full := filepath.Join(dirA, node.DirShare, "tools", filepath.FromSlash(p))
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startDaemon(t, dirA, "--name", "a")
+	tok, _, _ := cli(t, "fleet", "token", "--data", dirA)
+	var st node.Status
+	api(t, dirA, "GET", "/v1/status", &st)
+	startDaemon(t, dirB, "--name", "b", "--join", string(bytes.TrimSpace([]byte(tok))), "--bootstrap", st.Addrs[0])
+	waitUntil(t, 30*time.Second, "B to see A's item", func() bool {
+		var items []transfer.ItemView
+		api(t, dirB, "GET", "/v1/library", &items)
+		return len(items) == 1 && items[0].Latest != ""
+	})
+	out, errOut, code := cli(t, "get", "tools", "--data", dirB)
+	if code != 0 || !strings.Contains(out, "tools: 3.0 MiB") || !strings.Contains(errOut, "100%") {
+		t.Fatalf("get: code %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	for p, want := range files {
+		got, err := os.ReadFile(filepath.Join(dirB, node.DirShare, "tools", filepath.FromSlash(p)))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s differs after get (%v)", p, err)
+		}
+	}
+	if _, errOut, code := cli(t, "get", "nothing", "--data", dirB); code != 1 || !strings.Contains(errOut, `no item "nothing"`) {
+		t.Fatalf("get of a missing item: code %d, %q", code, errOut)
+	}
 }

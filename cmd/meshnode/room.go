@@ -141,8 +141,18 @@ func runRoomSend(args []string, out io.Writer) error {
 	}
 	body, _ := json.Marshal(node.SendRequest{Type: *typ, Text: pos[1]})
 	var m node.RoomMessage
-	if err := c.do("POST", "/v1/rooms/"+url.PathEscape(pos[0])+"/messages", strings.NewReader(string(body)), &m); err != nil {
-		return err
+	// Right after a join the room is still being set up: wait for it a
+	// little rather than fail.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := c.do("POST", "/v1/rooms/"+url.PathEscape(pos[0])+"/messages", strings.NewReader(string(body)), &m)
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "(not_connected)") || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if asJSON {
 		return printJSON(out, m)
