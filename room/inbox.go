@@ -41,6 +41,11 @@ type senderState struct {
 	since time.Time // when the oldest held message arrived
 }
 
+// maxHeld bounds the messages held for one sender: a sender that skips
+// ahead further (a bug, or a hostile member) gets its gap reported at
+// once instead of filling memory.
+const maxHeld = 1024
+
 // settleFor is how long the first messages of a sender met mid-stream
 // are gathered before its stream starts at the lowest.
 const settleFor = 200 * time.Millisecond
@@ -85,6 +90,13 @@ func (in *inbox) add(m Message, now time.Time) (deliver []Message, gaps []Gap, d
 			s.since = now
 		}
 		s.held[m.Seq] = m
+		if len(s.held) > maxHeld { // settle no longer: start at the lowest
+			s.next = ^uint64(0)
+			for q := range s.held {
+				s.next = min(s.next, q)
+			}
+			deliver = append(deliver, in.drain(s)...)
+		}
 		return deliver, gaps, false
 	}
 	if _, ok := s.held[m.Seq]; ok {
@@ -95,6 +107,10 @@ func (in *inbox) add(m Message, now time.Time) (deliver []Message, gaps []Gap, d
 			s.since = now
 		}
 		s.held[m.Seq] = m
+		if len(s.held) > maxHeld {
+			d, g := in.flush(m.Sender, s)
+			deliver, gaps = append(deliver, d...), append(gaps, g...)
+		}
 		return deliver, gaps, false
 	}
 	deliver = append(deliver, m)

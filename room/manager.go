@@ -17,6 +17,10 @@ import (
 	"github.com/meshnode/meshnode/crdt"
 )
 
+// maxPending bounds the live messages a joiner holds while it fetches
+// history; beyond it they go straight to ordering.
+const maxPending = 4096
+
 // Errors of the manager's API.
 var (
 	ErrNotJoined    = errors.New("room: topic not joined here")
@@ -578,7 +582,7 @@ func (m *Manager) receive(ctx context.Context, ts *topicState, l *link) {
 		case mm.Sender != msg.GetFrom():
 			ts.stats.Rejected++
 			m.lg.Warn().Str("topic", ts.name).Str("from", msg.GetFrom().String()).Str("claimed", mm.Sender.String()).Msg("room message with a forged sender dropped")
-		case ts.catching:
+		case ts.catching && len(ts.pending) < maxPending:
 			ts.pending = append(ts.pending, mm)
 		default:
 			m.addLocked(ts, mm, false)

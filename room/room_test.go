@@ -309,3 +309,23 @@ func mustDecode(t *testing.T, s string) []byte {
 }
 
 func encodeRaw(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+// A sender that skips far ahead cannot make the inbox hold without bound:
+// past maxHeld the gap is reported at once and the held messages go out.
+func TestInboxBoundsHeldMessages(t *testing.T) {
+	in := newInbox(time.Hour)
+	p := testPeer(t)
+	in.start(p, 1, 0)
+	var delivered, gaps int
+	for q := uint64(2); q <= maxHeld+2; q++ {
+		d, g, _ := in.add(Message{Sender: p, Epoch: 1, Seq: q}, t0)
+		delivered += len(d)
+		gaps += len(g)
+	}
+	if gaps != 1 || delivered != maxHeld+1 {
+		t.Fatalf("after %d held messages: %d delivered, %d gaps; want all delivered behind one gap", maxHeld+1, delivered, gaps)
+	}
+	if in.holding() {
+		t.Fatal("the inbox still holds messages")
+	}
+}
