@@ -65,9 +65,14 @@
 //	request:  room ID (16) | HMAC-SHA256(HKDF(secret, "meshnode room
 //	          history v1"), "history" | requester ID | responder ID)
 //	response: status (0 ok, 1 not in that room, 2 bad proof), then each of
-//	          the last History (256) messages sealed as on the topic,
-//	          oldest first, then an empty frame
+//	          the last History (256) messages as the GossipSub message
+//	          that carried it (protobuf, signed by its sender), oldest
+//	          first, then an empty frame
 //
+// The joiner checks each one as the router would (the sender's signature),
+// and that it is for the room's topic and opens with the room's key
+// naming that same sender: a responder can leave messages out, but not
+// make up or alter another participant's.
 // It delivers the history (flagged as such), then the held live messages,
 // through the same ordering, so the seam has no duplicate; a gap held at
 // the seam triggers one more fetch before it is reported. The room's

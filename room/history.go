@@ -10,6 +10,9 @@ import (
 	"sort"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pb "github.com/libp2p/go-libp2p-pubsub/pb"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -23,12 +26,15 @@ import (
 //	request:  room ID (16) | proof (32) = HMAC-SHA256(secret-derived key,
 //	          "history" | requester ID | responder ID)
 //	response: status (0 ok, 1 not in that room, 2 bad proof)
-//	          then, for ok, one frame per message, oldest first, each a
-//	          sealed message (the room's own sealing), and an empty frame
+//	          then, for ok, one frame per message, oldest first, each the
+//	          GossipSub message that carried it (protobuf, with its
+//	          sender's signature over the sealed data), and an empty frame
 //
 // The proof shows the requester holds the room's credentials and cannot
-// be replayed to another responder; the messages stay sealed, so they
-// are as private as on the room's topic.
+// be replayed to another responder. The messages stay sealed, so they are
+// as private as on the room's topic, and signed by their senders, so a
+// responder cannot make up or alter another participant's messages: the
+// joiner checks each signature, the topic and the sealed sender.
 
 const (
 	histOK       = 0
@@ -81,11 +87,10 @@ func (m *Manager) HandleHistory(st network.Stream) {
 		return
 	}
 	for _, msg := range recent {
-		b, err := l.sealer.seal(msg)
-		if err != nil {
-			continue
+		if msg.signed == nil {
+			continue // our own, not yet back from the topic
 		}
-		if err := frame.Write(st, b); err != nil {
+		if err := frame.Write(st, msg.signed); err != nil {
 			return
 		}
 	}
@@ -121,16 +126,16 @@ func (m *Manager) fetchHistory(ctx context.Context, p peer.ID, l *link) ([]Messa
 	}
 	var out []Message
 	for i := 0; i <= m.cfg.History; i++ {
-		b, err := frame.Read(br, maxWire)
+		b, err := frame.Read(br, maxSigned)
 		if err != nil {
 			return nil, err
 		}
 		if len(b) == 0 {
 			return out, nil
 		}
-		msg, err := l.sealer.open(b)
+		msg, err := openSigned(b, l.name, l.sealer)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: from %s: %v", errHistory, p, err)
 		}
 		out = append(out, msg)
 	}
@@ -203,4 +208,74 @@ func (m *Manager) startCatchUp(ts *topicState, l *link, r crdt.Room, now time.Ti
 		ts.refillUntil = m.cfg.Now().Add(2 * m.cfg.GapWait)
 		m.emitLocked(ts, Event{Type: "live", Room: l.creds.ID.String(), Why: fmt.Sprintf("%d messages of history from %s", len(hist), from)})
 	}()
+}
+
+// maxSigned bounds one signed message of history: the sealed data plus
+// GossipSub's fields (sender, sequence number, topic, signature, key).
+const maxSigned = maxWire + 8<<10
+
+// openSigned checks a GossipSub message passed on by a history responder:
+// it must decode, be for topic, carry a valid signature of its sender,
+// open with the room's key, and name that same sender inside. It never
+// panics on hostile input.
+func openSigned(b []byte, topic string, s *sealer) (Message, error) {
+	var pm pb.Message
+	if err := pm.Unmarshal(b); err != nil {
+		return Message{}, fmt.Errorf("%w: not a GossipSub message: %v", ErrBadMessage, err)
+	}
+	if pm.GetTopic() != topic {
+		return Message{}, fmt.Errorf("%w: for another topic", ErrBadMessage)
+	}
+	if err := verifySigned(&pm); err != nil {
+		return Message{}, fmt.Errorf("%w: signature: %v", ErrBadMessage, err)
+	}
+	msg, err := s.open(pm.Data)
+	if err != nil {
+		return Message{}, err
+	}
+	if msg.Sender != peer.ID(pm.From) {
+		return Message{}, fmt.Errorf("%w: sealed sender %s signed by %s", ErrBadMessage, msg.Sender, peer.ID(pm.From))
+	}
+	msg.signed = b
+	return msg, nil
+}
+
+// verifySigned checks a GossipSub message signature as the router does
+// (go-libp2p-pubsub sign.go): the sender's key signs the message without
+// its signature and key fields, prefixed with pubsub.SignPrefix.
+func verifySigned(pm *pb.Message) error {
+	from, err := peer.IDFromBytes(pm.From)
+	if err != nil {
+		return err
+	}
+	var pub crypto.PubKey
+	if pm.Key == nil {
+		if pub, err = from.ExtractPublicKey(); err != nil {
+			return err
+		}
+	} else {
+		if pub, err = crypto.UnmarshalPublicKey(pm.Key); err != nil {
+			return err
+		}
+		if !from.MatchesPublicKey(pub) {
+			return errors.New("key does not match the sender")
+		}
+	}
+	if pub == nil || pm.Signature == nil {
+		return errors.New("unsigned")
+	}
+	xm := *pm
+	xm.Signature, xm.Key = nil, nil
+	body, err := xm.Marshal()
+	if err != nil {
+		return err
+	}
+	ok, err := pub.Verify(append([]byte(pubsub.SignPrefix), body...), pm.Signature)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errors.New("invalid")
+	}
+	return nil
 }

@@ -567,16 +567,22 @@ func (m *Manager) receive(ctx context.Context, ts *topicState, l *link) {
 		if err != nil {
 			return
 		}
-		if msg.GetFrom() == m.cfg.Self {
-			continue // our own, delivered locally when sent
-		}
 		mm, err := l.sealer.open(msg.Data)
+		if err == nil {
+			mm.signed, err = msg.Message.Marshal()
+		}
 		m.mu.Lock()
 		if ctx.Err() != nil {
 			m.mu.Unlock()
 			return
 		}
 		switch {
+		case msg.GetFrom() == m.cfg.Self:
+			// Our own, delivered locally when sent: keep its signed form
+			// for the history we serve.
+			if err == nil {
+				m.attachSigned(ts, mm)
+			}
 		case err != nil:
 			ts.stats.Rejected++
 		case mm.Sender != msg.GetFrom():
@@ -620,6 +626,17 @@ func (m *Manager) deliverLocked(ts *topicState, d []Message, gaps []Gap, history
 		m.remember(ts, d[i])
 		msg := d[i]
 		m.emitLocked(ts, Event{Type: "message", Message: &msg, History: history})
+	}
+}
+
+// attachSigned gives our own remembered message its signed form.
+func (m *Manager) attachSigned(ts *topicState, mm Message) {
+	for i := len(ts.recent) - 1; i >= 0; i-- {
+		r := &ts.recent[i]
+		if r.Sender == mm.Sender && r.Epoch == mm.Epoch && r.Seq == mm.Seq {
+			r.signed = mm.signed
+			return
+		}
 	}
 }
 

@@ -41,6 +41,11 @@ type Message struct {
 	Seq     uint64 `json:"seq"`
 	Type    string `json:"type"`
 	Payload []byte `json:"payload"`
+
+	// signed is the GossipSub message that carried it, with the sender's
+	// signature: what the history protocol passes on, so that a joiner
+	// can check who sent each message without trusting the responder.
+	signed []byte
 }
 
 // key is what a message's sender and place in order is known by.

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -328,4 +330,74 @@ func TestInboxBoundsHeldMessages(t *testing.T) {
 	if in.holding() {
 		t.Fatal("the inbox still holds messages")
 	}
+}
+
+// signedMsg builds the GossipSub message that key's peer would publish on
+// topic with data, signed as the router signs.
+func signedMsg(t testing.TB, key crypto.PrivKey, topic string, data []byte) []byte {
+	t.Helper()
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pm := pb.Message{From: []byte(id), Data: data, Seqno: []byte{0, 0, 0, 0, 0, 0, 0, 1}, Topic: &topic}
+	body, err := pm.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pm.Signature, err = key.Sign(append([]byte(pubsub.SignPrefix), body...)); err != nil {
+		t.Fatal(err)
+	}
+	b, err := pm.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// History passed on by a responder is checked message by message: the
+// sender's signature, the topic and the sealed sender. A responder
+// cannot make up or alter another participant's message.
+func TestOpenSignedHistory(t *testing.T) {
+	s := newSealer(NewCreds(t0, time.Hour))
+	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	other, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	id, _ := peer.IDFromPrivateKey(key)
+	sealed, err := s.seal(Message{Sender: id, Epoch: 1, Seq: 7, Type: "chat", Payload: []byte("true")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := signedMsg(t, key, "room-topic", sealed)
+	if m, err := openSigned(good, "room-topic", s); err != nil || m.Seq != 7 || m.Sender != id || !bytes.Equal(m.signed, good) {
+		t.Fatalf("a genuine message: %v %+v", err, m)
+	}
+	if _, err := openSigned(good, "another-topic", s); !errors.Is(err, ErrBadMessage) {
+		t.Fatalf("another topic: %v", err)
+	}
+	forged := bytes.Clone(good)
+	i := bytes.Index(forged, sealed)
+	forged[i+len(sealed)-1] ^= 1
+	if _, err := openSigned(forged, "room-topic", s); err == nil {
+		t.Fatal("altered data passed")
+	}
+	// A responder re-signing another participant's sealed message as
+	// itself: the signature is valid, the sealed sender is not it.
+	if _, err := openSigned(signedMsg(t, other, "room-topic", sealed), "room-topic", s); err == nil || !strings.Contains(err.Error(), "signed by") {
+		t.Fatalf("re-signed by another peer: %v", err)
+	}
+	if _, err := openSigned([]byte("garbage"), "room-topic", s); err == nil {
+		t.Fatal("garbage passed")
+	}
+}
+
+func FuzzOpenSigned(f *testing.F) {
+	s := newSealer(Creds{ID: ID{1}, Secret: [32]byte{2}, Created: 1, Expires: 2})
+	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	id, _ := peer.IDFromPrivateKey(key)
+	sealed, _ := s.seal(Message{Sender: id, Epoch: 1, Seq: 1, Type: "t", Payload: []byte("p")})
+	f.Add(signedMsg(f, key, "t", sealed))
+	f.Add([]byte{0x0a, 0x02, 0x00})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = openSigned(b, "t", s)
+	})
 }
