@@ -172,6 +172,9 @@ func TestDownloadFromOneThenTwoHolders(t *testing.T) {
 
 	st := download(t, b, "game")
 	sameTree(t, want, treeOf(t, filepath.Join(shareDir(b), "game")))
+	if done, served := metricValue(t, b, "meshnode_transfers_done_total"), metricValue(t, a, "meshnode_chunks_served_total"); done != 1 || served < 25 {
+		t.Fatalf("metrics: B %v downloads done, A %v chunks served; want 1 and at least 25", done, served)
+	}
 	if st.Fetched != st.Total || st.Manifest != manifest {
 		t.Fatalf("B fetched %d of %d bytes at %s", st.Fetched, st.Total, st.Manifest)
 	}
@@ -312,7 +315,7 @@ func TestHostileTransferRequestsRefused(t *testing.T) {
 	if r := ask("README"); r.Status != transfer.StatusOK || string(r.Payload) != "a game\n" {
 		t.Fatalf("an honest request failed: %d %q", r.Status, r.Payload)
 	}
-	if _, refused := a.Library.Server().Stats(); refused < 6 {
+	if _, refused, _ := a.Library.Server().Stats(); refused < 6 {
 		t.Fatalf("server counted %d refusals, want at least 6", refused)
 	}
 }

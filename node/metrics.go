@@ -7,6 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meshnode/meshnode/mesh"
+	"github.com/meshnode/meshnode/room"
+	"github.com/meshnode/meshnode/transfer"
 )
 
 type metrics struct {
@@ -78,6 +80,25 @@ func newMetrics(n *Node) *metrics {
 		}
 		return float64(c)
 	})
+	ls := func() transfer.LibraryStats { return n.Library.Stats() }
+	gauge("library_items", "Items this node holds complete.", func() float64 { return float64(ls().Items) })
+	gauge("transfers_running", "Downloads in flight.", func() float64 { return float64(ls().Running) })
+	counter("transfers_done_total", "Downloads completed.", func() float64 { return float64(ls().Done) })
+	counter("transfers_failed_total", "Downloads that failed.", func() float64 { return float64(ls().Failed) })
+	counter("transfer_fetched_bytes_total", "Bytes received from peers by downloads.", func() float64 { return float64(ls().Fetched) })
+	counter("transfer_bad_chunks_total", "Chunks from peers that failed verification.", func() float64 { return float64(ls().BadChunks) })
+	counter("chunks_served_total", "Chunks served to peers.", func() float64 { s, _, _ := n.Library.Server().Stats(); return float64(s) })
+	counter("transfer_refused_total", "Transfer requests refused (paths outside an item, bad frames).", func() float64 { _, r, _ := n.Library.Server().Stats(); return float64(r) })
+	counter("transfer_busy_total", "Transfer streams turned away at the per-peer or total limit.", func() float64 { _, _, b := n.Library.Server().Stats(); return float64(b) })
+	rt := func() room.TopicStats { t, _, _ := n.Rooms.Totals(); return t }
+	gauge("rooms_open", "Topics open here.", func() float64 { _, o, _ := n.Rooms.Totals(); return float64(o) })
+	gauge("room_links", "Rooms this node is linked to (two per topic while migrating).", func() float64 { _, _, l := n.Rooms.Totals(); return float64(l) })
+	counter("room_messages_sent_total", "Room messages sent.", func() float64 { return float64(rt().Sent) })
+	counter("room_messages_received_total", "Room messages delivered from other participants.", func() float64 { return float64(rt().Received) })
+	counter("room_duplicates_total", "Room messages dropped as duplicates or replays.", func() float64 { return float64(rt().Dups) })
+	counter("room_gaps_total", "Gaps reported in room message streams.", func() float64 { return float64(rt().Gaps) })
+	counter("room_rejected_total", "Room messages rejected (forged sender, not sealed for the room).", func() float64 { return float64(rt().Rejected) })
+	counter("room_mints_total", "Room credentials minted here.", func() float64 { return float64(rt().Mints) })
 	counter("events_dropped_total", "Events dropped for slow API subscribers.", func() float64 { return float64(n.Events.dropped.Load()) })
 	return &metrics{reg: reg}
 }

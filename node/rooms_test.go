@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http/httptest"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -235,6 +238,13 @@ func TestRoomConcurrentMintThree(t *testing.T) {
 		t.Fatalf("only %d node minted: the race this test is about did not happen", m)
 	}
 	checkRoomTraffic(t, c.nodes, "match", 20)
+	n := c.nodes[0]
+	if sent, got := metricValue(t, n, "meshnode_room_messages_sent_total"), metricValue(t, n, "meshnode_room_messages_received_total"); sent < 20 || got < 40 {
+		t.Fatalf("metrics: %v sent, %v received; want at least 20 and 40", sent, got)
+	}
+	if open := metricValue(t, n, "meshnode_rooms_open"); open != 1 {
+		t.Fatalf("metrics: %v rooms open, want 1", open)
+	}
 }
 
 // Joining (not offering) at once: a room is minted once participants
@@ -682,4 +692,22 @@ func TestRoomStuckLinkSweptAndRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 20*time.Second, "both in one room", func() bool { _, ok := inOneRoom(c.nodes, "stuck"); return ok })
+}
+
+// metricValue scrapes n's /metrics handler for one sample.
+func metricValue(t *testing.T, n *Node, name string) float64 {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	n.metrics.handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

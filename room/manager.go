@@ -114,6 +114,7 @@ type Manager struct {
 	ctx         context.Context // Run's; nil before Run
 	topics      map[string]*topicState
 	settleTimer *time.Timer // pending wake-up for settling senders
+	retired     TopicStats  // counters of topics no longer tracked
 }
 
 type topicState struct {
@@ -152,6 +153,34 @@ type TopicStats struct {
 	Sweeps   uint64 `json:"sweeps"`
 	Mints    uint64 `json:"mints"`
 	Renewals uint64 `json:"lease_writes"`
+}
+
+func (s *TopicStats) add(o TopicStats) {
+	s.Sent += o.Sent
+	s.Received += o.Received
+	s.Dups += o.Dups
+	s.Gaps += o.Gaps
+	s.Rejected += o.Rejected
+	s.Lagged += o.Lagged
+	s.Sweeps += o.Sweeps
+	s.Mints += o.Mints
+	s.Renewals += o.Renewals
+}
+
+// Totals returns the counters of every topic since start, and how many
+// topics are open here and how many rooms this node is linked to.
+func (m *Manager) Totals() (t TopicStats, open, links int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t = m.retired
+	for _, ts := range m.topics {
+		t.add(ts.stats)
+		if ts.open {
+			open++
+		}
+		links += len(ts.links)
+	}
+	return t, open, links
 }
 
 type link struct {
@@ -441,6 +470,7 @@ func (m *Manager) reconcileAll() {
 		d, gaps := ts.inbox.expire(now)
 		m.deliverLocked(ts, d, gaps, false)
 		if !ts.open && len(ts.links) == 0 && len(ts.subs) == 0 {
+			m.retired.add(ts.stats)
 			delete(m.topics, name)
 		}
 	}

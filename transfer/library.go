@@ -908,6 +908,35 @@ func (l *Library) Cancel(id string) error {
 	return nil
 }
 
+// LibraryStats are the library's figures for metrics.
+type LibraryStats struct {
+	Items        int   // items this node holds complete
+	Running      int   // downloads in flight
+	Done, Failed int   // downloads of this run that ended so
+	Fetched      int64 // bytes received from peers by this run's downloads
+	BadChunks    int64 // chunks that failed verification
+}
+
+// Stats returns the library's figures.
+func (l *Library) Stats() LibraryStats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := LibraryStats{Items: len(l.local)}
+	for _, t := range l.transfers {
+		switch t.State {
+		case TransferRunning:
+			st.Running++
+		case TransferDone:
+			st.Done++
+		case TransferFailed:
+			st.Failed++
+		}
+		st.Fetched += t.progress.Fetched.Load()
+		st.BadChunks += t.progress.BadChunks.Load()
+	}
+	return st
+}
+
 // Transfers returns every transfer of this run, newest first.
 func (l *Library) Transfers() []TransferStatus {
 	l.mu.Lock()

@@ -77,11 +77,12 @@ func NewServer(lookup func(Hash) (*Served, bool), lg zerolog.Logger, limits Limi
 	return &Server{lookup: lookup, lg: lg.With().Str("component", "transfer-server").Logger(), limits: limits, streams: map[peer.ID]int{}}
 }
 
-// Stats returns chunks served and requests refused.
-func (s *Server) Stats() (served, refused uint64) {
+// Stats returns chunks served, requests refused and streams turned away
+// as busy.
+func (s *Server) Stats() (served, refused, busy uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.served, s.refused
+	return s.served, s.refused, s.busy
 }
 
 // Handle serves one stream until the client closes it.
