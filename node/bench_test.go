@@ -275,14 +275,24 @@ func benchConvergence(b *testing.B, nodes, rounds int) {
 		}
 	}
 	b.ReportMetric(float64(lost), "raw-lost")
-	slices.Sort(raw)
-	slices.Sort(doc)
-	b.ReportMetric(ms(percentile(doc, 0.5)), "doc-p50-ms")
-	b.ReportMetric(ms(percentile(doc, 0.99)), "doc-p99-ms")
-	b.ReportMetric(ms(percentile(raw, 0.5)), "raw-p50-ms")
-	b.ReportMetric(ms(percentile(raw, 0.99)), "raw-p99-ms")
-	b.ReportMetric(ms(percentile(doc, 0.99))/ms(percentile(raw, 0.99)), "p99-ratio")
-	b.ReportMetric(ms(percentile(doc, 0.5))/ms(percentile(raw, 0.5)), "p50-ratio")
+	reportAgainst(b, "doc", doc, "raw", raw, "ratio")
+}
+
+// reportAgainst reports the p50 and p99 of a measurement and of its
+// baseline (<name>-p50-ms, ...) and their ratios (p50-<ratio>,
+// p99-<ratio>).
+func reportAgainst(b *testing.B, name string, got []time.Duration, baseName string, base []time.Duration, ratio string) {
+	slices.Sort(got)
+	slices.Sort(base)
+	for _, p := range []struct {
+		q     float64
+		label string
+	}{{0.5, "p50"}, {0.99, "p99"}} {
+		g, r := ms(percentile(got, p.q)), ms(percentile(base, p.q))
+		b.ReportMetric(g, name+"-"+p.label+"-ms")
+		b.ReportMetric(r, baseName+"-"+p.label+"-ms")
+		b.ReportMetric(g/r, p.label+"-"+ratio)
+	}
 }
 
 // BenchmarkHeal partitions 4 nodes 2|2, commits 1,000 changes on each side,
@@ -654,10 +664,5 @@ func benchRendezvousLoss(b *testing.B, nodes, rounds int) {
 		return true
 	})
 	after := measure(1_000_000)
-	b.ReportMetric(ms(percentile(before, 0.5)), "before-p50-ms")
-	b.ReportMetric(ms(percentile(before, 0.99)), "before-p99-ms")
-	b.ReportMetric(ms(percentile(after, 0.5)), "after-p50-ms")
-	b.ReportMetric(ms(percentile(after, 0.99)), "after-p99-ms")
-	b.ReportMetric(ms(percentile(after, 0.99))/ms(percentile(before, 0.99)), "p99-after/before")
-	b.ReportMetric(ms(percentile(after, 0.5))/ms(percentile(before, 0.5)), "p50-after/before")
+	reportAgainst(b, "after", after, "before", before, "after/before")
 }

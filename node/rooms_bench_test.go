@@ -125,15 +125,8 @@ func benchRoomLatency(b *testing.B, nodes, rounds int) {
 			measure(rawRound, r, from, &raw)
 		}
 	}
-	slices.Sort(raw)
-	slices.Sort(rm)
 	b.ReportMetric(float64(lost), "lost")
-	b.ReportMetric(ms(percentile(rm, 0.5)), "room-p50-ms")
-	b.ReportMetric(ms(percentile(rm, 0.99)), "room-p99-ms")
-	b.ReportMetric(ms(percentile(raw, 0.5)), "raw-p50-ms")
-	b.ReportMetric(ms(percentile(raw, 0.99)), "raw-p99-ms")
-	b.ReportMetric(ms(percentile(rm, 0.5))/ms(percentile(raw, 0.5)), "p50-ratio")
-	b.ReportMetric(ms(percentile(rm, 0.99))/ms(percentile(raw, 0.99)), "p99-ratio")
+	reportAgainst(b, "room", rm, "raw", raw, "ratio")
 }
 
 // BenchmarkRoomFormation: three nodes open a fresh topic at the same

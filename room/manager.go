@@ -401,6 +401,14 @@ func (m *Manager) writeCreds(topic string, c Creds, why string) error {
 // reconcileAll renews due leases, then runs Reconcile for every topic
 // that is open or still linked, and carries out the actions.
 func (m *Manager) reconcileAll() {
+	m.mu.Lock()
+	idle := len(m.topics) == 0
+	m.mu.Unlock()
+	if idle {
+		// Nothing open, linked or followed here: every document change
+		// and tick would otherwise read all rooms for nothing.
+		return
+	}
 	now := m.cfg.Now()
 	rooms, err := m.cfg.Doc.Rooms()
 	if err != nil {

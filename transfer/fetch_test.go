@@ -176,11 +176,17 @@ func TestPartialHolderServesVerifiedChunks(t *testing.T) {
 	if got := prC.Sources()[b.ID()]; got != sv.Manifest.Size() {
 		t.Fatalf("C got %d of %d bytes from B", got, sv.Manifest.Size())
 	}
+	sameStaged(t, sv, stagingC)
+}
+
+// sameStaged checks that a download staged in staging holds sv's bytes.
+func sameStaged(t *testing.T, sv *Served, staging string) {
+	t.Helper()
 	for _, f := range sv.Manifest.Files {
-		want, _ := os.ReadFile(filepath.Join(root, f.Path))
-		got, _ := os.ReadFile(filepath.Join(stagingC, stagingData, f.Path))
+		want, _ := os.ReadFile(filepath.Join(sv.Root, f.Path))
+		got, _ := os.ReadFile(filepath.Join(staging, stagingData, f.Path))
 		if !bytes.Equal(want, got) {
-			t.Fatalf("C's %s differs", f.Path)
+			t.Fatalf("staged %s differs from the holder's", f.Path)
 		}
 	}
 }
@@ -216,13 +222,7 @@ func TestDiskFullMidDownload(t *testing.T) {
 	if pr.Resumed.Load() != 5*ChunkSize || pr.Fetched.Load() != sv.Manifest.Size()-5*ChunkSize {
 		t.Fatalf("second run resumed %d and fetched %d bytes, want the 5 written chunks kept", pr.Resumed.Load(), pr.Fetched.Load())
 	}
-	for _, f := range sv.Manifest.Files {
-		want, _ := os.ReadFile(filepath.Join(root, f.Path))
-		got, _ := os.ReadFile(filepath.Join(staging, stagingData, f.Path))
-		if !bytes.Equal(want, got) {
-			t.Fatalf("%s differs after the resumed run", f.Path)
-		}
-	}
+	sameStaged(t, sv, staging)
 }
 
 // A server holds at most PerPeer streams per peer and Total in all; a
