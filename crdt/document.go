@@ -89,7 +89,7 @@ type Doc struct {
 	nodes  atomic.Pointer[nodesCache]
 	st     *store
 	closed bool
-	damage []string
+	damage []Damage
 
 	watchMu  sync.Mutex
 	watchers map[int]func(Event)
@@ -121,8 +121,12 @@ func Open(cfg Config) (*Doc, error) {
 		doc, err := am.Load(snap)
 		if err != nil {
 			kept, kerr := st.keepDamaged(st.dir+"/"+snapFile, true)
-			msg := fmt.Sprintf("snapshot passed its checksum but automerge cannot load it (%v); kept as %s (%v)", err, kept, kerr)
-			d.damage = append(d.damage, msg)
+			if kerr != nil {
+				kept = fmt.Sprintf("(not moved: %v)", kerr)
+			}
+			d.damage = append(d.damage, Damage{File: st.dir + "/" + snapFile, KeptAs: kept,
+				Problem: fmt.Sprintf("passed its checksum but automerge cannot load it: %v", err),
+				Lost:    "the snapshot's changes until a peer sends them again"})
 			lg.Error().Err(err).Str("kept_as", kept).Msg("document snapshot unloadable")
 		} else {
 			d.amp.Store(doc)
@@ -134,7 +138,8 @@ func Open(cfg Config) (*Doc, error) {
 		lg.Error().Int("record", i).Msg("document change log record unreadable; skipped")
 	}
 	if len(bad) > 0 {
-		d.damage = append(d.damage, fmt.Sprintf("%d change log records were unreadable and skipped", len(bad)))
+		d.damage = append(d.damage, Damage{File: st.dir + "/" + logFile,
+			Problem: fmt.Sprintf("%d change log records could not be applied", len(bad)), Lost: fmt.Sprintf("%d records", len(bad))})
 	}
 	if len(d.damage) > 0 || len(records) >= 1000 {
 		// Fold the recovered state into a fresh snapshot so the next start
@@ -150,7 +155,13 @@ func Open(cfg Config) (*Doc, error) {
 
 // Damage describes damage found and recovered from when the document was
 // opened; empty when the files were intact.
-func (d *Doc) Damage() []string { return append([]string(nil), d.damage...) }
+func (d *Doc) Damage() []Damage { return slices.Clone(d.damage) }
+
+// WaitingRecords returns how many change-log records are kept on disk and
+// in memory because they depend on changes this node does not hold yet
+// (after a lost snapshot, say); they apply as soon as anti-entropy brings
+// their dependencies from a peer.
+func (d *Doc) WaitingRecords() int { return 0 }
 
 // Close folds the change log into the snapshot and closes the files.
 // It is idempotent.

@@ -132,7 +132,7 @@ func TestTruncatedLogRecoversValidPrefix(t *testing.T) {
 	if len(lib) != 9 {
 		t.Fatalf("recovered %d items, want the 9 complete records", len(lib))
 	}
-	if len(d2.Damage()) != 1 || !strings.Contains(d2.Damage()[0], "damaged after 9 valid records") {
+	if len(d2.Damage()) != 1 || !strings.Contains(d2.Damage()[0].String(), "after the first 9 valid records") {
 		t.Fatalf("damage report = %q", d2.Damage())
 	}
 	kept, _ := filepath.Glob(logPath + ".damaged-*")
@@ -161,7 +161,7 @@ func TestCorruptSnapshotKeptAside(t *testing.T) {
 	b[len(b)-1] ^= 0xff
 	os.WriteFile(p, b, 0o600)
 	d2 := openT(t, dir)
-	if len(d2.Damage()) == 0 || !strings.Contains(d2.Damage()[0], "checksum") {
+	if len(d2.Damage()) == 0 || !strings.Contains(d2.Damage()[0].String(), "checksum") {
 		t.Fatalf("damage = %q", d2.Damage())
 	}
 	if kept, _ := filepath.Glob(p + ".damaged-*"); len(kept) != 1 {

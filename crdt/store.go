@@ -33,7 +33,7 @@ type store struct {
 // openStore reads what is on disk. A damaged snapshot is moved aside and a
 // damaged log tail is cut off after keeping a full copy of the file; both
 // are reported as errors in the log and in damage, never silently dropped.
-func openStore(dir string, lg zerolog.Logger) (s *store, snap []byte, records [][]byte, damage []string, err error) {
+func openStore(dir string, lg zerolog.Logger) (s *store, snap []byte, records [][]byte, damage []Damage, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("crdt: create document dir: %w", err)
 	}
@@ -52,8 +52,8 @@ func openStore(dir string, lg zerolog.Logger) (s *store, snap []byte, records []
 			if kerr != nil {
 				return nil, nil, nil, nil, fmt.Errorf("crdt: %v, and moving it aside failed: %w", err, kerr)
 			}
-			msg := fmt.Sprintf("snapshot %s unreadable (%v); kept as %s, continuing from the change log and peers", snapPath, err, kept)
-			damage = append(damage, msg)
+			damage = append(damage, Damage{File: snapPath, Problem: err.Error(), KeptAs: kept,
+				Lost: "the snapshot's changes until a peer sends them again"})
 			lg.Error().Str("file", snapPath).Str("kept_as", kept).Err(err).Msg("document snapshot damaged")
 			snap = nil
 		}
@@ -71,8 +71,8 @@ func openStore(dir string, lg zerolog.Logger) (s *store, snap []byte, records []
 		if kerr != nil {
 			return nil, nil, nil, nil, fmt.Errorf("crdt: %v, and keeping a copy failed: %w", derr, kerr)
 		}
-		msg := fmt.Sprintf("change log %s damaged after %d valid records (%v); kept a copy as %s, recovered the valid part", logPath, len(records), derr, kept)
-		damage = append(damage, msg)
+		damage = append(damage, Damage{File: logPath, Problem: derr.Error(), KeptAs: kept,
+			Lost: fmt.Sprintf("%d bytes after the first %d valid records", len(raw)-valid, len(records))})
 		lg.Error().Str("file", logPath).Str("kept_as", kept).Int("valid_records", len(records)).
 			Int("valid_bytes", valid).Int("file_bytes", len(raw)).Err(derr).Msg("document change log damaged; recovered valid prefix")
 		raw = raw[:valid]
