@@ -23,16 +23,42 @@
 // # Persistence
 //
 // The directory holds doc.snapshot (automerge Save, checksummed) and
-// doc.log (checksummed records, each one or more changes). Every change
-// is appended before the call that made it returns; a local commit is
-// also fsynced first (with it, every earlier record). Changes from peers
-// are written but not fsynced on their own: they survive a process crash
-// (the page cache does), and a power loss costs only what anti-entropy
-// refetches from the peers that still hold them. The log is folded into a new snapshot (temp file, fsync,
-// rename) once it outgrows the snapshot. At Open, a damaged log tail is cut
-// off after copying the whole file aside (doc.log.damaged-<ns>) and a
-// damaged snapshot is moved aside; the valid part is loaded and the damage
-// reported by Damage and in the log. See format.go for the byte layout.
+// doc.log (checksummed records, each one or more automerge chunks). See
+// format.go for the byte layout and change.go for the part of automerge's
+// chunk format this package reads itself (a change's hash and
+// dependencies).
+//
+//   - Durable before acknowledged. Update commits in memory, appends the
+//     change under the document lock and then waits, outside that lock,
+//     until one fsync covers its record (group commit: writers that append
+//     while an fsync runs share the next one). Watchers, and so the
+//     gossip publisher, see a local change only once it is durable.
+//   - A failed write leaves no trace. If the append or its fsync fails (a
+//     full disk gives ErrDiskFull), the log is cut back and the document
+//     rolled back to the heads before it (a fork, paid only on failure),
+//     so the change is never visible again, never published, never
+//     replayed. A change from a peer is appended before it is applied, so
+//     one that cannot be logged never enters memory; anti-entropy brings
+//     it again.
+//   - Changes from peers are written but not fsynced on their own: they
+//     survive a process crash (the page cache does), and a power loss costs
+//     only what anti-entropy refetches from the peers that still hold
+//     them; the next local commit's fsync covers them.
+//   - Compaction folds the log into a new snapshot in a goroutine of its
+//     own once the log outgrows the snapshot (or CompactRecords): the
+//     snapshot is written outside the document lock and the log replaced
+//     by one holding only what the snapshot lacks (temp file, fsync,
+//     rename, fsync of the directory).
+//   - Recovery keeps every intact record. At Open, a damaged snapshot is
+//     moved aside (doc.snapshot.damaged-<ns>); a damaged log is copied
+//     aside whole (doc.log.damaged-<ns>) and rewritten with every record
+//     that passes its checksum: the scan resynchronises after damage, so a
+//     flipped byte costs one record, not the rest of the file. A record
+//     whose dependencies are missing (they were in a lost snapshot or a
+//     lost record) is not an error: its changes wait, on disk and in
+//     memory, and apply as soon as anti-entropy brings what they depend
+//     on. Damage reports each problem: the file, what was wrong, what was
+//     lost, where the copy is; WaitingRecords counts the waiting changes.
 //
 // # Sync
 //

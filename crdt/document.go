@@ -4,12 +4,16 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	am "github.com/automerge/automerge-go"
 	"github.com/rs/zerolog"
+
+	"github.com/meshnode/meshnode/internal/atomicfile"
 )
 
 // Hash identifies one change (a document head).
@@ -68,17 +72,33 @@ type Stats struct {
 }
 
 // Doc is the replicated fleet document with its persistence. All methods
-// are safe for concurrent use. Writes, remote applies and sync steps are
-// serialised under one lock; every change is appended to the change log and
-// fsynced before the call that made it returns.
+// are safe for concurrent use.
+//
+// Locking: mu serialises mutations of the automerge document and appends
+// to the change log; it is never held across an fsync or a snapshot write.
+// syncMu serialises fsyncs of the log and compactions (commit.go,
+// compact.go): a local commit appends under mu, then waits under syncMu
+// until one fsync covers its record, so concurrent writers share one fsync
+// and gossip and sync deliveries never wait for another writer's disk.
+// Lock order: syncMu, then mu, then evMu, then watchMu.
 type Doc struct {
 	cfg Config
 	lg  zerolog.Logger
 
-	mu sync.Mutex // serialises mutations and persistence
-	// amp is the automerge document. It is replaced only by MergeSnapshot
-	// adopting a peer's larger document; readers that loaded the old
-	// pointer finish on a consistent (older) state.
+	syncMu sync.Mutex
+	// synced is the logical log offset up to which every record is
+	// durable, and syncedHeads the heads of the document at that offset:
+	// a failed fsync rolls the document back to them. Written under
+	// syncMu (and mu); synced is read without locks by event delivery.
+	synced      atomic.Int64
+	syncedHeads []Hash
+	lost        []lostRange // records cut off by failed fsyncs; under syncMu
+
+	mu sync.Mutex
+	// amp is the automerge document. It is replaced when MergeSnapshot
+	// adopts a peer's larger document and when a failed write is rolled
+	// back; readers that loaded the old pointer finish on a consistent
+	// (older) state.
 	amp atomic.Pointer[am.Doc]
 	// heads caches am.Heads(), refreshed under mu after every mutation:
 	// heartbeats and gossip ask about heads far more often than they
@@ -90,6 +110,15 @@ type Doc struct {
 	st     *store
 	closed bool
 	damage []Damage
+	// waiting holds changes from the change log (or from a sync message)
+	// whose dependencies this node lacks, e.g. after its snapshot was
+	// lost. They apply when the dependencies arrive (settleWaitingLocked
+	// after every remote change); until then compaction keeps their bytes
+	// in the log. Under mu.
+	waiting []rawChange
+
+	evMu sync.Mutex
+	evq  []queuedEvent // see commit.go
 
 	watchMu  sync.Mutex
 	watchers map[int]func(Event)
@@ -101,55 +130,79 @@ type Doc struct {
 	savedHeads string
 	saved      []byte
 
+	compactKick chan struct{}
+	stop        chan struct{}
+	wg          sync.WaitGroup
+
 	localCommits, remoteChanges, snapshotMerges, compactions atomic.Uint64
 }
 
 // Open loads the document from cfg.Dir (creating an empty one if there is
-// none), recovering the valid part of damaged files.
+// none), recovering every intact record of damaged files.
 func Open(cfg Config) (*Doc, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	lg := cfg.Logger.With().Str("component", "crdt").Logger()
-	st, snap, records, damage, err := openStore(cfg.Dir, lg)
+	st, ld, err := openStore(cfg.Dir, lg)
 	if err != nil {
 		return nil, err
 	}
-	d := &Doc{cfg: cfg, lg: lg, st: st, damage: damage, watchers: map[int]func(Event){}}
+	d := &Doc{cfg: cfg, lg: lg, st: st, damage: ld.damage, watchers: map[int]func(Event){},
+		compactKick: make(chan struct{}, 1), stop: make(chan struct{})}
 	d.amp.Store(am.New())
-	if snap != nil {
-		doc, err := am.Load(snap)
+	if ld.snap != nil {
+		doc, err := am.Load(ld.snap)
 		if err != nil {
-			kept, kerr := st.keepDamaged(st.dir+"/"+snapFile, true)
+			path := filepath.Join(st.dir, snapFile)
+			kept, kerr := st.keepDamaged(path, true)
 			if kerr != nil {
 				kept = fmt.Sprintf("(not moved: %v)", kerr)
 			}
-			d.damage = append(d.damage, Damage{File: st.dir + "/" + snapFile, KeptAs: kept,
-				Problem: fmt.Sprintf("passed its checksum but automerge cannot load it: %v", err),
-				Lost:    "the snapshot's changes until a peer sends them again"})
+			d.damage = append(d.damage, Damage{File: path, KeptAs: kept, Lost: lostSnapshot,
+				Problem: fmt.Sprintf("passed its checksum but automerge cannot load it: %v", err)})
 			lg.Error().Err(err).Str("kept_as", kept).Msg("document snapshot unloadable")
+			st.snapSize = 0
 		} else {
 			d.amp.Store(doc)
 		}
 	}
-	bad := replay(d.doc(), records)
+	unreadable := d.replay(ld.records)
 	d.refreshHeads()
-	for _, i := range bad {
-		lg.Error().Int("record", i).Msg("document change log record unreadable; skipped")
+	if len(unreadable) > 0 {
+		path := filepath.Join(st.dir, logFile)
+		kept := fmt.Sprintf("%s.unreadable-%d", path, time.Now().UnixNano())
+		var b []byte
+		for _, r := range unreadable {
+			b = appendRecord(b, r)
+		}
+		if err := atomicfile.WriteFile(kept, b, 0o600); err != nil {
+			kept = fmt.Sprintf("(not kept: %v)", err)
+		}
+		d.damage = append(d.damage, Damage{File: path, KeptAs: kept,
+			Problem: fmt.Sprintf("%d records pass their checksum but are not automerge changes", len(unreadable)),
+			Lost:    fmt.Sprintf("%d records", len(unreadable))})
 	}
-	if len(bad) > 0 {
-		d.damage = append(d.damage, Damage{File: st.dir + "/" + logFile,
-			Problem: fmt.Sprintf("%d change log records could not be applied", len(bad)), Lost: fmt.Sprintf("%d records", len(bad))})
+	if n := len(d.waiting); n > 0 {
+		d.damage = append(d.damage, Damage{File: filepath.Join(st.dir, logFile),
+			Problem: fmt.Sprintf("%d changes depend on changes this node does not hold (a lost snapshot or log record)", n),
+			Lost:    "nothing yet: the changes are kept and apply as soon as a peer sends what they depend on"})
+		lg.Warn().Int("changes", n).Msg("change log holds changes whose dependencies are missing; kept until a peer sends them")
 	}
-	if len(d.damage) > 0 || len(records) >= 1000 {
+	if len(d.damage) > 0 || len(ld.records) >= 1000 {
 		// Fold the recovered state into a fresh snapshot so the next start
 		// neither replays a long log nor meets the same damage again.
-		if err := d.compactLocked(); err != nil {
+		// Waiting changes stay in the new log.
+		if err := d.compact(); err != nil {
 			st.close()
 			return nil, err
 		}
 	}
-	lg.Info().Int("heads", len(d.Heads())).Int("log_records", len(records)).Msg("document opened")
+	d.synced.Store(st.end())
+	d.syncedHeads = d.Heads()
+	d.wg.Add(1)
+	go d.compactLoop()
+	lg.Info().Int("heads", len(d.Heads())).Int("log_records", len(ld.records)).Msg("document opened")
 	return d, nil
 }
 
@@ -157,31 +210,43 @@ func Open(cfg Config) (*Doc, error) {
 // opened; empty when the files were intact.
 func (d *Doc) Damage() []Damage { return slices.Clone(d.damage) }
 
-// WaitingRecords returns how many change-log records are kept on disk and
-// in memory because they depend on changes this node does not hold yet
-// (after a lost snapshot, say); they apply as soon as anti-entropy brings
-// their dependencies from a peer.
-func (d *Doc) WaitingRecords() int { return 0 }
-
-// Close folds the change log into the snapshot and closes the files.
-// It is idempotent.
-func (d *Doc) Close() error {
+// WaitingRecords returns how many changes from the change log (or from
+// peers) this node keeps, on disk and in memory, because they depend on
+// changes it does not hold yet (after a lost snapshot, say). They apply as
+// soon as anti-entropy brings their dependencies from a peer.
+func (d *Doc) WaitingRecords() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return len(d.waiting)
+}
+
+// Close folds the change log into the snapshot and closes the files. Writes
+// still waiting for their fsync are covered by the final compaction. It is
+// idempotent.
+func (d *Doc) Close() error {
+	d.mu.Lock()
 	if d.closed {
+		d.mu.Unlock()
 		return nil
 	}
 	d.closed = true
-	err := d.compactLocked()
+	d.mu.Unlock()
+	close(d.stop)
+	d.wg.Wait()
+	d.syncMu.Lock()
+	defer d.syncMu.Unlock()
+	err := d.compact()
 	if cerr := d.st.close(); err == nil {
 		err = cerr
 	}
+	d.deliver()
 	return err
 }
 
-// Watch calls fn after every change, in commit order. fn must not block and
-// must not call methods of d that write; it runs under the document lock.
-// The returned function removes the watcher.
+// Watch calls fn after every change, in commit order; a local commit is
+// reported once it is durable. fn must not block and must not call methods
+// of d that write; it runs under the document's event lock. The returned
+// function removes the watcher.
 func (d *Doc) Watch(fn func(Event)) (cancel func()) {
 	d.watchMu.Lock()
 	id := d.nextW
@@ -195,63 +260,70 @@ func (d *Doc) Watch(fn func(Event)) (cancel func()) {
 	}
 }
 
-func (d *Doc) notify(ev Event) {
-	d.watchMu.Lock()
-	defer d.watchMu.Unlock()
-	for _, fn := range d.watchers {
-		fn(ev)
-	}
-}
-
 // Update runs fn to collect writes and commits them as one change, which is
 // on disk (fsynced) before Update returns. If fn returns an error or records
-// an invalid write, nothing is written. An Update with no effective write
+// an invalid write, nothing is written; if the change cannot be written to
+// disk, the document is rolled back to exactly what it was and the error
+// wraps ErrDiskFull or names the file. An Update with no effective write
 // returns a zero Hash and no error.
+//
+// Readers running while Update waits for its fsync may already see the
+// change; peers and watchers see it only once it is durable.
 func (d *Doc) Update(msg string, fn func(*Tx) error) (Hash, error) {
+	h, end, err := d.commit(msg, fn)
+	if err != nil || end == 0 {
+		return h, err
+	}
+	if err := d.syncTo(end); err != nil {
+		return Hash{}, err
+	}
+	return h, nil
+}
+
+// commit applies the writes of one Update in memory and appends the change
+// to the log, returning the logical offset its record ends at.
+func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return Hash{}, ErrClosed
+		return Hash{}, 0, ErrClosed
 	}
 	tx := &Tx{read: d}
 	if err := fn(tx); err != nil {
-		return Hash{}, err
+		return Hash{}, 0, err
 	}
 	if err := errors.Join(tx.errs...); err != nil {
-		return Hash{}, err
+		return Hash{}, 0, err
 	}
+	before := *d.heads.Load()
 	for _, op := range tx.ops {
 		if err := op(d.doc()); err != nil {
-			// Automerge refused a write that passed validation. The writes
-			// before it stay pending and go out with the next commit; say so.
-			return Hash{}, fmt.Errorf("crdt: write: %w", err)
+			// Automerge refused a write that passed validation: drop the
+			// writes before it too.
+			d.rollbackLocked(before)
+			return Hash{}, 0, fmt.Errorf("crdt: write: %w", err)
 		}
 	}
 	h, err := d.doc().Commit(msg)
 	if err != nil {
-		return Hash{}, nil // nothing changed
+		return Hash{}, 0, nil // nothing changed
 	}
-	heads := d.refreshHeads()
 	ch, err := d.doc().Change(h)
 	if err != nil {
-		return Hash{}, fmt.Errorf("crdt: read back commit: %w", err)
+		d.rollbackLocked(before)
+		return Hash{}, 0, fmt.Errorf("crdt: read back commit: %w", err)
 	}
 	raw := ch.Save()
-	if err := d.st.append(raw); err != nil {
-		return Hash{}, err
+	end, err := d.st.append(raw)
+	if err != nil {
+		d.rollbackLocked(before)
+		return Hash{}, 0, err
 	}
+	heads := d.refreshHeads()
 	d.localCommits.Add(1)
-	// Watchers (the publisher) see the change while it is being fsynced:
-	// the fsync is off the fleet's delivery path. Publishing a change
-	// before it is durable is safe: every process start uses a fresh
-	// actor, so a crash here cannot make this node reuse the change's
-	// sequence number; peers simply hold a change the caller was never
-	// told succeeded, as with any write cut short by a crash.
-	d.notify(Event{Local: true, Change: raw, Hash: h, Deps: ch.Dependencies(), Heads: heads})
-	if err := d.st.sync(); err != nil {
-		return Hash{}, err
-	}
-	return h, d.maybeCompactLocked()
+	d.enqueueLocked(Event{Local: true, Change: raw, Hash: h, Deps: ch.Dependencies(), Heads: heads}, end)
+	d.kickCompactionLocked()
+	return h, end, nil
 }
 
 // ErrMissingDeps is returned by ApplyChange when the change depends on
@@ -262,7 +334,11 @@ var ErrMissingDeps = errors.New("crdt: change depends on changes this node lacks
 // ApplyChange applies one change received from a peer, in automerge's
 // Change.Save format, whose hash and dependencies the sender announced. It
 // reports whether the change was new. A change we already have is a no-op.
+// The change is appended to the log before it is applied, so a change that
+// cannot be written (a full disk) never enters memory: anti-entropy
+// brings it again later.
 func (d *Doc) ApplyChange(raw []byte, hash Hash, deps []Hash) (bool, error) {
+	defer d.deliver()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -274,19 +350,35 @@ func (d *Doc) ApplyChange(raw []byte, hash Hash, deps []Hash) (bool, error) {
 	if !d.HasAll(deps) {
 		return false, ErrMissingDeps
 	}
-	if err := d.doc().LoadIncremental(raw); err != nil {
-		return false, fmt.Errorf("%w: change %s: %v", ErrCorrupt, hash, err)
+	c, n, err := parseChange(raw)
+	if err != nil || n != len(raw) {
+		return false, fmt.Errorf("%w: change %s is not one automerge change (%v)", ErrCorrupt, hash, err)
 	}
-	heads := d.refreshHeads()
-	if !d.has(hash) {
+	if c.hash != hash {
 		return false, fmt.Errorf("%w: change bytes do not hash to the announced %s", ErrCorrupt, hash)
 	}
-	if err := d.st.append(raw); err != nil {
-		return true, err
+	if !d.HasAll(c.deps) {
+		return false, ErrMissingDeps
 	}
-	d.remoteChanges.Add(1)
-	d.notify(Event{Heads: heads})
-	return true, d.maybeCompactLocked()
+	before := d.st.end()
+	if _, err := d.st.append(raw); err != nil {
+		return false, err
+	}
+	if err := d.doc().LoadIncremental(raw); err != nil {
+		d.st.truncate(before)
+		return false, fmt.Errorf("%w: change %s: %v", ErrCorrupt, hash, err)
+	}
+	d.remoteChangedLocked(1)
+	return true, nil
+}
+
+// remoteChangedLocked is the common tail of every remote mutation: count,
+// settle waiting changes, tell the watchers, consider compaction.
+func (d *Doc) remoteChangedLocked(n int) {
+	d.remoteChanges.Add(uint64(n))
+	d.settleWaitingLocked()
+	d.enqueueLocked(Event{Heads: d.refreshHeads()}, 0)
+	d.kickCompactionLocked()
 }
 
 func (d *Doc) has(h Hash) bool {
@@ -313,21 +405,29 @@ func (d *Doc) saveLocked() []byte {
 	return d.saved
 }
 
-// MergeSnapshot merges a peer's snapshot into this document and writes a new
-// local snapshot holding the result.
+// MergeSnapshot merges a peer's snapshot into this document. The merged
+// state is durable before MergeSnapshot returns: a new node adopts the
+// peer's bytes as its snapshot; otherwise the snapshot is appended to the
+// change log as one record.
 func (d *Doc) MergeSnapshot(b []byte) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return ErrClosed
-	}
 	// Load the bytes in a scratch doc first: LoadIncremental of a damaged
 	// snapshot must not leave half of it in the live document.
 	loaded, err := am.Load(b)
 	if err != nil {
 		return fmt.Errorf("%w: snapshot from peer: %v", ErrCorrupt, err)
 	}
-	before := hashKey(*d.heads.Load())
+	// syncMu first: an adopted snapshot is written outside mu, and no
+	// local commit may be acknowledged before it is on disk.
+	d.syncMu.Lock()
+	defer d.syncMu.Unlock()
+	defer d.deliver()
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return ErrClosed
+	}
+	beforeHeads := *d.heads.Load()
+	before := hashKey(beforeHeads)
 	cur := d.doc()
 	if d.st.snapSize == 0 && int64(len(b)) > d.st.logSize {
 		// A new node: everything it has is in its change log, and the
@@ -336,31 +436,51 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 		// (3x faster for a large fleet). The peer's bytes become the
 		// snapshot; our changes stay in the log and replay on top.
 		if _, err := loaded.Merge(cur); err != nil {
+			d.mu.Unlock()
 			return fmt.Errorf("crdt: merge into snapshot: %w", err)
 		}
 		if err := loaded.SetActorID(cur.ActorID()); err != nil {
+			d.mu.Unlock()
 			return fmt.Errorf("crdt: keep actor: %w", err)
 		}
-		if err := d.st.replaceSnapshot(b); err != nil {
+		d.mu.Unlock()
+		size, err := d.st.replaceSnapshot(b)
+		d.mu.Lock()
+		if err != nil {
+			d.mu.Unlock()
 			return err
 		}
-		d.amp.Store(loaded)
+		// Commits and remote changes that landed in cur while the
+		// snapshot was written come across too.
+		if _, err := loaded.Merge(d.doc()); err != nil {
+			d.mu.Unlock()
+			return fmt.Errorf("crdt: merge into snapshot: %w", err)
+		}
+		d.st.snapSize = size
+		d.swapLocked(loaded)
 	} else {
-		err := cur.LoadIncremental(b)
-		d.refreshHeads() // before compaction: the Save cache is keyed by heads
-		if err != nil {
+		if err := cur.LoadIncremental(b); err != nil {
+			d.refreshHeads()
+			d.mu.Unlock()
 			return fmt.Errorf("crdt: merge snapshot: %w", err)
 		}
-		if err := d.compactLocked(); err != nil {
-			return err
+		if hashKey(d.refreshHeads()) != before {
+			if _, err := d.st.append(b); err != nil {
+				d.rollbackLocked(beforeHeads)
+				d.mu.Unlock()
+				return err
+			}
 		}
 	}
 	d.snapshotMerges.Add(1)
-	heads := d.refreshHeads()
-	if hashKey(heads) != before {
-		d.notify(Event{Heads: heads})
+	if heads := d.refreshHeads(); hashKey(heads) != before {
+		d.remoteChangedLocked(0)
 	}
-	return nil
+	end := d.st.end()
+	d.mu.Unlock()
+	// Changes merged from the peer are made durable like any other record
+	// before this returns (syncMu is held: sync directly).
+	return d.syncLocked(end)
 }
 
 // doc returns the current automerge document.
@@ -429,45 +549,6 @@ func (d *Doc) Stats() Stats {
 		SnapshotMerges: d.snapshotMerges.Load(),
 		Compactions:    d.compactions.Load(),
 	}
-}
-
-func (d *Doc) maybeCompactLocked() error {
-	if d.st.logSize > max(d.cfg.CompactBytes, d.st.snapSize) || d.st.records >= d.cfg.CompactRecords {
-		return d.compactLocked()
-	}
-	return nil
-}
-
-func (d *Doc) compactLocked() error {
-	if err := d.st.writeSnapshot(d.saveLocked()); err != nil {
-		return err
-	}
-	d.compactions.Add(1)
-	return nil
-}
-
-// replay loads log records in order. A record whose dependencies are not
-// there yet (possible for changes a sync message delivered out of order) is
-// retried after the others until no more progress is made; it returns the
-// indexes of the records that never loaded.
-func replay(doc *am.Doc, records [][]byte) (bad []int) {
-	pending := make([]int, len(records))
-	for i := range pending {
-		pending[i] = i
-	}
-	for len(pending) > 0 {
-		var next []int
-		for _, i := range pending {
-			if err := doc.LoadIncremental(records[i]); err != nil {
-				next = append(next, i)
-			}
-		}
-		if len(next) == len(pending) {
-			return next
-		}
-		pending = next
-	}
-	return nil
 }
 
 func hashKey(hs []Hash) string {

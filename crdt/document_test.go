@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 )
@@ -20,6 +21,18 @@ func openT(t *testing.T, dir string) *Doc {
 	}
 	t.Cleanup(func() { d.Close() })
 	return d
+}
+
+// crash stops d as a kill -9 would: no final compaction, no Close.
+func crash(d *Doc) {
+	d.mu.Lock()
+	d.closed = true
+	d.mu.Unlock()
+	close(d.stop)
+	d.wg.Wait()
+	d.syncMu.Lock()
+	d.st.close()
+	d.syncMu.Unlock()
 }
 
 func setName(t *testing.T, d *Doc, item, name string) {
@@ -84,7 +97,7 @@ func TestPersistReopen(t *testing.T) {
 	}
 	heads := d.HeadStrings()
 	// No Close: the log alone must carry every acknowledged change.
-	d.st.close()
+	crash(d)
 	d2 := openT(t, dir)
 	if fmt.Sprint(d2.HeadStrings()) != fmt.Sprint(heads) {
 		t.Fatalf("heads after reopen %v, want %v", d2.HeadStrings(), heads)
@@ -104,11 +117,14 @@ func TestCompactionKeepsEverything(t *testing.T) {
 	for i := range 30 {
 		setName(t, d, fmt.Sprintf("item%d", i), "v")
 	}
-	if d.Stats().Compactions < 3 {
-		t.Fatalf("compactions = %d, want >= 3", d.Stats().Compactions)
+	for deadline := time.Now().Add(10 * time.Second); d.Stats().Compactions < 3; {
+		if time.Now().After(deadline) {
+			t.Fatalf("compactions = %d, want >= 3", d.Stats().Compactions)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	heads := d.HeadStrings()
-	d.st.close()
+	crash(d)
 	d2 := openT(t, dir)
 	if fmt.Sprint(d2.HeadStrings()) != fmt.Sprint(heads) {
 		t.Fatal("heads differ after compaction and reopen")
@@ -121,7 +137,7 @@ func TestTruncatedLogRecoversValidPrefix(t *testing.T) {
 	for i := range 10 {
 		setName(t, d, fmt.Sprintf("item%d", i), "v")
 	}
-	d.st.close()
+	crash(d)
 	logPath := filepath.Join(dir, logFile)
 	b, _ := os.ReadFile(logPath)
 	if err := os.WriteFile(logPath, b[:len(b)-5], 0o600); err != nil { // torn last record
@@ -132,7 +148,7 @@ func TestTruncatedLogRecoversValidPrefix(t *testing.T) {
 	if len(lib) != 9 {
 		t.Fatalf("recovered %d items, want the 9 complete records", len(lib))
 	}
-	if len(d2.Damage()) != 1 || !strings.Contains(d2.Damage()[0].String(), "after the first 9 valid records") {
+	if len(d2.Damage()) != 1 || !strings.Contains(d2.Damage()[0].String(), "9 intact records kept") {
 		t.Fatalf("damage report = %q", d2.Damage())
 	}
 	kept, _ := filepath.Glob(logPath + ".damaged-*")
@@ -144,7 +160,7 @@ func TestTruncatedLogRecoversValidPrefix(t *testing.T) {
 	}
 	// Writing continues after the cut and survives another reopen.
 	setName(t, d2, "after", "v")
-	d2.st.close()
+	crash(d2)
 	d3 := openT(t, dir)
 	if _, ok, _ := d3.Item("after"); !ok || len(d3.Damage()) != 0 {
 		t.Fatalf("write after recovery lost (ok=%v) or damage reported again %q", ok, d3.Damage())
@@ -209,7 +225,7 @@ func TestSyncConverges(t *testing.T) {
 		t.Fatalf("LWW winner differs: %q vs %q", ia.Name, ib.Name)
 	}
 	// Synced changes are durable on the receiver.
-	b.st.close()
+	crash(b)
 	b2 := openT(t, b.cfg.Dir)
 	if lib, _ := b2.Library(); len(lib) != 41 {
 		t.Fatalf("receiver persisted %d items, want 41", len(lib))
@@ -314,7 +330,7 @@ func TestSnapshotAdoptionKeepsOwnChanges(t *testing.T) {
 			t.Fatalf("a lacks %s after sync", k)
 		}
 	}
-	b.st.close() // as after a crash: no final compaction, the log replays
+	crash(b) // as after a crash: no final compaction, the log replays
 	b2 := openT(t, b.cfg.Dir)
 	if lib, _ := b2.Library(); len(lib) != 203 {
 		t.Fatalf("after restart the adopted node has %d items, want 203", len(lib))
@@ -326,7 +342,7 @@ func TestSnapshotAdoptionKeepsOwnChanges(t *testing.T) {
 	if err := b2.MergeSnapshot(a.Snapshot()); err != nil {
 		t.Fatal(err)
 	}
-	b2.st.close()
+	crash(b2)
 	b3 := openT(t, b.cfg.Dir)
 	if lib, _ := b3.Library(); len(lib) != 204 {
 		t.Fatalf("after a second merge and restart %d items, want 204", len(lib))

@@ -64,32 +64,74 @@ func appendRecord(b, payload []byte) []byte {
 	return append(append(b, h[:]...), payload...)
 }
 
-// decodeLog splits a log file into its records. It returns every record
-// before the first damage, the byte length of that valid prefix, and, if
-// the file does not end cleanly after it, an error describing the damage.
-func decodeLog(b []byte) (records [][]byte, valid int, err error) {
+// logRecord is one intact record of a change log: its payload and the
+// offset of its header in the file.
+type logRecord struct {
+	off     int
+	payload []byte
+}
+
+// logGap is a run of bytes in a change log that holds no intact record.
+type logGap struct {
+	off, n int
+	why    string
+}
+
+// amMagic opens every automerge chunk (change or document). A record's
+// payload must start with it, which makes a false resynchronisation on
+// random bytes (a length and CRC-32C that happen to match) even less
+// likely than 2^-32 per offset.
+const amMagic = "\x85\x6f\x4a\x83"
+
+// decodeLog splits a log file into its intact records. Damage does not end
+// the scan: after a record that fails its length or checksum, it looks for
+// the next offset where an intact record starts, so one flipped byte costs
+// one record, not the rest of the file. gaps lists every damaged run; a
+// file whose header is not a change log's yields no records and one gap.
+func decodeLog(b []byte) (records []logRecord, gaps []logGap) {
 	if len(b) == 0 {
-		return nil, 0, nil
+		return nil, nil
 	}
 	if len(b) < len(logMagic) || string(b[:len(logMagic)]) != logMagic {
-		return nil, 0, fmt.Errorf("%w: log header missing or not a meshnode change log", ErrCorrupt)
+		return nil, []logGap{{0, len(b), "log header missing or not a meshnode change log"}}
 	}
 	off := len(logMagic)
 	for off < len(b) {
-		if len(b)-off < recHeaderLen {
-			return records, off, fmt.Errorf("%w: truncated record header at offset %d", ErrCorrupt, off)
+		p, why := recordAt(b, off)
+		if why == "" {
+			records = append(records, logRecord{off: off, payload: p})
+			off += recHeaderLen + len(p)
+			continue
 		}
-		n := int(binary.LittleEndian.Uint32(b[off:]))
-		sum := binary.LittleEndian.Uint32(b[off+4:])
-		if n > maxRecord || n > len(b)-off-recHeaderLen {
-			return records, off, fmt.Errorf("%w: record at offset %d claims %d bytes, %d remain (truncated?)", ErrCorrupt, off, n, len(b)-off-recHeaderLen)
+		next := off + 1
+		for next < len(b) {
+			if _, w := recordAt(b, next); w == "" {
+				break
+			}
+			next++
 		}
-		p := b[off+recHeaderLen : off+recHeaderLen+n]
-		if crc32.Checksum(p, castagnoli) != sum {
-			return records, off, fmt.Errorf("%w: record checksum mismatch at offset %d", ErrCorrupt, off)
-		}
-		records = append(records, p)
-		off += recHeaderLen + n
+		gaps = append(gaps, logGap{off: off, n: next - off, why: why})
+		off = next
 	}
-	return records, off, nil
+	return records, gaps
+}
+
+// recordAt returns the payload of the record whose header starts at off, or
+// why there is no intact record there.
+func recordAt(b []byte, off int) ([]byte, string) {
+	if len(b)-off < recHeaderLen {
+		return nil, "truncated record header"
+	}
+	n := int(binary.LittleEndian.Uint32(b[off:]))
+	if n > maxRecord || n > len(b)-off-recHeaderLen {
+		return nil, fmt.Sprintf("record claims %d bytes, %d remain (truncated?)", n, len(b)-off-recHeaderLen)
+	}
+	p := b[off+recHeaderLen : off+recHeaderLen+n]
+	if len(p) < len(amMagic) || string(p[:len(amMagic)]) != amMagic {
+		return nil, "record payload is not an automerge chunk"
+	}
+	if crc32.Checksum(p, castagnoli) != binary.LittleEndian.Uint32(b[off+4:]) {
+		return nil, "record checksum mismatch"
+	}
+	return p, ""
 }

@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"slices"
 	"testing"
 
 	am "github.com/automerge/automerge-go"
@@ -10,23 +11,51 @@ import (
 func FuzzDecodeLog(f *testing.F) {
 	f.Add([]byte(nil))
 	f.Add([]byte(logMagic))
-	f.Add(appendRecord([]byte(logMagic), []byte("hello")))
-	f.Add(appendRecord(appendRecord([]byte(logMagic), []byte("a")), []byte("bb"))[:20])
+	f.Add(appendRecord([]byte(logMagic), []byte(amMagic+"hello")))
+	f.Add(appendRecord(appendRecord([]byte(logMagic), []byte(amMagic+"a")), []byte(amMagic+"bb"))[:20])
+	two := appendRecord(appendRecord([]byte(logMagic), []byte(amMagic+"first")), []byte(amMagic+"second"))
+	flipped := slices.Clone(two)
+	flipped[len(logMagic)+recHeaderLen+2] ^= 1
+	f.Add(flipped)
 	f.Add([]byte("MNLOG01\n\xff\xff\xff\xff\x00\x00\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		recs, valid, err := decodeLog(b)
-		if valid > len(b) {
-			t.Fatalf("valid %d > len %d", valid, len(b))
+		recs, gaps := decodeLog(b)
+		// Records and gaps tile the file after the header, in order.
+		type span struct{ off, n int }
+		var spans []span
+		for _, r := range recs {
+			spans = append(spans, span{r.off, recHeaderLen + len(r.payload)})
 		}
-		if err == nil && valid != len(b) {
-			t.Fatal("clean decode must consume everything")
-		}
-		// The valid prefix re-decodes cleanly to the same records.
-		if valid > 0 {
-			recs2, v2, err2 := decodeLog(b[:valid])
-			if err2 != nil || v2 != valid || len(recs2) != len(recs) {
-				t.Fatalf("prefix did not re-decode: %v", err2)
+		for _, g := range gaps {
+			if g.n <= 0 || g.why == "" {
+				t.Fatalf("empty or unexplained gap %+v", g)
 			}
+			spans = append(spans, span{g.off, g.n})
+		}
+		slices.SortFunc(spans, func(a, b span) int { return a.off - b.off })
+		at := len(logMagic)
+		if len(recs) == 0 && len(gaps) == 1 && gaps[0].off == 0 {
+			at = 0 // not a change log at all
+		}
+		if len(b) == 0 {
+			at = 0
+		}
+		for _, sp := range spans {
+			if sp.off != at {
+				t.Fatalf("span at %d, want %d", sp.off, at)
+			}
+			at += sp.n
+		}
+		if at != len(b) {
+			t.Fatalf("spans end at %d of %d", at, len(b))
+		}
+		// Re-encoding the intact records decodes to the same records.
+		clean := []byte(logMagic)
+		for _, r := range recs {
+			clean = appendRecord(clean, r.payload)
+		}
+		if recs2, gaps2 := decodeLog(clean); len(gaps2) != 0 || len(recs2) != len(recs) {
+			t.Fatalf("intact records do not re-decode cleanly: %d gaps", len(gaps2))
 		}
 	})
 }
@@ -86,5 +115,31 @@ func FuzzSyncMessage(f *testing.F) {
 		}
 		defer doc.Close()
 		_, _ = doc.receiveSync(doc.NewPeerState(), b)
+	})
+}
+
+// FuzzParseChange feeds arbitrary bytes to the change framing decoder that
+// reads gossiped changes and log records.
+func FuzzParseChange(f *testing.F) {
+	d := am.New()
+	d.Path("library/x/name").Set("y")
+	h, _ := d.Commit("c")
+	ch, _ := d.Change(h)
+	f.Add(ch.Save())
+	f.Add(append(ch.Save(), ch.Save()...))
+	f.Add(d.Save())
+	f.Add([]byte(amMagic + "\x00\x00\x00\x00\x01\x80\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, n, err := parseChange(b)
+		if err != nil {
+			return
+		}
+		if n > len(b) || string(c.raw) != string(b[:n]) {
+			t.Fatal("accepted change is not the front of the input")
+		}
+		c2, n2, err := parseChange(c.raw)
+		if err != nil || n2 != n || c2.hash != c.hash || len(c2.deps) != len(c.deps) {
+			t.Fatalf("accepted change does not re-parse the same: %v", err)
+		}
 	})
 }

@@ -3,9 +3,11 @@ package crdt
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -19,99 +21,147 @@ const (
 	logFile  = "doc.log"
 )
 
-// store owns the snapshot and change-log files. It is not safe for
-// concurrent use; Doc serialises access under its write lock.
+// store owns the snapshot and change-log files. Appends and truncations
+// are serialised by Doc.mu; fsync of the log (sync) by Doc.syncMu, which
+// also covers swapping the log for a compacted one. Offsets given to and
+// returned by the store are logical: bytes appended since Open, never
+// reset by compaction, so a waiter's "my record ends at N" stays true
+// while the file under it is rewritten.
 type store struct {
-	dir      string
-	lg       zerolog.Logger
-	log      *os.File
-	logSize  int64
-	records  int
+	dir string
+	lg  zerolog.Logger
+
+	log     *os.File
+	logSize int64 // physical size of the log file
+	shift   int64 // logical offset = physical offset + shift
+	records int
+	// snapSize is the size of the snapshot file; read and written under
+	// Doc.mu.
 	snapSize int64
 }
 
-// openStore reads what is on disk. A damaged snapshot is moved aside and a
-// damaged log tail is cut off after keeping a full copy of the file; both
-// are reported as errors in the log and in damage, never silently dropped.
-func openStore(dir string, lg zerolog.Logger) (s *store, snap []byte, records [][]byte, damage []Damage, err error) {
+// loaded is what openStore found on disk.
+type loaded struct {
+	snap    []byte
+	records [][]byte
+	damage  []Damage
+}
+
+// openStore reads what is on disk. A damaged snapshot is moved aside; a
+// damaged log is copied aside whole and rewritten to hold every intact
+// record. Both are reported in damage, never silently dropped.
+func openStore(dir string, lg zerolog.Logger) (*store, loaded, error) {
+	var ld loaded
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("crdt: create document dir: %w", err)
+		return nil, ld, fmt.Errorf("crdt: create document dir %s: %w", dir, err)
 	}
-	s = &store{dir: dir, lg: lg}
+	s := &store{dir: dir, lg: lg}
+	// Temp files of a write cut short by a crash (compaction, snapshot).
+	if stale, _ := filepath.Glob(filepath.Join(dir, ".doc.*.tmp-*")); len(stale) > 0 {
+		for _, p := range stale {
+			os.Remove(p)
+		}
+	}
 
 	snapPath := filepath.Join(dir, snapFile)
 	raw, err := os.ReadFile(snapPath)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
-		return nil, nil, nil, nil, fmt.Errorf("crdt: read snapshot: %w", err)
+		return nil, ld, fmt.Errorf("crdt: read snapshot %s: %w", snapPath, err)
 	default:
-		snap, err = decodeSnapshot(raw)
+		ld.snap, err = decodeSnapshot(raw)
 		if err != nil {
 			kept, kerr := s.keepDamaged(snapPath, true)
 			if kerr != nil {
-				return nil, nil, nil, nil, fmt.Errorf("crdt: %v, and moving it aside failed: %w", err, kerr)
+				return nil, ld, fmt.Errorf("crdt: snapshot %s: %v, and moving it aside failed: %w", snapPath, err, kerr)
 			}
-			damage = append(damage, Damage{File: snapPath, Problem: err.Error(), KeptAs: kept,
-				Lost: "the snapshot's changes until a peer sends them again"})
+			ld.damage = append(ld.damage, Damage{File: snapPath, Problem: err.Error(), KeptAs: kept, Lost: lostSnapshot})
 			lg.Error().Str("file", snapPath).Str("kept_as", kept).Err(err).Msg("document snapshot damaged")
-			snap = nil
+			ld.snap = nil
+		} else {
+			s.snapSize = int64(len(raw))
 		}
-		s.snapSize = int64(len(raw))
 	}
 
 	logPath := filepath.Join(dir, logFile)
 	raw, err = os.ReadFile(logPath)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, nil, nil, fmt.Errorf("crdt: read change log: %w", err)
+		return nil, ld, fmt.Errorf("crdt: read change log %s: %w", logPath, err)
 	}
-	records, valid, derr := decodeLog(raw)
-	if derr != nil {
+	recs, gaps := decodeLog(raw)
+	for _, r := range recs {
+		ld.records = append(ld.records, r.payload)
+	}
+	if len(gaps) > 0 {
 		kept, kerr := s.keepDamaged(logPath, false)
 		if kerr != nil {
-			return nil, nil, nil, nil, fmt.Errorf("crdt: %v, and keeping a copy failed: %w", derr, kerr)
+			return nil, ld, fmt.Errorf("crdt: change log %s is damaged (%s), and keeping a copy failed: %w", logPath, gaps[0].why, kerr)
 		}
-		damage = append(damage, Damage{File: logPath, Problem: derr.Error(), KeptAs: kept,
-			Lost: fmt.Sprintf("%d bytes after the first %d valid records", len(raw)-valid, len(records))})
-		lg.Error().Str("file", logPath).Str("kept_as", kept).Int("valid_records", len(records)).
-			Int("valid_bytes", valid).Int("file_bytes", len(raw)).Err(derr).Msg("document change log damaged; recovered valid prefix")
-		raw = raw[:valid]
+		ld.damage = append(ld.damage, logDamage(logPath, kept, len(raw), len(recs), gaps))
+		lg.Error().Str("file", logPath).Str("kept_as", kept).Int("intact_records", len(recs)).
+			Int("damaged_runs", len(gaps)).Int("file_bytes", len(raw)).Msg("document change log damaged; kept every intact record")
+		if err := s.rewriteLog(ld.records); err != nil {
+			return nil, ld, err
+		}
+	} else if err := s.openLog(len(raw)); err != nil {
+		return nil, ld, err
 	}
-	if err := s.openLog(raw); err != nil {
-		return nil, nil, nil, nil, err
-	}
-	s.records = len(records)
-	return s, snap, records, damage, nil
+	s.records = len(recs)
+	return s, ld, nil
 }
 
-// openLog (re)writes the log file to hold exactly the valid bytes.
-func (s *store) openLog(valid []byte) error {
+const lostSnapshot = "the snapshot's changes, until a peer sends them again; change log records that build on them wait for that"
+
+func logDamage(path, kept string, size, intact int, gaps []logGap) Damage {
+	bytes := 0
+	for _, g := range gaps {
+		bytes += g.n
+	}
+	d := Damage{File: path, KeptAs: kept,
+		Problem: fmt.Sprintf("%s at offset %d", gaps[0].why, gaps[0].off),
+		Lost:    fmt.Sprintf("%d bytes in %d damaged runs of %d; %d intact records kept", bytes, len(gaps), size, intact)}
+	if len(gaps) > 1 {
+		d.Problem += fmt.Sprintf(" (and %d more damaged runs)", len(gaps)-1)
+	}
+	return d
+}
+
+// openLog opens an intact log of size bytes for appending, creating it
+// when there is none.
+func (s *store) openLog(size int) error {
 	path := filepath.Join(s.dir, logFile)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if size == 0 {
+		return s.rewriteLog(nil)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0o600)
 	if err != nil {
-		return fmt.Errorf("crdt: open change log: %w", err)
+		return fmt.Errorf("crdt: open change log %s: %w", path, err)
 	}
-	if len(valid) < len(logMagic) {
-		valid = []byte(logMagic)
-	}
-	if err := f.Truncate(int64(len(valid))); err != nil {
+	if _, err := f.Seek(0, io.SeekEnd); err != nil {
 		f.Close()
-		return fmt.Errorf("crdt: truncate change log: %w", err)
+		return fmt.Errorf("crdt: seek change log %s: %w", path, err)
 	}
-	if _, err := f.WriteAt(valid[:len(logMagic)], 0); err != nil {
-		f.Close()
-		return fmt.Errorf("crdt: write change log header: %w", err)
-	}
-	if _, err := f.Seek(0, 2); err != nil {
-		f.Close()
-		return fmt.Errorf("crdt: seek change log: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("crdt: sync change log: %w", err)
-	}
-	s.log, s.logSize = f, int64(len(valid))
+	s.log, s.logSize = f, int64(size)
 	return nil
+}
+
+// rewriteLog atomically replaces the log with one holding records, and
+// opens it for appending.
+func (s *store) rewriteLog(records [][]byte) error {
+	b := []byte(logMagic)
+	for _, r := range records {
+		b = appendRecord(b, r)
+	}
+	path := filepath.Join(s.dir, logFile)
+	if err := atomicfile.WriteFile(path, b, 0o600); err != nil {
+		return s.writeErr("write change log", path, err)
+	}
+	if s.log != nil {
+		s.log.Close()
+		s.log = nil
+	}
+	return s.openLog(len(b))
 }
 
 // keepDamaged preserves a damaged file next to the original, moving it when
@@ -128,62 +178,62 @@ func (s *store) keepDamaged(path string, move bool) (string, error) {
 	return kept, atomicfile.WriteFile(kept, b, 0o600)
 }
 
-// append writes one record without waiting for the disk: callers that
-// acknowledge a change call sync (which makes every earlier record durable
-// too). Changes from peers are not fsynced on their own: a peer still has
-// them, anti-entropy refetches what a power loss took, and no receiver
-// pays an fsync on the delivery path.
-func (s *store) append(payload []byte) error {
+// end returns the logical offset just past the last appended record.
+func (s *store) end() int64 { return s.logSize + s.shift }
+
+// append writes one record without waiting for the disk and returns the
+// logical offset just past it; sync makes it durable. On error nothing of
+// the record stays in the file.
+func (s *store) append(payload []byte) (int64, error) {
 	rec := appendRecord(nil, payload)
 	if _, err := s.log.Write(rec); err != nil {
-		// Cut off whatever part of the record made it, so the next append
-		// does not land after a torn one.
-		_ = s.log.Truncate(s.logSize)
-		_, _ = s.log.Seek(s.logSize, 0)
-		return fmt.Errorf("crdt: append change log: %w", err)
+		s.truncate(s.end())
+		return 0, s.writeErr("append change log", s.log.Name(), err)
 	}
 	s.logSize += int64(len(rec))
 	s.records++
-	return nil
+	return s.end(), nil
 }
 
-// sync makes every record appended so far durable.
-func (s *store) sync() error {
-	if err := s.log.Sync(); err != nil {
-		return fmt.Errorf("crdt: sync change log: %w", err)
+// truncate cuts the log back to a logical offset, dropping the records
+// after it (a failed or rolled-back append).
+func (s *store) truncate(to int64) {
+	phys := to - s.shift
+	if err := s.log.Truncate(phys); err != nil {
+		s.lg.Error().Err(err).Int64("offset", phys).Msg("cannot cut the change log back; the next start drops its torn tail")
 	}
-	return nil
+	if _, err := s.log.Seek(phys, io.SeekStart); err != nil {
+		s.lg.Error().Err(err).Msg("cannot seek the change log")
+	}
+	s.logSize = phys
+}
+
+// writeErr names the file and marks a full disk with ErrDiskFull.
+func (s *store) writeErr(op, path string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %s %s: %v (free space in %s and retry)", ErrDiskFull, op, path, err, s.dir)
+	}
+	return fmt.Errorf("crdt: %s %s: %w", op, path, err)
 }
 
 // replaceSnapshot atomically replaces the snapshot (temp file, fsync,
-// rename, fsync dir) and leaves the log as it is.
-func (s *store) replaceSnapshot(data []byte) error {
+// rename, fsync dir). It does not touch the log.
+func (s *store) replaceSnapshot(data []byte) (int64, error) {
 	enc := encodeSnapshot(data)
-	if err := atomicfile.WriteFile(filepath.Join(s.dir, snapFile), enc, 0o600); err != nil {
-		return fmt.Errorf("crdt: write snapshot: %w", err)
+	path := filepath.Join(s.dir, snapFile)
+	if err := atomicfile.WriteFile(path, enc, 0o600); err != nil {
+		return 0, s.writeErr("write snapshot", path, err)
 	}
-	s.snapSize = int64(len(enc))
-	return nil
+	return int64(len(enc)), nil
 }
 
-// writeSnapshot atomically replaces the snapshot and then empties the log,
-// whose changes the snapshot now holds. A crash between the two steps only
-// replays changes already in the snapshot, which automerge ignores.
-func (s *store) writeSnapshot(data []byte) error {
-	if err := s.replaceSnapshot(data); err != nil {
-		return err
+// readLog returns the log's bytes between two logical offsets.
+func (s *store) readLog(from, to int64) ([]byte, error) {
+	b := make([]byte, to-from)
+	if _, err := s.log.ReadAt(b, from-s.shift); err != nil {
+		return nil, fmt.Errorf("crdt: read change log: %w", err)
 	}
-	if err := s.log.Truncate(int64(len(logMagic))); err != nil {
-		return fmt.Errorf("crdt: truncate change log: %w", err)
-	}
-	if _, err := s.log.Seek(int64(len(logMagic)), 0); err != nil {
-		return fmt.Errorf("crdt: seek change log: %w", err)
-	}
-	if err := s.log.Sync(); err != nil {
-		return fmt.Errorf("crdt: sync change log: %w", err)
-	}
-	s.logSize, s.records = int64(len(logMagic)), 0
-	return nil
+	return b, nil
 }
 
 func (s *store) close() error {

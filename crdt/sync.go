@@ -134,30 +134,35 @@ func (d *Doc) generateSync(ps *PeerState) ([]byte, error) {
 }
 
 // receiveSync feeds one sync message to automerge and logs the changes it
-// carried, returning how many changes it held.
+// carried, returning how many changes it held. If the changes cannot be
+// logged (a full disk), the document is rolled back to before the message
+// and the session fails; the next session brings them again.
 func (d *Doc) receiveSync(ps *PeerState, b []byte) (int, error) {
+	defer d.deliver()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return 0, ErrClosed
 	}
-	before := hashKey(*d.heads.Load())
+	beforeHeads := *d.heads.Load()
 	sm, err := d.syncState(ps).ReceiveMessage(b)
-	heads := d.refreshHeads()
 	if err != nil {
+		if hashKey(d.refreshHeads()) != hashKey(beforeHeads) {
+			d.rollbackLocked(beforeHeads)
+		}
 		return 0, fmt.Errorf("%w: sync message: %v", ErrCorrupt, err)
 	}
 	chs := sm.Changes()
-	if len(chs) > 0 {
-		// Logged even if automerge queued some of them for missing
-		// dependencies: replay retries such records after the others.
-		if err := d.st.append(am.SaveChanges(chs)); err != nil {
-			return 0, err
-		}
-		d.remoteChanges.Add(uint64(len(chs)))
+	if len(chs) == 0 {
+		return 0, nil
 	}
-	if hashKey(heads) != before {
-		d.notify(Event{Heads: heads})
+	if _, err := d.st.append(am.SaveChanges(chs)); err != nil {
+		d.rollbackLocked(beforeHeads)
+		return 0, err
 	}
-	return len(chs), d.maybeCompactLocked()
+	// Changes automerge queued for missing dependencies keep their bytes
+	// in the log until they apply.
+	d.waitLocked(chs)
+	d.remoteChangedLocked(len(chs))
+	return len(chs), nil
 }
