@@ -59,11 +59,14 @@ type Node struct {
 	// apiStopping is closed when the API shuts down, ending event streams.
 	apiStopping chan struct{}
 	metrics     *metrics
+	// lock is the data dir's lock, held from New until Close.
+	lock *dirLock
 }
 
-// New prepares a node: data dir, fleet, identity, document, host (ports
-// are bound here, so a taken port fails now with a clear error). Run
-// starts it; Close releases everything if Run is never called.
+// New prepares a node: data dir (locked: a second daemon on it fails here,
+// naming the first one's pid), fleet, identity, document, host (ports are
+// bound here, so a taken port fails now with a clear error). Run starts
+// it; Close releases everything if Run is never called.
 func New(cfg Config) (_ *Node, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -77,6 +80,11 @@ func New(cfg Config) (_ *Node, err error) {
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	// Before anything in the dir is read or written: a second daemon must
+	// not touch the first one's files.
+	if n.lock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	if n.Fleet, n.FleetCreated, err = loadFleet(cfg.DataDir, cfg.Join); err != nil {
 		return nil, err
@@ -344,8 +352,9 @@ func (n *Node) Run(ctx context.Context) error {
 	return err
 }
 
-// Close releases the host and flushes the document. Run calls it; call it
-// directly only for a node that was never run. It is idempotent.
+// Close releases the host, flushes the document and, last, releases the
+// data dir's lock. Run calls it; call it directly only for a node that was
+// never run. It is idempotent.
 func (n *Node) Close() error {
 	var errs []error
 	if n.apiLn != nil {
@@ -360,5 +369,8 @@ func (n *Node) Close() error {
 	if n.Doc != nil {
 		errs = append(errs, n.Doc.Close())
 	}
+	// Last: the next daemon on this dir may start once every file is
+	// flushed and closed.
+	errs = append(errs, n.lock.release())
 	return errors.Join(errs...)
 }
