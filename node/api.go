@@ -31,6 +31,27 @@ type Status struct {
 	DocBytes  int      `json:"doc_bytes"`
 	UptimeSec float64  `json:"uptime_s"`
 	Peers     int      `json:"peers"`
+	// Document is the state of the document's files on this node.
+	Document DocumentStatus `json:"document"`
+}
+
+// DocumentStatus is the document section of GET /v1/status.
+type DocumentStatus struct {
+	// Damage is what recovery found in the document's files at this
+	// start, one entry per damaged file; empty when they were intact.
+	Damage []crdt.Damage `json:"damage"`
+	// WaitingRecords counts change-log records kept because the changes
+	// they depend on are missing here; they apply once a peer brings them.
+	WaitingRecords int `json:"waiting_records"`
+}
+
+// damageData is the data of a doc.damaged event: the Damage's fields.
+func damageData(d crdt.Damage) map[string]any {
+	m := map[string]any{"file": d.File, "problem": d.Problem, "lost": d.Lost}
+	if d.KeptAs != "" {
+		m["kept_as"] = d.KeptAs
+	}
+	return m
 }
 
 // NodeInfo is one entry of GET /v1/nodes.
@@ -122,6 +143,10 @@ func (n *Node) Status() Status {
 		ID: n.ID().String(), Name: n.cfg.Name, Fleet: n.Fleet.ID, Addrs: n.Addrs(),
 		Heads: n.Doc.HeadStrings(), DocBytes: n.Doc.SavedSize(),
 		UptimeSec: time.Since(n.started).Seconds(), Peers: len(n.Host.Network().Peers()),
+		Document: DocumentStatus{
+			Damage:         append([]crdt.Damage{}, n.damage...),
+			WaitingRecords: n.Doc.WaitingRecords(),
+		},
 	}
 }
 

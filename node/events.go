@@ -25,12 +25,20 @@ type Event struct {
 	Data map[string]any `json:"data,omitempty"`
 }
 
+// maxSticky bounds the sticky events a bus keeps.
+const maxSticky = 64
+
 // Bus fans events out to subscribers. Publish never blocks: a subscriber
 // that falls behind by more than its buffer loses events, counted in
 // Dropped, rather than stalling the node.
+//
+// Sticky events (PublishSticky) are also kept and sent first to every
+// later subscriber: facts about this start, such as damage found in the
+// document, which a client connecting at any time must learn.
 type Bus struct {
 	mu      sync.Mutex
 	subs    map[int]chan Event
+	sticky  []Event
 	next    int
 	dropped atomic.Uint64
 }
@@ -39,9 +47,21 @@ func newBus() *Bus { return &Bus{subs: map[int]chan Event{}} }
 
 // Publish sends an event to every subscriber.
 func (b *Bus) Publish(typ string, data map[string]any) {
-	ev := Event{Type: typ, Time: time.Now().UTC(), Data: data}
+	b.publish(Event{Type: typ, Time: time.Now().UTC(), Data: data}, false)
+}
+
+// PublishSticky sends an event to every subscriber and keeps it for every
+// later one (at most maxSticky are kept; later ones are only published).
+func (b *Bus) PublishSticky(typ string, data map[string]any) {
+	b.publish(Event{Type: typ, Time: time.Now().UTC(), Data: data}, true)
+}
+
+func (b *Bus) publish(ev Event, sticky bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if sticky && len(b.sticky) < maxSticky {
+		b.sticky = append(b.sticky, ev)
+	}
 	for _, ch := range b.subs {
 		select {
 		case ch <- ev:
@@ -51,11 +71,18 @@ func (b *Bus) Publish(typ string, data map[string]any) {
 	}
 }
 
-// Subscribe returns a channel of events and a function that ends the
-// subscription and closes the channel.
+// Subscribe returns a channel of events, starting with the sticky ones,
+// and a function that ends the subscription and closes the channel.
 func (b *Bus) Subscribe(buffer int) (<-chan Event, func()) {
 	ch := make(chan Event, buffer)
 	b.mu.Lock()
+	for _, ev := range b.sticky {
+		select {
+		case ch <- ev:
+		default:
+			b.dropped.Add(1)
+		}
+	}
 	id := b.next
 	b.next++
 	b.subs[id] = ch

@@ -39,6 +39,8 @@ func newMetrics(n *Node) *metrics {
 		}
 		return float64(c)
 	})
+	gauge("doc_damage_found", "Damage reports (damaged document files) found when the document was opened at this start.", func() float64 { return float64(len(n.damage)) })
+	gauge("doc_waiting_records", "Change-log records kept until peers bring the changes they depend on.", func() float64 { return float64(n.Doc.WaitingRecords()) })
 	counter("doc_local_commits_total", "Changes committed on this node.", func() float64 { return float64(n.Doc.Stats().LocalCommits) })
 	counter("doc_remote_changes_total", "Changes received from peers (gossip and sync).", func() float64 { return float64(n.Doc.Stats().RemoteChanges) })
 	counter("doc_compactions_total", "Change log folds into the snapshot.", func() float64 { return float64(n.Doc.Stats().Compactions) })

@@ -59,6 +59,8 @@ type Node struct {
 	// apiStopping is closed when the API shuts down, ending event streams.
 	apiStopping chan struct{}
 	metrics     *metrics
+	// damage is what the document's recovery found at this start.
+	damage []crdt.Damage
 	// lock is the data dir's lock, held from New until Close.
 	lock *dirLock
 }
@@ -110,6 +112,11 @@ func New(cfg Config) (_ *Node, err error) {
 	}
 	if n.Doc, err = crdt.Open(crdt.Config{Dir: filepath.Join(cfg.DataDir, DirDoc), Logger: lg}); err != nil {
 		return nil, err
+	}
+	n.damage = n.Doc.Damage()
+	for _, d := range n.damage {
+		// Sticky: every event client, whenever it connects, learns of it.
+		n.Events.PublishSticky(EventDocDamaged, damageData(d))
 	}
 	newDoc := n.Doc.Empty()
 	n.Gate = mesh.NewGate()
@@ -284,9 +291,6 @@ func (n *Node) Addrs() []string {
 // flushes the document and closes the host.
 func (n *Node) Run(ctx context.Context) error {
 	defer n.Close()
-	for _, d := range n.Doc.Damage() {
-		n.Events.Publish(EventDocDamaged, map[string]any{"detail": d})
-	}
 	apiPath := filepath.Join(n.cfg.DataDir, FileAPIAddr)
 	if err := atomicfile.WriteFile(apiPath, []byte(n.APIAddr()+"\n"), 0o600); err != nil {
 		return fmt.Errorf("write API address: %w", err)

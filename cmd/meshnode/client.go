@@ -121,6 +121,7 @@ func runClient(cmd string, args []string, out io.Writer) error {
 	defer tw.Flush()
 	switch x := v.(type) {
 	case *node.Status:
+		printDamage(out, x.Document)
 		fmt.Fprintf(tw, "Node\t%s\nName\t%s\nFleet\t%s\nPeers\t%d\nUptime\t%s\nDocument\t%d bytes, %d heads\n",
 			x.ID, x.Name, x.Fleet, x.Peers, time.Duration(x.UptimeSec*float64(time.Second)).Round(time.Second), x.DocBytes, len(x.Heads))
 		for i, a := range x.Addrs {
@@ -129,6 +130,9 @@ func runClient(cmd string, args []string, out io.Writer) error {
 				label = "Addresses"
 			}
 			fmt.Fprintf(tw, "%s\t%s\n", label, a)
+		}
+		if w := x.Document.WaitingRecords; w > 0 {
+			fmt.Fprintf(tw, "Waiting records\t%d (kept until a peer brings the changes they depend on)\n", w)
 		}
 	case *[]node.NodeInfo:
 		fmt.Fprintln(tw, "NAME\tID\tSTATE\tLAST HEARD\tADDRESSES")
@@ -190,6 +194,24 @@ func runClient(cmd string, args []string, out io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// printDamage puts damage found in the document's files at the top of
+// the status, where it cannot be missed.
+func printDamage(out io.Writer, d node.DocumentStatus) {
+	if len(d.Damage) == 0 {
+		return
+	}
+	fmt.Fprintf(out, "WARNING: the document's files were damaged; found and recovered at this start (%d):\n", len(d.Damage))
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	for _, x := range d.Damage {
+		kept := x.KeptAs
+		if kept == "" {
+			kept = "-"
+		}
+		fmt.Fprintf(tw, "  File\t%s\n  Problem\t%s\n  Lost\t%s\n  Kept as\t%s\n\n", x.File, x.Problem, x.Lost, kept)
+	}
+	tw.Flush()
 }
 
 func shortID(id string) string {
