@@ -97,6 +97,22 @@ func writeError(w http.ResponseWriter, status int, code, msg string) {
 	writeJSON(w, status, e)
 }
 
+// docWriteError answers a document write that failed: 400 for a key or
+// value the schema refuses, 507 when the disk holding the data dir is
+// full, 500 for any other write failure (whose message names the file).
+// Every handler that writes the document answers its errors through it.
+func (n *Node) docWriteError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, crdt.ErrInvalidKey) || errors.Is(err, crdt.ErrInvalidValue):
+		writeError(w, http.StatusBadRequest, "invalid", err.Error())
+	case errors.Is(err, crdt.ErrDiskFull):
+		writeError(w, http.StatusInsufficientStorage, "disk_full",
+			fmt.Sprintf("the disk holding the data dir %s is full and nothing was written: free space there and retry (%v)", n.cfg.DataDir, err))
+	default:
+		writeError(w, http.StatusInternalServerError, "doc_write", err.Error())
+	}
+}
+
 func (n *Node) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	routes := map[string]http.HandlerFunc{
@@ -302,12 +318,8 @@ func (n *Node) handlePutRoomState(w http.ResponseWriter, r *http.Request) {
 		tx.SetRoomState(topic, key, string(b))
 		return nil
 	})
-	switch {
-	case errors.Is(err, crdt.ErrInvalidKey) || errors.Is(err, crdt.ErrInvalidValue):
-		writeError(w, http.StatusBadRequest, "invalid", err.Error())
-		return
-	case err != nil:
-		writeError(w, http.StatusInternalServerError, "doc_write", err.Error())
+	if err != nil {
+		n.docWriteError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, RoomStateValue{Topic: topic, Key: key, Value: string(b), Heads: n.Doc.HeadStrings()})

@@ -31,8 +31,9 @@ func (n *Node) handleRooms(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-// roomError answers a room error with the status that fits it.
-func roomError(w http.ResponseWriter, err error) {
+// roomError answers a room error with the status that fits it; an error
+// that is none of the room package's goes to other.
+func roomError(w http.ResponseWriter, err error, other func(http.ResponseWriter, error)) {
 	switch {
 	case errors.Is(err, room.ErrBadTopic):
 		writeError(w, http.StatusBadRequest, "bad_topic", err.Error())
@@ -43,16 +44,24 @@ func roomError(w http.ResponseWriter, err error) {
 	case errors.Is(err, room.ErrTooLarge):
 		writeError(w, http.StatusRequestEntityTooLarge, "too_large", err.Error())
 	default:
-		writeError(w, http.StatusInternalServerError, "room", err.Error())
+		other(w, err)
 	}
 }
 
+// roomFailed answers an error of a room operation that does not write
+// the document.
+func roomFailed(w http.ResponseWriter, err error) {
+	writeError(w, http.StatusInternalServerError, "room", err.Error())
+}
+
 // roomAction runs fn on the topic and answers with the topic's status.
+// fn's only errors besides the room package's are document writes (the
+// presence lease, the credentials).
 func (n *Node) roomAction(fn func(topic string) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		topic := r.PathValue("topic")
 		if err := fn(topic); err != nil {
-			roomError(w, err)
+			roomError(w, err, n.docWriteError)
 			return
 		}
 		st, _ := n.Rooms.Rooms()
@@ -109,7 +118,7 @@ func (n *Node) handleRoomSend(w http.ResponseWriter, r *http.Request) {
 	}
 	m, err := n.Rooms.Send(r.Context(), r.PathValue("topic"), req.Type, payload)
 	if err != nil {
-		roomError(w, err)
+		roomError(w, err, roomFailed)
 		return
 	}
 	writeJSON(w, http.StatusOK, apiMessage(m))
@@ -124,7 +133,7 @@ type RoomEvent struct {
 func (n *Node) handleRoomEvents(w http.ResponseWriter, r *http.Request) {
 	ch, cancel, err := n.Rooms.Subscribe(r.PathValue("topic"), 1024)
 	if err != nil {
-		roomError(w, err)
+		roomError(w, err, roomFailed)
 		return
 	}
 	defer cancel()
