@@ -5,11 +5,25 @@
 //
 // # Fleet
 //
-// A fleet is defined by a 32-byte secret carried in a join token
-// ("mn1-" + base32). From the secret, BLAKE3 key derivation gives the
-// public fleet ID (16 hex digits), which scopes the mDNS service
-// (_mn-<id>._udp), topics (meshnode/<id>/...) and protocol IDs
-// (/meshnode/<id>/...), plus two keys: the auth key and the gossip key.
+// A fleet is defined by a 32-byte secret carried in a join token. From the
+// secret, BLAKE3 key derivation gives the public fleet ID (16 hex digits),
+// which scopes the mDNS service (_mn-<id>._udp), topics (meshnode/<id>/...)
+// and protocol IDs (/meshnode/<id>/...), plus two keys: the auth key and
+// the gossip key. The ID depends on the secret alone, so every form of
+// token for one secret gives the same fleet.
+//
+// A join token is "mn2-" and 58 base32 characters (RFC 4648 alphabet,
+// written in lower case, no padding) encoding 36 bytes: the secret, then
+// CRC-32C (Castagnoli) of "mn2-" followed by the secret, little-endian.
+// The checksum catches typos, not forgeries: every change of one
+// character and every swap of two neighbouring ones is detected, other
+// damage with probability 1 - 2^-32, and the unused low bits of the last
+// character must be zero. ParseToken ignores letter case and whitespace;
+// it refuses a token whose checksum fails with ErrTokenChecksum, so a typo
+// never starts a new fleet. The legacy form, "mn1-" and the 52-character
+// base32 secret without a checksum, still parses to the same fleet, with
+// Fleet.Legacy set so the caller can ask for the token to be reissued;
+// Fleet.Token always renders the current form.
 //
 // # Protocols
 //
