@@ -137,7 +137,7 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 	out := d.out
 
 	tok, _, code := cli(t, "fleet", "token", "--data", dir)
-	if code != 0 || !strings.HasPrefix(tok, "mn1-") {
+	if code != 0 || !strings.HasPrefix(tok, "mn2-") {
 		t.Fatalf("fleet token: %q (code %d)", tok, code)
 	}
 	if !strings.Contains(out.String(), "meshnode run --join "+strings.TrimSpace(tok)) {
