@@ -34,24 +34,29 @@ func loadFleet(dir, join string) (f *mesh.Fleet, created bool, err error) {
 	if rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
 		return nil, false, fmt.Errorf("read fleet token: %w", rerr)
 	}
-	switch {
-	case join != "":
-		f, err = mesh.ParseToken(join)
-		if err != nil {
-			return nil, false, fmt.Errorf("--join: %w", err)
-		}
-		if rerr == nil && strings.TrimSpace(string(stored)) != f.Token() {
-			return nil, false, fmt.Errorf("data dir %s already belongs to another fleet; use a new --data directory to join this one", dir)
-		}
-	case rerr == nil:
-		f, err = mesh.ParseToken(string(stored))
-		if err != nil {
+	var have *mesh.Fleet
+	if rerr == nil {
+		if have, err = mesh.ParseToken(string(stored)); err != nil {
 			return nil, false, fmt.Errorf("fleet token file %s: %w", path, err)
 		}
-		return f, false, nil
+	}
+	switch {
+	case join != "":
+		if f, err = mesh.ParseToken(join); err != nil {
+			return nil, false, fmt.Errorf("--join: %w", err)
+		}
+		if have != nil && have.ID != f.ID {
+			return nil, false, fmt.Errorf("data dir %s already belongs to another fleet; use a new --data directory to join this one", dir)
+		}
+	case have != nil:
+		f = have
+		if strings.TrimSpace(string(stored)) == f.Token() {
+			return f, false, nil
+		}
+		// A token of an earlier release (mn1-, no checksum): stored
+		// again in the current form below.
 	default:
-		f, err = mesh.NewFleet()
-		if err != nil {
+		if f, err = mesh.NewFleet(); err != nil {
 			return nil, false, err
 		}
 		created = true

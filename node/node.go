@@ -91,6 +91,9 @@ func New(cfg Config) (_ *Node, err error) {
 	if n.Fleet, n.FleetCreated, err = loadFleet(cfg.DataDir, cfg.Join); err != nil {
 		return nil, err
 	}
+	if n.Fleet.Legacy() {
+		lg.Warn().Str("fleet", n.Fleet.ID).Msg("join token has no checksum (an mn1- token of an earlier release); reissue it with `meshnode fleet token`")
+	}
 	if n.apiToken, err = loadAPIToken(cfg.DataDir); err != nil {
 		return nil, err
 	}
