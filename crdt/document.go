@@ -104,9 +104,17 @@ type Doc struct {
 	// heartbeats and gossip ask about heads far more often than they
 	// change, and each automerge call crosses cgo.
 	heads atomic.Pointer[[]Hash]
-	// nodes caches Nodes by heads: the node list is read on every mesh
+	// gen counts finished mutations: every one ends in refreshHeads, a
+	// rollback to earlier heads included. It keys the Nodes cache, which
+	// heads cannot: a rollback brings earlier heads back.
+	gen atomic.Uint64
+	// nodes caches Nodes by gen: the node list is read on every mesh
 	// pass and API call, and decoding it crosses cgo per field.
-	nodes  atomic.Pointer[nodesCache]
+	nodes atomic.Pointer[nodesCache]
+	// view keeps readers that decode several automerge values (a record,
+	// a scan of the root) from seeing an Update half applied: Update
+	// holds it while it applies its writes and commits, readers share it.
+	view   sync.RWMutex
 	st     *store
 	closed bool
 	damage []Damage
@@ -296,16 +304,14 @@ func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 		return Hash{}, 0, err
 	}
 	before := *d.heads.Load()
-	for _, op := range tx.ops {
-		if err := op(d.doc()); err != nil {
-			// Automerge refused a write that passed validation: drop the
-			// writes before it too.
-			d.rollbackLocked(before)
-			return Hash{}, 0, fmt.Errorf("crdt: write: %w", err)
-		}
-	}
-	h, err := d.doc().Commit(msg)
+	h, err := d.apply(tx, msg)
 	if err != nil {
+		// Automerge refused a write that passed validation: drop the
+		// writes before it too.
+		d.rollbackLocked(before)
+		return Hash{}, 0, fmt.Errorf("crdt: write: %w", err)
+	}
+	if h == (Hash{}) {
 		return Hash{}, 0, nil // nothing changed
 	}
 	ch, err := d.doc().Change(h)
@@ -324,6 +330,23 @@ func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 	d.enqueueLocked(Event{Local: true, Change: raw, Hash: h, Deps: ch.Dependencies(), Heads: heads}, end)
 	d.kickCompactionLocked()
 	return h, end, nil
+}
+
+// apply runs the writes of tx and commits them, with readers held off so
+// none sees the writes half done. A zero hash means nothing changed.
+func (d *Doc) apply(tx *Tx, msg string) (Hash, error) {
+	d.view.Lock()
+	defer d.view.Unlock()
+	for _, op := range tx.ops {
+		if err := op(d.doc()); err != nil {
+			return Hash{}, err
+		}
+	}
+	h, err := d.doc().Commit(msg)
+	if err != nil {
+		return Hash{}, nil
+	}
+	return h, nil
 }
 
 // ErrMissingDeps is returned by ApplyChange when the change depends on
@@ -493,6 +516,7 @@ func (d *Doc) Heads() []Hash { return slices.Clone(*d.heads.Load()) }
 func (d *Doc) refreshHeads() []Hash {
 	h := d.doc().Heads()
 	d.heads.Store(&h)
+	d.gen.Add(1)
 	return slices.Clone(h)
 }
 

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	am "github.com/automerge/automerge-go"
+
 	"github.com/rs/zerolog"
 )
 
@@ -349,7 +351,7 @@ func TestSnapshotAdoptionKeepsOwnChanges(t *testing.T) {
 	}
 }
 
-// Nodes is cached by heads: a local write, a merged remote write and a
+// Nodes is cached until the document changes: a local write, a merged remote write and a
 // caller that edits the returned map must all leave it correct.
 func TestNodesCacheFollowsHeads(t *testing.T) {
 	d := openT(t, t.TempDir())
@@ -383,5 +385,53 @@ func TestNodesCacheFollowsHeads(t *testing.T) {
 	set(d, "peerA", "renamed")
 	if ns, _ := d.Nodes(); ns["peerA"].Name != "renamed" {
 		t.Fatalf("after a rewrite: %+v", ns["peerA"])
+	}
+}
+
+// A reader never sees an Update half applied: it waits for the commit.
+func TestReadersNeverSeeHalfAnUpdate(t *testing.T) {
+	t.Parallel()
+	d := openT(t, t.TempDir())
+	started, release := make(chan struct{}), make(chan struct{})
+	go d.Update("batch", func(tx *Tx) error {
+		for k := range 10 {
+			tx.SetHolder(fmt.Sprintf("item-%d", k), "peer", Holder{Manifest: "m", State: HolderComplete})
+			if k == 2 {
+				tx.add(nil, func(*am.Doc) error { close(started); <-release; return nil })
+			}
+		}
+		return nil
+	})
+	<-started
+	got := make(chan int, 1)
+	go func() {
+		lib, _ := d.Library()
+		got <- len(lib)
+	}()
+	time.Sleep(50 * time.Millisecond) // room for a reader that does not wait to read
+	close(release)
+	if n := <-got; n != 10 {
+		t.Fatalf("a reader saw %d entries of a 10-entry Update", n)
+	}
+}
+
+// A write rolled back after a reader cached the node list must not stay
+// in the cache, although the heads return to what they were.
+func TestNodesCacheForgetsRolledBackWrite(t *testing.T) {
+	t.Parallel()
+	d := openT(t, t.TempDir())
+	d.Update("node", func(tx *Tx) error { tx.SetNode("peerA", NodeRecord{Name: "a", Alive: true}); return nil })
+	tx := &Tx{read: d}
+	tx.SetNode("peerB", NodeRecord{Name: "b", Alive: true})
+	d.mu.Lock() // commit() up to its Commit, before the append fails
+	before := *d.heads.Load()
+	if _, err := d.apply(tx, "node"); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = d.Nodes() // a concurrent reader
+	d.rollbackLocked(before)
+	d.mu.Unlock()
+	if ns, _ := d.Nodes(); len(ns) != 1 {
+		t.Fatalf("Nodes returns %d records after the rollback, want 1", len(ns))
 	}
 }

@@ -13,6 +13,8 @@ import (
 
 // Node returns the record at nodes/<id>.
 func (d *Doc) Node(id string) (NodeRecord, bool, error) {
+	d.view.RLock()
+	defer d.view.RUnlock()
 	v, err := d.doc().Path(nodeKey(id)).Get()
 	if err != nil || v.IsVoid() {
 		return NodeRecord{}, false, err
@@ -22,23 +24,24 @@ func (d *Doc) Node(id string) (NodeRecord, bool, error) {
 }
 
 type nodesCache struct {
-	heads string
+	gen   uint64
 	nodes map[string]NodeRecord
 }
 
 // Nodes returns every node record, keyed by peer ID. The map is the
 // caller's; the records' slices are shared and must not be modified.
-// Results are cached until the heads move.
+// Results are cached until the document changes.
 func (d *Doc) Nodes() (map[string]NodeRecord, error) {
-	// Heads are read before the document: a change that lands during the
-	// scan is then cached under older heads, never the other way round.
-	key := hashKey(*d.heads.Load())
-	if c := d.nodes.Load(); c != nil && c.heads == key {
+	// The generation is read before the document: what a scan sees of a
+	// change that lands meanwhile (even one rolled back to the same
+	// heads) is cached under a generation that change's end moves past.
+	gen := d.gen.Load()
+	if c := d.nodes.Load(); c != nil && c.gen == gen {
 		return maps.Clone(c.nodes), nil
 	}
 	out, err := d.scanNodes()
 	if err == nil {
-		d.nodes.Store(&nodesCache{heads: key, nodes: maps.Clone(out)})
+		d.nodes.Store(&nodesCache{gen: gen, nodes: maps.Clone(out)})
 	}
 	return out, err
 }
@@ -142,6 +145,8 @@ func (d *Doc) rooms(prefix string) (map[string]Room, error) {
 
 // scan visits every root key with the given prefix.
 func (d *Doc) scan(prefix string, fn func(key string, v *am.Value)) error {
+	d.view.RLock()
+	defer d.view.RUnlock()
 	root := d.doc().RootMap()
 	keys, err := root.Keys()
 	if err != nil {

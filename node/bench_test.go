@@ -330,7 +330,7 @@ func benchHeal(b *testing.B) {
 			n := c.nodes[side[0]]
 			for k := range perSide {
 				if _, err := n.Doc.Update("bench", func(tx *crdt.Tx) error {
-					tx.SetHolder(fmt.Sprintf("item-%04d", k), n.ID().String(), crdt.Holder{Manifest: strconv.Itoa(k), Size: int64(k), State: crdt.HolderComplete})
+					tx.SetHolder(fmt.Sprintf("item-%04d", k), "holder-"+n.ID().String(), crdt.Holder{Manifest: strconv.Itoa(k), Size: int64(k), State: crdt.HolderComplete})
 					return nil
 				}); err != nil {
 					b.Error(err)

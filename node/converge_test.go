@@ -20,7 +20,9 @@ func TestFiveNodesConcurrentWritesConverge(t *testing.T) {
 			defer wg.Done()
 			for k := range 20 {
 				update(t, n, func(tx *crdt.Tx) {
-					tx.SetHolder(fmt.Sprintf("item%d", k), n.ID().String(), crdt.Holder{Manifest: fmt.Sprint(i, k), State: crdt.HolderComplete})
+					// Not n's own ID: n's library scan unpublishes entries
+					// that name n for items its share folder lacks.
+					tx.SetHolder(fmt.Sprintf("item%d", k), fmt.Sprintf("holder-%d", i), crdt.Holder{Manifest: fmt.Sprint(i, k), State: crdt.HolderComplete})
 					tx.SetItemName("shared", fmt.Sprintf("written by n%d round %d", i, k))
 				})
 			}
@@ -55,10 +57,14 @@ func TestFiveNodesConcurrentWritesConverge(t *testing.T) {
 func TestLateJoinerBootstrapsFromSnapshot(t *testing.T) {
 	c := newCluster(t, 2)
 	const entries = 10_000
+	// The entries name a holder outside the fleet: a node's library scan
+	// unpublishes entries that name it for items its share folder lacks,
+	// and node 0's start-up scan may run while these are being written.
+	const holder = "holder-outside-fleet"
 	for b := 0; b < entries; b += 500 {
 		update(t, c.nodes[0], func(tx *crdt.Tx) {
 			for k := b; k < b+500; k++ {
-				tx.SetHolder(fmt.Sprintf("item-%05d", k), c.nodes[0].ID().String(), crdt.Holder{Manifest: "m", Size: int64(k), State: crdt.HolderComplete})
+				tx.SetHolder(fmt.Sprintf("item-%05d", k), holder, crdt.Holder{Manifest: "m", Size: int64(k), State: crdt.HolderComplete})
 			}
 		})
 	}
