@@ -85,6 +85,7 @@ func (d *Doc) syncLocked(end int64) error {
 	}
 	target, heads, f := d.st.end(), *d.heads.Load(), d.st.log
 	d.mu.Unlock()
+	d.logSyncs.Add(1)
 	if err := f.Sync(); err != nil {
 		err = d.st.writeErr("sync change log", f.Name(), err)
 		d.mu.Lock()
@@ -154,6 +155,7 @@ func (d *Doc) rollbackLocked(heads []Hash) {
 		}
 		doc = f
 	}
+	d.rolledBack.Add(1)
 	d.lg.Warn().Int("heads", len(heads)).Msg("failed write rolled back")
 	d.swapLocked(doc)
 }

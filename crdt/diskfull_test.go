@@ -77,6 +77,9 @@ func TestDiskFullWriteLeavesNoTrace(t *testing.T) {
 		t.Fatalf("write %d on a full disk: %v, want ErrDiskFull", acked, err)
 	}
 	published.Store(0)
+	if d.Stats().RolledBack != 1 {
+		t.Fatalf("rolled back %d writes, want 1", d.Stats().RolledBack)
+	}
 	if it, _, _ := d.Item("lost"); acked > 0 && it.Name != fmt.Sprint(acked-1) {
 		t.Fatalf("after the refused write the name is %q, want the last acknowledged %d", it.Name, acked-1)
 	}

@@ -69,6 +69,11 @@ type Stats struct {
 	RemoteChanges  uint64
 	SnapshotMerges uint64
 	Compactions    uint64
+	// LogSyncs counts fsyncs of the change log; below LocalCommits when
+	// concurrent writers share them (group commit).
+	LogSyncs uint64
+	// RolledBack counts writes rolled back (refused by the disk, or by automerge).
+	RolledBack uint64
 }
 
 // Doc is the replicated fleet document with its persistence. All methods
@@ -143,6 +148,7 @@ type Doc struct {
 	wg          sync.WaitGroup
 
 	localCommits, remoteChanges, snapshotMerges, compactions atomic.Uint64
+	logSyncs, rolledBack                                     atomic.Uint64
 }
 
 // Open loads the document from cfg.Dir (creating an empty one if there is
@@ -572,6 +578,8 @@ func (d *Doc) Stats() Stats {
 		RemoteChanges:  d.remoteChanges.Load(),
 		SnapshotMerges: d.snapshotMerges.Load(),
 		Compactions:    d.compactions.Load(),
+		LogSyncs:       d.logSyncs.Load(),
+		RolledBack:     d.rolledBack.Load(),
 	}
 }
 

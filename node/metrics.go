@@ -44,6 +44,8 @@ func newMetrics(n *Node) *metrics {
 	counter("doc_local_commits_total", "Changes committed on this node.", func() float64 { return float64(n.Doc.Stats().LocalCommits) })
 	counter("doc_remote_changes_total", "Changes received from peers (gossip and sync).", func() float64 { return float64(n.Doc.Stats().RemoteChanges) })
 	counter("doc_compactions_total", "Change log folds into the snapshot.", func() float64 { return float64(n.Doc.Stats().Compactions) })
+	counter("doc_log_syncs_total", "Fsyncs of the change log (concurrent local commits share one).", func() float64 { return float64(n.Doc.Stats().LogSyncs) })
+	counter("doc_rollbacks_total", "Document writes rolled back, refused by the disk (full, I/O error) or by automerge.", func() float64 { return float64(n.Doc.Stats().RolledBack) })
 	counter("changes_sent_total", "Changes published on gossip.", func() float64 { return float64(rs().ChangesSent) })
 	counter("changes_received_total", "New changes received on gossip.", func() float64 { return float64(rs().ChangesReceived) })
 	counter("gossip_rejected_total", "Gossip messages rejected (unauthenticated, unsealed or malformed).", func() float64 { return float64(rs().GossipRejected) })
