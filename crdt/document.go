@@ -109,11 +109,13 @@ type Doc struct {
 	// heartbeats and gossip ask about heads far more often than they
 	// change, and each automerge call crosses cgo.
 	heads atomic.Pointer[[]Hash]
-	// gen counts finished mutations: every one ends in refreshHeads, a
-	// rollback to earlier heads included. It keys the Nodes cache, which
-	// heads cannot: a rollback brings earlier heads back.
-	gen atomic.Uint64
-	// nodes caches Nodes by gen: the node list is read on every mesh
+	// nodesGen counts finished mutations that may have changed a node
+	// record: every remote change, rollback and swap, and local commits
+	// that wrote one. It keys the Nodes cache, which heads cannot (a
+	// rollback brings earlier heads back), and lets a stream of local
+	// writes elsewhere (room state, holders) keep the cache.
+	nodesGen atomic.Uint64
+	// nodes caches Nodes by nodesGen: the node list is read on every mesh
 	// pass and API call, and decoding it crosses cgo per field.
 	nodes atomic.Pointer[nodesCache]
 	// view keeps readers that decode several automerge values (a record,
@@ -331,7 +333,7 @@ func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 		d.rollbackLocked(before)
 		return Hash{}, 0, err
 	}
-	heads := d.refreshHeads()
+	heads := d.refreshHeadsAfter(tx.nodes)
 	d.localCommits.Add(1)
 	d.enqueueLocked(Event{Local: true, Change: raw, Hash: h, Deps: ch.Dependencies(), Heads: heads}, end)
 	d.kickCompactionLocked()
@@ -519,10 +521,16 @@ func (d *Doc) doc() *am.Doc { return d.amp.Load() }
 func (d *Doc) Heads() []Hash { return slices.Clone(*d.heads.Load()) }
 
 // refreshHeads re-reads the heads after a mutation; call it with mu held.
-func (d *Doc) refreshHeads() []Hash {
+func (d *Doc) refreshHeads() []Hash { return d.refreshHeadsAfter(true) }
+
+// refreshHeadsAfter re-reads the heads after a mutation that may (nodes)
+// or cannot have changed a node record; call it with mu held.
+func (d *Doc) refreshHeadsAfter(nodes bool) []Hash {
 	h := d.doc().Heads()
 	d.heads.Store(&h)
-	d.gen.Add(1)
+	if nodes {
+		d.nodesGen.Add(1)
+	}
 	return slices.Clone(h)
 }
 

@@ -35,7 +35,7 @@ func (d *Doc) Nodes() (map[string]NodeRecord, error) {
 	// The generation is read before the document: what a scan sees of a
 	// change that lands meanwhile (even one rolled back to the same
 	// heads) is cached under a generation that change's end moves past.
-	gen := d.gen.Load()
+	gen := d.nodesGen.Load()
 	if c := d.nodes.Load(); c != nil && c.gen == gen {
 		return maps.Clone(c.nodes), nil
 	}

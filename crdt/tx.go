@@ -15,6 +15,8 @@ type Tx struct {
 	ops  []func(d *am.Doc) error
 	errs []error
 	read *Doc
+	// nodes is set when the Tx writes a node record.
+	nodes bool
 }
 
 func (tx *Tx) add(err error, op func(d *am.Doc) error) {
@@ -29,6 +31,7 @@ func (tx *Tx) add(err error, op func(d *am.Doc) error) {
 // that differ from the current value so the change stays small.
 func (tx *Tx) SetNode(id string, r NodeRecord) {
 	cur, exists, _ := tx.read.Node(id)
+	tx.nodes = true
 	tx.add(checkKey("node id", id), func(d *am.Doc) error {
 		p := d.Path(nodeKey(id))
 		set := func(key string, changed bool, v any) error {
