@@ -63,6 +63,7 @@ type Replicator struct {
 	topicName            string
 	syncProto, snapProto protocol.ID
 	needBoot             atomic.Bool
+	lastDiskFull         atomic.Int64 // Unix ns of the last disk-full log line
 	dropGossip           atomic.Bool
 	outbox               chan crdt.Event
 	notice               chan struct{} // coalesced: announce our heads
@@ -180,6 +181,15 @@ func (r *Replicator) Run(ctx context.Context) error {
 	<-ctx.Done()
 	wg.Wait()
 	return nil
+}
+
+// diskFull logs a change left unstored for a full disk, once per 10 s.
+func (r *Replicator) diskFull(err error) {
+	now := time.Now().UnixNano()
+	if last := r.lastDiskFull.Load(); now-last < int64(10*time.Second) || !r.lastDiskFull.CompareAndSwap(last, now) {
+		return
+	}
+	r.lg.Error().Err(err).Msg("changes from peers not stored: the disk is full; anti-entropy fetches them again once space frees")
 }
 
 // PeerUp is called when a peer authenticates: bootstrap from it if our
@@ -490,6 +500,10 @@ func (r *Replicator) receiveLoop(ctx context.Context, sub *pubsub.Subscription) 
 			switch {
 			case errors.Is(err, crdt.ErrMissingDeps):
 				r.RequestSync(m.ReceivedFrom)
+			case errors.Is(err, crdt.ErrDiskFull):
+				// Not the peer's fault: the change stays out of memory
+				// and anti-entropy brings it again once space frees.
+				r.diskFull(err)
 			case err != nil:
 				r.rejected.Add(1)
 				r.lg.Warn().Str("peer", m.GetFrom().String()).Err(err).Msg("document change refused")
