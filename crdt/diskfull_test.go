@@ -7,51 +7,17 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
-	"syscall"
 	"testing"
+
+	"github.com/meshnode/meshnode/internal/disktest"
 )
-
-// tmpfs mounts a small tmpfs for a test and unmounts it at cleanup. It
-// needs root (CI runs as root); elsewhere the test is skipped with why.
-func tmpfs(t *testing.T, size string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs for a full disk (CI runs as root)")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
-		t.Fatalf("mount tmpfs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
-	return dir
-}
-
-// fill writes a file until the disk is full and returns its path.
-func fill(t *testing.T, dir string) string {
-	t.Helper()
-	p := filepath.Join(dir, "filler")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			return p
-		}
-	}
-}
 
 // A write refused by a full disk leaves no trace: not in memory, not to
 // watchers (the publisher), not on disk; writes acknowledged after space
 // frees survive a crash.
 func TestDiskFullWriteLeavesNoTrace(t *testing.T) {
 	t.Parallel()
-	mnt := tmpfs(t, "2m")
+	mnt := disktest.Tmpfs(t, "2m")
 	dir := filepath.Join(mnt, "doc")
 	d := openT(t, dir)
 	writeKeys(t, d, "before", 5)
@@ -62,7 +28,7 @@ func TestDiskFullWriteLeavesNoTrace(t *testing.T) {
 		}
 	})
 	heads := d.HeadStrings()
-	filler := fill(t, mnt)
+	filler := disktest.Fill(t, mnt)
 
 	// The log's last page may still hold a few records; write until the
 	// disk refuses one (acknowledged ones must survive like any other).

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/meshnode/meshnode/crdt"
+	"github.com/meshnode/meshnode/internal/disktest"
 	"github.com/meshnode/meshnode/room"
 )
 
@@ -72,14 +73,7 @@ func checkAPIError(t *testing.T, what string, rec *httptest.ResponseRecorder, st
 // leave the document as it was; once space is freed they succeed. Needs
 // root to mount a small tmpfs as the data dir.
 func TestDiskFullAPIAnswers507(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	small := t.TempDir()
-	if err := syscallMount(small, "size=4m"); err != nil {
-		t.Skipf("cannot mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() { syscallUnmount(small) })
+	small := disktest.Tmpfs(t, "4m")
 	dir := filepath.Join(small, "node")
 	c := newCluster(t, 0)
 	n := c.add(func(_ int, cfg *Config) { cfg.DataDir = dir })
@@ -91,7 +85,7 @@ func TestDiskFullAPIAnswers507(t *testing.T) {
 	if code, e := put(value('a')); code != http.StatusOK {
 		t.Fatalf("write before the disk filled: %d %+v", code, e)
 	}
-	filler := fillDisk(t, small)
+	filler := disktest.Fill(t, small)
 	// (A small write, such as a room join's lease, may still fit in a page
 	// the log holds; the room actions' mapping is checked above.)
 	code, e := put(value('b'))
@@ -126,24 +120,4 @@ func apiDo(t *testing.T, n *Node, method, path string, body []byte) (int, APIErr
 	var e APIError
 	_ = json.Unmarshal(b, &e)
 	return resp.StatusCode, e
-}
-
-// fillDisk writes a file in dir until the disk is full and returns its path.
-func fillDisk(t *testing.T, dir string) string {
-	t.Helper()
-	p := filepath.Join(dir, "filler")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			return p
-		}
-	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 
+	"github.com/meshnode/meshnode/internal/disktest"
 	"github.com/meshnode/meshnode/internal/frame"
 	"github.com/meshnode/meshnode/transfer"
 )
@@ -465,14 +466,7 @@ func TestCancelDownload(t *testing.T) {
 // and leaves what the node holds untouched. Needs root to mount a small
 // tmpfs as the downloader's data dir.
 func TestDownloadRefusedWhenDiskTooSmall(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	small := t.TempDir()
-	if err := syscallMount(small, "size=16m"); err != nil {
-		t.Skipf("cannot mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() { syscallUnmount(small) })
+	small := disktest.Tmpfs(t, "16m")
 	c := newCluster(t, 1)
 	a := c.nodes[0]
 	b := c.add(func(_ int, cfg *Config) { cfg.DataDir = filepath.Join(small, "b") })

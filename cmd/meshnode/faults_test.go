@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnode/meshnode/internal/disktest"
 	"github.com/meshnode/meshnode/node"
 )
 
@@ -481,27 +481,6 @@ func checkDamageReport(t *testing.T, k faultKind, docDir string, ds node.Documen
 	t.Errorf("%s: no damage report for %s with a kept copy; status: %+v", k, file, ds.Damage)
 }
 
-// fillDisk writes a file in dir until its disk is full and returns the
-// file's path.
-func fillDisk(t *testing.T, dir string) string {
-	t.Helper()
-	p := filepath.Join(dir, "filler")
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			return p
-		}
-	}
-}
-
 // A full disk under a real daemon: writes answer 507 disk_full once the
 // log can take no more (those answered 200 before that are acknowledged
 // like any other); the refused value is nowhere, not on this node and
@@ -510,15 +489,8 @@ func fillDisk(t *testing.T, dir string) string {
 // no damage is reported. Needs root to mount a small tmpfs as the data
 // dir (CI runs as root).
 func TestDiskFullOnRealDaemon(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs for a full disk (CI runs as root)")
-	}
 	start := time.Now()
-	mnt := t.TempDir()
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=8m"); err != nil {
-		t.Fatalf("mount tmpfs on %s: %v", mnt, err)
-	}
-	t.Cleanup(func() { _ = syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	mnt := disktest.Tmpfs(t, "8m")
 	dirC, dirA := filepath.Join(mnt, "c"), t.TempDir()
 
 	c := startDaemon(t, dirC, "--name", "c")
@@ -532,7 +504,7 @@ func TestDiskFullOnRealDaemon(t *testing.T) {
 		return len(missing(stateOf(t, dirA), acked)) == 0
 	})
 
-	filler := fillDisk(t, mnt)
+	filler := disktest.Fill(t, mnt)
 	refused := ""
 	for i := 0; i < 1000 && refused == ""; i++ {
 		key := fmt.Sprintf("full-%03d", i)
