@@ -86,7 +86,7 @@ func (d *Doc) syncLocked(end int64) error {
 	target, heads, f := d.st.end(), *d.heads.Load(), d.st.log
 	d.mu.Unlock()
 	d.logSyncs.Add(1)
-	if err := f.Sync(); err != nil {
+	if err := d.fsync(f); err != nil {
 		err = d.st.writeErr("sync change log", f.Name(), err)
 		d.mu.Lock()
 		defer d.mu.Unlock()

@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/meshnode/meshnode/internal/disktest"
 )
@@ -90,5 +92,79 @@ func TestDiskFullWriteLeavesNoTrace(t *testing.T) {
 	}
 	if n := countPrefix(t, d2, "before"); n != 5 || len(d2.Damage()) != 0 {
 		t.Fatalf("before: %d of 5, damage %v", n, d2.Damage())
+	}
+}
+
+// An fsync that fails takes back every record it was to cover: the two
+// writers waiting on it both get the error, neither write is visible or
+// published, and later writes are durable as usual.
+func TestFailedFsyncRollsBackItsWaiters(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	d := openT(t, dir)
+	writeKeys(t, d, "before", 3)
+	heads := d.HeadStrings()
+	var published atomic.Int32
+	d.Watch(func(ev Event) {
+		if ev.Local {
+			published.Add(1)
+		}
+	})
+	inSync, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	d.fsync = func(f *os.File) error {
+		if calls.Add(1) > 1 {
+			return f.Sync()
+		}
+		close(inSync)
+		<-release
+		return syscall.EIO
+	}
+	errs := make(chan error, 2)
+	write := func(item string) {
+		_, err := d.Update("w", func(tx *Tx) error { tx.SetItemName(item, "v"); return nil })
+		errs <- err
+	}
+	go write("first")
+	<-inSync
+	d.mu.Lock()
+	end := d.st.end()
+	d.mu.Unlock()
+	go write("second") // appends behind the fsync in flight, then waits for it
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		d.mu.Lock()
+		grown := d.st.end() > end
+		d.mu.Unlock()
+		if grown {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("second write never appended")
+		}
+	}
+	close(release)
+	for range 2 {
+		if err := <-errs; !errors.Is(err, syscall.EIO) {
+			t.Fatalf("a write covered by the failed fsync returned %v, want the EIO", err)
+		}
+	}
+	for _, item := range []string{"first", "second"} {
+		if _, ok, _ := d.Item(item); ok {
+			t.Fatalf("%s is visible after its fsync failed", item)
+		}
+	}
+	if fmt.Sprint(d.HeadStrings()) != fmt.Sprint(heads) || published.Load() != 0 {
+		t.Fatalf("heads moved or %d failed writes were published", published.Load())
+	}
+	setName(t, d, "after", "v")
+	crash(d)
+	d2 := openT(t, dir)
+	for item, want := range map[string]bool{"first": false, "second": false, "after": true} {
+		if _, ok, _ := d2.Item(item); ok != want {
+			t.Fatalf("after restart %s present=%v, want %v", item, ok, want)
+		}
+	}
+	if countPrefix(t, d2, "before") != 3 || len(d2.Damage()) != 0 {
+		t.Fatalf("earlier writes or a clean log lost: damage %v", d2.Damage())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -97,7 +98,9 @@ type Doc struct {
 	// syncMu (and mu); synced is read without locks by event delivery.
 	synced      atomic.Int64
 	syncedHeads []Hash
-	lost        []lostRange // records cut off by failed fsyncs; under syncMu
+	// fsync syncs the log; tests replace it to make an fsync fail.
+	fsync func(*os.File) error
+	lost  []lostRange // records cut off by failed fsyncs; under syncMu
 
 	mu sync.Mutex
 	// amp is the automerge document. It is replaced when MergeSnapshot
@@ -164,7 +167,7 @@ func Open(cfg Config) (*Doc, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Doc{cfg: cfg, lg: lg, st: st, damage: ld.damage, watchers: map[int]func(Event){},
+	d := &Doc{cfg: cfg, lg: lg, st: st, damage: ld.damage, watchers: map[int]func(Event){}, fsync: (*os.File).Sync,
 		compactKick: make(chan struct{}, 1), stop: make(chan struct{})}
 	d.amp.Store(am.New())
 	if ld.snap != nil {
@@ -507,11 +510,19 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 	if heads := d.refreshHeads(); hashKey(heads) != before {
 		d.remoteChangedLocked(0)
 	}
-	end := d.st.end()
+	end, heads := d.st.end(), *d.heads.Load()
 	d.mu.Unlock()
 	// Changes merged from the peer are made durable like any other record
 	// before this returns (syncMu is held: sync directly).
-	return d.syncLocked(end)
+	if err := d.syncLocked(end); err != nil {
+		return err
+	}
+	if d.synced.Load() == end {
+		// An adopted snapshot is durable too: a later failed fsync must
+		// not roll the document back to before it.
+		d.syncedHeads = heads
+	}
+	return nil
 }
 
 // doc returns the current automerge document.
