@@ -355,7 +355,12 @@ func (d *Doc) apply(tx *Tx, msg string) (Hash, error) {
 	}
 	h, err := d.doc().Commit(msg)
 	if err != nil {
-		return Hash{}, nil
+		// automerge-go reports a commit without operations as this one
+		// error (it has no sentinel); anything else is a real failure.
+		if err.Error() == "Commit is empty" {
+			return Hash{}, nil
+		}
+		return Hash{}, err
 	}
 	return h, nil
 }

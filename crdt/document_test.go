@@ -435,3 +435,14 @@ func TestNodesCacheForgetsRolledBackWrite(t *testing.T) {
 		t.Fatalf("Nodes returns %d records after the rollback, want 1", len(ns))
 	}
 }
+
+// An Update that writes nothing commits nothing and is not an error.
+func TestEmptyUpdateCommitsNothing(t *testing.T) {
+	t.Parallel()
+	d := openT(t, t.TempDir())
+	heads := d.HeadStrings()
+	h, err := d.Update("nothing", func(*Tx) error { return nil })
+	if err != nil || h != (Hash{}) || fmt.Sprint(d.HeadStrings()) != fmt.Sprint(heads) {
+		t.Fatalf("empty update: hash %v, err %v, heads moved %v", h, err, fmt.Sprint(d.HeadStrings()) != fmt.Sprint(heads))
+	}
+}

@@ -3,7 +3,7 @@ package crdt
 import "strings"
 
 // The document is flat: every entry is a key of the root map, spelled as
-// its path in DESIGN.md ("nodes/<peer>", "library/<item>/holders/<peer>").
+// its path ("nodes/<peer>", "library/<item>/holders/<peer>"; see doc.go).
 //
 // Why flat: automerge gives every map object a unique ID from the change
 // that created it. If two replicas each create a shared parent map (say

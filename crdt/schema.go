@@ -61,13 +61,6 @@ type Room struct {
 	State map[string]string `automerge:"state" json:"state"`
 }
 
-// Root keys of the document.
-const (
-	keyNodes   = "nodes"
-	keyLibrary = "library"
-	keyRooms   = "rooms"
-)
-
 // ErrInvalidKey is returned when an ID cannot be used as a document key.
 var ErrInvalidKey = errors.New("crdt: invalid key")
 
