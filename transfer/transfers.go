@@ -1,0 +1,434 @@
+package transfer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshnode/meshnode/crdt"
+	"github.com/meshnode/meshnode/internal/atomicfile"
+)
+
+// Transfer is one download, as the API shows it.
+type Transfer struct {
+	ID       string    `json:"id"`
+	Item     string    `json:"item"`
+	Manifest string    `json:"manifest"`
+	State    string    `json:"state"` // running, done, failed, cancelled
+	Error    string    `json:"error,omitempty"`
+	Started  time.Time `json:"started"`
+	Sources  []string  `json:"sources"`
+
+	progress *Progress
+	cancel   context.CancelFunc
+	ended    time.Time
+}
+
+// TransferStatus is a transfer with its live figures.
+type TransferStatus struct {
+	Transfer
+	Total      int64             `json:"total_bytes"`
+	Done       int64             `json:"done_bytes"`
+	Fetched    int64             `json:"fetched_bytes"`
+	Reused     int64             `json:"reused_bytes"`
+	Resumed    int64             `json:"resumed_bytes"`
+	BadChunks  int64             `json:"bad_chunks"`
+	BySource   map[string]int64  `json:"by_source"`
+	BadSources map[string]string `json:"bad_sources"`
+	RateBps    float64           `json:"rate_bps"`
+	ElapsedSec float64           `json:"elapsed_s"`
+}
+
+// Transfer states.
+const (
+	TransferRunning   = "running"
+	TransferDone      = "done"
+	TransferFailed    = "failed"
+	TransferCancelled = "cancelled"
+)
+
+// ErrNoHolder is returned for an item no other node holds complete.
+var ErrNoHolder = errors.New("transfer: no other node holds that item complete")
+
+// ErrBusy is returned for an item with an operation already in flight.
+var ErrBusy = errors.New("transfer: the item has a download in flight")
+
+// StartDownload starts downloading item id at manifest version (empty: the
+// version held complete by the most recently updated holder) from every
+// holder of that version.
+func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
+	if err := ValidItemID(id); err != nil {
+		return TransferStatus{}, fmt.Errorf("transfer: item %q: %w", id, err)
+	}
+	it, ok, err := l.cfg.Doc.Item(id)
+	if err != nil {
+		return TransferStatus{}, err
+	}
+	if !ok {
+		return TransferStatus{}, fmt.Errorf("transfer: no item %q in the library", id)
+	}
+	self := l.cfg.Host.ID().String()
+	if version == "" {
+		var best int64 = -1
+		for p, h := range it.Holders {
+			if p != self && h.State == crdt.HolderComplete && h.UpdatedMs > best {
+				best, version = h.UpdatedMs, h.Manifest
+			}
+		}
+	}
+	mh, err := ParseHash(version)
+	if err != nil {
+		if version == "" {
+			return TransferStatus{}, ErrNoHolder
+		}
+		return TransferStatus{}, err
+	}
+	sources := l.holdersOf(it, version, nil)
+	if len(sources) == 0 {
+		return TransferStatus{}, fmt.Errorf("%w (version %s)", ErrNoHolder, version)
+	}
+	return l.start(id, mh, sources)
+}
+
+// holdersOf returns the other nodes holding version of it, complete or
+// partial (downloading it and serving what they have), with extra peers
+// added, sorted and without repeats.
+func (l *Library) holdersOf(it crdt.Item, version string, extra []peer.ID) []peer.ID {
+	set := map[peer.ID]bool{}
+	for _, p := range extra {
+		set[p] = true
+	}
+	for p, h := range it.Holders {
+		if pid, err := peer.Decode(p); err == nil && h.Manifest == version && (h.State == crdt.HolderComplete || h.State == crdt.HolderPartial) {
+			set[pid] = true
+		}
+	}
+	delete(set, l.cfg.Host.ID())
+	out := make([]peer.ID, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+func (l *Library) start(id string, mh Hash, sources []peer.ID) (TransferStatus, error) {
+	l.mu.Lock()
+	if l.busy[id] != "" {
+		l.mu.Unlock()
+		return TransferStatus{}, ErrBusy
+	}
+	if sv := l.local[id]; sv != nil && sv.Hash == mh {
+		l.mu.Unlock()
+		return TransferStatus{}, fmt.Errorf("transfer: this node already holds %s at %s", id, mh)
+	}
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	t := &Transfer{ID: hex.EncodeToString(b), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), progress: &Progress{}}
+	for _, s := range sources {
+		t.Sources = append(t.Sources, s.String())
+	}
+	l.busy[id] = "download"
+	l.transfers[t.ID] = t
+	base := l.local[id]
+	l.mu.Unlock()
+	staging := filepath.Join(l.cfg.Dir, dirStaging, id+"-"+mh.String()[:16])
+	job, _ := json.Marshal(jobInfo{Item: id, Manifest: mh.String(), Sources: t.Sources})
+	if err := os.MkdirAll(staging, 0o700); err == nil {
+		_ = atomicfile.WriteFile(filepath.Join(staging, jobFile), job, 0o600)
+	}
+	started := l.goFunc(func(ctx context.Context) {
+		ctx, cancel := context.WithCancel(ctx)
+		l.mu.Lock()
+		t.cancel = cancel
+		l.mu.Unlock()
+		defer cancel()
+		l.runDownload(ctx, t, mh, sources, staging, base)
+	})
+	if !started {
+		l.mu.Lock()
+		delete(l.busy, id)
+		t.State, t.Error = TransferFailed, "the node is stopping"
+		l.mu.Unlock()
+	}
+	return l.status(t), nil
+}
+
+type jobInfo struct {
+	Item     string   `json:"item"`
+	Manifest string   `json:"manifest"`
+	Sources  []string `json:"sources"`
+}
+
+func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources []peer.ID, staging string, base *Served) {
+	var published atomic.Bool
+	cfg := DownloadConfig{
+		Host: l.cfg.Host, Protocol: l.cfg.Protocol, Manifest: mh, Sources: sources, Staging: staging,
+		Progress: t.progress, Logger: l.lg.With().Str("item", t.Item).Logger(),
+		OnBadPeer: func(p peer.ID, why string) {
+			l.cfg.OnEvent("peer.bad_data", map[string]any{"peer": p.String(), "item": t.Item, "why": why})
+		},
+		MoreSources: func() []peer.ID {
+			it, _, err := l.cfg.Doc.Item(t.Item)
+			if err != nil {
+				return nil
+			}
+			return l.holdersOf(it, mh.String(), nil)
+		},
+		Serve: func(sv *Served) { published.Store(l.servePartial(t.Item, sv)) },
+	}
+	if base != nil {
+		cfg.Local = localChunks(base)
+	}
+	stopProgress := make(chan struct{})
+	var pw sync.WaitGroup
+	pw.Add(1)
+	go func() {
+		defer pw.Done()
+		tk := time.NewTicker(time.Second)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stopProgress:
+				return
+			case <-tk.C:
+				st := l.status(t)
+				l.cfg.OnEvent("transfer.progress", map[string]any{"id": t.ID, "item": t.Item, "done_bytes": st.Done, "total_bytes": st.Total, "rate_bps": st.RateBps})
+			}
+		}
+	}()
+	m, err := Download(ctx, cfg)
+	// Withdrawn before the staged files move or go.
+	l.withdrawPartial(t.Item, mh, err != nil && published.Load())
+	if err == nil {
+		err = l.swapIn(t.Item, staging)
+	}
+	close(stopProgress)
+	pw.Wait()
+	l.mu.Lock()
+	cancelled := t.State == TransferCancelled
+	l.mu.Unlock()
+	if cancelled {
+		// Discarded while the item is still marked busy, so a new
+		// download of it cannot start in a folder being removed.
+		_ = os.RemoveAll(staging)
+	}
+	l.mu.Lock()
+	delete(l.busy, t.Item)
+	l.mu.Unlock()
+	if err == nil {
+		// Known to the library and published before it is reported done.
+		l.scanAndPublish([]string{t.Item})
+	}
+	l.mu.Lock()
+	t.ended = l.cfg.Now()
+	switch {
+	case err == nil:
+		t.State = TransferDone
+	case ctx.Err() != nil && t.State == TransferCancelled:
+	case ctx.Err() != nil:
+		t.State, t.Error = TransferFailed, "the node stopped; the download resumes at the next start"
+	default:
+		t.State, t.Error = TransferFailed, err.Error()
+	}
+	state := t.State
+	l.mu.Unlock()
+	switch state {
+	case TransferDone:
+		l.lg.Info().Str("item", t.Item).Str("manifest", t.Manifest).Int64("bytes", m.Size()).Msg("download complete")
+		l.cfg.OnEvent("transfer.done", map[string]any{"id": t.ID, "item": t.Item})
+	case TransferCancelled:
+		l.cfg.OnEvent("transfer.cancelled", map[string]any{"id": t.ID, "item": t.Item})
+	default:
+		l.lg.Warn().Str("item", t.Item).Str("error", t.Error).Msg("download failed")
+		l.cfg.OnEvent("transfer.failed", map[string]any{"id": t.ID, "item": t.Item, "error": t.Error})
+	}
+}
+
+// localChunks supplies chunks from the item's current local version.
+func localChunks(sv *Served) ChunkSource {
+	type loc struct {
+		path string
+		idx  int
+	}
+	where := map[Hash]loc{}
+	for _, f := range sv.Manifest.Files {
+		for i, h := range f.Chunks {
+			where[h] = loc{f.Path, i}
+		}
+	}
+	return func(h Hash, buf []byte) bool {
+		lc, ok := where[h]
+		if !ok {
+			return false
+		}
+		root, err := os.OpenRoot(sv.Root)
+		if err != nil {
+			return false
+		}
+		defer root.Close()
+		f, err := root.Open(lc.path)
+		if err != nil {
+			return false
+		}
+		defer f.Close()
+		n, _ := f.ReadAt(buf, int64(lc.idx)*ChunkSize)
+		return n == len(buf)
+	}
+}
+
+// resumeDownloads restarts the downloads a stop or crash interrupted,
+// from every holder of their version today as well as their old sources.
+func (l *Library) resumeDownloads() {
+	for _, staging := range l.stagingDirs() {
+		b, err := os.ReadFile(filepath.Join(staging, jobFile))
+		var job jobInfo
+		if err != nil || json.Unmarshal(b, &job) != nil || ValidItemID(job.Item) != nil {
+			continue
+		}
+		mh, err := ParseHash(job.Manifest)
+		if err != nil {
+			continue
+		}
+		var old []peer.ID
+		for _, s := range job.Sources {
+			if p, err := peer.Decode(s); err == nil {
+				old = append(old, p)
+			}
+		}
+		it, _, _ := l.cfg.Doc.Item(job.Item)
+		list := l.holdersOf(it, job.Manifest, old)
+		l.lg.Info().Str("item", job.Item).Int("sources", len(list)).Msg("resuming an interrupted download")
+		if _, err := l.start(job.Item, mh, list); err != nil {
+			l.lg.Warn().Str("item", job.Item).Err(err).Msg("cannot resume download")
+		}
+	}
+}
+
+// Cancel stops a running transfer between chunks and discards its staging.
+func (l *Library) Cancel(id string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t, ok := l.transfers[id]
+	if !ok {
+		return fmt.Errorf("transfer: no transfer %s", id)
+	}
+	if t.State != TransferRunning {
+		return fmt.Errorf("transfer: %s already %s", id, t.State)
+	}
+	t.State = TransferCancelled
+	if t.cancel != nil {
+		t.cancel()
+	}
+	return nil
+}
+
+// Transfers returns every transfer of this run, newest first.
+func (l *Library) Transfers() []TransferStatus {
+	l.mu.Lock()
+	ts := make([]*Transfer, 0, len(l.transfers))
+	for _, t := range l.transfers {
+		ts = append(ts, t)
+	}
+	l.mu.Unlock()
+	out := make([]TransferStatus, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, l.status(t))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Started.After(out[j].Started) })
+	return out
+}
+
+// TransferByID returns one transfer.
+func (l *Library) TransferByID(id string) (TransferStatus, bool) {
+	l.mu.Lock()
+	t, ok := l.transfers[id]
+	l.mu.Unlock()
+	if !ok {
+		return TransferStatus{}, false
+	}
+	return l.status(t), true
+}
+
+func (l *Library) status(t *Transfer) TransferStatus {
+	l.mu.Lock()
+	st := TransferStatus{Transfer: *t}
+	st.Sources = append([]string{}, t.Sources...)
+	end := t.ended
+	l.mu.Unlock()
+	p := t.progress
+	st.Total, st.Done, st.Fetched = p.Total.Load(), p.Done.Load(), p.Fetched.Load()
+	st.Reused, st.Resumed, st.BadChunks = p.Reused.Load(), p.Resumed.Load(), p.BadChunks.Load()
+	st.BySource, st.BadSources = map[string]int64{}, map[string]string{}
+	for k, v := range p.Sources() {
+		st.BySource[k.String()] = v
+	}
+	for k, v := range p.BadSources() {
+		st.BadSources[k.String()] = v
+	}
+	if end.IsZero() {
+		end = l.cfg.Now()
+	}
+	st.ElapsedSec = end.Sub(t.Started).Seconds()
+	if st.ElapsedSec > 0 {
+		st.RateBps = float64(st.Fetched) / st.ElapsedSec
+	}
+	return st
+}
+
+// servePartial makes a download's verified chunks available to the fleet
+// and, when this node holds no version of the item, publishes it as a
+// partial holder so that others downloading the same version find it. It
+// reports whether it published. A node that holds an older version keeps
+// advertising that one complete instead.
+func (l *Library) servePartial(id string, sv *Served) bool {
+	l.mu.Lock()
+	l.partial[sv.Hash] = sv
+	holds := l.local[id] != nil
+	l.mu.Unlock()
+	if holds {
+		return false
+	}
+	self := l.cfg.Host.ID().String()
+	h := crdt.Holder{Manifest: sv.Hash.String(), Size: sv.Manifest.Size(), Files: int64(len(sv.Manifest.Files)), State: crdt.HolderPartial, UpdatedMs: l.cfg.Now().UnixMilli()}
+	_, err := l.cfg.Doc.Update("library partial", func(tx *crdt.Tx) error {
+		tx.SetHolder(id, self, h)
+		return nil
+	})
+	if err != nil {
+		l.lg.Warn().Str("item", id).Err(err).Msg("publishing a partial holder entry failed")
+		return false
+	}
+	return true
+}
+
+// withdrawPartial stops serving a download's chunks; with unpublish, it
+// also removes the partial holder entry (a download that failed or was
+// cancelled: a finished one is replaced by its complete entry).
+func (l *Library) withdrawPartial(id string, h Hash, unpublish bool) {
+	l.mu.Lock()
+	delete(l.partial, h)
+	l.mu.Unlock()
+	if !unpublish {
+		return
+	}
+	self := l.cfg.Host.ID().String()
+	_, err := l.cfg.Doc.Update("library partial withdrawn", func(tx *crdt.Tx) error {
+		tx.RemoveHolder(id, self)
+		return nil
+	})
+	if err != nil {
+		l.lg.Warn().Str("item", id).Err(err).Msg("withdrawing a partial holder entry failed")
+	}
+}

@@ -1,0 +1,89 @@
+package transfer
+
+import (
+	"sort"
+
+	"github.com/meshnode/meshnode/crdt"
+)
+
+// Local item states in the library view.
+const (
+	LocalAbsent      = "absent"
+	LocalDownloading = "downloading"
+	LocalComplete    = "complete"
+	LocalOutdated    = "outdated"
+)
+
+// ItemVersion is one manifest of an item and who holds it.
+type ItemVersion struct {
+	Manifest string   `json:"manifest"`
+	Size     int64    `json:"size"`
+	Files    int64    `json:"files"`
+	Holders  []string `json:"holders"`
+	Partial  []string `json:"partial_holders,omitempty"`
+	Updated  int64    `json:"updated_ms"`
+}
+
+// ItemView is one item of the fleet's library as GET /v1/library shows it.
+type ItemView struct {
+	ID       string        `json:"id"`
+	Name     string        `json:"name"`
+	Latest   string        `json:"latest"` // manifest of the most recently updated complete holder
+	Versions []ItemVersion `json:"versions"`
+	Local    string        `json:"local"`
+	LocalVer string        `json:"local_manifest,omitempty"`
+}
+
+// View returns every item in the fleet's library, with this node's state.
+func (l *Library) View() ([]ItemView, error) {
+	lib, err := l.cfg.Doc.Library()
+	if err != nil {
+		return nil, err
+	}
+	self := l.cfg.Host.ID().String()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]ItemView, 0, len(lib))
+	for id, it := range lib {
+		v := ItemView{ID: id, Name: it.Name, Versions: []ItemVersion{}, Local: LocalAbsent}
+		byM := map[string]*ItemVersion{}
+		var latest int64 = -1
+		for p, h := range it.Holders {
+			iv := byM[h.Manifest]
+			if iv == nil {
+				iv = &ItemVersion{Manifest: h.Manifest, Size: h.Size, Files: h.Files}
+				byM[h.Manifest] = iv
+			}
+			if h.State == crdt.HolderComplete {
+				iv.Holders = append(iv.Holders, p)
+				if h.UpdatedMs > latest {
+					latest, v.Latest = h.UpdatedMs, h.Manifest
+				}
+			} else {
+				iv.Partial = append(iv.Partial, p)
+			}
+			iv.Updated = max(iv.Updated, h.UpdatedMs)
+		}
+		for _, iv := range byM {
+			sort.Strings(iv.Holders)
+			sort.Strings(iv.Partial)
+			v.Versions = append(v.Versions, *iv)
+		}
+		sort.Slice(v.Versions, func(i, j int) bool { return v.Versions[i].Updated > v.Versions[j].Updated })
+		if sv := l.local[id]; sv != nil {
+			v.LocalVer = sv.Hash.String()
+			v.Local = LocalOutdated
+			if v.LocalVer == v.Latest {
+				v.Local = LocalComplete
+			}
+		} else if h, ok := it.Holders[self]; ok && h.State == crdt.HolderComplete {
+			v.Local, v.LocalVer = LocalComplete, h.Manifest
+		}
+		if l.busy[id] != "" {
+			v.Local = LocalDownloading
+		}
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}

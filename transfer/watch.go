@@ -1,0 +1,288 @@
+package transfer
+
+import (
+	"context"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/meshnode/meshnode/crdt"
+	"github.com/meshnode/meshnode/internal/atomicfile"
+)
+
+// watch rescans items on watch events, debounced, and every item every
+// ScanInterval, until ctx ends.
+func (l *Library) watch(ctx context.Context) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		l.lg.Warn().Err(err).Msg("cannot watch the share folder; relying on periodic scans")
+	} else {
+		defer w.Close()
+		l.watchTree(w, l.cfg.Share)
+	}
+	var events <-chan fsnotify.Event
+	var werrs <-chan error
+	if w != nil {
+		events, werrs = w.Events, w.Errors
+	}
+	tick := time.NewTicker(l.cfg.ScanInterval)
+	defer tick.Stop()
+	due := map[string]time.Time{}
+	var timer <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			l.ScanAll()
+		case err := <-werrs:
+			l.lg.Warn().Err(err).Msg("share folder watch error; the periodic scan repairs what it missed")
+		case ev := <-events:
+			rel, err := filepath.Rel(l.cfg.Share, ev.Name)
+			if err != nil || rel == "." {
+				continue
+			}
+			id := strings.Split(filepath.ToSlash(rel), "/")[0]
+			if ev.Op&fsnotify.Create != 0 {
+				if fi, err := os.Stat(ev.Name); err == nil && fi.IsDir() {
+					l.watchTree(w, ev.Name)
+				}
+			}
+			due[id] = time.Now().Add(l.cfg.Debounce)
+			if timer == nil {
+				timer = time.After(l.cfg.Debounce)
+			}
+		case <-timer:
+			timer = nil
+			now := time.Now()
+			for id, at := range due {
+				if !now.Before(at) {
+					delete(due, id)
+					l.RequestScan(id)
+				}
+			}
+			if len(due) > 0 {
+				timer = time.After(l.cfg.Debounce)
+			}
+		}
+	}
+}
+
+// watchTree adds dir and its subfolders to the watcher (fsnotify is not
+// recursive).
+func (l *Library) watchTree(w *fsnotify.Watcher, dir string) {
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			if err := w.Add(p); err != nil {
+				l.lg.Debug().Str("dir", p).Err(err).Msg("cannot watch")
+			}
+		}
+		return nil
+	})
+}
+
+// RequestScan rescans one item soon: dropped while the item has an
+// operation in flight; if a scan of it is running, that scan runs once
+// more when it ends.
+func (l *Library) RequestScan(id string) {
+	l.mu.Lock()
+	switch {
+	case l.busy[id] != "":
+		l.dropped++
+		l.mu.Unlock()
+		return
+	case l.scanning[id]:
+		l.pending[id] = true
+		l.mu.Unlock()
+		return
+	}
+	l.scanning[id] = true
+	l.mu.Unlock()
+	started := l.goFunc(func(context.Context) {
+		for {
+			l.scanAndPublish([]string{id})
+			l.mu.Lock()
+			again := l.pending[id]
+			delete(l.pending, id)
+			if !again {
+				delete(l.scanning, id)
+			}
+			l.mu.Unlock()
+			if !again {
+				return
+			}
+		}
+	})
+	if !started {
+		l.mu.Lock()
+		delete(l.scanning, id)
+		l.mu.Unlock()
+	}
+}
+
+// ScanStatus is what the watcher's bookkeeping shows, for tests and the API.
+type ScanStatus struct {
+	Scans, DroppedEvents int
+	Scanning             []string
+}
+
+// ScanStatus returns the scan counters.
+func (l *Library) ScanStatus() ScanStatus {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := ScanStatus{Scans: l.scans, DroppedEvents: l.dropped}
+	for id := range l.scanning {
+		st.Scanning = append(st.Scanning, id)
+	}
+	return st
+}
+
+// ScanAll scans every item of the share folder and publishes the result
+// in one document change.
+func (l *Library) ScanAll() {
+	ents, err := os.ReadDir(l.cfg.Share)
+	if err != nil {
+		l.lg.Warn().Err(err).Msg("cannot read the share folder")
+		return
+	}
+	ids := map[string]bool{}
+	for _, e := range ents {
+		ids[e.Name()] = true
+	}
+	l.mu.Lock()
+	for id := range l.local {
+		ids[id] = true // gone items are unpublished
+	}
+	l.mu.Unlock()
+	// So are entries left from an earlier run: an item deleted while the
+	// node was down, a partial entry of a download that is not resumed.
+	if lib, err := l.cfg.Doc.Library(); err == nil {
+		self := l.cfg.Host.ID().String()
+		for id, it := range lib {
+			if _, ok := it.Holders[self]; ok && ValidItemID(id) == nil {
+				ids[id] = true
+			}
+		}
+	}
+	var list []string
+	for id := range ids {
+		list = append(list, id)
+	}
+	sort.Strings(list)
+	l.scanAndPublish(list)
+}
+
+// scanAndPublish scans the given items (skipping busy ones) and writes
+// this node's holder entries for them in one document change.
+func (l *Library) scanAndPublish(ids []string) {
+	type result struct {
+		id string
+		sv *Served // nil: gone
+	}
+	var results []result
+	for _, id := range ids {
+		l.mu.Lock()
+		busy := l.busy[id] != ""
+		l.mu.Unlock()
+		if busy {
+			continue
+		}
+		root := filepath.Join(l.cfg.Share, id)
+		fi, err := os.Lstat(root)
+		if err != nil || !fi.IsDir() {
+			results = append(results, result{id: id})
+			continue
+		}
+		if err := ValidItemID(id); err != nil {
+			l.lg.Warn().Str("folder", id).Str("why", err.Error()).Msg("share subfolder is not shared: its name cannot be an item ID")
+			continue
+		}
+		sv, st, err := l.scanItem(id, root)
+		if err != nil {
+			l.lg.Warn().Str("item", id).Err(err).Msg("scan failed")
+			continue
+		}
+		l.lg.Debug().Str("item", id).Int("files", st.Files).Int("hashed", st.Hashed).Int64("bytes_hashed", st.BytesHashed).Msg("item scanned")
+		results = append(results, result{id: id, sv: sv})
+	}
+	self := l.cfg.Host.ID().String()
+	now := l.cfg.Now().UnixMilli()
+	// One read of the library: Doc.Item scans every root key, so reading
+	// per item would make a full scan quadratic.
+	lib, err := l.cfg.Doc.Library()
+	if err != nil {
+		l.lg.Warn().Err(err).Msg("reading the library failed")
+		return
+	}
+	var changed []string
+	_, err = l.cfg.Doc.Update("library scan", func(tx *crdt.Tx) error {
+		for _, r := range results {
+			cur := lib[r.id]
+			old, had := cur.Holders[self]
+			if r.sv == nil {
+				if had {
+					tx.RemoveHolder(r.id, self)
+					changed = append(changed, r.id)
+				}
+				continue
+			}
+			want := crdt.Holder{Manifest: r.sv.Hash.String(), Size: r.sv.Manifest.Size(), Files: int64(len(r.sv.Manifest.Files)), State: crdt.HolderComplete, UpdatedMs: now}
+			if had && old.Manifest == want.Manifest && old.Size == want.Size && old.Files == want.Files && old.State == want.State {
+				continue
+			}
+			tx.SetHolder(r.id, self, want)
+			if cur.Name == "" {
+				tx.SetItemName(r.id, r.id)
+			}
+			changed = append(changed, r.id)
+		}
+		return nil
+	})
+	if err != nil {
+		l.lg.Warn().Err(err).Msg("publishing the library failed")
+	}
+	l.mu.Lock()
+	l.scans++
+	for _, r := range results {
+		if r.sv == nil {
+			delete(l.local, r.id)
+		} else {
+			l.local[r.id] = r.sv
+		}
+	}
+	l.mu.Unlock()
+	for _, id := range changed {
+		l.cfg.OnEvent("item.scanned", map[string]any{"item": id})
+	}
+}
+
+// scanItem scans one item with its persisted index and keeps its manifest.
+func (l *Library) scanItem(id, root string) (*Served, ScanStats, error) {
+	ixFile := filepath.Join(l.cfg.Dir, dirIndex, id+".json")
+	ix := LoadIndex(ixFile)
+	m, st, err := Scan(root, ix)
+	if err != nil {
+		return nil, st, err
+	}
+	if err := ix.Save(ixFile); err != nil {
+		return nil, st, err
+	}
+	enc := m.Encode()
+	h := m.Hash()
+	mf := filepath.Join(l.cfg.Dir, dirManifests, h.String())
+	if _, err := os.Stat(mf); err != nil {
+		if err := atomicfile.WriteFile(mf, enc, 0o644); err != nil {
+			return nil, st, err
+		}
+	}
+	ig, err := LoadIgnore(root)
+	if err != nil {
+		return nil, st, err
+	}
+	return &Served{Root: root, Manifest: m, Hash: h, Encoded: enc, Ignore: ig}, st, nil
+}
