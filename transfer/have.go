@@ -31,16 +31,3 @@ func (c *chunkSet) bitmap() []byte {
 	defer c.mu.Unlock()
 	return append([]byte(nil), c.bits...)
 }
-
-// count returns how many chunks the set holds.
-func (c *chunkSet) count() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for g := range c.n {
-		if bitSet(c.bits, g) {
-			n++
-		}
-	}
-	return n
-}
