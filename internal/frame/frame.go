@@ -3,6 +3,11 @@
 // Wire format: uvarint(len(payload)) | payload. A zero-length frame is a
 // valid, empty message. Readers pass a limit; a longer frame is an error and
 // its body is never allocated.
+//
+// Read errors keep their cause: io.EOF (unwrapped) means the stream ended
+// cleanly between frames, io.ErrUnexpectedEOF that it ended inside one,
+// and anything else (a reset, a passed deadline) is the stream's own
+// error, wrapped with what was being read.
 package frame
 
 import (
@@ -24,22 +29,42 @@ func Write(w io.Writer, payload []byte) error {
 	return err
 }
 
-// Read reads one frame of at most limit bytes. io.EOF means the stream
-// ended cleanly before a frame began.
+// Read reads one frame of at most limit bytes.
 func Read(r *bufio.Reader, limit int) ([]byte, error) {
-	n, err := binary.ReadUvarint(r)
+	n, err := ReadLen(r, limit)
 	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, io.EOF
-		}
-		return nil, fmt.Errorf("frame: read length: %w", err)
-	}
-	if n > uint64(limit) {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, n, limit)
+		return nil, err
 	}
 	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return nil, fmt.Errorf("frame: read %d-byte body: %w", n, io.ErrUnexpectedEOF)
+	if err := ReadBody(r, b); err != nil {
+		return nil, err
 	}
 	return b, nil
+}
+
+// ReadLen reads a frame's length, which must be at most limit; the
+// caller then reads that many bytes of body, with ReadBody.
+func ReadLen(r io.ByteReader, limit int) (int, error) {
+	n, err := binary.ReadUvarint(r)
+	switch {
+	case err == io.EOF:
+		return 0, io.EOF // nothing of a frame read: a clean end
+	case err != nil:
+		return 0, fmt.Errorf("frame: read length: %w", err)
+	case n > uint64(limit):
+		return 0, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, n, limit)
+	}
+	return int(n), nil
+}
+
+// ReadBody fills b with the next bytes of a frame whose length was read:
+// the stream ending first is io.ErrUnexpectedEOF.
+func ReadBody(r io.Reader, b []byte) error {
+	if _, err := io.ReadFull(r, b); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("frame: read %d-byte body: %w", len(b), err)
+	}
+	return nil
 }
