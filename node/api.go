@@ -1,15 +1,19 @@
 package node
 
 import (
+	"bytes"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"os"
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -115,7 +119,7 @@ func (n *Node) docWriteError(w http.ResponseWriter, err error) {
 
 func (n *Node) apiHandler() http.Handler {
 	mux := http.NewServeMux()
-	routes := map[string]http.HandlerFunc{
+	for path, h := range map[string]http.HandlerFunc{
 		"/v1/status": n.handleStatus,
 		"/v1/nodes":  n.handleNodes,
 		"/v1/peers":  n.handlePeers,
@@ -123,8 +127,7 @@ func (n *Node) apiHandler() http.Handler {
 		"/v1/doc":    n.handleDoc,
 		"/v1/events": n.handleEvents,
 		"/metrics":   n.metrics.handler().ServeHTTP,
-	}
-	for path, h := range routes {
+	} {
 		mux.HandleFunc("GET "+path, h)
 	}
 	mux.HandleFunc("GET /v1/library", n.handleLibrary)
@@ -132,25 +135,90 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("GET /v1/transfers", n.handleTransfers)
 	mux.HandleFunc("GET /v1/transfers/{id}", n.handleTransfer)
 	mux.HandleFunc("DELETE /v1/transfers/{id}", n.handleCancel)
-	mux.HandleFunc("GET /v1/rooms/{topic}/state", n.handleRoomState)
-	mux.HandleFunc("GET /v1/rooms/{topic}/state/{key}", n.handleRoomStateKey)
-	mux.HandleFunc("PUT /v1/rooms/{topic}/state/{key}", n.handlePutRoomState)
+	mux.HandleFunc("GET /v1/rooms/{topic}/state", withTopic(n.handleRoomState))
+	mux.HandleFunc("GET /v1/rooms/{topic}/state/{key}", withTopic(n.handleRoomStateKey))
+	mux.HandleFunc("PUT /v1/rooms/{topic}/state/{key}", withTopic(n.handlePutRoomState))
 	n.roomRoutes(mux)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		if _, ok := routes[r.URL.Path]; ok {
-			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s takes GET, not %s", r.URL.Path, r.Method))
-			return
-		}
-		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
-	})
 	want := []byte("Bearer " + n.apiToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
 			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token; it is in the data dir's "+FileAPIToken)
 			return
 		}
+		// ServeMux would answer these with a redirect and an empty body
+		// (or, for %2E%2E, hand ".." to a handler as a topic or key).
+		if seg, bad := badSegment(r.URL.EscapedPath()); bad {
+			writeError(w, http.StatusBadRequest, "bad_path", fmt.Sprintf("path %s has an empty, \".\" or \"..\" segment (%q): topics, keys and IDs must not be empty, \".\" or \"..\"", r.URL.EscapedPath(), seg))
+			return
+		}
+		if _, pattern := mux.Handler(r); pattern == "" {
+			noRoute(mux, w, r)
+			return
+		}
+		if r.Body != nil && r.Body != http.NoBody {
+			// Bounds the handler's reads of the body; the server resets
+			// the connection's deadline before the next request.
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(n.cfg.apiBodyTimeout))
+		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// badSegment finds an empty, "." or ".." segment of an escaped path
+// (percent-encoded dots count as dots).
+func badSegment(escaped string) (string, bool) {
+	if escaped == "/" {
+		return "", false // no endpoint, but a clean path: 404
+	}
+	for _, seg := range strings.Split(strings.TrimPrefix(escaped, "/"), "/") {
+		un, err := url.PathUnescape(seg)
+		if err != nil {
+			un = seg
+		}
+		if un == "" || un == "." || un == ".." {
+			return seg, true
+		}
+	}
+	return "", false
+}
+
+// apiMethods are the methods the API's routes take.
+var apiMethods = []string{"DELETE", "GET", "POST", "PUT"}
+
+// noRoute answers a request no route takes: 405 with the methods the path
+// takes if there are any, else 404; JSON either way.
+func noRoute(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range apiMethods {
+		probe := &http.Request{Method: m, URL: r.URL, Host: r.Host, Header: http.Header{}}
+		if _, pattern := mux.Handler(probe); pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) == 0 {
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
+		return
+	}
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", fmt.Sprintf("%s takes %s, not %s", r.URL.Path, strings.Join(allow, " or "), r.Method))
+}
+
+// readBody reads a request body of at most limit bytes, or answers: 413
+// beyond the limit, 408 when the client sends it slower than the body
+// timeout allows, 400 when it breaks off.
+func readBody(w http.ResponseWriter, r *http.Request, limit int, what string) ([]byte, bool) {
+	b, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		writeError(w, http.StatusRequestTimeout, "body_timeout", what+" arrived too slowly; send the whole body at once")
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "bad_body", fmt.Sprintf("reading the %s: %v", what, err))
+	case len(b) > limit:
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("%s is over %d bytes", what, limit))
+	default:
+		return b, true
+	}
+	return nil, false
 }
 
 // Status returns what GET /v1/status reports.
@@ -305,16 +373,21 @@ func (n *Node) handleRoomStateKey(w http.ResponseWriter, r *http.Request) {
 // document change that is on disk before the answer.
 func (n *Node) handlePutRoomState(w http.ResponseWriter, r *http.Request) {
 	topic, key := r.PathValue("topic"), r.PathValue("key")
-	b, err := io.ReadAll(io.LimitReader(r.Body, crdt.MaxRoomStateValue+1))
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_body", err.Error())
+	b, ok := readBody(w, r, crdt.MaxRoomStateValue, "room state value")
+	if !ok {
 		return
 	}
-	if len(b) > crdt.MaxRoomStateValue {
-		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("room state value is over %d bytes; keep large data out of the document", crdt.MaxRoomStateValue))
+	// The document holds only UTF-8; automerge would refuse the write
+	// itself, as a failure indistinguishable from the disk's.
+	if !utf8.ValidString(key) {
+		writeError(w, http.StatusBadRequest, "invalid", fmt.Sprintf("room state key %q is not UTF-8", key))
 		return
 	}
-	_, err = n.Doc.Update("room state", func(tx *crdt.Tx) error {
+	if !utf8.Valid(b) {
+		writeError(w, http.StatusBadRequest, "invalid", "room state value is not UTF-8 text")
+		return
+	}
+	_, err := n.Doc.Update("room state", func(tx *crdt.Tx) error {
 		tx.SetRoomState(topic, key, string(b))
 		return nil
 	})
@@ -343,8 +416,12 @@ type DownloadRequest struct {
 
 func (n *Node) handleDownload(w http.ResponseWriter, r *http.Request) {
 	var req DownloadRequest
-	if r.ContentLength != 0 {
-		if err := json.NewDecoder(io.LimitReader(r.Body, 4096)).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+	b, ok := readBody(w, r, 4096, "download request")
+	if !ok {
+		return
+	}
+	if len(bytes.TrimSpace(b)) > 0 {
+		if err := json.Unmarshal(b, &req); err != nil {
 			writeError(w, http.StatusBadRequest, "bad_body", "body must be JSON like {\"manifest\": \"<hash>\"}: "+err.Error())
 			return
 		}
@@ -376,10 +453,15 @@ func (n *Node) handleTransfer(w http.ResponseWriter, r *http.Request) {
 }
 
 func (n *Node) handleCancel(w http.ResponseWriter, r *http.Request) {
-	if err := n.Library.Cancel(r.PathValue("id")); err != nil {
+	id := r.PathValue("id")
+	if _, ok := n.Library.TransferByID(id); !ok {
+		writeError(w, http.StatusNotFound, "no_such_transfer", "no transfer "+id)
+		return
+	}
+	if err := n.Library.Cancel(id); err != nil {
 		writeError(w, http.StatusConflict, "not_running", err.Error())
 		return
 	}
-	t, _ := n.Library.TransferByID(r.PathValue("id"))
+	t, _ := n.Library.TransferByID(id)
 	writeJSON(w, http.StatusOK, t)
 }

@@ -94,6 +94,11 @@ type Config struct {
 
 	// Logger receives the node's logs (not configurable from outside).
 	Logger zerolog.Logger
+
+	// apiBodyTimeout bounds reading one API request's body, so a client
+	// that trickles it cannot hold the connection and its handler open.
+	// Default 10 s; a knob for tests only.
+	apiBodyTimeout time.Duration
 }
 
 // DefaultConfig returns the defaults described on Config.
@@ -117,8 +122,13 @@ func DefaultConfig() Config {
 		ScanInterval:         10 * time.Minute,
 		RoomLease:            10 * time.Minute,
 		Logger:               zerolog.Nop(),
+		apiBodyTimeout:       defaultAPIBodyTimeout,
 	}
 }
+
+// defaultAPIBodyTimeout is ample for the API's bodies (at most 256 KiB,
+// over loopback) and bounds a client that trickles one.
+const defaultAPIBodyTimeout = 10 * time.Second
 
 // ListenOnPort returns the default listeners (QUIC-v1 and TCP on all IPv4
 // interfaces) on one port; 0 picks random free ports.
@@ -140,6 +150,9 @@ func defaultDataDir() string {
 }
 
 func (c *Config) validate() error {
+	if c.apiBodyTimeout <= 0 {
+		c.apiBodyTimeout = defaultAPIBodyTimeout
+	}
 	var errs []error
 	if c.DataDir == "" {
 		errs = append(errs, errors.New("data: must not be empty"))

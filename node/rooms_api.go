@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"time"
 	"unicode/utf8"
@@ -14,12 +13,35 @@ import (
 
 func (n *Node) roomRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/rooms", n.handleRooms)
-	mux.HandleFunc("POST /v1/rooms/{topic}/join", n.roomAction(n.Rooms.Join))
-	mux.HandleFunc("DELETE /v1/rooms/{topic}/join", n.roomAction(n.Rooms.Leave))
-	mux.HandleFunc("POST /v1/rooms/{topic}/offer", n.roomAction(n.Rooms.Offer))
-	mux.HandleFunc("POST /v1/rooms/{topic}/rotate", n.roomAction(func(t string) error { _, err := n.Rooms.Rotate(t); return err }))
-	mux.HandleFunc("POST /v1/rooms/{topic}/messages", n.handleRoomSend)
-	mux.HandleFunc("GET /v1/rooms/{topic}/events", n.handleRoomEvents)
+	mux.HandleFunc("POST /v1/rooms/{topic}/join", withTopic(n.roomAction(n.Rooms.Join)))
+	mux.HandleFunc("DELETE /v1/rooms/{topic}/join", withTopic(n.roomAction(n.Rooms.Leave)))
+	mux.HandleFunc("POST /v1/rooms/{topic}/offer", withTopic(n.roomAction(n.Rooms.Offer)))
+	mux.HandleFunc("POST /v1/rooms/{topic}/rotate", withTopic(n.roomAction(func(t string) error { _, err := n.Rooms.Rotate(t); return err })))
+	mux.HandleFunc("POST /v1/rooms/{topic}/messages", withTopic(n.handleRoomSend))
+	mux.HandleFunc("GET /v1/rooms/{topic}/events", withTopic(n.handleRoomEvents))
+}
+
+// validTopic is the one check of a topic that every room route, state
+// included, makes before anything else: room.ValidTopic, the check Join
+// makes, and UTF-8, which the document requires and room.ValidTopic does
+// not check.
+func validTopic(topic string) error {
+	if !utf8.ValidString(topic) {
+		return fmt.Errorf("%w: %q is not UTF-8", room.ErrBadTopic, topic)
+	}
+	return room.ValidTopic(topic)
+}
+
+// withTopic answers 400 bad_topic for a route's topic that validTopic
+// refuses, and runs h otherwise.
+func withTopic(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := validTopic(r.PathValue("topic")); err != nil {
+			roomError(w, err, roomFailed)
+			return
+		}
+		h(w, r)
+	}
 }
 
 func (n *Node) handleRooms(w http.ResponseWriter, r *http.Request) {
@@ -100,11 +122,12 @@ func apiMessage(m room.Message) RoomMessage {
 
 func (n *Node) handleRoomSend(w http.ResponseWriter, r *http.Request) {
 	var req SendRequest
-	body, err := io.ReadAll(io.LimitReader(r.Body, 4*room.MaxPayload))
-	if err == nil {
-		err = json.Unmarshal(body, &req)
+	// A payload of MaxPayload bytes in base64 or escaped text fits in 4x.
+	body, ok := readBody(w, r, 4*room.MaxPayload, "message body")
+	if !ok {
+		return
 	}
-	if err != nil {
+	if err := json.Unmarshal(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, "bad_body", "want JSON {\"type\": ..., \"text\": ...} or {\"type\": ..., \"payload\": base64}: "+err.Error())
 		return
 	}
@@ -155,6 +178,8 @@ func streamSSE[T any](n *Node, w http.ResponseWriter, r *http.Request, hello str
 		writeError(w, http.StatusInternalServerError, "no_streaming", "streaming unsupported")
 		return
 	}
+	// A stream reads nothing; no body deadline may end it.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
