@@ -3,10 +3,8 @@ package transfer
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	mrand "math/rand/v2"
 	"sync"
 	"time"
@@ -366,28 +364,32 @@ func (f *fetcher) askHave(s network.Stream, br *bufio.Reader) ([]byte, error) {
 }
 
 // readChunkResponse reads one response into buf (ChunkSize bytes or
-// more) and returns the chunk bytes.
+// more) and returns the chunk bytes. Errors are frame.Read's: io.EOF for
+// a clean end before the response, the stream's own cause otherwise.
 func readChunkResponse(br *bufio.Reader, buf []byte) ([]byte, error) {
-	n, err := binary.ReadUvarint(br)
-	if err != nil {
-		return nil, fmt.Errorf("frame: read length: %w", err)
+	n, err := frame.ReadLen(br, 1+ChunkSize)
+	if errors.Is(err, frame.ErrTooLarge) {
+		return nil, fmt.Errorf("%w: chunk response: %w", ErrBadFrame, err)
 	}
-	if n == 0 || n > uint64(1+ChunkSize) || n-1 > uint64(len(buf)) {
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 || n-1 > len(buf) {
 		return nil, fmt.Errorf("%w: chunk response of %d bytes", ErrBadFrame, n)
 	}
-	status, err := br.ReadByte()
-	if err != nil {
-		return nil, fmt.Errorf("frame: read status: %w", err)
+	var status [1]byte
+	if err := frame.ReadBody(br, status[:]); err != nil {
+		return nil, err
 	}
 	b := buf[:n-1]
-	if _, err := io.ReadFull(br, b); err != nil {
-		return nil, fmt.Errorf("frame: read %d-byte body: %w", n, io.ErrUnexpectedEOF)
+	if err := frame.ReadBody(br, b); err != nil {
+		return nil, err
 	}
 	switch {
-	case status > StatusBusy:
-		return nil, fmt.Errorf("%w: unknown status %d", ErrBadFrame, status)
-	case status != StatusOK:
-		return nil, &ServerError{Status: status, Msg: string(b)}
+	case status[0] > StatusBusy:
+		return nil, fmt.Errorf("%w: unknown status %d", ErrBadFrame, status[0])
+	case status[0] != StatusOK:
+		return nil, &ServerError{Status: status[0], Msg: string(b)}
 	}
 	return b, nil
 }
