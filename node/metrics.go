@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/meshnode/meshnode/crdt"
 	"github.com/meshnode/meshnode/mesh"
 	"github.com/meshnode/meshnode/room"
 	"github.com/meshnode/meshnode/transfer"
@@ -15,98 +16,228 @@ type metrics struct {
 	reg *prometheus.Registry
 }
 
-// newMetrics registers the node's Prometheus metrics. Values are read from
-// the components' own counters at scrape time, so nothing is counted twice.
+// newMetrics registers the node's Prometheus metrics: one collector that
+// reads each component's figures once per scrape (one lock each, instead
+// of one per metric) and emits every metric from that snapshot, so the
+// figures of one component are consistent with each other.
 func newMetrics(n *Node) *metrics {
 	reg := prometheus.NewRegistry()
-	gauge := func(name, help string, f func() float64) {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshnode_" + name, Help: help}, f))
-	}
-	counter := func(name, help string, f func() float64) {
-		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "meshnode_" + name, Help: help}, f))
-	}
-	rs := func() mesh.ReplicatorStats { return n.Replicator.Stats() }
-	gauge("peers", "Connected libp2p peers.", func() float64 { return float64(len(n.Host.Network().Peers())) })
-	gauge("peers_authenticated", "Peers that proved the fleet secret.", func() float64 { return float64(len(n.Auth.Authenticated())) })
-	gauge("doc_bytes", "Document size in automerge's saved format.", func() float64 { return float64(n.Doc.SavedSize()) })
-	gauge("doc_heads", "Number of document heads.", func() float64 { return float64(len(n.Doc.Heads())) })
-	gauge("members_alive", "Peers whose heartbeats are fresh.", func() float64 {
-		c := 0
-		for _, m := range n.Membership.Members() {
-			if m.State == mesh.StateAlive {
-				c++
-			}
-		}
-		return float64(c)
-	})
-	gauge("doc_damage_found", "Damage reports (damaged document files) found when the document was opened at this start.", func() float64 { return float64(len(n.damage)) })
-	gauge("doc_waiting_records", "Change-log records kept until peers bring the changes they depend on.", func() float64 { return float64(n.Doc.WaitingRecords()) })
-	counter("doc_local_commits_total", "Changes committed on this node.", func() float64 { return float64(n.Doc.Stats().LocalCommits) })
-	counter("doc_remote_changes_total", "Changes received from peers (gossip and sync).", func() float64 { return float64(n.Doc.Stats().RemoteChanges) })
-	counter("doc_compactions_total", "Change log folds into the snapshot.", func() float64 { return float64(n.Doc.Stats().Compactions) })
-	counter("doc_log_syncs_total", "Fsyncs of the change log (concurrent local commits share one).", func() float64 { return float64(n.Doc.Stats().LogSyncs) })
-	counter("doc_rollbacks_total", "Document writes rolled back, refused by the disk (full, I/O error) or by automerge.", func() float64 { return float64(n.Doc.Stats().RolledBack) })
-	counter("changes_sent_total", "Changes published on gossip.", func() float64 { return float64(rs().ChangesSent) })
-	counter("changes_received_total", "New changes received on gossip.", func() float64 { return float64(rs().ChangesReceived) })
-	counter("gossip_rejected_total", "Gossip messages rejected (unauthenticated, unsealed or malformed).", func() float64 { return float64(rs().GossipRejected) })
-	counter("gossip_dropped_total", "Gossip messages dropped (queue full or loss simulation).", func() float64 { return float64(rs().GossipDropped) })
-	counter("sync_rounds_total", "Anti-entropy sessions initiated.", func() float64 { return float64(rs().SyncSessions) })
-	counter("sync_failures_total", "Anti-entropy sessions that failed.", func() float64 { return float64(rs().SyncFailures) })
-	counter("snapshots_fetched_total", "Snapshot bootstraps from peers.", func() float64 { return float64(rs().SnapshotsFetched) })
-	counter("snapshots_served_total", "Snapshots served to peers.", func() float64 { return float64(rs().SnapshotsServed) })
-	counter("sync_bytes_received_total", "Document bytes received by anti-entropy and snapshots.", func() float64 { return float64(rs().BytesIn) })
-	counter("sync_bytes_sent_total", "Document bytes sent by anti-entropy and snapshots.", func() float64 { return float64(rs().BytesOut) })
-	ms := func() mesh.MeshStats { return n.Mesh.Stats() }
-	gauge("mesh_cap", "Cap on supplementary mesh connections (0: disabled).", func() float64 { return float64(ms().Cap) })
-	gauge("mesh_slots", "Supplementary mesh connections held.", func() float64 { return float64(ms().Slots) })
-	gauge("mesh_eligible", "Peers eligible for a supplementary connection at the last pass.", func() float64 { return float64(ms().Eligible) })
-	counter("mesh_opened_total", "Supplementary connections opened.", func() float64 { return float64(ms().Opened) })
-	counter("mesh_dropped_total", "Supplementary connections dropped or freed.", func() float64 { return float64(ms().Dropped) })
-	counter("mesh_passes_total", "Mesh reconcile passes.", func() float64 { return float64(ms().Passes) })
-	counter("relay_upgrades_total", "Relayed connections replaced by direct ones.", func() float64 { return float64(ms().Upgrades) })
-	gauge("peers_relayed", "Peers connected only through a relay.", func() float64 {
-		c := 0
-		for _, p := range n.Host.Network().Peers() {
-			if mesh.RelayedOnly(n.Host.Network(), p) {
-				c++
-			}
-		}
-		return float64(c)
-	})
-	gauge("relay_slots", "Relay slots this node holds (--relay).", func() float64 {
-		c := 0
-		if n.RelayClient != nil {
-			for _, r := range n.RelayClient.Status() {
-				if r.Reserved {
-					c++
-				}
-			}
-		}
-		return float64(c)
-	})
-	ls := func() transfer.LibraryStats { return n.Library.Stats() }
-	gauge("library_items", "Items this node holds complete.", func() float64 { return float64(ls().Items) })
-	gauge("transfers_running", "Downloads in flight.", func() float64 { return float64(ls().Running) })
-	counter("transfers_done_total", "Downloads completed.", func() float64 { return float64(ls().Done) })
-	counter("transfers_failed_total", "Downloads that failed.", func() float64 { return float64(ls().Failed) })
-	counter("transfer_fetched_bytes_total", "Bytes received from peers by downloads.", func() float64 { return float64(ls().Fetched) })
-	counter("transfer_bad_chunks_total", "Chunks from peers that failed verification.", func() float64 { return float64(ls().BadChunks) })
-	counter("chunks_served_total", "Chunks served to peers.", func() float64 { s, _, _ := n.Library.Server().Stats(); return float64(s) })
-	counter("transfer_refused_total", "Transfer requests refused (paths outside an item, bad frames).", func() float64 { _, r, _ := n.Library.Server().Stats(); return float64(r) })
-	counter("transfer_busy_total", "Transfer streams turned away at the per-peer or total limit.", func() float64 { _, _, b := n.Library.Server().Stats(); return float64(b) })
-	rt := func() room.TopicStats { t, _, _ := n.Rooms.Totals(); return t }
-	gauge("rooms_open", "Topics open here.", func() float64 { _, o, _ := n.Rooms.Totals(); return float64(o) })
-	gauge("room_links", "Rooms this node is linked to (two per topic while migrating).", func() float64 { _, _, l := n.Rooms.Totals(); return float64(l) })
-	counter("room_messages_sent_total", "Room messages sent.", func() float64 { return float64(rt().Sent) })
-	counter("room_messages_received_total", "Room messages delivered from other participants.", func() float64 { return float64(rt().Received) })
-	counter("room_duplicates_total", "Room messages dropped as duplicates or replays.", func() float64 { return float64(rt().Dups) })
-	counter("room_gaps_total", "Gaps reported in room message streams.", func() float64 { return float64(rt().Gaps) })
-	counter("room_rejected_total", "Room messages rejected (forged sender, not sealed for the room).", func() float64 { return float64(rt().Rejected) })
-	counter("room_mints_total", "Room credentials minted here.", func() float64 { return float64(rt().Mints) })
-	counter("events_dropped_total", "Events dropped for slow API subscribers.", func() float64 { return float64(n.Events.dropped.Load()) })
+	reg.MustRegister(newCollector(n.statsSources()))
 	return &metrics{reg: reg}
 }
 
 func (m *metrics) handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// statsSources read the figures of one component each. A scrape calls
+// every one exactly once; each may take its component's lock.
+type statsSources struct {
+	host       func() hostFigures
+	auth       func() (authenticated int)
+	doc        func() docFigures
+	damage     func() (reports int)
+	membership func() (alive int)
+	replicator func() mesh.ReplicatorStats
+	mesh       func() mesh.MeshStats
+	relays     func() (slots int)
+	library    func() transfer.LibraryStats
+	server     func() serverFigures
+	rooms      func() roomFigures
+	events     func() (dropped uint64)
+}
+
+type hostFigures struct{ peers, relayedOnly int }
+
+type docFigures struct {
+	stats                 crdt.Stats
+	bytes, heads, waiting int
+}
+
+type serverFigures struct{ served, refused, busy uint64 }
+
+type roomFigures struct {
+	totals      room.TopicStats
+	open, links int
+}
+
+// scrape is everything one scrape reports.
+type scrape struct {
+	host          hostFigures
+	authenticated int
+	doc           docFigures
+	damage        int
+	alive         int
+	repl          mesh.ReplicatorStats
+	mesh          mesh.MeshStats
+	relaySlots    int
+	lib           transfer.LibraryStats
+	server        serverFigures
+	rooms         roomFigures
+	eventsDropped uint64
+}
+
+func (s statsSources) read() scrape {
+	return scrape{
+		host: s.host(), authenticated: s.auth(), doc: s.doc(), damage: s.damage(),
+		alive: s.membership(), repl: s.replicator(), mesh: s.mesh(), relaySlots: s.relays(),
+		lib: s.library(), server: s.server(), rooms: s.rooms(), eventsDropped: s.events(),
+	}
+}
+
+// statsSources reads the node's components.
+func (n *Node) statsSources() statsSources {
+	return statsSources{
+		host: func() hostFigures {
+			net := n.Host.Network()
+			peers := net.Peers()
+			f := hostFigures{peers: len(peers)}
+			for _, p := range peers {
+				if mesh.RelayedOnly(net, p) {
+					f.relayedOnly++
+				}
+			}
+			return f
+		},
+		auth: func() int { return len(n.Auth.Authenticated()) },
+		doc: func() docFigures {
+			return docFigures{stats: n.Doc.Stats(), bytes: n.Doc.SavedSize(), heads: len(n.Doc.Heads()), waiting: n.Doc.WaitingRecords()}
+		},
+		damage: func() int { return len(n.damage) },
+		membership: func() int {
+			c := 0
+			for _, m := range n.Membership.Members() {
+				if m.State == mesh.StateAlive {
+					c++
+				}
+			}
+			return c
+		},
+		replicator: n.Replicator.Stats,
+		mesh:       n.Mesh.Stats,
+		relays: func() int {
+			c := 0
+			if n.RelayClient != nil {
+				for _, r := range n.RelayClient.Status() {
+					if r.Reserved {
+						c++
+					}
+				}
+			}
+			return c
+		},
+		library: n.Library.Stats,
+		server: func() serverFigures {
+			var f serverFigures
+			f.served, f.refused, f.busy = n.Library.Server().Stats()
+			return f
+		},
+		rooms: func() roomFigures {
+			var f roomFigures
+			f.totals, f.open, f.links = n.Rooms.Totals()
+			return f
+		},
+		events: n.Events.dropped.Load,
+	}
+}
+
+// metricDef is one metric and where its value comes from in a scrape.
+type metricDef struct {
+	name, help string
+	kind       prometheus.ValueType
+	value      func(*scrape) float64
+}
+
+// number is any figure a component reports.
+type number interface{ ~int | ~int64 | ~uint64 }
+
+func gauge[T number](name, help string, f func(*scrape) T) metricDef {
+	return metricDef{name, help, prometheus.GaugeValue, func(s *scrape) float64 { return float64(f(s)) }}
+}
+
+func counter[T number](name, help string, f func(*scrape) T) metricDef {
+	return metricDef{name, help, prometheus.CounterValue, func(s *scrape) float64 { return float64(f(s)) }}
+}
+
+// metricDefs are every metric of /metrics, without the meshnode_ prefix.
+var metricDefs = []metricDef{
+	gauge("peers", "Connected libp2p peers.", func(s *scrape) int { return s.host.peers }),
+	gauge("peers_authenticated", "Peers that proved the fleet secret.", func(s *scrape) int { return s.authenticated }),
+	gauge("doc_bytes", "Document size in automerge's saved format.", func(s *scrape) int { return s.doc.bytes }),
+	gauge("doc_heads", "Number of document heads.", func(s *scrape) int { return s.doc.heads }),
+	gauge("members_alive", "Peers whose heartbeats are fresh.", func(s *scrape) int { return s.alive }),
+	gauge("doc_damage_found", "Damage reports (damaged document files) found when the document was opened at this start.", func(s *scrape) int { return s.damage }),
+	gauge("doc_waiting_records", "Change-log records kept until peers bring the changes they depend on.", func(s *scrape) int { return s.doc.waiting }),
+	counter("doc_local_commits_total", "Changes committed on this node.", func(s *scrape) uint64 { return s.doc.stats.LocalCommits }),
+	counter("doc_remote_changes_total", "Changes received from peers (gossip and sync).", func(s *scrape) uint64 { return s.doc.stats.RemoteChanges }),
+	counter("doc_compactions_total", "Change log folds into the snapshot.", func(s *scrape) uint64 { return s.doc.stats.Compactions }),
+	counter("doc_log_syncs_total", "Fsyncs of the change log (concurrent local commits share one).", func(s *scrape) uint64 { return s.doc.stats.LogSyncs }),
+	counter("doc_rollbacks_total", "Document writes rolled back, refused by the disk (full, I/O error) or by automerge.", func(s *scrape) uint64 { return s.doc.stats.RolledBack }),
+	counter("changes_sent_total", "Changes published on gossip.", func(s *scrape) uint64 { return s.repl.ChangesSent }),
+	counter("changes_received_total", "New changes received on gossip.", func(s *scrape) uint64 { return s.repl.ChangesReceived }),
+	counter("gossip_rejected_total", "Gossip messages rejected (unauthenticated, unsealed or malformed).", func(s *scrape) uint64 { return s.repl.GossipRejected }),
+	counter("gossip_dropped_total", "Gossip messages dropped (queue full or loss simulation).", func(s *scrape) uint64 { return s.repl.GossipDropped }),
+	counter("sync_rounds_total", "Anti-entropy sessions initiated.", func(s *scrape) uint64 { return s.repl.SyncSessions }),
+	counter("sync_failures_total", "Anti-entropy sessions that failed.", func(s *scrape) uint64 { return s.repl.SyncFailures }),
+	counter("snapshots_fetched_total", "Snapshot bootstraps from peers.", func(s *scrape) uint64 { return s.repl.SnapshotsFetched }),
+	counter("snapshots_served_total", "Snapshots served to peers.", func(s *scrape) uint64 { return s.repl.SnapshotsServed }),
+	counter("sync_bytes_received_total", "Document bytes received by anti-entropy and snapshots.", func(s *scrape) uint64 { return s.repl.BytesIn }),
+	counter("sync_bytes_sent_total", "Document bytes sent by anti-entropy and snapshots.", func(s *scrape) uint64 { return s.repl.BytesOut }),
+	gauge("mesh_cap", "Cap on supplementary mesh connections (0: disabled).", func(s *scrape) int { return s.mesh.Cap }),
+	gauge("mesh_slots", "Supplementary mesh connections held.", func(s *scrape) int { return s.mesh.Slots }),
+	gauge("mesh_eligible", "Peers eligible for a supplementary connection at the last pass.", func(s *scrape) int { return s.mesh.Eligible }),
+	counter("mesh_opened_total", "Supplementary connections opened.", func(s *scrape) uint64 { return s.mesh.Opened }),
+	counter("mesh_dropped_total", "Supplementary connections dropped or freed.", func(s *scrape) uint64 { return s.mesh.Dropped }),
+	counter("mesh_passes_total", "Mesh reconcile passes.", func(s *scrape) uint64 { return s.mesh.Passes }),
+	counter("relay_upgrades_total", "Relayed connections replaced by direct ones.", func(s *scrape) uint64 { return s.mesh.Upgrades }),
+	gauge("peers_relayed", "Peers connected only through a relay.", func(s *scrape) int { return s.host.relayedOnly }),
+	gauge("relay_slots", "Relay slots this node holds (--relay).", func(s *scrape) int { return s.relaySlots }),
+	gauge("library_items", "Items this node holds complete.", func(s *scrape) int { return s.lib.Items }),
+	gauge("transfers_running", "Downloads in flight.", func(s *scrape) int { return s.lib.Running }),
+	counter("transfers_done_total", "Downloads completed.", func(s *scrape) int { return s.lib.Done }),
+	counter("transfers_failed_total", "Downloads that failed.", func(s *scrape) int { return s.lib.Failed }),
+	counter("transfer_fetched_bytes_total", "Bytes received from peers by downloads.", func(s *scrape) int64 { return s.lib.Fetched }),
+	counter("transfer_bad_chunks_total", "Chunks from peers that failed verification.", func(s *scrape) int64 { return s.lib.BadChunks }),
+	counter("chunks_served_total", "Chunks served to peers.", func(s *scrape) uint64 { return s.server.served }),
+	counter("transfer_refused_total", "Transfer requests refused (paths outside an item, bad frames).", func(s *scrape) uint64 { return s.server.refused }),
+	counter("transfer_busy_total", "Transfer streams turned away at the per-peer or total limit.", func(s *scrape) uint64 { return s.server.busy }),
+	gauge("rooms_open", "Topics open here.", func(s *scrape) int { return s.rooms.open }),
+	gauge("room_links", "Rooms this node is linked to (two per topic while migrating).", func(s *scrape) int { return s.rooms.links }),
+	counter("room_messages_sent_total", "Room messages sent.", func(s *scrape) uint64 { return s.rooms.totals.Sent }),
+	counter("room_messages_received_total", "Room messages delivered from other participants.", func(s *scrape) uint64 { return s.rooms.totals.Received }),
+	counter("room_duplicates_total", "Room messages dropped as duplicates or replays.", func(s *scrape) uint64 { return s.rooms.totals.Dups }),
+	counter("room_gaps_total", "Gaps reported in room message streams.", func(s *scrape) uint64 { return s.rooms.totals.Gaps }),
+	counter("room_rejected_total", "Room messages rejected (forged sender, not sealed for the room).", func(s *scrape) uint64 { return s.rooms.totals.Rejected }),
+	counter("room_mints_total", "Room credentials minted here.", func(s *scrape) uint64 { return s.rooms.totals.Mints }),
+	counter("events_dropped_total", "Events dropped for slow API subscribers.", func(s *scrape) uint64 { return s.eventsDropped }),
+}
+
+// collector emits every metric of metricDefs from one read of src.
+type collector struct {
+	src   statsSources
+	descs []*prometheus.Desc
+}
+
+func newCollector(src statsSources) *collector {
+	c := &collector{src: src}
+	for _, d := range metricDefs {
+		c.descs = append(c.descs, prometheus.NewDesc("meshnode_"+d.name, d.help, nil, nil))
+	}
+	return c
+}
+
+// Describe implements prometheus.Collector.
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector: one read of every component,
+// then every metric. Concurrent scrapes each take their own read.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.read()
+	for i, d := range metricDefs {
+		ch <- prometheus.MustNewConstMetric(c.descs[i], d.kind, d.value(&s))
+	}
 }
