@@ -205,29 +205,54 @@ func (c *Config) validate() error {
 	return errors.Join(errs...)
 }
 
-// listFlag is a comma-separated list; setting it replaces the list, so a
-// flag overrides the file instead of adding to it.
-type listFlag struct{ p *[]string }
+// listFlag is a list flag: each use adds its comma-separated values, so a
+// repeated --listen or --bootstrap keeps every value. The first use in a
+// source (file, environment, command line) replaces what the default or
+// an earlier source set, so flags override the file instead of adding to
+// it; LoadConfig starts each source with newSource.
+type listFlag struct {
+	p *[]string
+	// set: the list was set in the current source; later uses add to it.
+	set bool
+}
 
-func (l listFlag) String() string {
-	if l.p == nil {
+func (l *listFlag) String() string {
+	if l == nil || l.p == nil {
 		return ""
 	}
 	return strings.Join(*l.p, ",")
 }
 
-func (l listFlag) Set(s string) error {
-	*l.p = nil
+func (l *listFlag) Set(s string) error {
+	var vals []string
 	for _, x := range strings.Split(s, ",") {
 		if x = strings.TrimSpace(x); x != "" {
-			*l.p = append(*l.p, x)
+			vals = append(vals, x)
 		}
 	}
+	l.add(vals)
 	return nil
 }
 
-// portFlag sets Listen to the defaults on one port.
-type portFlag struct{ c *Config }
+func (l *listFlag) add(vals []string) {
+	if !l.set {
+		*l.p, l.set = nil, true
+	}
+	*l.p = append(*l.p, vals...)
+}
+
+// newSource makes the next use of each list flag on fs replace the list.
+func newSource(fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		if l, ok := f.Value.(*listFlag); ok {
+			l.set = false
+		}
+	})
+}
+
+// portFlag is shorthand for the default listeners on one port: it adds
+// them to --listen as one more --listen would.
+type portFlag struct{ listen *listFlag }
 
 func (p portFlag) String() string { return "" }
 func (p portFlag) Set(s string) error {
@@ -235,7 +260,7 @@ func (p portFlag) Set(s string) error {
 	if _, err := fmt.Sscanf(s, "%d", &n); err != nil || n < 0 || n > 65535 || fmt.Sprint(n) != s {
 		return fmt.Errorf("%q is not a port number (0-65535)", s)
 	}
-	p.c.Listen = ListenOnPort(n)
+	p.listen.add(ListenOnPort(n))
 	return nil
 }
 
@@ -244,13 +269,14 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DataDir, "data", c.DataDir, "data directory")
 	fs.StringVar(&c.Name, "name", c.Name, "node name")
 	fs.StringVar(&c.Join, "join", c.Join, "fleet join token (default: the data dir's, or a new fleet)")
-	fs.Var(listFlag{&c.Listen}, "listen", "comma-separated p2p listen multiaddrs (default QUIC-v1 and TCP on port 4700)")
-	fs.Var(portFlag{c}, "port", "shorthand: listen with QUIC-v1 and TCP on this port (0: random)")
-	fs.Var(listFlag{&c.Bootstrap}, "bootstrap", "comma-separated rendezvous multiaddrs ending in /p2p/<id>")
+	listen := &listFlag{p: &c.Listen}
+	fs.Var(listen, "listen", "p2p listen multiaddrs, comma-separated or repeated (default QUIC-v1 and TCP on port 4700)")
+	fs.Var(portFlag{listen}, "port", "shorthand: listen with QUIC-v1 and TCP on this port (0: random); adds to --listen")
+	fs.Var(&listFlag{p: &c.Bootstrap}, "bootstrap", "rendezvous multiaddrs ending in /p2p/<id>, comma-separated or repeated")
 	fs.BoolVar(&c.MDNS, "mdns", c.MDNS, "discover fleet peers on the LAN with mDNS")
 	fs.StringVar(&c.API, "api", c.API, "local HTTP API address (loopback)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
-	fs.Var(listFlag{&c.Roles}, "roles", "comma-separated role labels for this node's record")
+	fs.Var(&listFlag{p: &c.Roles}, "roles", "role labels for this node's record, comma-separated or repeated")
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", c.HeartbeatInterval, "time between heartbeats")
 	fs.DurationVar(&c.StaleAfter, "stale-after", c.StaleAfter, "a peer silent this long is stale")
 	fs.DurationVar(&c.SyncInterval, "sync-interval", c.SyncInterval, "time between anti-entropy rounds")
@@ -262,7 +288,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.Int64Var(&c.RelayLimitData, "relay-limit-data", c.RelayLimitData, "relay service: reset a relayed connection after this many bytes each way (0: no limit)")
 	fs.IntVar(&c.RelayMaxReservations, "relay-max-reservations", c.RelayMaxReservations, "relay service: nodes that may hold a slot at once")
 	fs.IntVar(&c.RelayMaxCircuits, "relay-max-circuits", c.RelayMaxCircuits, "relay service: relayed connections one node may have open")
-	fs.Var(listFlag{&c.Relays}, "relay", "comma-separated relay multiaddrs ending in /p2p/<id> to be reachable through")
+	fs.Var(&listFlag{p: &c.Relays}, "relay", "relay multiaddrs ending in /p2p/<id> to be reachable through, comma-separated or repeated")
 	fs.StringVar(&c.Share, "share", c.Share, "share folder: each subfolder is an item (default: share inside the data dir)")
 	fs.DurationVar(&c.ScanInterval, "scan-interval", c.ScanInterval, "time between full rescans of the share folder")
 	fs.DurationVar(&c.RoomLease, "room-lease", c.RoomLease, "lifetime of a room presence lease in the document (renewed at half)")
@@ -301,6 +327,7 @@ func LoadConfig(fs *flag.FlagSet, args []string, environ []string) (Config, erro
 		}
 	}
 	if cfgFile != "" {
+		newSource(fs)
 		if err := applyFile(fs, cfgFile); err != nil {
 			return cfg, err
 		}
@@ -310,6 +337,7 @@ func LoadConfig(fs *flag.FlagSet, args []string, environ []string) (Config, erro
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	newSource(fs)
 	for _, k := range keys {
 		name := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(k, EnvPrefix)), "_", "-")
 		if name == "config" || fs.Lookup(name) == nil {
@@ -319,6 +347,7 @@ func LoadConfig(fs *flag.FlagSet, args []string, environ []string) (Config, erro
 			return cfg, fmt.Errorf("environment variable %s: %w", k, err)
 		}
 	}
+	newSource(fs)
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
