@@ -2,12 +2,16 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -56,6 +60,7 @@ func clientArgsWith(fs *flag.FlagSet, args []string, maxArgs int) (dir string, a
 }
 
 func newClient(dir string) (*client, error) {
+	waitForDaemon(dir, node.FileAPIAddr)
 	addr, tok, err := node.ReadClientInfo(dir)
 	if err != nil {
 		return nil, err
@@ -63,10 +68,97 @@ func newClient(dir string) (*client, error) {
 	return &client{addr: addr, token: tok, http: &http.Client{Timeout: 10 * time.Second}}, nil
 }
 
+// A client command started together with the daemon (`meshnode run &`,
+// then `meshnode status`) waits for it: up to daemonGrace for a daemon
+// to take the data dir's lock, and up to daemonWait while the process
+// that holds the lock has not yet written the file the command needs.
+const (
+	daemonGrace = time.Second
+	daemonWait  = 5 * time.Second
+)
+
+// waitForDaemon returns once the data dir's file name exists, or once no
+// daemon is starting there; the caller's read of the file says which.
+func waitForDaemon(dir, name string) {
+	start := time.Now()
+	for {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return
+		}
+		waited := time.Since(start)
+		if waited >= daemonWait || (waited >= daemonGrace && !daemonStarting(dir)) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// daemonStarting reports whether the process named in the data dir's lock
+// file is alive. The lock file outlives its daemon, and its pid may have
+// been reused since: then the command waits daemonWait for nothing, and
+// says no daemon is running.
+func daemonStarting(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, node.FileLock))
+	if err != nil {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return false
+	}
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return false
+	}
+	err = p.Signal(syscall.Signal(0))
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// apiError is an error answer of the daemon: its HTTP status and the code
+// and message of its JSON body ({"error":{"code","message"}}). Commands
+// act on Code, never on the text.
+type apiError struct {
+	Status  int
+	Code    string // empty when the body was not the API's JSON error
+	Message string
+}
+
+func (e *apiError) Error() string {
+	if e.Code == "" {
+		return e.Message
+	}
+	return e.Message + " (" + e.Code + ")"
+}
+
+// errCode is the API error code of err, or "" if err is not an answer of
+// the daemon.
+func errCode(err error) string {
+	var e *apiError
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return ""
+}
+
+// decodeError turns an error answer into an *apiError.
+func decodeError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var body node.APIError
+	if json.Unmarshal(b, &body) != nil || body.Error.Code == "" {
+		return &apiError{Status: resp.StatusCode, Message: "daemon answered " + resp.Status}
+	}
+	e := &apiError{Status: resp.StatusCode, Code: body.Error.Code, Message: body.Error.Message}
+	if e.Code == "unauthorized" {
+		e.Message += " (the daemon on this address does not take this data dir's token: is another daemon using its --api address?)"
+	}
+	return e
+}
+
 func (c *client) get(path string, v any) error {
 	return c.do("GET", path, nil, v)
 }
 
+// do sends one request; an error answer is returned as an *apiError.
 func (c *client) do(method, path string, body io.Reader, v any) error {
 	req, _ := http.NewRequest(method, "http://"+c.addr+path, body)
 	req.Header.Set("Authorization", "Bearer "+c.token)
@@ -75,16 +167,12 @@ func (c *client) do(method, path string, body io.Reader, v any) error {
 		return fmt.Errorf("cannot reach the daemon at %s (is `meshnode run` still running?): %w", c.addr, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return decodeError(resp)
+	}
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return err
-	}
-	if resp.StatusCode/100 != 2 {
-		var e node.APIError
-		if json.Unmarshal(b, &e) == nil && e.Error.Message != "" {
-			return fmt.Errorf("%s (%s)", e.Error.Message, e.Error.Code)
-		}
-		return fmt.Errorf("daemon answered %s", resp.Status)
 	}
 	return json.Unmarshal(b, v)
 }
@@ -221,18 +309,35 @@ func shortID(id string) string {
 	return id
 }
 
+// FleetToken is `meshnode fleet token --json`.
+type FleetToken struct {
+	Fleet string `json:"fleet"`
+	Token string `json:"token"`
+}
+
 func runFleet(args []string, out io.Writer) error {
 	if len(args) == 0 || args[0] != "token" {
-		return fmt.Errorf("usage: meshnode fleet token [--data DIR]")
+		return fmt.Errorf("usage: meshnode fleet token [--data DIR] [--json]")
 	}
-	dir, _, err := clientFlags("fleet token", args[1:])
+	dir, asJSON, err := clientFlags("fleet token", args[1:])
 	if err != nil {
 		return err
 	}
-	b, err := os.ReadFile(dir + "/" + node.FileToken)
+	waitForDaemon(dir, node.FileToken)
+	b, err := os.ReadFile(filepath.Join(dir, node.FileToken))
 	if err != nil {
 		return fmt.Errorf("no fleet in %s yet (start a node with `meshnode run --data %s`): %w", dir, dir, err)
 	}
-	fmt.Fprintln(out, strings.TrimSpace(string(b)))
-	return nil
+	tok := strings.TrimSpace(string(b))
+	if !asJSON {
+		fmt.Fprintln(out, tok)
+		return nil
+	}
+	f, err := mesh.ParseToken(tok)
+	if err != nil {
+		return fmt.Errorf("fleet token file %s: %w", filepath.Join(dir, node.FileToken), err)
+	}
+	// The token as the daemon stores it: an mn1- token of an earlier
+	// release is rewritten in the current form at its next start.
+	return printJSON(out, FleetToken{Fleet: f.ID, Token: tok})
 }

@@ -149,7 +149,10 @@ func runRoomSend(args []string, out io.Writer) error {
 		if err == nil {
 			break
 		}
-		if !strings.Contains(err.Error(), "(not_connected)") || time.Now().After(deadline) {
+		switch code := errCode(err); {
+		case code == "not_joined":
+			return fmt.Errorf("%w; `meshnode room join %s` opens it here", err, pos[0])
+		case code != "not_connected" || time.Now().After(deadline):
 			return err
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -311,11 +314,7 @@ func (c *client) streamHello(path string, hello func(), fn func(data string) err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		var e node.APIError
-		if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error.Message != "" {
-			return fmt.Errorf("%s", e.Error.Message)
-		}
-		return fmt.Errorf("daemon answered %s", resp.Status)
+		return decodeError(resp)
 	}
 	hello()
 	sc := bufio.NewScanner(resp.Body)
