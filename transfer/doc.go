@@ -51,6 +51,9 @@
 //
 // # Download
 //
+// A download first creates its staging folder and writes job.json there,
+// so that a crash from then on resumes it; a download that cannot do so
+// (a full disk: ErrNoSpace) fails at once with an error naming the path.
 // The manifest comes from any source and is checked against its hash.
 // Free space is checked first, and every file is preallocated (fallocate)
 // in the staging folder, so a disk that is too small fails before any
@@ -76,6 +79,10 @@
 // first, moves the old item's user-owned entries into the new one, the
 // old item aside, and the new one into place, so an item appears under
 // its name only complete, and a crash mid-swap is finished at start.
+// A download can be cancelled until the swap begins: it then stops
+// between chunks and its staging folder is removed. A cancel always wins
+// over a download that has not reached the swap; once it has, Cancel
+// fails and the download ends done.
 //
 // # Scanning
 //

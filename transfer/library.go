@@ -131,7 +131,7 @@ func (l *Library) Run(ctx context.Context) error {
 	l.mu.Lock()
 	l.ctx = ctx
 	l.mu.Unlock()
-	defer l.wg.Wait()
+	defer l.wait()
 	l.recoverSwaps()
 	l.ScanAll()
 	l.resumeDownloads()
@@ -140,20 +140,44 @@ func (l *Library) Run(ctx context.Context) error {
 	return nil
 }
 
+// wait stops goroutines from being started, then waits for those that
+// were: none can be added once the wait has begun.
+func (l *Library) wait() {
+	l.mu.Lock()
+	l.ctx = nil
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
 // goFunc runs fn on a goroutine Run waits for; nothing once Run returned.
 func (l *Library) goFunc(fn func(ctx context.Context)) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.ctx == nil || l.ctx.Err() != nil {
+	ctx := l.runningLocked()
+	if ctx == nil {
 		return false
 	}
-	ctx := l.ctx
+	l.goLocked(func() { fn(ctx) })
+	return true
+}
+
+// runningLocked returns the context Run was given, or nil when Run is
+// not running. l.mu is held.
+func (l *Library) runningLocked() context.Context {
+	if l.ctx == nil || l.ctx.Err() != nil {
+		return nil
+	}
+	return l.ctx
+}
+
+// goLocked runs fn on a goroutine Run waits for. l.mu is held and
+// runningLocked was not nil.
+func (l *Library) goLocked(fn func()) {
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
-		fn(ctx)
+		fn()
 	}()
-	return true
 }
 
 // lookup is the server's view: complete items that are not being

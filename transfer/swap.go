@@ -16,14 +16,13 @@ type swapIntent struct {
 }
 
 // swapIn makes the staged item the item, with an intent log so that a
-// crash at any step is completed at the next start.
+// crash at any step is completed at the next start. The item is already
+// marked busy with the swap (beginSwap).
 func (l *Library) swapIn(id, staging string) error {
-	l.mu.Lock()
-	l.busy[id] = "swap"
-	l.mu.Unlock()
 	b, _ := json.Marshal(swapIntent{Item: id, Staging: staging})
-	if err := atomicfile.WriteFile(filepath.Join(staging, swapFile), b, 0o600); err != nil {
-		return err
+	p := filepath.Join(staging, swapFile)
+	if err := atomicfile.WriteFile(p, b, 0o600); err != nil {
+		return diskError("write", p, err)
 	}
 	return l.completeSwap(id, staging)
 }

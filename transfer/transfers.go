@@ -12,6 +12,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -123,55 +124,144 @@ func (l *Library) holdersOf(it crdt.Item, version string, extra []peer.ID) []pee
 	return out
 }
 
+// start records a transfer of item id at mh and runs it on a goroutine.
+// Its context exists before the goroutine does, so that a Cancel that
+// comes first is not lost.
 func (l *Library) start(id string, mh Hash, sources []peer.ID) (TransferStatus, error) {
+	t := &Transfer{ID: newTransferID(), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), progress: &Progress{}}
+	for _, s := range sources {
+		t.Sources = append(t.Sources, s.String())
+	}
+	staging := filepath.Join(l.cfg.Dir, dirStaging, id+"-"+mh.String()[:16])
 	l.mu.Lock()
 	if l.busy[id] != "" {
 		l.mu.Unlock()
 		return TransferStatus{}, ErrBusy
 	}
-	if sv := l.local[id]; sv != nil && sv.Hash == mh {
+	base := l.local[id]
+	if base != nil && base.Hash == mh {
 		l.mu.Unlock()
 		return TransferStatus{}, fmt.Errorf("transfer: this node already holds %s at %s", id, mh)
 	}
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	t := &Transfer{ID: hex.EncodeToString(b), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), progress: &Progress{}}
-	for _, s := range sources {
-		t.Sources = append(t.Sources, s.String())
-	}
-	l.busy[id] = "download"
 	l.transfers[t.ID] = t
-	base := l.local[id]
-	l.mu.Unlock()
-	staging := filepath.Join(l.cfg.Dir, dirStaging, id+"-"+mh.String()[:16])
-	job, _ := json.Marshal(jobInfo{Item: id, Manifest: mh.String(), Sources: t.Sources})
-	if err := os.MkdirAll(staging, 0o700); err == nil {
-		_ = atomicfile.WriteFile(filepath.Join(staging, jobFile), job, 0o600)
-	}
-	started := l.goFunc(func(ctx context.Context) {
-		ctx, cancel := context.WithCancel(ctx)
-		l.mu.Lock()
+	if run := l.runningLocked(); run == nil {
+		t.State, t.Error, t.ended = TransferFailed, "the node is stopping", t.Started
+	} else {
+		ctx, cancel := context.WithCancel(run)
 		t.cancel = cancel
-		l.mu.Unlock()
-		defer cancel()
-		l.runDownload(ctx, t, mh, sources, staging, base)
-	})
-	if !started {
-		l.mu.Lock()
-		delete(l.busy, id)
-		t.State, t.Error = TransferFailed, "the node is stopping"
-		l.mu.Unlock()
+		l.busy[id] = "download"
+		l.goLocked(func() {
+			defer cancel()
+			l.runDownload(ctx, t, mh, sources, staging, base)
+		})
 	}
+	l.mu.Unlock()
 	return l.status(t), nil
 }
 
+func newTransferID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// jobInfo is a staging folder's job.json: what it downloads, for the
+// next start to resume it.
 type jobInfo struct {
 	Item     string   `json:"item"`
 	Manifest string   `json:"manifest"`
 	Sources  []string `json:"sources"`
 }
 
+// recordJob creates the staging folder and writes its job.json, so that
+// from here on a crash resumes the download at the next start.
+func recordJob(staging string, job jobInfo) error {
+	if err := os.MkdirAll(staging, 0o700); err != nil {
+		return diskError("create the staging folder", staging, err)
+	}
+	b, err := json.Marshal(job)
+	if err != nil {
+		return fmt.Errorf("transfer: encode %s: %w", jobFile, err)
+	}
+	p := filepath.Join(staging, jobFile)
+	if err := atomicfile.WriteFile(p, b, 0o600); err != nil {
+		return diskError("write", p, err)
+	}
+	return nil
+}
+
+// diskError wraps a failed write of path, as ErrNoSpace when the disk is
+// full.
+func diskError(op, path string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("%w: %s %s: %w", ErrNoSpace, op, path, err)
+	}
+	return fmt.Errorf("transfer: %s %s: %w", op, path, err)
+}
+
+// runDownload runs transfer t to its end: record the job, fetch into
+// staging, swap the item in, rescan it, report.
 func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources []peer.ID, staging string, base *Served) {
+	err := ctx.Err()
+	if err == nil {
+		err = recordJob(staging, jobInfo{Item: t.Item, Manifest: t.Manifest, Sources: t.Sources})
+	}
+	recorded := err == nil
+	var m *Manifest
+	if recorded {
+		m, err = l.fetchItem(ctx, t, mh, sources, staging, base)
+	}
+	if err == nil {
+		err = l.beginSwap(t)
+	}
+	if err == nil {
+		err = l.swapIn(t.Item, staging)
+	}
+	l.mu.Lock()
+	cancelled := t.State == TransferCancelled
+	l.mu.Unlock()
+	if cancelled {
+		// Discarded while the item is still marked busy, so a new
+		// download of it cannot start in a folder being removed.
+		if rerr := os.RemoveAll(staging); rerr != nil {
+			l.lg.Warn().Str("item", t.Item).Err(rerr).Msg("cannot remove a cancelled download's staging folder")
+		}
+	}
+	l.mu.Lock()
+	delete(l.busy, t.Item)
+	l.mu.Unlock()
+	if err == nil {
+		// Known to the library and published before it is reported done.
+		l.scanAndPublish([]string{t.Item})
+	}
+	l.mu.Lock()
+	t.ended = l.cfg.Now()
+	switch {
+	case err == nil:
+		t.State = TransferDone
+	case cancelled:
+	case ctx.Err() != nil && recorded:
+		t.State, t.Error = TransferFailed, "the node stopped; the download resumes at the next start"
+	default:
+		t.State, t.Error = TransferFailed, err.Error()
+	}
+	state := t.State
+	l.mu.Unlock()
+	switch state {
+	case TransferDone:
+		l.lg.Info().Str("item", t.Item).Str("manifest", t.Manifest).Int64("bytes", m.Size()).Msg("download complete")
+		l.cfg.OnEvent("transfer.done", map[string]any{"id": t.ID, "item": t.Item})
+	case TransferCancelled:
+		l.cfg.OnEvent("transfer.cancelled", map[string]any{"id": t.ID, "item": t.Item})
+	default:
+		l.lg.Warn().Str("item", t.Item).Str("error", t.Error).Msg("download failed")
+		l.cfg.OnEvent("transfer.failed", map[string]any{"id": t.ID, "item": t.Item, "error": t.Error})
+	}
+}
+
+// fetchItem downloads t into staging, serving its verified chunks to the
+// fleet meanwhile and reporting progress every second.
+func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources []peer.ID, staging string, base *Served) (*Manifest, error) {
 	var published atomic.Bool
 	cfg := DownloadConfig{
 		Host: l.cfg.Host, Protocol: l.cfg.Protocol, Manifest: mh, Sources: sources, Staging: staging,
@@ -208,52 +298,25 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 			}
 		}
 	}()
+	defer pw.Wait()
+	defer close(stopProgress)
 	m, err := Download(ctx, cfg)
 	// Withdrawn before the staged files move or go.
 	l.withdrawPartial(t.Item, mh, err != nil && published.Load())
-	if err == nil {
-		err = l.swapIn(t.Item, staging)
-	}
-	close(stopProgress)
-	pw.Wait()
+	return m, err
+}
+
+// beginSwap is the point of no return of a download that fetched
+// everything: from here on Cancel refuses, and a cancel that came before
+// wins.
+func (l *Library) beginSwap(t *Transfer) error {
 	l.mu.Lock()
-	cancelled := t.State == TransferCancelled
-	l.mu.Unlock()
-	if cancelled {
-		// Discarded while the item is still marked busy, so a new
-		// download of it cannot start in a folder being removed.
-		_ = os.RemoveAll(staging)
+	defer l.mu.Unlock()
+	if t.State == TransferCancelled {
+		return context.Canceled
 	}
-	l.mu.Lock()
-	delete(l.busy, t.Item)
-	l.mu.Unlock()
-	if err == nil {
-		// Known to the library and published before it is reported done.
-		l.scanAndPublish([]string{t.Item})
-	}
-	l.mu.Lock()
-	t.ended = l.cfg.Now()
-	switch {
-	case err == nil:
-		t.State = TransferDone
-	case ctx.Err() != nil && t.State == TransferCancelled:
-	case ctx.Err() != nil:
-		t.State, t.Error = TransferFailed, "the node stopped; the download resumes at the next start"
-	default:
-		t.State, t.Error = TransferFailed, err.Error()
-	}
-	state := t.State
-	l.mu.Unlock()
-	switch state {
-	case TransferDone:
-		l.lg.Info().Str("item", t.Item).Str("manifest", t.Manifest).Int64("bytes", m.Size()).Msg("download complete")
-		l.cfg.OnEvent("transfer.done", map[string]any{"id": t.ID, "item": t.Item})
-	case TransferCancelled:
-		l.cfg.OnEvent("transfer.cancelled", map[string]any{"id": t.ID, "item": t.Item})
-	default:
-		l.lg.Warn().Str("item", t.Item).Str("error", t.Error).Msg("download failed")
-		l.cfg.OnEvent("transfer.failed", map[string]any{"id": t.ID, "item": t.Item, "error": t.Error})
-	}
+	l.busy[t.Item] = "swap"
+	return nil
 }
 
 // localChunks supplies chunks from the item's current local version.
@@ -292,13 +355,9 @@ func localChunks(sv *Served) ChunkSource {
 // from every holder of their version today as well as their old sources.
 func (l *Library) resumeDownloads() {
 	for _, staging := range l.stagingDirs() {
-		b, err := os.ReadFile(filepath.Join(staging, jobFile))
-		var job jobInfo
-		if err != nil || json.Unmarshal(b, &job) != nil || ValidItemID(job.Item) != nil {
-			continue
-		}
-		mh, err := ParseHash(job.Manifest)
+		job, mh, err := readJob(staging)
 		if err != nil {
+			l.lg.Warn().Str("staging", staging).Err(err).Msg("staging folder left alone: not resumable")
 			continue
 		}
 		var old []peer.ID
@@ -316,21 +375,49 @@ func (l *Library) resumeDownloads() {
 	}
 }
 
-// Cancel stops a running transfer between chunks and discards its staging.
+// readJob reads a staging folder's job.json.
+func readJob(staging string) (jobInfo, Hash, error) {
+	var job jobInfo
+	p := filepath.Join(staging, jobFile)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return job, Hash{}, err
+	}
+	if err := json.Unmarshal(b, &job); err != nil {
+		return job, Hash{}, fmt.Errorf("transfer: %s: %w", p, err)
+	}
+	if err := ValidItemID(job.Item); err != nil {
+		return job, Hash{}, fmt.Errorf("transfer: %s: item %q: %w", p, job.Item, err)
+	}
+	mh, err := ParseHash(job.Manifest)
+	if err != nil {
+		return job, Hash{}, fmt.Errorf("transfer: %s: %w", p, err)
+	}
+	return job, mh, nil
+}
+
+// Cancel stops a running transfer between chunks and discards its
+// staging. Once the transfer has fetched everything and its item is being
+// put in place, it is too late: Cancel fails and the transfer ends done.
 func (l *Library) Cancel(id string) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	t, ok := l.transfers[id]
-	if !ok {
-		return fmt.Errorf("transfer: no transfer %s", id)
+	var err error
+	switch {
+	case !ok:
+		err = fmt.Errorf("transfer: no transfer %s", id)
+	case t.State != TransferRunning:
+		err = fmt.Errorf("transfer: %s already %s", id, t.State)
+	case l.busy[t.Item] == "swap":
+		err = fmt.Errorf("transfer: %s has fetched everything and its item is being put in place", id)
+	default:
+		t.State = TransferCancelled
 	}
-	if t.State != TransferRunning {
-		return fmt.Errorf("transfer: %s already %s", id, t.State)
+	l.mu.Unlock()
+	if err != nil {
+		return err
 	}
-	t.State = TransferCancelled
-	if t.cancel != nil {
-		t.cancel()
-	}
+	t.cancel()
 	return nil
 }
 
