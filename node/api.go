@@ -156,8 +156,9 @@ func (n *Node) apiHandler() http.Handler {
 			return
 		}
 		if r.Body != nil && r.Body != http.NoBody {
-			// Bounds the handler's reads of the body; the server resets
-			// the connection's deadline before the next request.
+			// Bounds the handler's reads of the body. The server clears
+			// it once the body is read to its end (to watch for the
+			// client going away) and before the next request.
 			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(n.cfg.apiBodyTimeout))
 		}
 		mux.ServeHTTP(w, r)

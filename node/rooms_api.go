@@ -178,8 +178,6 @@ func streamSSE[T any](n *Node, w http.ResponseWriter, r *http.Request, hello str
 		writeError(w, http.StatusInternalServerError, "no_streaming", "streaming unsupported")
 		return
 	}
-	// A stream reads nothing; no body deadline may end it.
-	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
