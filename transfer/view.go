@@ -41,37 +41,23 @@ func (l *Library) View() ([]ItemView, error) {
 		return nil, err
 	}
 	self := l.cfg.Host.ID().String()
+	// What this node holds and is busy with, taken under the lock; the
+	// view is built after it.
 	l.mu.Lock()
-	defer l.mu.Unlock()
+	held := make(map[string]Hash, len(l.local))
+	for id, sv := range l.local {
+		held[id] = sv.Hash
+	}
+	busy := make(map[string]bool, len(l.busy))
+	for id, op := range l.busy {
+		busy[id] = op != ""
+	}
+	l.mu.Unlock()
 	out := make([]ItemView, 0, len(lib))
 	for id, it := range lib {
-		v := ItemView{ID: id, Name: it.Name, Versions: []ItemVersion{}, Local: LocalAbsent}
-		byM := map[string]*ItemVersion{}
-		var latest int64 = -1
-		for p, h := range it.Holders {
-			iv := byM[h.Manifest]
-			if iv == nil {
-				iv = &ItemVersion{Manifest: h.Manifest, Size: h.Size, Files: h.Files}
-				byM[h.Manifest] = iv
-			}
-			if h.State == crdt.HolderComplete {
-				iv.Holders = append(iv.Holders, p)
-				if h.UpdatedMs > latest {
-					latest, v.Latest = h.UpdatedMs, h.Manifest
-				}
-			} else {
-				iv.Partial = append(iv.Partial, p)
-			}
-			iv.Updated = max(iv.Updated, h.UpdatedMs)
-		}
-		for _, iv := range byM {
-			sort.Strings(iv.Holders)
-			sort.Strings(iv.Partial)
-			v.Versions = append(v.Versions, *iv)
-		}
-		sort.Slice(v.Versions, func(i, j int) bool { return v.Versions[i].Updated > v.Versions[j].Updated })
-		if sv := l.local[id]; sv != nil {
-			v.LocalVer = sv.Hash.String()
+		v := itemView(id, it)
+		if h, ok := held[id]; ok {
+			v.LocalVer = h.String()
 			v.Local = LocalOutdated
 			if v.LocalVer == v.Latest {
 				v.Local = LocalComplete
@@ -79,11 +65,42 @@ func (l *Library) View() ([]ItemView, error) {
 		} else if h, ok := it.Holders[self]; ok && h.State == crdt.HolderComplete {
 			v.Local, v.LocalVer = LocalComplete, h.Manifest
 		}
-		if l.busy[id] != "" {
+		if busy[id] {
 			v.Local = LocalDownloading
 		}
 		out = append(out, v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
+}
+
+// itemView is item id as the document has it: its versions, newest
+// first, and the latest complete one; Local is LocalAbsent.
+func itemView(id string, it crdt.Item) ItemView {
+	v := ItemView{ID: id, Name: it.Name, Versions: []ItemVersion{}, Local: LocalAbsent}
+	byM := map[string]*ItemVersion{}
+	var latest int64 = -1
+	for p, h := range it.Holders {
+		iv := byM[h.Manifest]
+		if iv == nil {
+			iv = &ItemVersion{Manifest: h.Manifest, Size: h.Size, Files: h.Files}
+			byM[h.Manifest] = iv
+		}
+		if h.State == crdt.HolderComplete {
+			iv.Holders = append(iv.Holders, p)
+			if h.UpdatedMs > latest {
+				latest, v.Latest = h.UpdatedMs, h.Manifest
+			}
+		} else {
+			iv.Partial = append(iv.Partial, p)
+		}
+		iv.Updated = max(iv.Updated, h.UpdatedMs)
+	}
+	for _, iv := range byM {
+		sort.Strings(iv.Holders)
+		sort.Strings(iv.Partial)
+		v.Versions = append(v.Versions, *iv)
+	}
+	sort.Slice(v.Versions, func(i, j int) bool { return v.Versions[i].Updated > v.Versions[j].Updated })
+	return v
 }
