@@ -195,6 +195,9 @@ func TestDownloadOnFullDisk(t *testing.T) {
 	if end.Fetched != 0 {
 		t.Fatalf("fetched %d bytes before failing", end.Fetched)
 	}
+	if _, err := os.Lstat(staging); err == nil {
+		t.Fatal("the failed download left its empty staging folder")
+	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}

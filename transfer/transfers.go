@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -176,6 +177,8 @@ type jobInfo struct {
 // recordJob creates the staging folder and writes its job.json, so that
 // from here on a crash resumes the download at the next start.
 func recordJob(staging string, job jobInfo) error {
+	_, err := os.Lstat(staging)
+	fresh := errors.Is(err, fs.ErrNotExist)
 	if err := os.MkdirAll(staging, 0o700); err != nil {
 		return diskError("create the staging folder", staging, err)
 	}
@@ -185,6 +188,9 @@ func recordJob(staging string, job jobInfo) error {
 	}
 	p := filepath.Join(staging, jobFile)
 	if err := atomicfile.WriteFile(p, b, 0o600); err != nil {
+		if fresh {
+			_ = os.Remove(staging) // empty: not left for every start to skip
+		}
 		return diskError("write", p, err)
 	}
 	return nil
