@@ -15,6 +15,7 @@ import (
 // high-water mark, which counts dials in flight), and once the churn
 // stops, the survivors converge holding every survivor's writes.
 func TestChurnKeepsCapAndConverges(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("churn test skipped in -short mode")
 	}

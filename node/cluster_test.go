@@ -42,7 +42,6 @@ func testConfig(t testing.TB) Config {
 }
 
 func newCluster(t testing.TB, n int, mod ...func(i int, c *Config)) *cluster {
-	checkLeaks(t)
 	c := &cluster{t: t}
 	for range n {
 		c.add(mod...)

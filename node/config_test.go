@@ -18,6 +18,7 @@ func loadTest(t *testing.T, args, env []string) (Config, error) {
 }
 
 func TestConfigPrecedence(t *testing.T) {
+	t.Parallel()
 	file := filepath.Join(t.TempDir(), "meshnode.toml")
 	if err := os.WriteFile(file, []byte("name = \"from-file\"\nmax-mesh-peers = 7\nrelay-service = true\nrelay = [\"/ip4/10.0.0.1/tcp/4700/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN\"]\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -35,6 +36,7 @@ func TestConfigPrecedence(t *testing.T) {
 }
 
 func TestConfigErrorsNameTheSetting(t *testing.T) {
+	t.Parallel()
 	file := filepath.Join(t.TempDir(), "bad.toml")
 	os.WriteFile(file, []byte("no-such-key = 1\n"), 0o600)
 	for _, tc := range []struct {

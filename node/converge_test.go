@@ -11,6 +11,7 @@ import (
 )
 
 func TestFiveNodesConcurrentWritesConverge(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 5)
 	waitFor(t, 20*time.Second, "every node authenticated to a peer", func() bool { return c.allAuthenticated(1) })
 	var wg sync.WaitGroup
@@ -55,6 +56,7 @@ func TestFiveNodesConcurrentWritesConverge(t *testing.T) {
 }
 
 func TestLateJoinerBootstrapsFromSnapshot(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 2)
 	const entries = 10_000
 	// The entries name a holder outside the fleet: a node's library scan
@@ -86,6 +88,7 @@ func TestLateJoinerBootstrapsFromSnapshot(t *testing.T) {
 }
 
 func TestPartitionHealConverges(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 5)
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
 	// Make both halves well connected inside themselves before the cut.
@@ -122,6 +125,7 @@ func TestPartitionHealConverges(t *testing.T) {
 }
 
 func TestGossipLossRepairedByAntiEntropy(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 3)
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
 	for _, n := range c.nodes[1:] {
@@ -144,6 +148,7 @@ func TestGossipLossRepairedByAntiEntropy(t *testing.T) {
 // Heartbeats are ephemeral: a converged, idle fleet exchanging many of them
 // makes no document change at all.
 func TestHeartbeatsDoNotChangeDocument(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 3)
 	waitFor(t, 20*time.Second, "every node authenticated", func() bool { return c.allAuthenticated(1) })
 	waitFor(t, 20*time.Second, "converged", func() bool { return c.converged() })
@@ -176,6 +181,7 @@ func TestHeartbeatsDoNotChangeDocument(t *testing.T) {
 // off) form supplementary mesh links; after the rendezvous is killed,
 // changes made on any node still reach all the others.
 func TestRendezvousLossMeshKeepsSyncing(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 7, func(i int, cfg *Config) {
 		cfg.MaxMeshPeers = 3
 		cfg.MeshInterval = 300 * time.Millisecond

@@ -18,7 +18,7 @@ import (
 // /v1/status, in /metrics, and as a doc.damaged event to every event
 // client, however late it connects.
 func TestDocDamageVisible(t *testing.T) {
-	checkLeaks(t)
+	t.Parallel()
 	cfg := testConfig(t)
 	n, err := New(cfg)
 	if err != nil {
@@ -87,7 +87,7 @@ func TestDocDamageVisible(t *testing.T) {
 
 // A node whose files are intact reports an empty damage list, not null.
 func TestDocDamageNoneIsEmptyList(t *testing.T) {
-	checkLeaks(t)
+	t.Parallel()
 	n, err := New(testConfig(t))
 	if err != nil {
 		t.Fatal(err)

@@ -22,6 +22,7 @@ import (
 // Document write errors, however wrapped, get one answer each, from the
 // PUT room state path and the room actions alike.
 func TestDocWriteErrorAnswers(t *testing.T) {
+	t.Parallel()
 	n := &Node{cfg: Config{DataDir: "/srv/meshnode"}}
 	full := fmt.Errorf("crdt: append change log /srv/meshnode/doc/doc.log: %w", fmt.Errorf("%w: %w", crdt.ErrDiskFull, syscall.ENOSPC))
 	for _, tc := range []struct {
@@ -73,6 +74,7 @@ func checkAPIError(t *testing.T, what string, rec *httptest.ResponseRecorder, st
 // leave the document as it was; once space is freed they succeed. Needs
 // root to mount a small tmpfs as the data dir.
 func TestDiskFullAPIAnswers507(t *testing.T) {
+	t.Parallel()
 	small := disktest.Tmpfs(t, "4m")
 	dir := filepath.Join(small, "node")
 	c := newCluster(t, 0)

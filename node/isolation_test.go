@@ -18,6 +18,7 @@ import (
 )
 
 func TestWrongTokenGetsNothing(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 2)
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
 	update(t, c.nodes[0], func(tx *crdt.Tx) { tx.SetItemName("secret-item", "x") })
@@ -36,7 +37,7 @@ func TestWrongTokenGetsNothing(t *testing.T) {
 	})
 	// Its publishes on its own topics never reach us, and it got nothing.
 	update(t, intruder, func(tx *crdt.Tx) { tx.SetItemName("intruder-item", "x") })
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // not a synchronisation: the window the intruder gets to leak
 	if _, ok, _ := intruder.Doc.Item("secret-item"); ok {
 		t.Fatal("intruder received fleet data")
 	}
@@ -69,6 +70,7 @@ func apiGet(t *testing.T, n *Node, path, token string) (*http.Response, []byte) 
 }
 
 func TestAPI(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 2)
 	n := c.nodes[0]
 	waitFor(t, 20*time.Second, "fleet formed and heard", func() bool {
@@ -152,7 +154,11 @@ func TestAPI(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(100 * time.Millisecond) // let the subscription register
+	waitFor(t, 10*time.Second, "the event stream subscribed", func() bool {
+		c.nodes[0].Events.mu.Lock()
+		defer c.nodes[0].Events.mu.Unlock()
+		return len(c.nodes[0].Events.subs) > 0
+	})
 	update(t, c.nodes[1], func(tx *crdt.Tx) { tx.SetItemName("sse", "x") })
 	select {
 	case <-got:

@@ -1,54 +1,52 @@
 package node
 
 import (
+	"fmt"
+	"os"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
-var (
-	leakMu      sync.Mutex
-	leakChecked = map[testing.TB]bool{}
-)
+// TestMain routes libp2p's logs (one handler per process) to stderr at
+// error level, runs the tests (many in parallel), and then checks that no
+// goroutine of ours, of a libp2p swarm or of a pubsub router outlived
+// them: every test closes what it started, so once all have ended nothing
+// may be left. A per-test check cannot tell whose goroutine it sees while
+// other tests run beside it; this one can, and still names the leak.
+func TestMain(m *testing.M) {
+	RouteLibp2pLogs(zerolog.New(os.Stderr).Level(zerolog.ErrorLevel))
+	code := m.Run()
+	if code == 0 {
+		if leaked := waitLeaks(10 * time.Second); len(leaked) > 0 {
+			fmt.Fprintf(os.Stderr, "%d goroutines outlived every test; first:\n%s\n", len(leaked), leaked[0])
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 // leakWatched are stack frames of goroutines that must all be gone once
-// every node of a test is closed: ours, and those of a libp2p host or a
-// pubsub router (a host or router nobody closed).
+// every node is closed: ours, and those of a libp2p host or a pubsub
+// router (a host or router nobody closed).
 var leakWatched = []string{
 	"github.com/meshnode/meshnode/",
 	"go-libp2p/p2p/net/swarm.",
 	"go-libp2p-pubsub.",
 }
 
-// checkLeaks registers, once per test and before any cluster's own
-// cleanup (cleanups run last-in first-out), a check that no goroutine of
-// ours, of a libp2p swarm or of a pubsub router outlives the test.
-func checkLeaks(t testing.TB) {
-	leakMu.Lock()
-	defer leakMu.Unlock()
-	if leakChecked[t] {
-		return
+func waitLeaks(wait time.Duration) []string {
+	deadline := time.Now().Add(wait)
+	for {
+		leaked := leakedGoroutines()
+		if len(leaked) == 0 || time.Now().After(deadline) {
+			return leaked
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	leakChecked[t] = true
-	t.Cleanup(func() {
-		leakMu.Lock()
-		delete(leakChecked, t)
-		leakMu.Unlock()
-		var leaked []string
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			leaked = leakedGoroutines()
-			if len(leaked) == 0 || time.Now().After(deadline) {
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		if len(leaked) > 0 {
-			t.Errorf("%d goroutines outlived the cluster; first:\n%s", len(leaked), leaked[0])
-		}
-	})
 }
 
 func leakedGoroutines() []string {
@@ -56,7 +54,8 @@ func leakedGoroutines() []string {
 	buf = buf[:runtime.Stack(buf, true)]
 	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "testing.tRunner") || strings.Contains(g, "testing.(*B)") || strings.Contains(g, "leakedGoroutines") {
+		if strings.Contains(g, "testing.tRunner") || strings.Contains(g, "testing.(*B)") ||
+			strings.Contains(g, "testing.(*M)") || strings.Contains(g, "leakedGoroutines") {
 			continue
 		}
 		for _, w := range leakWatched {

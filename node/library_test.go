@@ -160,6 +160,7 @@ func gameItem() map[string]testFile {
 // A shares an item; B downloads it; C downloads it from A and B at once.
 // Bytes and modes match, user-owned files stay home, both holders serve.
 func TestDownloadFromOneThenTwoHolders(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 3)
 	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
@@ -198,6 +199,7 @@ func TestDownloadFromOneThenTwoHolders(t *testing.T) {
 // A holder that serves wrong bytes for some chunks: every bad chunk is
 // detected, fetched from the honest holder, and the liar is reported.
 func TestBadHolderIsDetectedAndAvoided(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 3)
 	a, liar, dl := c.nodes[0], c.nodes[1], c.nodes[2]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
@@ -264,6 +266,7 @@ func TestBadHolderIsDetectedAndAvoided(t *testing.T) {
 
 // Requests for paths outside what is shared are refused with a reason.
 func TestHostileTransferRequestsRefused(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
@@ -324,6 +327,7 @@ func TestHostileTransferRequestsRefused(t *testing.T) {
 // An update of one file of ten fetches only that file's chunks; the rest
 // comes from the old version, and the downloader's local/ survives.
 func TestUpdateFetchesOnlyChangedChunks(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
@@ -362,6 +366,7 @@ func TestUpdateFetchesOnlyChangedChunks(t *testing.T) {
 // The watcher follows the share folder: a new item, a changed file, a
 // removed file and a removed item each update the holder entry.
 func TestWatchedShareFolderUpdatesHolder(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 1)
 	a := c.nodes[0]
 	self := a.ID().String()
@@ -385,6 +390,7 @@ func TestWatchedShareFolderUpdatesHolder(t *testing.T) {
 // Scan requests for an item with a download in flight are dropped; while
 // a scan runs, any number of requests make exactly one more pass.
 func TestScanRequestsWhileBusyOrScanning(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
@@ -435,6 +441,7 @@ func holderFiles(n *Node, id string) int {
 // Cancelling stops a download between chunks and discards its staging;
 // nothing appears under the item's name.
 func TestCancelDownload(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
@@ -466,6 +473,7 @@ func TestCancelDownload(t *testing.T) {
 // and leaves what the node holds untouched. Needs root to mount a small
 // tmpfs as the downloader's data dir.
 func TestDownloadRefusedWhenDiskTooSmall(t *testing.T) {
+	t.Parallel()
 	small := disktest.Tmpfs(t, "16m")
 	c := newCluster(t, 1)
 	a := c.nodes[0]
@@ -511,6 +519,7 @@ func (s slowStream) Write(b []byte) (int, error) {
 // downloads, C fetches from B as well as from A, and both end with A's
 // bytes and a complete holder entry.
 func TestDownloadersSwarm(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 3)
 	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })

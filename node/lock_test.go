@@ -15,7 +15,7 @@ import (
 // A second node on a data dir fails at once, naming the holder's pid, and
 // touches nothing there; once the first closes, a third starts.
 func TestDataDirLockOneNodePerDir(t *testing.T) {
-	checkLeaks(t)
+	t.Parallel()
 	cfg := testConfig(t)
 	first, err := New(cfg)
 	if err != nil {
@@ -64,6 +64,7 @@ func TestDataDirLockOneNodePerDir(t *testing.T) {
 // whatever pid it names; a holder whose pid cannot be read is still
 // reported, without a pid.
 func TestDataDirLockStaleAndUnreadable(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, FileLock)
 	if err := os.WriteFile(path, []byte("999999999\n"), 0o644); err != nil {

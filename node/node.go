@@ -16,7 +16,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/gologshim"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/rs/zerolog"
 
@@ -126,8 +125,6 @@ func New(cfg Config) (_ *Node, err error) {
 	if n.Host, err = mesh.NewHost(mesh.HostConfig{Key: key, Listen: listen, Gate: n.Gate}); err != nil {
 		return nil, err
 	}
-	libp2pLog := lg.With().Str("component", "libp2p").Logger()
-	gologshim.SetDefaultHandler(zslog.New(libp2pLog))
 	psCtx, psCancel := context.WithCancel(context.Background())
 	n.psCancel = psCancel
 	// pubsub logs its lifecycle at info, from a goroutine that outlives
@@ -336,7 +333,7 @@ func (n *Node) Run(ctx context.Context) error {
 		if n.RelayClient != nil {
 			svcs = append(svcs, Service{Name: "relay-client", Policy: Restart, Run: n.RelayClient.Run})
 		}
-		done <- supervise(svcCtx, n.lg, report, svcs)
+		done <- supervise(svcCtx, n.lg, defaultBackoff, report, svcs)
 	}()
 	n.lg.Info().Str("peer", n.ID().String()).Str("fleet", n.Fleet.ID).Strs("addrs", n.Addrs()).Str("api", n.APIAddr()).Msg("node started")
 

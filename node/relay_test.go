@@ -30,6 +30,7 @@ func directOnly(n *Node, p peer.ID) bool {
 // gossip and anti-entropy run over that link. Once direct connections are
 // possible again, a direct one replaces the relayed one.
 func TestRelayLinksPeersThatCannotDialEachOther(t *testing.T) {
+	t.Parallel()
 	fast := func(i int, cfg *Config) { cfg.MeshInterval = 300 * time.Millisecond }
 	c := newCluster(t, 1, fast, func(_ int, cfg *Config) { cfg.RelayService = true })
 	r := c.nodes[0]

@@ -22,9 +22,14 @@ const (
 	BestEffort
 )
 
-// restartBackoff is the first wait before restarting a failed service; it
-// doubles up to maxRestartBackoff. Variables so tests need not wait.
-var restartBackoff, maxRestartBackoff = time.Second, 30 * time.Second
+// Backoff is the wait before restarting a failed service: First, doubling
+// up to Max.
+type Backoff struct {
+	First, Max time.Duration
+}
+
+// defaultBackoff is what a node's supervisor uses.
+var defaultBackoff = Backoff{First: time.Second, Max: 30 * time.Second}
 
 // Service is one long-running part of the node.
 type Service struct {
@@ -37,7 +42,7 @@ type Service struct {
 // supervise runs the services until ctx ends or a Required one fails, and
 // waits for all of them. Each failure is reported once, through report and
 // the log; services return errors and never log them themselves.
-func supervise(ctx context.Context, lg zerolog.Logger, report func(svc string, err error), svcs []Service) error {
+func supervise(ctx context.Context, lg zerolog.Logger, bo Backoff, report func(svc string, err error), svcs []Service) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -49,7 +54,7 @@ func supervise(ctx context.Context, lg zerolog.Logger, report func(svc string, e
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			backoff := restartBackoff
+			backoff := bo.First
 			for {
 				err := runSafe(ctx, s)
 				if ctx.Err() != nil {
@@ -77,7 +82,7 @@ func supervise(ctx context.Context, lg zerolog.Logger, report func(svc string, e
 					return
 				case <-time.After(backoff):
 				}
-				backoff = min(2*backoff, maxRestartBackoff)
+				backoff = min(2*backoff, bo.Max)
 			}
 		}()
 	}

@@ -40,10 +40,9 @@ func blocker(stopped *atomic.Bool) func(context.Context) error {
 
 func runSupervisor(t *testing.T, ctx context.Context, rep *reports, svcs []Service) chan error {
 	t.Helper()
-	restartBackoff, maxRestartBackoff = 10*time.Millisecond, 40*time.Millisecond
-	t.Cleanup(func() { restartBackoff, maxRestartBackoff = time.Second, 30*time.Second })
 	done := make(chan error, 1)
-	go func() { done <- supervise(ctx, zerolog.New(zerolog.NewTestWriter(t)), rep.add, svcs) }()
+	bo := Backoff{First: 10 * time.Millisecond, Max: 40 * time.Millisecond}
+	go func() { done <- supervise(ctx, zerolog.New(zerolog.NewTestWriter(t)), bo, rep.add, svcs) }()
 	return done
 }
 
@@ -59,6 +58,7 @@ func waitDone(t *testing.T, done chan error) error {
 }
 
 func TestSupervisorRestartsWithBackoff(t *testing.T) {
+	t.Parallel()
 	var runs atomic.Int32
 	var other atomic.Bool
 	ctx, cancel := context.WithCancel(context.Background())
@@ -87,6 +87,7 @@ func TestSupervisorRestartsWithBackoff(t *testing.T) {
 }
 
 func TestSupervisorRequiredFailureStopsEverything(t *testing.T) {
+	t.Parallel()
 	var other atomic.Bool
 	rep := &reports{}
 	done := runSupervisor(t, context.Background(), rep, []Service{
@@ -106,6 +107,7 @@ func TestSupervisorRequiredFailureStopsEverything(t *testing.T) {
 }
 
 func TestSupervisorBestEffortIsReportedOnceAndNotRestarted(t *testing.T) {
+	t.Parallel()
 	var runs atomic.Int32
 	var other atomic.Bool
 	ctx, cancel := context.WithCancel(context.Background())
@@ -132,6 +134,7 @@ func TestSupervisorBestEffortIsReportedOnceAndNotRestarted(t *testing.T) {
 }
 
 func TestSupervisorServiceReturningNilIsAFailure(t *testing.T) {
+	t.Parallel()
 	rep := &reports{}
 	done := runSupervisor(t, context.Background(), rep, []Service{
 		{Name: "replicator", Policy: Required, Run: func(context.Context) error { return nil }},

@@ -97,6 +97,7 @@ func runDaemon(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	cfg.Logger = newLogger(cfg.LogLevel, stderr)
+	node.RouteLibp2pLogs(cfg.Logger)
 	n, err := node.New(cfg)
 	if err != nil {
 		return err

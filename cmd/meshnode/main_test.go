@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -205,7 +206,13 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 	evDone := make(chan error, 1)
 	go func() { evDone <- ev.Wait() }()
 	defer ev.Process.Kill()
-	time.Sleep(300 * time.Millisecond) // let it subscribe
+	// It follows once a change made now shows in its output.
+	ping := 0
+	waitUntil(t, 15*time.Second, "meshnode events to follow the stream", func() bool {
+		ping++
+		cli(t, "room", "state", "lobby", "ping", strconv.Itoa(ping), "--data", dir)
+		return strings.Contains(evOut.String(), "doc.changed")
+	})
 
 	// Room state: set, read back, list, refuse bad input.
 	if got, errOut, code := cli(t, "room", "state", "lobby", "greeting", "hello world", "--data", dir); code != 0 || strings.TrimSpace(got) != "hello world" {
