@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/rs/zerolog"
@@ -113,6 +114,60 @@ func TestCancelRightAfterStart(t *testing.T) {
 			return len(ents) == 0
 		})
 	}
+}
+
+// Wherever a cancel lands in a download's life, its answer holds: a
+// cancel accepted ends the download cancelled with nothing under the
+// item's name; one refused (too late: the item is being put in place)
+// ends it done.
+func TestCancelAnswerHolds(t *testing.T) {
+	src, sv := sharedItem(t, 3)
+	dst := newTestLibrary(t, t.TempDir())
+	connect(t, dst.host, src)
+	dst.holderOf(t, "game", src, sv)
+	item := filepath.Join(dst.share, "game")
+	// How long a whole download takes here: the cancels land from its
+	// start to past its end.
+	begin := time.Now()
+	st, err := dst.StartDownload("game", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if end := dst.ended(t, st.ID); end.State != TransferDone {
+		t.Fatalf("download: %s (%s)", end.State, end.Error)
+	}
+	whole := time.Since(begin)
+	if err := os.RemoveAll(item); err != nil {
+		t.Fatal(err)
+	}
+	dst.ScanAll()
+	const rounds = 24
+	var accepted, refused int
+	for i := range rounds {
+		st, err := dst.StartDownload("game", "")
+		if err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		time.Sleep(whole * time.Duration(i) / (rounds - 8))
+		cerr := dst.Cancel(st.ID)
+		end := dst.ended(t, st.ID)
+		_, serr := os.Stat(item)
+		switch {
+		case cerr == nil && (end.State != TransferCancelled || serr == nil):
+			t.Fatalf("round %d: cancel accepted, yet the download ended %s (item present: %v)", i, end.State, serr == nil)
+		case cerr != nil && end.State != TransferDone:
+			t.Fatalf("round %d: cancel refused (%v), yet the download ended %s (%s)", i, cerr, end.State, end.Error)
+		case cerr == nil:
+			accepted++
+		default:
+			refused++
+		}
+		if err := os.RemoveAll(item); err != nil {
+			t.Fatal(err)
+		}
+		dst.ScanAll()
+	}
+	t.Logf("a download takes %v; %d cancels accepted, %d refused", whole, accepted, refused)
 }
 
 // stagingOf is the staging folder of a download of sv as item id.

@@ -34,6 +34,7 @@ type Transfer struct {
 
 	progress *Progress
 	cancel   context.CancelFunc
+	swapping bool // past the point of no return (beginSwap): Cancel refuses
 	ended    time.Time
 }
 
@@ -321,6 +322,7 @@ func (l *Library) beginSwap(t *Transfer) error {
 	if t.State == TransferCancelled {
 		return context.Canceled
 	}
+	t.swapping = true
 	l.busy[t.Item] = "swap"
 	return nil
 }
@@ -414,7 +416,7 @@ func (l *Library) Cancel(id string) error {
 		err = fmt.Errorf("transfer: no transfer %s", id)
 	case t.State != TransferRunning:
 		err = fmt.Errorf("transfer: %s already %s", id, t.State)
-	case l.busy[t.Item] == "swap":
+	case t.swapping:
 		err = fmt.Errorf("transfer: %s has fetched everything and its item is being put in place", id)
 	default:
 		t.State = TransferCancelled
