@@ -296,7 +296,9 @@ func (n *Node) Run(ctx context.Context) error {
 		return fmt.Errorf("write API address: %w", err)
 	}
 	defer os.Remove(apiPath)
-	srv := &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
+	// No ReadTimeout or WriteTimeout: they would cut event streams; bodies
+	// have their own deadline in the handler.
+	srv := &http.Server{Handler: n.apiHandler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	srv.RegisterOnShutdown(func() { close(n.apiStopping) })
 
 	svcCtx, stop := context.WithCancel(context.Background())

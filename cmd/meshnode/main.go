@@ -32,7 +32,7 @@ Usage:
   meshnode events [--json]      follow the node's events, one per line
   meshnode room list|join|offer|leave|send|tail|state ...
                                 live rooms: meshnode room for the details
-  meshnode fleet token          print the token other machines join with
+  meshnode fleet token [--json] print the token other machines join with
 
 Client commands take --data DIR to pick a node (default: the same data dir
 as meshnode run).
