@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -16,7 +15,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/meshnode/meshnode/crdt"
 	"github.com/meshnode/meshnode/internal/frame"
 )
 
@@ -65,20 +63,13 @@ func (m *Manager) HandleHistory(st network.Stream) {
 	}
 	var id ID
 	copy(id[:], req[:16])
-	m.mu.Lock()
-	var l *link
+	var s *sealer
 	var recent []Message
-	for _, ts := range m.topics {
-		if x := ts.links[id]; x != nil {
-			l, recent = x, append([]Message(nil), ts.recent...)
-		}
-	}
-	m.mu.Unlock()
-	if l == nil {
+	if err := m.do(func() { s, recent = m.core.historyFor(id) }); err != nil || s == nil {
 		_ = frame.Write(st, []byte{histNotHere})
 		return
 	}
-	if !hmac.Equal(req[16:], l.sealer.proof(from, m.cfg.Self)) {
+	if !hmac.Equal(req[16:], s.proof(from, m.cfg.Self)) {
 		m.lg.Warn().Str("peer", from.String()).Str("room", id.String()).Msg("history request with a bad proof refused")
 		_ = frame.Write(st, []byte{histBadProof})
 		return
@@ -87,9 +78,6 @@ func (m *Manager) HandleHistory(st network.Stream) {
 		return
 	}
 	for _, msg := range recent {
-		if msg.signed == nil {
-			continue // our own, not yet back from the topic
-		}
 		if err := frame.Write(st, msg.signed); err != nil {
 			return
 		}
@@ -97,8 +85,88 @@ func (m *Manager) HandleHistory(st network.Stream) {
 	_ = frame.Write(st, nil)
 }
 
-// fetchHistory asks p for room l's recent messages.
-func (m *Manager) fetchHistory(ctx context.Context, p peer.ID, l *link) ([]Message, error) {
+// historyFor returns the sealer of a room this node is linked to and its
+// topic's recent messages that have their signed form (our own, once back
+// from the topic). They may include messages of the topic's earlier rooms,
+// still sealed with those rooms' keys.
+func (c *core) historyFor(id ID) (*sealer, []Message) {
+	for _, ts := range c.topics {
+		if l := ts.links[id]; l != nil {
+			out := make([]Message, 0, len(ts.recent))
+			for _, msg := range ts.recent {
+				if msg.signed != nil {
+					out = append(out, msg)
+				}
+			}
+			return l.sealer, out
+		}
+	}
+	return nil, nil
+}
+
+// fetchReq asks participants for a room's recent messages: a joiner's
+// catch-up (the first that answers), or a refill (until every gap in
+// want is filled, or every candidate asked).
+type fetchReq struct {
+	topic  string
+	gen    uint64
+	refill bool
+	creds  Creds   // the room asked about
+	sealer *sealer // its sealer, for the proof
+	// rooms are the topic's rooms known here, by pubsub topic name:
+	// messages of other rooms in an answer are skipped.
+	rooms map[string]*sealer
+	cands []peer.ID
+	want  []Gap
+}
+
+type fetchResult struct {
+	fetchReq
+	msgs []Message // checked, each once
+	from []peer.ID // who answered
+}
+
+// fetch runs a fetchReq off the loop.
+func (m *Manager) fetch(ctx context.Context, r fetchReq) fetchResult {
+	res := fetchResult{fetchReq: r}
+	seen := map[msgKey]bool{}
+	for _, p := range r.cands {
+		h, err := m.fetchHistory(ctx, p, r)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			m.lg.Debug().Str("topic", r.topic).Str("peer", p.String()).Err(err).Msg("history fetch failed")
+			continue
+		}
+		res.from = append(res.from, p)
+		for _, msg := range h {
+			if !seen[msg.key()] {
+				seen[msg.key()] = true
+				res.msgs = append(res.msgs, msg)
+			}
+		}
+		if !r.refill || filled(r.want, seen) {
+			break
+		}
+	}
+	return res
+}
+
+// filled reports whether seen has every message of gaps.
+func filled(gaps []Gap, seen map[msgKey]bool) bool {
+	for _, g := range gaps {
+		for q := g.From; q <= g.To; q++ {
+			if !seen[msgKey{g.Sender, g.Epoch, q}] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// fetchHistory asks p for the recent messages of r's room.
+func (m *Manager) fetchHistory(ctx context.Context, p peer.ID, r fetchReq) ([]Message, error) {
 	if m.cfg.Host == nil {
 		return nil, fmt.Errorf("%w: no host to ask with", errHistory)
 	}
@@ -112,7 +180,7 @@ func (m *Manager) fetchHistory(ctx context.Context, p peer.ID, l *link) ([]Messa
 	if dl, ok := ctx.Deadline(); ok {
 		_ = st.SetDeadline(dl)
 	}
-	req := append(append([]byte{}, l.creds.ID[:]...), l.sealer.proof(m.cfg.Self, p)...)
+	req := append(append([]byte{}, r.creds.ID[:]...), r.sealer.proof(m.cfg.Self, p)...)
 	if err := frame.Write(st, req); err != nil {
 		return nil, err
 	}
@@ -133,7 +201,10 @@ func (m *Manager) fetchHistory(ctx context.Context, p peer.ID, l *link) ([]Messa
 		if len(b) == 0 {
 			return out, nil
 		}
-		msg, err := openSigned(b, l.name, l.sealer)
+		msg, err := openSignedIn(b, r.rooms)
+		if errors.Is(err, errOtherRoom) {
+			continue // sealed for a room this node never had
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: from %s: %v", errHistory, p, err)
 		}
@@ -142,89 +213,31 @@ func (m *Manager) fetchHistory(ctx context.Context, p peer.ID, l *link) ([]Messa
 	return nil, fmt.Errorf("%w: %s sent more than %d messages", errHistory, p, m.cfg.History)
 }
 
-// startCatchUp fetches history for a joiner (or, with refill, once more
-// to fill a gap) from a present participant, on a goroutine Run waits
-// for.
-func (m *Manager) startCatchUp(ts *topicState, l *link, r crdt.Room, now time.Time, refill bool) {
-	// Peers seen in the room's topic first (they are in it, and
-	// connected), then others holding a lease.
-	var cands []peer.ID
-	seen := map[peer.ID]bool{m.cfg.Self: true}
-	for _, p := range l.topic.ListPeers() {
-		if !seen[p] {
-			seen[p] = true
-			cands = append(cands, p)
-		}
-	}
-	var rest []peer.ID
-	for p, exp := range r.Presence {
-		id, err := peer.Decode(p)
-		if err != nil || seen[id] || exp <= now.UnixMilli() {
-			continue
-		}
-		seen[id] = true
-		rest = append(rest, id)
-	}
-	sort.Slice(rest, func(i, j int) bool { return m.cfg.Alive(rest[i]) && !m.cfg.Alive(rest[j]) })
-	cands = append(cands, rest...)
-	if refill {
-		ts.refilling = true
-	}
-	ctx := m.ctx
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		var hist []Message
-		var from peer.ID
-		for _, p := range cands {
-			h, err := m.fetchHistory(ctx, p, l)
-			if err == nil {
-				hist, from = h, p
-				break
-			}
-			m.lg.Debug().Str("topic", ts.name).Str("peer", p.String()).Err(err).Msg("history fetch failed")
-		}
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		for _, h := range hist {
-			if h.Sender == m.cfg.Self {
-				continue
-			}
-			if !ts.inbox.known(h.Sender) {
-				// History is in order: a sender starts at its first message.
-				ts.inbox.start(h.Sender, h.Epoch, h.Seq-1)
-			}
-			m.addLocked(ts, h, !refill)
-		}
-		if refill {
-			ts.refilling = false
-			ts.refillUntil = time.Time{}
-			return
-		}
-		for _, p := range ts.pending {
-			m.addLocked(ts, p, false)
-		}
-		ts.pending, ts.catching = nil, false
-		ts.refillUntil = m.cfg.Now().Add(2 * m.cfg.GapWait)
-		m.emitLocked(ts, Event{Type: "live", Room: l.creds.ID.String(), Why: fmt.Sprintf("%d messages of history from %s", len(hist), from)})
-	}()
-}
-
 // maxSigned bounds one signed message of history: the sealed data plus
 // GossipSub's fields (sender, sequence number, topic, signature, key).
 const maxSigned = maxWire + 8<<10
+
+// errOtherRoom: a message of history carried in a room not asked about.
+var errOtherRoom = fmt.Errorf("%w: for another topic", ErrBadMessage)
 
 // openSigned checks a GossipSub message passed on by a history responder:
 // it must decode, be for topic, carry a valid signature of its sender,
 // open with the room's key, and name that same sender inside. It never
 // panics on hostile input.
 func openSigned(b []byte, topic string, s *sealer) (Message, error) {
+	return openSignedIn(b, map[string]*sealer{topic: s})
+}
+
+// openSignedIn is openSigned for a message of any of rooms (by pubsub
+// topic name); errOtherRoom if it is for none of them.
+func openSignedIn(b []byte, rooms map[string]*sealer) (Message, error) {
 	var pm pb.Message
 	if err := pm.Unmarshal(b); err != nil {
 		return Message{}, fmt.Errorf("%w: not a GossipSub message: %v", ErrBadMessage, err)
 	}
-	if pm.GetTopic() != topic {
-		return Message{}, fmt.Errorf("%w: for another topic", ErrBadMessage)
+	s := rooms[pm.GetTopic()]
+	if s == nil {
+		return Message{}, errOtherRoom
 	}
 	if err := verifySigned(&pm); err != nil {
 		return Message{}, fmt.Errorf("%w: signature: %v", ErrBadMessage, err)

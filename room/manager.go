@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -17,15 +17,12 @@ import (
 	"github.com/meshnode/meshnode/crdt"
 )
 
-// maxPending bounds the live messages a joiner holds while it fetches
-// history; beyond it they go straight to ordering.
-const maxPending = 4096
-
 // Errors of the manager's API.
 var (
 	ErrNotJoined    = errors.New("room: topic not joined here")
 	ErrNotConnected = errors.New("room: not connected to the topic's room yet")
 	ErrBadTopic     = errors.New("room: bad topic")
+	ErrStopped      = errors.New("room: manager stopped")
 )
 
 // Config configures a Manager.
@@ -36,7 +33,8 @@ type Config struct {
 	// TopicName returns the pubsub topic of a room (scoped to the fleet).
 	TopicName func(ID) string
 	// Alive reports whether a peer's heartbeats are fresh. A lease of a
-	// peer that is not alive does not count: it died, or left.
+	// peer that is not alive does not count: it died, or left. Called off
+	// the manager's loop, from any goroutine.
 	Alive  func(peer.ID) bool
 	Logger zerolog.Logger
 	// OnEvent receives room events (room.minted, room.connected,
@@ -57,15 +55,23 @@ type Config struct {
 	// Interval between reconcile passes (they also run on every document
 	// change and API call). Default 1 s.
 	Interval time.Duration
-	// GapWait: a message after a gap is held this long for the gap to
-	// fill before the gap is reported. Default 2 s.
+	// GapWait: a message after a gap is held at least this long for the
+	// gap to fill. Default 2 s. With a Host, a gap still open after
+	// RefillAfter is asked of the participants (history), and reported
+	// only once that answer is in and GapWait has passed.
 	GapWait time.Duration
+	// RefillAfter is how long a gap may stay open before it is asked of
+	// the participants: GossipSub delivers out of order, so most gaps
+	// close by themselves within milliseconds. Default 250 ms (at most
+	// GapWait/2).
+	RefillAfter time.Duration
 	// History is how many recent messages each topic keeps for late
-	// joiners. Default 256.
+	// joiners and refills. Default 256.
 	History int
 	// Host and HistoryProtocol let a late joiner fetch recent messages
-	// from a participant (HandleHistory serves them). Without a Host,
-	// joiners start with live messages only.
+	// from a participant, and any node refill a gap (HandleHistory serves
+	// them). Without a Host, joiners start with live messages only and
+	// gaps are reported after GapWait.
 	Host            host.Host
 	HistoryProtocol protocol.ID
 }
@@ -95,6 +101,10 @@ func (c *Config) defaults() {
 	if c.GapWait <= 0 {
 		c.GapWait = 2 * time.Second
 	}
+	if c.RefillAfter <= 0 {
+		c.RefillAfter = 250 * time.Millisecond
+	}
+	c.RefillAfter = min(c.RefillAfter, c.GapWait/2)
 	if c.History <= 0 {
 		c.History = 256
 	}
@@ -104,42 +114,29 @@ func (c *Config) defaults() {
 // writes presence leases, runs Reconcile per topic and carries out its
 // actions, and moves sealed messages between the room and local
 // subscribers.
+//
+// One goroutine, Run's loop (loop.go), owns every topic's state (core)
+// and the subscribers; the API methods hand it calls over a channel and
+// wait for the answer, so they block while Run has not started yet and
+// return ErrStopped once it has ended. Pubsub, the network and document
+// writes happen on other goroutines, never on the loop and never under a
+// lock.
 type Manager struct {
 	cfg  Config
 	lg   zerolog.Logger
-	kick chan struct{}
-	wg   sync.WaitGroup
+	core *core
+	// subs are the topics' local subscribers; only the loop touches them.
+	subs    map[string]map[int]chan Event
+	nextSub int
+	// conns are the pubsub side of the core's links, by link generation;
+	// only the loop touches them.
+	conns map[uint64]*conn
 
-	mu          sync.Mutex
-	ctx         context.Context // Run's; nil before Run
-	topics      map[string]*topicState
-	settleTimer *time.Timer // pending wake-up for settling senders
-	retired     TopicStats  // counters of topics no longer tracked
-}
-
-type topicState struct {
-	name       string
-	open, hold bool
-	epoch      uint64
-	seq        uint64
-	leaseUntil time.Time // the lease this node last wrote
-	links      map[ID]*link
-	current    ID // the advertised room, once linked
-	inbox      *inbox
-	recent     []Message // last History messages, oldest first
-	// A joiner holds live messages in pending while it fetches history
-	// (catching), then delivers history, then pending, through the inbox,
-	// so the seam has no duplicate. Until refillUntil, a gap held in the
-	// inbox triggers one more fetch, which fills it if a participant has
-	// the missing messages.
-	needHistory bool
-	catching    bool
-	pending     []Message
-	refillUntil time.Time
-	refilling   bool
-	subs        map[int]chan Event
-	nextSub     int
-	stats       TopicStats
+	calls   chan func() // run on the loop, in order
+	running atomic.Bool
+	stopped chan struct{} // closed once Run ended with its context
+	stop    sync.Once
+	final   atomic.Pointer[totals] // Totals after stopping
 }
 
 // TopicStats counts a topic's traffic on this node.
@@ -148,6 +145,7 @@ type TopicStats struct {
 	Received uint64 `json:"received"`
 	Dups     uint64 `json:"duplicates"`
 	Gaps     uint64 `json:"gaps"`
+	Refills  uint64 `json:"refills"` // messages recovered from a participant's history after a gap
 	Rejected uint64 `json:"rejected"`
 	Lagged   uint64 `json:"lagged"` // events a slow subscriber missed
 	Sweeps   uint64 `json:"sweeps"`
@@ -160,6 +158,7 @@ func (s *TopicStats) add(o TopicStats) {
 	s.Received += o.Received
 	s.Dups += o.Dups
 	s.Gaps += o.Gaps
+	s.Refills += o.Refills
 	s.Rejected += o.Rejected
 	s.Lagged += o.Lagged
 	s.Sweeps += o.Sweeps
@@ -167,35 +166,9 @@ func (s *TopicStats) add(o TopicStats) {
 	s.Renewals += o.Renewals
 }
 
-// Totals returns the counters of every topic since start, and how many
-// topics are open here and how many rooms this node is linked to.
-func (m *Manager) Totals() (t TopicStats, open, links int) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	t = m.retired
-	for _, ts := range m.topics {
-		t.add(ts.stats)
-		if ts.open {
-			open++
-		}
-		links += len(ts.links)
-	}
-	return t, open, links
-}
-
-type link struct {
-	name   string
-	creds  Creds
-	sealer *sealer
-	topic  *pubsub.Topic
-	sub    *pubsub.Subscription
-	state  LinkState
-	since  time.Time
-	peers  *pubsub.TopicEventHandler
-	cancel context.CancelFunc
-	done   chan struct{} // receive returned
-	// peersDone: the peer-event goroutine returned
-	peersDone chan struct{}
+type totals struct {
+	stats       TopicStats
+	open, links int
 }
 
 // Event is what a topic's subscribers receive.
@@ -212,7 +185,9 @@ type Event struct {
 // NewManager returns a Manager; Run starts it.
 func NewManager(cfg Config) *Manager {
 	cfg.defaults()
-	return &Manager{cfg: cfg, lg: cfg.Logger.With().Str("component", "rooms").Logger(), kick: make(chan struct{}, 1), topics: map[string]*topicState{}}
+	lg := cfg.Logger.With().Str("component", "rooms").Logger()
+	return &Manager{cfg: cfg, lg: lg, core: newCore(&cfg, lg), subs: map[string]map[int]chan Event{}, conns: map[uint64]*conn{},
+		calls: make(chan func()), stopped: make(chan struct{})}
 }
 
 // ValidTopic accepts a topic name: a document key of at most 128 bytes
@@ -229,56 +204,41 @@ func ValidTopic(t string) error {
 	return nil
 }
 
-func (m *Manager) poke() {
+// errCallFailed: the loop panicked running a call (the supervisor runs
+// it again).
+var errCallFailed = errors.New("room: the manager failed during the call")
+
+// do runs fn on the loop and waits for it: fn may read and change the
+// core and the subscribers, and must not block.
+func (m *Manager) do(fn func()) error {
+	done := make(chan bool, 1)
+	call := func() {
+		ok := false
+		defer func() { done <- ok }()
+		fn()
+		ok = true
+	}
 	select {
-	case m.kick <- struct{}{}:
-	default:
+	case m.calls <- call:
+	case <-m.stopped:
+		return ErrStopped
 	}
+	if !<-done { // the loop runs every call it takes before it takes another
+		return errCallFailed
+	}
+	return nil
 }
 
-// Run reconciles every Interval, on document changes and on API calls,
-// until ctx ends; then it leaves every room, withdraws this node's
-// leases and waits for its goroutines.
-func (m *Manager) Run(ctx context.Context) error {
-	m.mu.Lock()
-	m.ctx = ctx
-	m.mu.Unlock()
-	stop := m.cfg.Doc.Watch(func(crdt.Event) { m.poke() })
-	defer stop()
-	tick := time.NewTicker(m.cfg.Interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			m.shutdown()
-			m.wg.Wait()
-			return nil
-		case <-tick.C:
-		case <-m.kick:
-		}
-		m.reconcileAll()
-	}
-}
-
-func (m *Manager) shutdown() {
-	m.mu.Lock()
-	if m.settleTimer != nil {
-		m.settleTimer.Stop()
-		m.settleTimer = nil
-	}
-	var open []string
-	for name, ts := range m.topics {
-		if ts.open {
-			open = append(open, name)
-		}
-		for id := range ts.links {
-			m.dropLocked(ts, id, "the node is stopping")
+// Totals returns the counters of every topic since start, and how many
+// topics are open here and how many rooms this node is linked to.
+func (m *Manager) Totals() (t TopicStats, open, links int) {
+	var tt totals
+	if err := m.do(func() { tt = m.core.totals() }); err != nil {
+		if f := m.final.Load(); f != nil {
+			tt = *f
 		}
 	}
-	m.mu.Unlock()
-	if len(open) > 0 {
-		_ = m.writeLeases(open, 0)
-	}
+	return tt.stats, tt.open, tt.links
 }
 
 // Join opens a topic here: this node writes a presence lease and joins
@@ -294,31 +254,21 @@ func (m *Manager) open(topic string, hold bool) error {
 	if err := ValidTopic(topic); err != nil {
 		return err
 	}
-	now := m.cfg.Now()
-	m.mu.Lock()
-	ts := m.topicLocked(topic)
-	if !ts.open {
-		ts.open = true
-		ts.epoch = max(uint64(now.UnixMilli()), ts.epoch+1)
-		ts.seq = 0
-		ts.inbox.joined = ts.epoch
-	}
-	ts.hold = ts.hold || hold
-	m.mu.Unlock()
-	if err := m.renew(topic, now); err != nil {
+	var done <-chan error
+	if err := m.do(func() { done = m.core.open(topic, hold, m.cfg.Now()) }); err != nil {
 		return err
 	}
-	m.poke()
-	return nil
+	return m.await(done)
 }
 
-func (m *Manager) topicLocked(topic string) *topicState {
-	ts := m.topics[topic]
-	if ts == nil {
-		ts = &topicState{name: topic, links: map[ID]*link{}, inbox: newInbox(m.cfg.GapWait), subs: map[int]chan Event{}}
-		m.topics[topic] = ts
+// await waits for a document write the loop queued.
+func (m *Manager) await(done <-chan error) error {
+	select {
+	case err := <-done:
+		return err
+	case <-m.stopped:
+		return ErrStopped
 	}
-	return ts
 }
 
 // Leave closes a topic here: the lease is withdrawn and the room left.
@@ -326,374 +276,33 @@ func (m *Manager) Leave(topic string) error {
 	if err := ValidTopic(topic); err != nil {
 		return err
 	}
-	m.mu.Lock()
-	ts := m.topics[topic]
-	if ts == nil || !ts.open {
-		m.mu.Unlock()
-		return fmt.Errorf("%w: %s", ErrNotJoined, topic)
+	var done <-chan error
+	var err error
+	if derr := m.do(func() { done, err = m.core.close(topic) }); derr != nil {
+		return derr
 	}
-	ts.open, ts.hold = false, false
-	ts.leaseUntil = time.Time{}
-	ts.recent = nil // a later join catches up afresh; the inbox still drops what was seen
-	m.mu.Unlock()
-	err := m.writeLeases([]string{topic}, 0)
-	m.poke()
-	return err
+	if err != nil {
+		return err
+	}
+	return m.await(done)
 }
 
 // Rotate mints new credentials for an open topic; every participant
 // migrates to the new room.
 func (m *Manager) Rotate(topic string) (Creds, error) {
-	m.mu.Lock()
-	ts := m.topics[topic]
-	open := ts != nil && ts.open
-	m.mu.Unlock()
-	if !open {
-		return Creds{}, fmt.Errorf("%w: %s", ErrNotJoined, topic)
+	var c Creds
+	var done <-chan error
+	var err error
+	if derr := m.do(func() { c, done, err = m.core.rotate(topic, m.cfg.Now()) }); derr != nil {
+		return Creds{}, derr
 	}
-	c := NewCreds(m.cfg.Now(), m.cfg.CredsTTL)
-	if err := m.writeCreds(topic, c, "rotated on request"); err != nil {
+	if err != nil {
 		return Creds{}, err
 	}
-	m.poke()
+	if err := m.await(done); err != nil {
+		return Creds{}, err
+	}
 	return c, nil
-}
-
-// renew writes this node's lease for topic.
-func (m *Manager) renew(topic string, now time.Time) error {
-	until := now.Add(m.cfg.LeaseTTL)
-	if err := m.writeLeases([]string{topic}, until.UnixMilli()); err != nil {
-		return err
-	}
-	m.mu.Lock()
-	if ts := m.topics[topic]; ts != nil && ts.open {
-		ts.leaseUntil = until
-		ts.stats.Renewals++
-	}
-	m.mu.Unlock()
-	return nil
-}
-
-func (m *Manager) writeLeases(topics []string, expiryMs int64) error {
-	self := m.cfg.Self.String()
-	_, err := m.cfg.Doc.Update("room presence", func(tx *crdt.Tx) error {
-		for _, t := range topics {
-			tx.SetPresence(t, self, expiryMs)
-		}
-		return nil
-	})
-	return err
-}
-
-func (m *Manager) writeCreds(topic string, c Creds, why string) error {
-	_, err := m.cfg.Doc.Update("room creds", func(tx *crdt.Tx) error {
-		tx.SetRoomCreds(topic, c.Encode())
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	m.lg.Info().Str("topic", topic).Str("room", c.ID.String()).Str("why", why).Msg("room minted")
-	m.cfg.OnEvent("room.minted", map[string]any{"topic": topic, "room": c.ID.String(), "why": why})
-	return nil
-}
-
-// reconcileAll renews due leases, then runs Reconcile for every topic
-// that is open or still linked, and carries out the actions.
-func (m *Manager) reconcileAll() {
-	m.mu.Lock()
-	idle := len(m.topics) == 0
-	m.mu.Unlock()
-	if idle {
-		// Nothing open, linked or followed here: every document change
-		// and tick would otherwise read all rooms for nothing.
-		return
-	}
-	now := m.cfg.Now()
-	rooms, err := m.cfg.Doc.Rooms()
-	if err != nil {
-		m.lg.Warn().Err(err).Msg("reading rooms failed")
-		return
-	}
-	m.mu.Lock()
-	var due []string
-	for name, ts := range m.topics {
-		if ts.open && ts.leaseUntil.Sub(now) < m.cfg.LeaseTTL/2 {
-			due = append(due, name)
-		}
-	}
-	m.mu.Unlock()
-	sort.Strings(due)
-	for _, t := range due {
-		if err := m.renew(t, now); err != nil {
-			m.lg.Warn().Str("topic", t).Err(err).Msg("renewing the presence lease failed")
-		}
-	}
-	type mintJob struct {
-		topic string
-		c     Creds
-		why   string
-	}
-	var mints []mintJob
-	m.mu.Lock()
-	for name, ts := range m.topics {
-		r := rooms[name]
-		present := m.peerPresent(r, now)
-		v := View{Now: now, Open: ts.open, Hold: ts.hold, Creds: r.Creds, PeerPresent: present, ConnectTimeout: m.cfg.ConnectTimeout}
-		for id, l := range ts.links {
-			if l.state == Connecting && (len(l.topic.ListPeers()) > 0 || !present) {
-				l.state = Connected
-				m.emitLocked(ts, Event{Type: "connected", Room: id.String()})
-				m.cfg.OnEvent("room.connected", map[string]any{"topic": name, "room": id.String()})
-				if ts.needHistory {
-					ts.needHistory = false
-					m.startCatchUp(ts, l, r, now, false)
-				}
-			}
-			v.Links = append(v.Links, Link{Room: id, State: l.state, Since: l.since})
-		}
-		sort.Slice(v.Links, func(i, j int) bool { return v.Links[i].Since.Before(v.Links[j].Since) })
-		for _, a := range Reconcile(v, func() Creds { return NewCreds(now, m.cfg.CredsTTL) }) {
-			switch a.Kind {
-			case Mint:
-				ts.stats.Mints++
-				mints = append(mints, mintJob{name, a.Creds, a.Why})
-			case Connect:
-				if err := m.connectLocked(ts, a.Creds, now); err != nil {
-					// A room just left may still be closing: next pass.
-					m.lg.Debug().Str("topic", name).Err(err).Msg("joining the room failed; retrying")
-				}
-			case Drop:
-				if l := ts.links[a.Room]; l != nil && l.state == Connecting && a.Room == ts.current {
-					ts.stats.Sweeps++
-				}
-				m.dropLocked(ts, a.Room, a.Why)
-			}
-		}
-		if now.Before(ts.refillUntil) && !ts.refilling && !ts.catching && ts.inbox.holding() {
-			if l := ts.links[ts.current]; l != nil {
-				m.startCatchUp(ts, l, r, now, true)
-			}
-		}
-		d, gaps := ts.inbox.expire(now)
-		m.deliverLocked(ts, d, gaps, false)
-		if !ts.open && len(ts.links) == 0 && len(ts.subs) == 0 {
-			m.retired.add(ts.stats)
-			delete(m.topics, name)
-		}
-	}
-	m.mu.Unlock()
-	for _, j := range mints {
-		if err := m.writeCreds(j.topic, j.c, j.why); err != nil {
-			m.lg.Warn().Str("topic", j.topic).Err(err).Msg("writing minted credentials failed")
-		}
-	}
-}
-
-// peerPresent: another peer holds an unexpired lease and is alive.
-func (m *Manager) peerPresent(r crdt.Room, now time.Time) bool {
-	for p, exp := range r.Presence {
-		if exp <= now.UnixMilli() || p == m.cfg.Self.String() {
-			continue
-		}
-		if id, err := peer.Decode(p); err == nil && m.cfg.Alive(id) {
-			return true
-		}
-	}
-	return false
-}
-
-func (m *Manager) connectLocked(ts *topicState, c Creds, now time.Time) error {
-	if m.ctx == nil {
-		return errors.New("room: manager not running")
-	}
-	if _, ok := ts.links[c.ID]; ok {
-		return nil
-	}
-	name := m.cfg.TopicName(c.ID)
-	s := newSealer(c)
-	err := m.cfg.PubSub.RegisterTopicValidator(name, func(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
-		if _, err := s.open(msg.Data); err != nil {
-			return pubsub.ValidationReject
-		}
-		return pubsub.ValidationAccept
-	})
-	if err != nil {
-		return err
-	}
-	t, err := m.cfg.PubSub.Join(name)
-	if err != nil {
-		_ = m.cfg.PubSub.UnregisterTopicValidator(name)
-		return err
-	}
-	sub, err := t.Subscribe()
-	if err != nil {
-		_ = t.Close()
-		_ = m.cfg.PubSub.UnregisterTopicValidator(name)
-		return err
-	}
-	peers, err := t.EventHandler()
-	if err != nil {
-		sub.Cancel()
-		_ = t.Close()
-		_ = m.cfg.PubSub.UnregisterTopicValidator(name)
-		return err
-	}
-	ctx, cancel := context.WithCancel(m.ctx)
-	l := &link{name: name, creds: c, sealer: s, topic: t, sub: sub, peers: peers, state: Connecting, since: now, cancel: cancel, done: make(chan struct{}), peersDone: make(chan struct{})}
-	if len(ts.links) == 0 && ts.open && m.cfg.Host != nil && len(ts.recent) == 0 {
-		// A join, not a migration: take history once connected, and
-		// hold live messages until then.
-		ts.needHistory, ts.catching = true, true
-	}
-	ts.links[c.ID] = l
-	ts.current = c.ID
-	m.emitLocked(ts, Event{Type: "joining", Room: c.ID.String()})
-	m.wg.Add(2)
-	go func() {
-		defer m.wg.Done()
-		m.receive(ctx, ts, l)
-	}()
-	go func() {
-		// A participant appearing in the room's topic is what a
-		// connecting link waits for: reconcile at once, not at the tick.
-		defer m.wg.Done()
-		defer close(l.peersDone)
-		for {
-			if _, err := peers.NextPeerEvent(ctx); err != nil {
-				return
-			}
-			m.poke()
-		}
-	}()
-	m.lg.Debug().Str("topic", ts.name).Str("room", c.ID.String()).Msg("joining room")
-	return nil
-}
-
-// dropLocked leaves one room. Its receive goroutine stops, and the topic
-// is closed behind it by a goroutine Run waits for: the receiver may be
-// waiting for m.mu, which the caller holds.
-func (m *Manager) dropLocked(ts *topicState, id ID, why string) {
-	l := ts.links[id]
-	if l == nil {
-		return
-	}
-	delete(ts.links, id)
-	l.cancel()
-	l.sub.Cancel()
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		<-l.done
-		<-l.peersDone
-		l.peers.Cancel()
-		// Cancel is processed by pubsub's loop: Close fails until it is.
-		for i := 0; l.topic.Close() != nil && i < 100; i++ {
-			time.Sleep(10 * time.Millisecond)
-		}
-		_ = m.cfg.PubSub.UnregisterTopicValidator(l.name)
-	}()
-	m.emitLocked(ts, Event{Type: "dropped", Room: id.String(), Why: why})
-	m.cfg.OnEvent("room.dropped", map[string]any{"topic": ts.name, "room": id.String(), "why": why})
-	m.lg.Debug().Str("topic", ts.name).Str("room", id.String()).Str("why", why).Msg("left room")
-}
-
-func (m *Manager) receive(ctx context.Context, ts *topicState, l *link) {
-	defer close(l.done)
-	for {
-		msg, err := l.sub.Next(ctx)
-		if err != nil {
-			return
-		}
-		mm, err := l.sealer.open(msg.Data)
-		if err == nil {
-			mm.signed, err = msg.Message.Marshal()
-		}
-		m.mu.Lock()
-		if ctx.Err() != nil {
-			m.mu.Unlock()
-			return
-		}
-		switch {
-		case msg.GetFrom() == m.cfg.Self:
-			// Our own, delivered locally when sent: keep its signed form
-			// for the history we serve.
-			if err == nil {
-				m.attachSigned(ts, mm)
-			}
-		case err != nil:
-			ts.stats.Rejected++
-		case mm.Sender != msg.GetFrom():
-			ts.stats.Rejected++
-			m.lg.Warn().Str("topic", ts.name).Str("from", msg.GetFrom().String()).Str("claimed", mm.Sender.String()).Msg("room message with a forged sender dropped")
-		case ts.catching && len(ts.pending) < maxPending:
-			ts.pending = append(ts.pending, mm)
-		default:
-			m.addLocked(ts, mm, false)
-		}
-		m.mu.Unlock()
-	}
-}
-
-func (m *Manager) addLocked(ts *topicState, mm Message, history bool) {
-	d, gaps, dup := ts.inbox.add(mm, m.cfg.Now())
-	if dup {
-		ts.stats.Dups++
-	}
-	m.deliverLocked(ts, d, gaps, history)
-	if ts.inbox.settling() && m.settleTimer == nil {
-		// A reconcile pass after the settle period delivers them.
-		m.settleTimer = time.AfterFunc(settleFor, func() {
-			m.mu.Lock()
-			m.settleTimer = nil
-			m.mu.Unlock()
-			m.poke()
-		})
-	}
-}
-
-func (m *Manager) deliverLocked(ts *topicState, d []Message, gaps []Gap, history bool) {
-	for i := range gaps {
-		ts.stats.Gaps++
-		g := gaps[i]
-		m.emitLocked(ts, Event{Type: "gap", Gap: &g})
-		m.cfg.OnEvent("room.gap", map[string]any{"topic": ts.name, "sender": g.Sender.String(), "from": g.From, "to": g.To})
-	}
-	for i := range d {
-		ts.stats.Received++
-		m.remember(ts, d[i])
-		msg := d[i]
-		m.emitLocked(ts, Event{Type: "message", Message: &msg, History: history})
-	}
-}
-
-// attachSigned gives our own remembered message its signed form.
-func (m *Manager) attachSigned(ts *topicState, mm Message) {
-	for i := len(ts.recent) - 1; i >= 0; i-- {
-		r := &ts.recent[i]
-		if r.Sender == mm.Sender && r.Epoch == mm.Epoch && r.Seq == mm.Seq {
-			r.signed = mm.signed
-			return
-		}
-	}
-}
-
-func (m *Manager) remember(ts *topicState, msg Message) {
-	ts.recent = append(ts.recent, msg)
-	if over := len(ts.recent) - m.cfg.History; over > 0 {
-		ts.recent = append(ts.recent[:0], ts.recent[over:]...)
-	}
-}
-
-func (m *Manager) emitLocked(ts *topicState, ev Event) {
-	ev.Topic = ts.name
-	for _, ch := range ts.subs {
-		select {
-		case ch <- ev:
-		default:
-			ts.stats.Lagged++
-		}
-	}
 }
 
 // Send seals a message and publishes it to the topic's current room. It
@@ -702,31 +311,22 @@ func (m *Manager) Send(ctx context.Context, topic, typ string, payload []byte) (
 	if err := checkSize(typ, payload); err != nil {
 		return Message{}, err
 	}
-	m.mu.Lock()
-	ts := m.topics[topic]
-	if ts == nil || !ts.open {
-		m.mu.Unlock()
-		return Message{}, fmt.Errorf("%w: %s (join it first)", ErrNotJoined, topic)
+	var msg Message
+	var sealed []byte
+	var t *pubsub.Topic
+	var err error
+	if derr := m.do(func() {
+		var gen uint64
+		if msg, sealed, gen, err = m.core.send(topic, typ, payload, m.cfg.Now()); err == nil {
+			t = m.conns[gen].pt
+		}
+	}); derr != nil {
+		return Message{}, derr
 	}
-	l := ts.links[ts.current]
-	if l == nil || l.state != Connected {
-		m.mu.Unlock()
-		return Message{}, fmt.Errorf("%w: %s", ErrNotConnected, topic)
-	}
-	ts.seq++
-	msg := Message{Sender: m.cfg.Self, Epoch: ts.epoch, Seq: ts.seq, Type: typ, Payload: payload}
-	b, err := l.sealer.seal(msg)
 	if err != nil {
-		ts.seq--
-		m.mu.Unlock()
 		return Message{}, err
 	}
-	ts.stats.Sent++
-	m.remember(ts, msg)
-	m.emitLocked(ts, Event{Type: "message", Message: &msg})
-	t := l.topic
-	m.mu.Unlock()
-	if err := t.Publish(ctx, b); err != nil {
+	if err := t.Publish(ctx, sealed); err != nil {
 		return msg, fmt.Errorf("room: publish: %w", err)
 	}
 	return msg, nil
@@ -739,17 +339,30 @@ func (m *Manager) Subscribe(topic string, buffer int) (<-chan Event, func(), err
 	if err := ValidTopic(topic); err != nil {
 		return nil, nil, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	ts := m.topicLocked(topic)
-	id := ts.nextSub
-	ts.nextSub++
 	ch := make(chan Event, buffer)
-	ts.subs[id] = ch
+	var id int
+	if err := m.do(func() {
+		m.core.follow(topic, 1)
+		id = m.nextSub
+		m.nextSub++
+		if m.subs[topic] == nil {
+			m.subs[topic] = map[int]chan Event{}
+		}
+		m.subs[topic][id] = ch
+	}); err != nil {
+		return nil, nil, err
+	}
+	var once sync.Once
 	return ch, func() {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		delete(ts.subs, id)
+		once.Do(func() {
+			_ = m.do(func() {
+				delete(m.subs[topic], id)
+				if len(m.subs[topic]) == 0 {
+					delete(m.subs, topic)
+				}
+				m.core.follow(topic, -1)
+			})
+		})
 	}, nil
 }
 
@@ -757,15 +370,14 @@ func (m *Manager) Subscribe(topic string, buffer int) (<-chan Event, func(), err
 // room, as they are: a relay of a captured message, which receivers judge
 // like any other (a test uses it to replay one).
 func (m *Manager) PublishSealed(ctx context.Context, topic string, b []byte) error {
-	m.mu.Lock()
-	ts := m.topics[topic]
 	var t *pubsub.Topic
-	if ts != nil {
-		if l := ts.links[ts.current]; l != nil {
-			t = l.topic
+	if err := m.do(func() {
+		if gen, ok := m.core.currentLink(topic); ok {
+			t = m.conns[gen].pt
 		}
+	}); err != nil {
+		return err
 	}
-	m.mu.Unlock()
 	if t == nil {
 		return fmt.Errorf("%w: %s", ErrNotConnected, topic)
 	}

@@ -32,14 +32,16 @@ func (m *Manager) Rooms() ([]Status, error) {
 	if err != nil {
 		return nil, err
 	}
+	var local map[string]topicStatus
+	if err := m.do(func() { local = m.core.status() }); err != nil {
+		return nil, err
+	}
 	now := m.cfg.Now()
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	names := map[string]bool{}
 	for n := range rooms {
 		names[n] = true
 	}
-	for n := range m.topics {
+	for n := range local {
 		names[n] = true
 	}
 	out := make([]Status, 0, len(names))
@@ -62,11 +64,9 @@ func (m *Manager) Rooms() ([]Status, error) {
 			}
 		}
 		sort.Strings(st.Present)
-		if ts := m.topics[n]; ts != nil {
+		if ts, ok := local[n]; ok {
 			st.Open, st.Hold, st.Stats = ts.open, ts.hold, ts.stats
-			for id, l := range ts.links {
-				st.Links = append(st.Links, LinkInfo{Room: id.String(), State: l.state.String(), Since: l.since, Peers: len(l.topic.ListPeers())})
-			}
+			st.Links = append(st.Links, ts.links...)
 		}
 		out = append(out, st)
 	}
