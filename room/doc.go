@@ -50,11 +50,22 @@
 // Epoch is the sender's join of the topic (Unix ms) and seq counts its
 // messages from 1 within it, across rooms, so a receiver keeps each
 // sender's messages in order through a migration: it drops duplicates and
-// anything from an older epoch (replays), holds a message that follows a
-// gap for GapWait (2 s) and then reports the gap and goes on. GossipSub
-// validates messages concurrently, so they arrive out of order: a sender
-// that joined after this node is expected from seq 1; one met mid-stream
-// without history starts at the lowest seq seen in its first 200 ms.
+// anything from an older epoch (replays) and holds a message that follows
+// a gap. GossipSub validates messages concurrently, so they arrive out of
+// order: a sender that joined after this node is expected from seq 1; one
+// met mid-stream without history starts at the lowest seq seen in its
+// first 200 ms.
+//
+// A gap still open after RefillAfter (250 ms) is asked of the
+// participants over the history protocol below: the gap's sender first
+// (it keeps its own messages), then the others in the room, until one
+// answer fills it; it is asked once more at half of GapWait (2 s) for
+// messages that were still on their way to the first responder. What the
+// answers bring is delivered in its place. Only a gap still open once
+// the asks are answered and GapWait has passed is reported (a gap event),
+// and ordering goes on after it: a gap is what nobody present could fill,
+// such as messages older than every participant's History. Without a
+// Host, a gap is reported after GapWait.
 //
 // # Late joiners
 //
@@ -65,17 +76,32 @@
 //	request:  room ID (16) | HMAC-SHA256(HKDF(secret, "meshnode room
 //	          history v1"), "history" | requester ID | responder ID)
 //	response: status (0 ok, 1 not in that room, 2 bad proof), then each of
-//	          the last History (256) messages as the GossipSub message
-//	          that carried it (protobuf, signed by its sender), oldest
-//	          first, then an empty frame
+//	          the topic's last History (256) messages as the GossipSub
+//	          message that carried it (protobuf, signed by its sender),
+//	          oldest first, then an empty frame
 //
 // The joiner checks each one as the router would (the sender's signature),
-// and that it is for the room's topic and opens with the room's key
-// naming that same sender: a responder can leave messages out, but not
-// make up or alter another participant's.
+// and that it opens with the key of the room whose topic it names and
+// names that same sender inside: a responder can leave messages out, but
+// not make up or alter another participant's. A message of a room the
+// asker never had (the topic's history spans its rooms) is skipped.
 // It delivers the history (flagged as such), then the held live messages,
-// through the same ordering, so the seam has no duplicate; a gap held at
-// the seam triggers one more fetch before it is reported. The room's
-// durable state is rooms/<topic>/state in the document, which a joiner
-// has already.
+// through the same ordering, so the seam has no duplicate; a gap at the
+// seam is refilled like any other. The room's durable state is
+// rooms/<topic>/state in the document, which a joiner has already.
+//
+// # Inside the manager
+//
+// One goroutine owns every topic's state, as etcd raft's node.go owns
+// RawNode: the core (core.go) is a state machine of inputs to actions,
+// with no I/O, clock or goroutine, and the loop (loop.go) feeds it API
+// calls, received messages, document snapshots, ticks, timers and the
+// results of work it started, one at a time, and then carries out what
+// it asked for. Events go to subscribers at once without waiting (a full
+// subscriber misses them, counted as lagged); pubsub joins and closes
+// (links.go), document reads and writes (presence.go) and history fetches
+// (history.go) run on goroutines the loop starts and Run waits for, which
+// post their results back. The loop never waits and holds no lock, so a
+// link's receiver, which opens each message and hands it over, is never
+// held up behind pubsub or the disk.
 package room
