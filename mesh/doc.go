@@ -61,9 +61,14 @@
 // The decision is Reconcile (plan.go), a pure function of (node list,
 // current links, now, config) -> drops and opens; Manager runs it on an
 // interval and a debounce after node-list changes, dials, protects links
-// from the connection manager, and reports in Status. Each pass also
-// dials the direct addresses of peers reached only through a relay, and
-// closes a relayed connection once a direct one to the same peer exists.
+// from the connection manager, and reports in Status. A peer already
+// connected is not dialled again: its slot uses the existing connection.
+// Dropping a slot unprotects the peer and closes only a connection the
+// manager dialled itself, and that one only if none of our protocols has
+// a stream on it; the connection manager trims what stays. Each pass
+// also dials the direct addresses of peers reached only through a relay,
+// and closes a relayed connection once a direct one to the same peer
+// exists.
 //
 // # Relay
 //

@@ -96,7 +96,12 @@ type Manager struct {
 	mu      sync.Mutex
 	slots   map[peer.ID]time.Time // when each supplementary connection opened
 	pending map[peer.ID]bool      // slots still dialling
-	failed  map[peer.ID]dialFailure
+	// own are the connections this manager dialled for its slots. A slot
+	// to a peer already connected (it dialled us, or discovery did) has
+	// none: a drop leaves that connection to its owner and to the
+	// connection manager.
+	own    map[peer.ID][]network.Conn
+	failed map[peer.ID]dialFailure
 	// direct dials of peers reached only through a relay: in flight, and
 	// when the last one failed.
 	upgrading     map[peer.ID]bool
@@ -135,7 +140,7 @@ func NewManager(cfg ManagerConfig) *Manager {
 	m := &Manager{
 		cfg: cfg, lg: cfg.Logger.With().Str("component", "mesh").Logger(),
 		kick: make(chan struct{}, 1), rv: map[peer.ID]bool{},
-		slots: map[peer.ID]time.Time{}, pending: map[peer.ID]bool{}, failed: map[peer.ID]dialFailure{},
+		slots: map[peer.ID]time.Time{}, pending: map[peer.ID]bool{}, own: map[peer.ID][]network.Conn{}, failed: map[peer.ID]dialFailure{},
 		upgrading: map[peer.ID]bool{}, upgradeFailed: map[peer.ID]time.Time{},
 	}
 	for _, p := range cfg.Rendezvous {
@@ -244,19 +249,22 @@ func (m *Manager) reconcile(ctx context.Context) {
 	for _, n := range in.Nodes {
 		addrs[n.ID] = n.Addrs
 	}
+	var closing []network.Conn
 	for _, a := range plan.Actions {
 		if a.Open {
 			m.slots[a.Peer] = in.Now // held while dialling: the cap counts it
 			m.pending[a.Peer] = true
 			m.dialing.Add(1)
-			go m.open(ctx, a.Peer, addrs[a.Peer])
+			go m.open(ctx, a.Peer, addrs[a.Peer], in.Now)
 			continue
 		}
 		delete(m.slots, a.Peer)
+		delete(m.pending, a.Peer) // a dial still running sees the slot gone
+		// The connection manager's books, not the network: kept under mu
+		// so a slot and its protection come and go together.
 		m.cfg.Host.ConnManager().Unprotect(a.Peer, protectTag)
-		if a.Reason != DropEnded {
-			_ = m.cfg.Host.Network().ClosePeer(a.Peer)
-		}
+		closing = append(closing, m.own[a.Peer]...)
+		delete(m.own, a.Peer)
 		m.dropped.Add(1)
 		m.drops = append(m.drops, MeshEvent{Peer: a.Peer.String(), Reason: a.Reason, At: in.Now})
 		if len(m.drops) > 20 {
@@ -266,7 +274,28 @@ func (m *Manager) reconcile(ctx context.Context) {
 	}
 	m.maxSeen = max(m.maxSeen, len(m.slots))
 	m.mu.Unlock()
+	for _, c := range closing {
+		closeIdle(c)
+	}
 	m.upgradeRelayed(ctx, addrs, in.Now, in.DialBackoff)
+}
+
+// closeIdle closes a connection the manager dialled, unless one of our
+// protocols (anti-entropy, a transfer, a room's history) has a stream on
+// it: libp2p opens new streams on whichever connection to the peer it
+// likes best, so that stream may be anyone's. A connection left open is
+// no longer protected, and the connection manager trims it when the node
+// has too many.
+func closeIdle(c network.Conn) {
+	if c.IsClosed() {
+		return
+	}
+	for _, s := range c.GetStreams() {
+		if strings.HasPrefix(string(s.Protocol()), "/meshnode/") {
+			return
+		}
+	}
+	_ = c.Close()
 }
 
 // upgradeRelayed replaces relayed connections with direct ones: it closes
@@ -345,9 +374,11 @@ func splitConns(cs []network.Conn) (direct, relayed []network.Conn) {
 }
 
 // open dials p over QUIC (any direct address if it has no QUIC one, and
-// its relayed addresses, which libp2p tries after the direct ones) and
-// protects the connection from the connection manager's trimming.
-func (m *Manager) open(ctx context.Context, p peer.ID, addrs []string) {
+// its relayed addresses, which libp2p tries after the direct ones) for
+// the slot opened at, and protects the peer from the connection manager's
+// trimming. A peer already connected is not dialled again; the slot
+// relies on the existing connection.
+func (m *Manager) open(ctx context.Context, p peer.ID, addrs []string, at time.Time) {
 	defer m.dialing.Done()
 	ctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(ctx, "mesh"), 15*time.Second)
 	defer cancel()
@@ -359,22 +390,40 @@ func (m *Manager) open(ctx context.Context, p peer.ID, addrs []string) {
 			direct = append(direct, a)
 		}
 	}
+	nw := m.cfg.Host.Network()
+	before := nw.ConnsToPeer(p)
 	ai := peer.AddrInfo{ID: p, Addrs: append(preferQUIC(direct), relayed...)}
 	err := m.cfg.Host.Connect(ctx, ai)
+	var mine []network.Conn
+	for _, c := range nw.ConnsToPeer(p) {
+		if c.Stat().Direction == network.DirOutbound && !slices.Contains(before, c) {
+			mine = append(mine, c)
+		}
+	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	if cur, ok := m.slots[p]; !ok || !cur.Equal(at) || !m.pending[p] {
+		// Dropped while dialling.
+		m.mu.Unlock()
+		for _, c := range mine {
+			closeIdle(c)
+		}
+		return
+	}
 	delete(m.pending, p)
 	if err != nil {
 		delete(m.slots, p)
 		m.failed[p] = dialFailure{at: m.cfg.Now(), addrs: addrKey(addrs)}
+		m.mu.Unlock()
 		m.lg.Debug().Str("peer", p.String()).Err(err).Msg("supplementary dial failed")
 		return
 	}
 	delete(m.failed, p)
+	m.own[p] = mine
 	m.cfg.Host.ConnManager().Protect(p, protectTag)
 	m.opened.Add(1)
-	dc, _ := splitConns(m.cfg.Host.Network().ConnsToPeer(p))
-	m.lg.Info().Str("peer", p.String()).Bool("supplementary", true).Bool("relayed", len(dc) == 0).Msg("supplementary connection opened")
+	m.mu.Unlock()
+	dc, _ := splitConns(nw.ConnsToPeer(p))
+	m.lg.Info().Str("peer", p.String()).Bool("supplementary", true).Bool("relayed", len(dc) == 0).Bool("new_connection", len(mine) > 0).Msg("supplementary connection opened")
 	m.cfg.OnOpened(p)
 }
 
