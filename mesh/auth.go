@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"sync"
@@ -36,14 +37,18 @@ import (
 // proof cannot be relayed to a third peer; fresh nonces on both sides mean
 // it cannot be replayed. A peer that fails, or that does not complete the
 // exchange within the timeout, is disconnected and refused by the Gate
-// with backoff. Until a peer has authenticated, every other protocol of
-// ours resets its streams and pubsub rejects what it relays.
+// with backoff. A rejected initiator reads the 0x00 verdict before the
+// responder disconnects it. Until a peer has authenticated, every other
+// protocol of ours resets its streams and pubsub rejects what it relays.
 
 const (
 	nonceLen = 32
 	macLen   = 32
 	authOK   = 0x01
 	authNo   = 0x00
+	// verdictLinger bounds how long a responder that rejected a peer
+	// waits for it to read the verdict and close the stream.
+	verdictLinger = 2 * time.Second
 )
 
 var (
@@ -369,8 +374,13 @@ func (a *Auth) respond(s network.Stream) {
 	_ = s.SetDeadline(time.Now().Add(a.cfg.Timeout))
 	if err := a.runResponder(s, p); err != nil {
 		if refused(err) {
+			// Closing the connection at once would discard the verdict
+			// unsent: end our side, and let the peer close its own once it
+			// has read it (or verdictLinger pass).
 			_ = frame.Write(s, []byte{authNo})
-			s.Close()
+			_ = s.CloseWrite()
+			_ = s.SetReadDeadline(time.Now().Add(min(verdictLinger, a.cfg.Timeout)))
+			_, _ = io.Copy(io.Discard, io.LimitReader(s, 1024))
 			a.fail(p, err)
 		} else {
 			// A transport failure: a peer that never completes is failed

@@ -33,6 +33,8 @@
 //
 // All stream messages are frames: uvarint length, then payload. Only
 // authenticated peers reach sync and snapshot; others' streams are reset.
+// A peer whose proof is rejected reads the 0x00 verdict, then is
+// disconnected and refused with backoff.
 //
 // # Gossip
 //

@@ -18,10 +18,17 @@ import (
 // authentication when it has a fleet.
 type testPeer struct {
 	h    host.Host
+	gate *Gate
 	auth *Auth
 }
 
 func newTestPeer(t *testing.T, f *Fleet) testPeer {
+	t.Helper()
+	return newTestPeerTimeout(t, f, time.Second)
+}
+
+// newTestPeerTimeout is newTestPeer with the given authentication timeout.
+func newTestPeerTimeout(t *testing.T, f *Fleet, timeout time.Duration) testPeer {
 	t.Helper()
 	key, _, err := crypto.GenerateEd25519Key(nil)
 	if err != nil {
@@ -32,11 +39,11 @@ func newTestPeer(t *testing.T, f *Fleet) testPeer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tp := testPeer{h: h}
+	tp := testPeer{h: h, gate: gate}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	if f != nil {
-		tp.auth = NewAuth(AuthConfig{Host: h, Fleet: f, Gate: gate, Logger: zerolog.Nop(), Timeout: time.Second})
+		tp.auth = NewAuth(AuthConfig{Host: h, Fleet: f, Gate: gate, Logger: zerolog.Nop(), Timeout: timeout})
 		go func() { defer close(done); _ = tp.auth.Run(ctx) }()
 	} else {
 		close(done)
