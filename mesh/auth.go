@@ -11,6 +11,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -40,6 +41,13 @@ import (
 // with backoff. A rejected initiator reads the 0x00 verdict before the
 // responder disconnects it. Until a peer has authenticated, every other
 // protocol of ours resets its streams and pubsub rejects what it relays.
+//
+// Inbound peers that have not authenticated get a budget of their own
+// (AuthConfig.Strangers), enforced by the Gate as their connection is
+// secured, so that connections from strangers, each with a fresh peer ID,
+// cannot fill the node's connection limits and keep members out. Peers
+// known as members (authenticated before, or heard in heartbeats) pass
+// outside the budget.
 
 const (
 	nonceLen = 32
@@ -49,6 +57,8 @@ const (
 	// verdictLinger bounds how long a responder that rejected a peer
 	// waits for it to read the verdict and close the stream.
 	verdictLinger = 2 * time.Second
+	// defaultMaxKnown bounds the peers remembered as members.
+	defaultMaxKnown = 16384
 )
 
 var (
@@ -68,9 +78,29 @@ type AuthConfig struct {
 	// Timeout bounds the exchange, and how long an inbound connection may
 	// stay without authenticating. Default 10 s.
 	Timeout time.Duration
+	// Strangers is how many inbound peers may be connected at once
+	// without having authenticated. Default 32. When they are all
+	// connected, a new one takes the place of the longest-waiting stranger
+	// that has not opened the exchange, or is refused.
+	Strangers int
 	// OnUp is called once a peer authenticates, OnDown when its last
 	// connection closes. Both must not block.
 	OnUp, OnDown func(peer.ID)
+}
+
+// AuthStats are Auth's figures for metrics.
+type AuthStats struct {
+	// Authenticated peers, connected now.
+	Authenticated int
+	// Strangers are inbound peers connected (or connecting) that have not
+	// authenticated yet, at most AuthConfig.Strangers.
+	Strangers int
+	// Known is how many peers are remembered as members.
+	Known int
+	// StrangersRefused and StrangersEvicted count inbound strangers
+	// turned away with the budget full, and those disconnected to make
+	// room for a newcomer.
+	StrangersRefused, StrangersEvicted uint64
 }
 
 // Auth runs fleet authentication for every connection of the host.
@@ -79,9 +109,16 @@ type Auth struct {
 	lg    zerolog.Logger
 	proto protocol.ID
 
+	refused, evicted atomic.Uint64
+
 	mu       sync.Mutex
 	authed   map[peer.ID]time.Time
 	inflight map[peer.ID]bool
+	// known are members, with when we last learned they are: peers that
+	// proved the secret to us, or whose heartbeats reached us. Their
+	// inbound connections do not count against the strangers' budget.
+	known     map[peer.ID]time.Time
+	strangers *strangers
 	// changed is closed and replaced whenever a peer authenticates, fails
 	// or disconnects, to wake WaitAuthenticated.
 	changed chan struct{}
@@ -101,13 +138,18 @@ func NewAuth(cfg AuthConfig) *Auth {
 	if cfg.OnDown == nil {
 		cfg.OnDown = func(peer.ID) {}
 	}
+	if cfg.Strangers <= 0 {
+		cfg.Strangers = defaultStrangers
+	}
 	return &Auth{
-		cfg:      cfg,
-		lg:       cfg.Logger.With().Str("component", "auth").Logger(),
-		proto:    cfg.Fleet.Protocol("auth/1"),
-		authed:   map[peer.ID]time.Time{},
-		inflight: map[peer.ID]bool{},
-		changed:  make(chan struct{}),
+		cfg:       cfg,
+		lg:        cfg.Logger.With().Str("component", "auth").Logger(),
+		proto:     cfg.Fleet.Protocol("auth/1"),
+		authed:    map[peer.ID]time.Time{},
+		inflight:  map[peer.ID]bool{},
+		known:     map[peer.ID]time.Time{},
+		strangers: newStrangers(cfg.Strangers, 2*cfg.Timeout),
+		changed:   make(chan struct{}),
 	}
 }
 
@@ -119,6 +161,8 @@ func (a *Auth) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	h := a.cfg.Host
 	h.SetStreamHandler(a.proto, a.respond)
+	a.cfg.Gate.setAdmit(a.admit)
+	defer a.cfg.Gate.setAdmit(nil)
 	nb := &network.NotifyBundle{
 		ConnectedF:    func(_ network.Network, c network.Conn) { a.connected(c) },
 		DisconnectedF: func(_ network.Network, c network.Conn) { a.disconnected(c.RemotePeer()) },
@@ -175,6 +219,59 @@ func (a *Auth) WaitAuthenticated(ctx context.Context, p peer.ID, timeout time.Du
 	}
 }
 
+// Stats returns the current figures.
+func (a *Auth) Stats() AuthStats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return AuthStats{
+		Authenticated: len(a.authed), Strangers: a.strangers.len(), Known: len(a.known),
+		StrangersRefused: a.refused.Load(), StrangersEvicted: a.evicted.Load(),
+	}
+}
+
+// admit is the Gate's decision on an inbound peer whose connection is
+// secured: members pass, strangers within their budget.
+func (a *Auth) admit(p peer.ID) bool {
+	a.mu.Lock()
+	_, authed := a.authed[p]
+	_, known := a.known[p]
+	ok, evict := true, peer.ID("")
+	if !authed && !known {
+		ok, evict = a.strangers.admit(p, time.Now())
+	}
+	a.mu.Unlock()
+	if !ok {
+		a.refused.Add(1)
+		a.lg.Debug().Str("peer", p.String()).Msg("inbound connection refused: too many peers have not authenticated")
+		return false
+	}
+	if evict != "" {
+		// At once, before the newcomer's connection is added: the count
+		// of strangers connected never exceeds the budget.
+		a.evicted.Add(1)
+		a.lg.Debug().Str("peer", evict.String()).Msg("unauthenticated peer that never started authenticating disconnected to make room")
+		_ = a.cfg.Host.Network().ClosePeer(evict)
+	}
+	return true
+}
+
+// vouch remembers p as a member (its heartbeat reached us): its inbound
+// connections pass outside the strangers' budget. It does not block.
+func (a *Auth) vouch(p peer.ID) {
+	a.mu.Lock()
+	a.rememberLocked(p)
+	a.mu.Unlock()
+}
+
+// rememberLocked adds p to the known members, forgetting those seen
+// longest ago past defaultMaxKnown. Call with a.mu held.
+func (a *Auth) rememberLocked(p peer.ID) {
+	a.known[p] = time.Now()
+	if len(a.known) > defaultMaxKnown {
+		prune(a.known, defaultMaxKnown*3/4, time.Time.Compare)
+	}
+}
+
 // Authenticated returns the authenticated peers.
 func (a *Auth) Authenticated() []peer.ID {
 	a.mu.Lock()
@@ -226,6 +323,9 @@ func (a *Auth) connected(c network.Conn) {
 		}
 		return
 	}
+	a.mu.Lock()
+	a.strangers.connected(p)
+	a.mu.Unlock()
 	a.goFunc(func(ctx context.Context) {
 		t := time.NewTimer(a.cfg.Timeout)
 		defer t.Stop()
@@ -246,6 +346,7 @@ func (a *Auth) disconnected(p peer.ID) {
 	a.mu.Lock()
 	_, was := a.authed[p]
 	delete(a.authed, p)
+	a.strangers.remove(p)
 	a.broadcastLocked()
 	a.mu.Unlock()
 	if was {
@@ -258,6 +359,8 @@ func (a *Auth) succeed(p peer.ID) {
 	a.mu.Lock()
 	_, was := a.authed[p]
 	a.authed[p] = time.Now()
+	a.strangers.remove(p)
+	a.rememberLocked(p)
 	a.broadcastLocked()
 	a.mu.Unlock()
 	a.cfg.Gate.Succeed(p)
@@ -272,6 +375,7 @@ func (a *Auth) fail(p peer.ID, err error) {
 	a.lg.Warn().Str("peer", p.String()).Err(err).Dur("backoff", d).Msg("peer failed fleet authentication; disconnected")
 	_ = a.cfg.Host.Network().ClosePeer(p)
 	a.mu.Lock()
+	delete(a.known, p)
 	a.broadcastLocked()
 	a.mu.Unlock()
 }
@@ -371,6 +475,9 @@ func (a *Auth) runInitiator(ctx context.Context, p peer.ID) error {
 func (a *Auth) respond(s network.Stream) {
 	p := s.Conn().RemotePeer()
 	defer s.Close()
+	a.mu.Lock()
+	a.strangers.started(p)
+	a.mu.Unlock()
 	_ = s.SetDeadline(time.Now().Add(a.cfg.Timeout))
 	if err := a.runResponder(s, p); err != nil {
 		if refused(err) {

@@ -36,6 +36,21 @@
 // A peer whose proof is rejected reads the 0x00 verdict, then is
 // disconnected and refused with backoff.
 //
+// # Strangers
+//
+// Peer IDs cost nothing, so a host without the token can open connection
+// after connection, each under a new ID. Inbound peers that have not
+// authenticated therefore have a budget of their own, 32 at once
+// (AuthConfig.Strangers), which the Gate enforces when a connection is
+// secured: with it full, a newcomer replaces the longest-waiting stranger
+// that has not even opened the exchange, or is refused. Members known to
+// the node (they authenticated before, or their heartbeats reached it)
+// pass outside the budget. The Gate remembers at most 4,096 peers in
+// backoff (repeat offenders longest), Auth at most 16,384 known members.
+// libp2p's resource manager keeps its limits scaled to the machine,
+// except that its system connection limits never fall below the
+// connection manager's high watermark plus the strangers' budget.
+//
 // # Gossip
 //
 //	meshnode/<id>/doc/1  each local commit; a heads notice for a change too

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"sync"
 	"time"
 
@@ -11,17 +12,25 @@ import (
 )
 
 // Gate is the host's connection gater. It refuses peers that failed fleet
-// authentication (with exponential backoff) and peers blocked by the
-// operator or a partition test. It is safe for concurrent use.
+// authentication (with exponential backoff), peers blocked by the
+// operator or a partition test, and, once Auth runs, inbound peers that
+// have not authenticated beyond Auth's budget for them. It is safe for
+// concurrent use.
 type Gate struct {
 	mu      sync.Mutex
 	now     func() time.Time
 	backoff map[peer.ID]backoffEntry
-	blocked map[peer.ID]bool
+	// maxBackoff bounds backoff: every stranger's peer ID that fails gets
+	// an entry, and peer IDs cost nothing to make.
+	maxBackoff int
+	blocked    map[peer.ID]bool
 	// noDirect holds peers reachable only through a relay: what two sites
 	// that cannot route to each other look like, for partition tests and
 	// for operators who want a peer's traffic to go through the relay.
 	noDirect map[peer.ID]bool
+	// admit decides whether an inbound peer may finish connecting; Auth
+	// sets it while it runs. Called without mu held.
+	admit func(peer.ID) bool
 }
 
 type backoffEntry struct {
@@ -32,25 +41,50 @@ type backoffEntry struct {
 const (
 	backoffBase = 2 * time.Second
 	backoffMax  = 5 * time.Minute
+	// defaultMaxBackoff peers are remembered in backoff at most.
+	defaultMaxBackoff = 4096
 )
 
 // NewGate returns an open gate.
 func NewGate() *Gate {
-	return &Gate{now: time.Now, backoff: map[peer.ID]backoffEntry{}, blocked: map[peer.ID]bool{}, noDirect: map[peer.ID]bool{}}
+	return &Gate{now: time.Now, backoff: map[peer.ID]backoffEntry{}, maxBackoff: defaultMaxBackoff,
+		blocked: map[peer.ID]bool{}, noDirect: map[peer.ID]bool{}}
 }
 
 // Fail records an authentication failure and returns how long p is
-// refused: 2 s, doubling per consecutive failure up to 5 min.
+// refused: 2 s, doubling per consecutive failure up to 5 min. Past
+// maxBackoff peers, entries whose refusal has ended are forgotten first,
+// then those with the fewest failures, ending soonest: a forgotten
+// stranger may come back sooner, and meets Auth's budget for strangers.
 func (g *Gate) Fail(p peer.ID) time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	e := g.backoff[p]
+	now := g.now()
+	e, known := g.backoff[p]
 	d := backoffBase << min(e.failures, 10)
 	d = min(d, backoffMax)
 	e.failures++
-	e.until = g.now().Add(d)
+	e.until = now.Add(d)
+	if !known && len(g.backoff) >= g.maxBackoff {
+		for q, o := range g.backoff {
+			if !now.Before(o.until) {
+				delete(g.backoff, q)
+			}
+		}
+		// Repeat offenders stay longest.
+		prune(g.backoff, g.maxBackoff*3/4, func(a, b backoffEntry) int {
+			return cmp.Or(cmp.Compare(a.failures, b.failures), a.until.Compare(b.until))
+		})
+	}
 	g.backoff[p] = e
 	return d
+}
+
+// setAdmit installs (or, with nil, removes) the decision on inbound peers.
+func (g *Gate) setAdmit(fn func(peer.ID) bool) {
+	g.mu.Lock()
+	g.admit = fn
+	g.mu.Unlock()
 }
 
 // Succeed clears p's failure history.
@@ -108,7 +142,16 @@ func (g *Gate) Allowed(p peer.ID) bool {
 func (g *Gate) InterceptPeerDial(p peer.ID) bool                 { return g.Allowed(p) }
 func (g *Gate) InterceptAddrDial(p peer.ID, a ma.Multiaddr) bool { return g.pathAllowed(p, a) }
 func (g *Gate) InterceptAccept(network.ConnMultiaddrs) bool      { return true }
-func (g *Gate) InterceptSecured(_ network.Direction, p peer.ID, c network.ConnMultiaddrs) bool {
-	return g.pathAllowed(p, c.RemoteMultiaddr())
+func (g *Gate) InterceptSecured(dir network.Direction, p peer.ID, c network.ConnMultiaddrs) bool {
+	if !g.pathAllowed(p, c.RemoteMultiaddr()) {
+		return false
+	}
+	if dir != network.DirInbound {
+		return true // peers we dial are our choice
+	}
+	g.mu.Lock()
+	admit := g.admit
+	g.mu.Unlock()
+	return admit == nil || admit(p)
 }
 func (g *Gate) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }

@@ -14,6 +14,8 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
@@ -29,9 +31,12 @@ type HostConfig struct {
 	Key crypto.PrivKey
 	// Listen are the listener multiaddrs (QUIC-v1 and TCP).
 	Listen []ma.Multiaddr
-	// Gate is the connection gater.
+	// Gate is the connection gater; with Auth running, it also holds
+	// peers that have not authenticated to their own budget.
 	Gate *Gate
-	// ConnLow/ConnHigh are the connection manager's watermarks.
+	// ConnLow/ConnHigh are the connection manager's watermarks. Default
+	// 64 and 192. The resource manager's hard limits on connections are
+	// kept above ConnHigh plus the strangers' budget.
 	ConnLow, ConnHigh int
 }
 
@@ -49,6 +54,11 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: connection manager: %w", err)
 	}
+	rm, err := resourceManager(cfg.ConnHigh)
+	if err != nil {
+		cm.Close()
+		return nil, fmt.Errorf("mesh: resource manager: %w", err)
+	}
 	h, err := libp2p.New(
 		libp2p.Identity(cfg.Key),
 		libp2p.ListenAddrs(cfg.Listen...),
@@ -56,6 +66,7 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.ConnectionGater(cfg.Gate),
 		libp2p.ConnectionManager(cm),
+		libp2p.ResourceManager(rm),
 		// DCUtR: two nodes behind NATs that meet through a relay try to
 		// punch a direct path. libp2p only attempts it from hosts that see
 		// a public address of their own.
@@ -69,6 +80,31 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 		return nil, fmt.Errorf("mesh: only %d of %d listen addresses could be bound (%v); check --listen", got, want, cfg.Listen)
 	}
 	return h, nil
+}
+
+// resourceManager is libp2p's default resource manager, its limits scaled
+// to the machine, except that the system's connection limits never fall
+// below what the connection manager and the strangers' budget need. They
+// scale with the memory libp2p allows itself, an eighth of the RAM: 64
+// inbound connections with 1 GiB of RAM, 128 with 8 GiB, where members
+// would be refused before the connection manager's high watermark (192)
+// is reached. Strangers do not get to fill them: the Gate holds them to
+// Auth's budget.
+func resourceManager(connHigh int) (network.ResourceManager, error) {
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	scaled := limits.AutoScale()
+	pl := scaled.ToPartialLimitConfig()
+	need := connHigh + defaultStrangers + 32 // 32: our own dials in flight
+	raise := func(v *rcmgr.LimitVal, floor int) {
+		if *v >= 0 && int(*v) < floor {
+			*v = rcmgr.LimitVal(floor)
+		}
+	}
+	raise(&pl.System.ConnsInbound, need)
+	raise(&pl.System.ConnsOutbound, need)
+	raise(&pl.System.Conns, 2*need)
+	return rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(pl.Build(scaled)))
 }
 
 // checkListen binds each fixed port briefly so a taken port is reported by

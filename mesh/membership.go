@@ -297,6 +297,7 @@ func (m *Membership) heard(p peer.ID, hb Heartbeat) {
 	if hb.Leaving {
 		state = StateLeft
 	}
+	m.cfg.Auth.vouch(p)
 	m.mu.Lock()
 	mem, ok := m.members[p]
 	if !ok {
