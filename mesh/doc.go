@@ -46,10 +46,12 @@
 // that has not even opened the exchange, or is refused. Members known to
 // the node (they authenticated before, or their heartbeats reached it)
 // pass outside the budget. The Gate remembers at most 4,096 peers in
-// backoff (repeat offenders longest), Auth at most 16,384 known members.
-// libp2p's resource manager keeps its limits scaled to the machine,
-// except that its system connection limits never fall below the
-// connection manager's high watermark plus the strangers' budget.
+// backoff (repeat offenders longest), Auth at most 16,384 known members,
+// Membership at most 16,384 peers, each forgotten (by default) an hour
+// after its last heartbeat. libp2p's resource manager keeps its limits
+// scaled to the machine, except that its system connection limits never
+// fall below the connection manager's high watermark plus the strangers'
+// budget.
 //
 // # Gossip
 //
@@ -69,7 +71,8 @@
 // A peer is alive while its heartbeats are fresh (StaleAfter); a Goodbye
 // (leaving heartbeat plus alive=false in its record) is a hint the stale
 // timeout confirms. Heartbeats never touch the document; last_seen_ms in
-// the record is refreshed only every LastSeenEvery.
+// the record is refreshed only every LastSeenEvery. A peer not heard for
+// ForgetAfter is forgotten, as if never heard.
 //
 // # Mesh manager
 //

@@ -50,6 +50,15 @@ type MembershipConfig struct {
 	// document record: coarse on purpose, each refresh is a document
 	// change. Default 10 min.
 	LastSeenEvery time.Duration
+	// ForgetAfter: a peer not heard for this long is forgotten (Members
+	// no longer lists it), so peers that leave for good do not pile up.
+	// Default 1 h or 4 x LastSeenEvery, whichever is longer: longer than
+	// a silent peer's record can look fresh to the mesh manager (whose
+	// window the node sets to 3 x LastSeenEvery). At least StaleAfter.
+	ForgetAfter time.Duration
+	// MaxMembers bounds the peers tracked; past it, those heard longest
+	// ago are forgotten. Default 16,384.
+	MaxMembers int
 	// OnHeadsUnknown is called with a peer whose heartbeat shows document
 	// heads we lack. Must not block.
 	OnHeadsUnknown func(peer.ID)
@@ -104,6 +113,13 @@ func NewMembership(cfg MembershipConfig) *Membership {
 	}
 	if cfg.LastSeenEvery <= 0 {
 		cfg.LastSeenEvery = 10 * time.Minute
+	}
+	if cfg.ForgetAfter <= 0 {
+		cfg.ForgetAfter = max(time.Hour, 4*cfg.LastSeenEvery)
+	}
+	cfg.ForgetAfter = max(cfg.ForgetAfter, cfg.StaleAfter)
+	if cfg.MaxMembers <= 0 {
+		cfg.MaxMembers = 16384
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -298,14 +314,19 @@ func (m *Membership) heard(p peer.ID, hb Heartbeat) {
 		state = StateLeft
 	}
 	m.cfg.Auth.vouch(p)
+	now := m.cfg.Now()
 	m.mu.Lock()
 	mem, ok := m.members[p]
 	if !ok {
+		if len(m.members) >= m.cfg.MaxMembers {
+			m.forgetLocked(now)
+			prune(m.members, m.cfg.MaxMembers*3/4, func(a, b *Member) int { return a.LastHeard.Compare(b.LastHeard) })
+		}
 		mem = &Member{Peer: p}
 		m.members[p] = mem
 	}
 	changed := mem.State != state
-	mem.Name, mem.Addrs, mem.LastHeard, mem.State = hb.Name, hb.Addrs, m.cfg.Now(), state
+	mem.Name, mem.Addrs, mem.LastHeard, mem.State = hb.Name, hb.Addrs, now, state
 	m.mu.Unlock()
 	if changed {
 		m.lg.Info().Str("peer", p.String()).Str("name", hb.Name).Str("state", state).Msg("member state changed")
@@ -323,6 +344,7 @@ func (m *Membership) sweep() {
 			evs = append(evs, MemberEvent{Peer: p, Name: mem.Name, State: StateStale})
 		}
 	}
+	m.forgetLocked(now)
 	m.mu.Unlock()
 	for _, ev := range evs {
 		m.lg.Info().Str("peer", ev.Peer.String()).Str("name", ev.Name).Msg("member stale")
@@ -330,11 +352,20 @@ func (m *Membership) sweep() {
 	}
 }
 
+// forgetLocked drops peers not heard for ForgetAfter. Call with m.mu held.
+func (m *Membership) forgetLocked(now time.Time) {
+	for p, mem := range m.members {
+		if now.Sub(mem.LastHeard) > m.cfg.ForgetAfter {
+			delete(m.members, p)
+		}
+	}
+}
+
 // HeartbeatsSent returns how many heartbeats this node has published.
 func (m *Membership) HeartbeatsSent() uint64 { return m.seq.Load() }
 
-// Members returns what heartbeats told about every peer heard from, with
-// states current as of now.
+// Members returns what heartbeats told about every peer heard from within
+// ForgetAfter, with states current as of now.
 func (m *Membership) Members() map[peer.ID]Member {
 	now := m.cfg.Now()
 	m.mu.Lock()
