@@ -33,7 +33,11 @@ type DiscoveryConfig struct {
 	// MinPeers: below this many connected peers, nodes from the document's
 	// node list are dialled too. Default 2.
 	MinPeers int
-	// IsAlive reports whether a peer's heartbeats are fresh.
+	// IsAlive is not read.
+	//
+	// Deprecated: Discovery dials the node list only when it has too few
+	// peers, which is when it hears too few heartbeats to judge anyone
+	// alive; it goes by the records' alive flag. Remove it from callers.
 	IsAlive func(peer.ID) bool
 }
 
@@ -77,9 +81,6 @@ func NewDiscovery(cfg DiscoveryConfig) *Discovery {
 	}
 	if cfg.MinPeers <= 0 {
 		cfg.MinPeers = 2
-	}
-	if cfg.IsAlive == nil {
-		cfg.IsAlive = func(peer.ID) bool { return true }
 	}
 	return &Discovery{cfg: cfg, lg: cfg.Logger.With().Str("component", "discovery").Logger(), dialing: map[peer.ID]bool{}}
 }

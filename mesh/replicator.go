@@ -76,7 +76,6 @@ type Replicator struct {
 	pending map[peer.ID]bool
 	order   []peer.ID
 	states  map[stateKey]*crdt.PeerState
-	running bool
 
 	changesSent, changesRecv, rejected, dropped   atomic.Uint64
 	sessions, failures, snapsFetched, snapsServed atomic.Uint64
@@ -160,9 +159,6 @@ func (r *Replicator) Run(ctx context.Context) error {
 	defer r.cfg.Host.RemoveStreamHandler(r.syncProto)
 	defer r.cfg.Host.RemoveStreamHandler(r.snapProto)
 
-	r.mu.Lock()
-	r.running = true
-	r.mu.Unlock()
 	for _, p := range r.cfg.Auth.Authenticated() {
 		r.PeerUp(p)
 	}
