@@ -64,6 +64,13 @@ func (tl *testLibrary) holderOf(t *testing.T, id string, src host.Host, sv *Serv
 	}
 }
 
+// holds reports whether tl's document has a holder entry of tl for id.
+func (tl *testLibrary) holds(id string) bool {
+	it, _, _ := tl.doc.Item(id)
+	_, ok := it.Holders[tl.host.ID().String()]
+	return ok
+}
+
 // ended waits until transfer id has ended (its goroutine is done: a
 // cancelled transfer shows cancelled before that) and returns it.
 func (tl *testLibrary) ended(t *testing.T, id string) TransferStatus {
@@ -155,6 +162,8 @@ func TestCancelAnswerHolds(t *testing.T) {
 		switch {
 		case cerr == nil && (end.State != TransferCancelled || serr == nil):
 			t.Fatalf("round %d: cancel accepted, yet the download ended %s (item present: %v)", i, end.State, serr == nil)
+		case cerr == nil && dst.holds("game"):
+			t.Fatalf("round %d: a cancelled download left this node's holder entry", i)
 		case cerr != nil && end.State != TransferDone:
 			t.Fatalf("round %d: cancel refused (%v), yet the download ended %s (%s)", i, cerr, end.State, end.Error)
 		case cerr == nil:

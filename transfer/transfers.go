@@ -219,9 +219,6 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 		m, err = l.fetchItem(ctx, t, mh, sources, staging, base)
 	}
 	if err == nil {
-		err = l.beginSwap(t)
-	}
-	if err == nil {
 		err = l.swapIn(t.Item, staging)
 	}
 	l.mu.Lock()
@@ -267,7 +264,8 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 }
 
 // fetchItem downloads t into staging, serving its verified chunks to the
-// fleet meanwhile and reporting progress every second.
+// fleet meanwhile and reporting progress every second. When all is
+// fetched, unless a cancel came first, it passes beginSwap.
 func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources []peer.ID, staging string, base *Served) (*Manifest, error) {
 	var published atomic.Bool
 	cfg := DownloadConfig{
@@ -308,7 +306,11 @@ func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources [
 	defer pw.Wait()
 	defer close(stopProgress)
 	m, err := Download(ctx, cfg)
-	// Withdrawn before the staged files move or go.
+	if err == nil {
+		err = l.beginSwap(t)
+	}
+	// Withdrawn before the staged files move or go; the partial holder
+	// entry stays only for the complete one to replace.
 	l.withdrawPartial(t.Item, mh, err != nil && published.Load())
 	return m, err
 }
