@@ -48,7 +48,8 @@ type LibraryConfig struct {
 	// last event. Default 1 s.
 	Debounce time.Duration
 	// OnEvent receives library events (item.scanned, transfer.progress,
-	// transfer.done, transfer.failed, peer.bad_data). Must not block.
+	// transfer.done, transfer.failed, transfer.cancelled, peer.bad_data).
+	// Must not block.
 	OnEvent func(typ string, data map[string]any)
 	// Now is the clock; default time.Now.
 	Now func() time.Time
@@ -60,10 +61,12 @@ type Library struct {
 	cfg    LibraryConfig
 	lg     zerolog.Logger
 	server *Server
-	ctx    context.Context
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // goroutines Run waits for (goLocked)
 
+	// mu guards the fields below. It is never held across disk, network
+	// or document work: take what is needed under it, act after.
 	mu        sync.Mutex
+	ctx       context.Context    // Run's, while it runs; nil otherwise
 	local     map[string]*Served // item ID -> what this node holds complete
 	partial   map[Hash]*Served   // manifest -> a download in flight, served for swarming
 	busy      map[string]string  // item ID -> operation in flight ("download", "swap")
@@ -194,6 +197,8 @@ func (l *Library) lookup(h Hash) (*Served, bool) {
 	return sv, ok
 }
 
+// stagingDirs lists the folders in staging: downloads and swaps that a
+// stop or crash interrupted.
 func (l *Library) stagingDirs() []string {
 	dir := filepath.Join(l.cfg.Dir, dirStaging)
 	ents, _ := os.ReadDir(dir)
