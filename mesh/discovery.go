@@ -33,12 +33,6 @@ type DiscoveryConfig struct {
 	// MinPeers: below this many connected peers, nodes from the document's
 	// node list are dialled too. Default 2.
 	MinPeers int
-	// IsAlive is not read.
-	//
-	// Deprecated: Discovery dials the node list only when it has too few
-	// peers, which is when it hears too few heartbeats to judge anyone
-	// alive; it goes by the records' alive flag. Remove it from callers.
-	IsAlive func(peer.ID) bool
 }
 
 // Discovery finds fleet peers: mDNS on the LAN, bootstrap (rendezvous)

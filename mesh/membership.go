@@ -98,6 +98,9 @@ type Membership struct {
 	rejected  atomic.Uint64
 	topic     atomic.Pointer[pubsub.Topic]
 
+	// announce asks Run for a heartbeat now (buffer 1: requests coalesce).
+	announce chan struct{}
+
 	mu       sync.Mutex
 	members  map[peer.ID]*Member
 	lastSeen time.Time
@@ -139,6 +142,38 @@ func NewMembership(cfg MembershipConfig) *Membership {
 		topicName: cfg.Fleet.Topic("hb/1"),
 		started:   cfg.Now(),
 		members:   map[peer.ID]*Member{},
+		announce:  make(chan struct{}, 1),
+	}
+}
+
+// PeerUp records that p just proved fleet membership (authentication is
+// as fresh a sign of life as a heartbeat): p is alive from now, and this
+// node announces itself so that p hears it without waiting for a tick.
+func (m *Membership) PeerUp(p peer.ID) {
+	now := m.cfg.Now()
+	m.mu.Lock()
+	mem, ok := m.members[p]
+	if !ok {
+		mem = &Member{Peer: p}
+		m.members[p] = mem
+	}
+	changed := mem.State != StateAlive
+	mem.LastHeard, mem.State = now, StateAlive
+	name := mem.Name
+	m.mu.Unlock()
+	if changed {
+		m.cfg.OnEvent(MemberEvent{Peer: p, Name: name, State: StateAlive})
+	}
+	m.Announce()
+}
+
+// Announce asks for a heartbeat now rather than at the next tick, so a
+// peer that just joined hears this node at once. Requests coalesce; it
+// does not block.
+func (m *Membership) Announce() {
+	select {
+	case m.announce <- struct{}{}:
+	default:
 	}
 }
 
@@ -155,9 +190,29 @@ func (m *Membership) Run(ctx context.Context) error {
 	if err := m.EnsureRecord(true); err != nil {
 		return err
 	}
+	// A peer whose subscription to the topic arrives can receive our
+	// heartbeats from now on: send one rather than leave it seeing this
+	// node as stale until the next tick.
+	joins, err := topic.EventHandler()
+	if err != nil {
+		return fmt.Errorf("mesh: heartbeat topic events: %w", err)
+	}
+	defer joins.Cancel()
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); m.receiveLoop(ctx, sub) }()
+	go func() {
+		defer wg.Done()
+		for {
+			ev, err := joins.NextPeerEvent(ctx)
+			if err != nil {
+				return
+			}
+			if ev.Type == pubsub.PeerJoin {
+				m.Announce()
+			}
+		}
+	}()
 	defer wg.Wait()
 
 	t := time.NewTicker(m.cfg.Interval)
@@ -167,6 +222,8 @@ func (m *Membership) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-m.announce:
+			m.publish(ctx, false)
 		case <-t.C:
 			m.publish(ctx, false)
 			m.sweep()

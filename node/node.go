@@ -160,6 +160,7 @@ func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 		OnUp: func(p peer.ID) {
 			n.Events.Publish(EventPeerUp, map[string]any{"peer": p.String()})
 			n.Replicator.PeerUp(p)
+			n.Membership.PeerUp(p)
 		},
 		OnDown: func(p peer.ID) {
 			n.Events.Publish(EventPeerDown, map[string]any{"peer": p.String()})
@@ -211,7 +212,6 @@ func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 	n.Discovery = mesh.NewDiscovery(mesh.DiscoveryConfig{
 		Host: n.Host, Fleet: n.Fleet, Gate: n.Gate, Doc: n.Doc, Logger: lg,
 		MDNS: n.cfg.MDNS, Bootstrap: boot,
-		IsAlive: func(p peer.ID) bool { return n.Membership.Members()[p].State == mesh.StateAlive },
 	})
 	var rendezvous []peer.ID
 	for _, b := range boot {
