@@ -353,9 +353,10 @@ func (c *core) lagged(topic string, n int) {
 }
 
 // others returns the peers to ask for a topic's history, each once and
-// never this node: first, then those seen in link's room, then the other
+// never this node: those seen in link's room (prefer first: they are
+// connected and in the room), then the rest of prefer, then the other
 // lease holders (alive first).
-func (c *core) others(ts *topicState, l *link, first []peer.ID) []peer.ID {
+func (c *core) others(ts *topicState, l *link, prefer []peer.ID) []peer.ID {
 	seen := map[peer.ID]bool{c.cfg.Self: true}
 	var out []peer.ID
 	add := func(p peer.ID) {
@@ -364,8 +365,10 @@ func (c *core) others(ts *topicState, l *link, first []peer.ID) []peer.ID {
 			out = append(out, p)
 		}
 	}
-	for _, p := range first {
-		add(p)
+	for _, p := range prefer {
+		if l.peers[p] {
+			add(p)
+		}
 	}
 	in := make([]peer.ID, 0, len(l.peers))
 	for p := range l.peers {
@@ -373,6 +376,9 @@ func (c *core) others(ts *topicState, l *link, first []peer.ID) []peer.ID {
 	}
 	slices.Sort(in)
 	for _, p := range in {
+		add(p)
+	}
+	for _, p := range prefer {
 		add(p)
 	}
 	for _, p := range ts.view.leases {

@@ -114,6 +114,7 @@ func TestCoreRefillsGapFromHistory(t *testing.T) {
 	r := newCoreRig(t, true)
 	s, other := testPeer(t), testPeer(t)
 	l := r.joined("t", NewCreds(t0, time.Hour), other)
+	r.c.peerEvent("t", l.gen, s, true, r.now)
 	msg := func(seq uint64) Message { return Message{Sender: s, Epoch: uint64(r.now.UnixMilli()) + 1, Seq: seq} }
 	m1, m2, m3 := msg(1), msg(2), msg(3)
 	r.receive("t", l, m1)
@@ -128,6 +129,11 @@ func TestCoreRefillsGapFromHistory(t *testing.T) {
 	f := rd.fetches[0]
 	if !f.refill || len(f.want) != 1 || f.want[0].From != 2 || f.want[0].To != 2 || f.cands[0] != s || f.cands[1] != other {
 		t.Fatalf("refill %+v: want gap 2-2 asked of the sender, then the other participant", f)
+	}
+	// A sender not in the room (not connected, maybe gone) comes after
+	// those in it.
+	if got := r.c.others(r.c.topics["t"], &link{peers: map[peer.ID]bool{other: true}}, []peer.ID{s}); len(got) != 2 || got[0] != other || got[1] != s {
+		t.Fatalf("candidates %v: want the participant in the room first", got)
 	}
 	if at, ok := r.c.nextWake(); ok && !at.After(r.now) {
 		t.Fatal("the loop would spin while the refill is under way")

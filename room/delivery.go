@@ -128,8 +128,10 @@ func (c *core) catchUp(ts *topicState, l *link, now time.Time) {
 }
 
 // refill asks the participants for the messages of gaps held long
-// enough: the senders first (they have their own), then the others in
-// the room. A gap nobody can be asked about is reported after GapWait.
+// enough: the senders first if they are in the room (they have their
+// own), then the others in the room (they have what they received), then
+// the senders elsewhere. A gap nobody can be asked about is reported
+// after GapWait.
 func (c *core) refill(ts *topicState, now time.Time) {
 	if ts.refilling || ts.catching || !ts.inbox.refill {
 		return

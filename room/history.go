@@ -170,7 +170,13 @@ func (m *Manager) fetchHistory(ctx context.Context, p peer.ID, r fetchReq) ([]Me
 	if m.cfg.Host == nil {
 		return nil, fmt.Errorf("%w: no host to ask with", errHistory)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	timeout := 5 * time.Second
+	if r.refill {
+		// A gap waits for the answer before it is reported: an
+		// unresponsive peer must not hold it up for long.
+		timeout = min(timeout, m.cfg.GapWait)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	st, err := m.cfg.Host.NewStream(ctx, p, m.cfg.HistoryProtocol)
 	if err != nil {
