@@ -45,6 +45,7 @@ func answerError(w http.ResponseWriter, status int, code, msg string) {
 // The CLI acts on the error code of the daemon's JSON error, not on its
 // message: room send retries not_connected only, whatever a message says.
 func TestClientActsOnErrorCodes(t *testing.T) {
+	t.Parallel()
 	var calls atomic.Int32
 	dir := fakeDaemon(t, func(w http.ResponseWriter, r *http.Request) {
 		switch n := calls.Add(1); {
@@ -97,6 +98,7 @@ func TestClientActsOnErrorCodes(t *testing.T) {
 
 // `meshnode fleet token --json` prints JSON with the fleet ID.
 func TestFleetTokenJSON(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	f, err := mesh.NewFleet()
 	if err != nil {
@@ -119,6 +121,7 @@ func TestFleetTokenJSON(t *testing.T) {
 // Client commands run right after `meshnode run ... &` wait for the
 // daemon instead of failing, as the README's quick start does.
 func TestClientWaitsForStartingDaemon(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "fresh")
 	cmd := exec.Command(os.Args[0], "run", "--data", dir, "--mdns=false", "--api", "127.0.0.1:0",
 		"--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--name", "starting")
@@ -149,6 +152,7 @@ func TestClientWaitsForStartingDaemon(t *testing.T) {
 // With no daemon, a client command says so after the short grace; with a
 // live process holding the lock but no API yet, after the longer wait.
 func TestClientWithoutDaemonWaitsBriefly(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	start := time.Now()
 	_, errOut, code := cli(t, "status", "--data", dir)

@@ -34,6 +34,7 @@ func runOnce(t *testing.T, dir string) (out string, err error, took time.Duratio
 // writes: the second exits at once naming the first one's pid. Once the
 // first is killed with -9 (its lock file stays behind), a new one starts.
 func TestSecondDaemonOnSameDataDirRefused(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	first := startDaemon(t, dir)
 	out, err, took := runOnce(t, dir)

@@ -291,6 +291,7 @@ func keyList(prefix string, n int) []string {
 // Alone, the node keeps every intact record, reports the damage with a
 // kept copy, counts what waits for a lost base, and keeps running.
 func TestStorageFaultMatrix(t *testing.T) {
+	t.Parallel()
 	for _, peer := range []bool{true, false} {
 		for _, k := range []faultKind{logCut, logFlip, snapFlip, snapCut, snapDelete} {
 			name := k.String() + "/alone"
@@ -489,6 +490,7 @@ func checkDamageReport(t *testing.T, k faultKind, docDir string, ds node.Documen
 // no damage is reported. Needs root to mount a small tmpfs as the data
 // dir (CI runs as root).
 func TestDiskFullOnRealDaemon(t *testing.T) {
+	t.Parallel()
 	start := time.Now()
 	mnt := disktest.Tmpfs(t, "8m")
 	dirC, dirA := filepath.Join(mnt, "c"), t.TempDir()

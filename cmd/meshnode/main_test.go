@@ -98,6 +98,7 @@ func startDaemon(t *testing.T, dir string, extra ...string) *daemon {
 }
 
 func TestCLIWithoutDaemon(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	_, errOut, code := cli(t, "status", "--data", dir)
 	if code != 1 || !strings.Contains(errOut, "meshnode status:") {
@@ -113,6 +114,7 @@ func TestCLIWithoutDaemon(t *testing.T) {
 }
 
 func TestCLIUsageErrors(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -133,6 +135,7 @@ func TestCLIUsageErrors(t *testing.T) {
 }
 
 func TestCLIAgainstRunningDaemon(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	d := startDaemon(t, dir)
 	out := d.out
@@ -330,6 +333,7 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 }
 
 func TestCLISecondDaemonOnSamePortFailsClearly(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	startDaemon(t, dir)
 	addr, _, _ := node.ReadClientInfo(dir)

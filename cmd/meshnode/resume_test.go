@@ -52,6 +52,7 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 // download resumes by itself, fetches less than the whole, and ends with
 // identical bytes; the item never appears under its name half-written.
 func TestDownloadResumesAfterKill9(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("moves 192 MiB")
 	}
@@ -137,6 +138,7 @@ func TestDownloadResumesAfterKill9(t *testing.T) {
 // item with progress on stderr and a summary on stdout, and the files
 // match. An item nobody has is refused with the reason.
 func TestCLIGet(t *testing.T) {
+	t.Parallel()
 	dirA, dirB := t.TempDir(), t.TempDir()
 	files := map[string][]byte{"bin/tool": make([]byte, 3<<20+17), "README": []byte("a tool\n")}
 	for p, b := range files {

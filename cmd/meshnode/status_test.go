@@ -13,6 +13,7 @@ import (
 // A damaged document file shows at the top of `meshnode status` after the
 // restart that found it, and in status --json.
 func TestStatusShowsDamage(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	d := startDaemon(t, dir)
 	if _, errOut, code := cli(t, "room", "state", "lobby", "k", "v", "--data", dir); code != 0 {
