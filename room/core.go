@@ -75,9 +75,16 @@ type topicState struct {
 	needHistory bool
 	catching    bool
 	pending     []Message
-	refilling   bool // a refill of a gap is under way
-	followers   int  // local subscribers
-	stats       TopicStats
+	refilling   bool // a refill of a gap, or a tail check, is under way
+	// tailAt is when a tail check is due (zero: none), and tailFrom whom
+	// to ask first. A lost last message shows no gap, so once the room has
+	// been quiet for a while after a live message, or after a participant
+	// (re)appeared in it, this node asks whether anything came after what
+	// it has.
+	tailAt    time.Time
+	tailFrom  peer.ID
+	followers int // local subscribers
+	stats     TopicStats
 }
 
 type knownRoom struct {
@@ -246,6 +253,9 @@ func (c *core) nextWake() (time.Time, bool) {
 	for _, ts := range c.topics {
 		ask := !ts.refilling && !ts.catching
 		if t, ok := ts.inbox.deadline(c.cfg.RefillAfter, ask); ok && (at.IsZero() || t.Before(at)) {
+			at = t
+		}
+		if t := ts.tailAt; ask && !t.IsZero() && ts.inbox.refill && (at.IsZero() || t.Before(at)) {
 			at = t
 		}
 	}

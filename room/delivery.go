@@ -55,6 +55,8 @@ func (c *core) add(ts *topicState, m Message, src source, now time.Time) {
 	switch {
 	case dup && src == fromLive:
 		ts.stats.Dups++
+	case src == fromLive:
+		c.tailDue(ts, m.Sender, now)
 	case !dup && src == fromRefill:
 		ts.stats.Refills++
 	}
@@ -138,6 +140,7 @@ func (c *core) refill(ts *topicState, now time.Time) {
 	}
 	gaps := ts.inbox.missing(now, c.cfg.RefillAfter)
 	if len(gaps) == 0 {
+		c.checkTail(ts, now)
 		return
 	}
 	l := ts.links[ts.current]
@@ -154,9 +157,51 @@ func (c *core) refill(ts *topicState, now time.Time) {
 		return
 	}
 	ts.refilling = true
+	senders := make([]peer.ID, 0, len(gaps))
+	for _, g := range gaps {
+		senders = append(senders, g.Sender)
+	}
 	c.rd.fetches = append(c.rd.fetches, fetchReq{topic: ts.name, gen: l.gen, creds: l.creds, sealer: l.sealer, rooms: ts.sealers(),
-		cands: cands[:min(len(cands), maxRefillAsk)], want: gaps, refill: true})
+		cands: cands[:min(len(cands), maxRefillAsk)], want: gaps, refill: true, since: ts.inbox.positions(senders)})
 	c.lg.Debug().Str("topic", ts.name).Int("gaps", len(gaps)).Msg("asking participants to refill gaps")
+}
+
+// tailAfter is how long a room stays quiet before a tail check.
+func (c *core) tailAfter() time.Duration { return c.cfg.GapWait / 2 }
+
+// maxTailAsk bounds how many participants one tail check asks.
+const maxTailAsk = 2
+
+// tailDue (re)schedules a tail check for tailAfter from now, asking from
+// first.
+func (c *core) tailDue(ts *topicState, from peer.ID, now time.Time) {
+	ts.tailAt, ts.tailFrom = now.Add(c.tailAfter()), from
+}
+
+// checkTail asks a participant in the room, once a tail check is due, for
+// anything after what this node has of each sender: a lost last message
+// leaves no gap to see. With nothing lost the answer is empty.
+func (c *core) checkTail(ts *topicState, now time.Time) {
+	if ts.tailAt.IsZero() || now.Before(ts.tailAt) {
+		return
+	}
+	ts.tailAt = time.Time{}
+	l := ts.links[ts.current]
+	if l == nil || l.state != Connected {
+		return
+	}
+	var cands []peer.ID
+	for _, p := range c.others(ts, l, []peer.ID{ts.tailFrom}) {
+		if l.peers[p] && len(cands) < maxTailAsk {
+			cands = append(cands, p)
+		}
+	}
+	if len(cands) == 0 {
+		return
+	}
+	ts.refilling = true
+	c.rd.fetches = append(c.rd.fetches, fetchReq{topic: ts.name, gen: l.gen, creds: l.creds, sealer: l.sealer, rooms: ts.sealers(),
+		cands: cands, refill: true, since: ts.inbox.positions(nil)})
 }
 
 // historyDone takes what a fetch of history brought.

@@ -64,8 +64,12 @@
 // answers bring is delivered in its place. Only a gap still open once
 // the asks are answered and GapWait has passed is reported (a gap event),
 // and ordering goes on after it: a gap is what nobody present could fill,
-// such as messages older than every participant's History. Without a
-// Host, a gap is reported after GapWait.
+// such as messages older than every participant's History. A lost last
+// message shows no gap, so once the room has been quiet for GapWait/2
+// after a live message, or after a participant (re)appeared in it, a node
+// asks one in the room for anything after its position in each sender's
+// stream; mostly the answer is empty. Without a Host, a gap is reported
+// after GapWait and a lost tail stays lost.
 //
 // # Late joiners
 //
@@ -75,10 +79,16 @@
 //
 //	request:  room ID (16) | HMAC-SHA256(HKDF(secret, "meshnode room
 //	          history v1"), "history" | requester ID | responder ID)
+//	          [| since: uvarint n | n × (uvarint len(sender) | sender |
+//	          uvarint epoch | uvarint next)]
 //	response: status (0 ok, 1 not in that room, 2 bad proof), then each of
 //	          the topic's last History (256) messages as the GossipSub
 //	          message that carried it (protobuf, signed by its sender),
 //	          oldest first, then an empty frame
+//
+// A joiner asks without since; a refill or a tail check lists where it
+// stands (at most 512 senders) and gets only those senders' messages
+// from there on (a later epoch, or the same epoch and seq >= next).
 //
 // The joiner checks each one as the router would (the sender's signature),
 // and that it opens with the key of the room whose topic it names and

@@ -2,11 +2,14 @@ package room
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -19,14 +22,22 @@ import (
 )
 
 // The history protocol lets a late joiner take a room's recent messages
-// from a participant. On one stream:
+// from a participant, and any participant ask for messages it missed. On
+// one stream:
 //
 //	request:  room ID (16) | proof (32) = HMAC-SHA256(secret-derived key,
-//	          "history" | requester ID | responder ID)
+//	          "history" | requester ID | responder ID) [| since]
+//	since:    uvarint n | n × (uvarint len(sender) | sender |
+//	          uvarint epoch | uvarint next)
 //	response: status (0 ok, 1 not in that room, 2 bad proof)
 //	          then, for ok, one frame per message, oldest first, each the
 //	          GossipSub message that carried it (protobuf, with its
 //	          sender's signature over the sealed data), and an empty frame
+//
+// Without since the answer is every recent message (a joiner's catch-up);
+// with it, only those of the senders listed from their position on (a
+// later epoch, or the same epoch and seq >= next): what a refill of a gap
+// or a check for a lost tail needs, which is mostly nothing.
 //
 // The proof shows the requester holds the room's credentials and cannot
 // be replayed to another responder. The messages stay sealed, so they are
@@ -56,10 +67,18 @@ func (m *Manager) HandleHistory(st network.Stream) {
 	defer st.Close()
 	_ = st.SetDeadline(time.Now().Add(30 * time.Second))
 	from := st.Conn().RemotePeer()
-	req, err := frame.Read(bufio.NewReader(st), 16+32)
-	if err != nil || len(req) != 48 {
+	req, err := frame.Read(bufio.NewReader(st), 16+32+maxSinceLen)
+	if err != nil || len(req) < 48 {
 		st.Reset()
 		return
+	}
+	var since map[peer.ID]position
+	if len(req) > 48 {
+		if since, err = decodeSince(req[48:]); err != nil {
+			m.lg.Debug().Str("peer", from.String()).Err(err).Msg("history request refused")
+			st.Reset()
+			return
+		}
 	}
 	var id ID
 	copy(id[:], req[:16])
@@ -69,7 +88,7 @@ func (m *Manager) HandleHistory(st network.Stream) {
 		_ = frame.Write(st, []byte{histNotHere})
 		return
 	}
-	if !hmac.Equal(req[16:], s.proof(from, m.cfg.Self)) {
+	if !hmac.Equal(req[16:48], s.proof(from, m.cfg.Self)) {
 		m.lg.Warn().Str("peer", from.String()).Str("room", id.String()).Msg("history request with a bad proof refused")
 		_ = frame.Write(st, []byte{histBadProof})
 		return
@@ -78,11 +97,87 @@ func (m *Manager) HandleHistory(st network.Stream) {
 		return
 	}
 	for _, msg := range recent {
+		if since != nil && !since[msg.Sender].before(msg) {
+			continue
+		}
 		if err := frame.Write(st, msg.signed); err != nil {
 			return
 		}
 	}
 	_ = frame.Write(st, nil)
+}
+
+// position is where a requester stands in one sender's stream: it has
+// what comes before seq next of epoch.
+type position struct{ epoch, next uint64 }
+
+// before reports whether msg comes at or after p (a zero p: never listed,
+// so nothing is wanted).
+func (p position) before(msg Message) bool {
+	if p.next == 0 {
+		return false
+	}
+	return msg.Epoch > p.epoch || msg.Epoch == p.epoch && msg.Seq >= p.next
+}
+
+// maxSince bounds the senders one request lists.
+const maxSince = 512
+
+// maxSinceLen bounds an encoded since: count, and per sender its ID (at
+// most 128 bytes, as in a message) and two uvarints.
+const maxSinceLen = binary.MaxVarintLen64 + maxSince*(1+128+2*binary.MaxVarintLen64)
+
+// encodeSince encodes positions (at most maxSince, the first in sender
+// order).
+func encodeSince(pos map[peer.ID]position) []byte {
+	ids := make([]peer.ID, 0, len(pos))
+	for p := range pos {
+		ids = append(ids, p)
+	}
+	slices.Sort(ids)
+	ids = ids[:min(len(ids), maxSince)]
+	b := binary.AppendUvarint(nil, uint64(len(ids)))
+	for _, p := range ids {
+		b = binary.AppendUvarint(b, uint64(len(p)))
+		b = append(b, p...)
+		b = binary.AppendUvarint(b, pos[p].epoch)
+		b = binary.AppendUvarint(b, pos[p].next)
+	}
+	return b
+}
+
+// decodeSince parses a since list; it never panics.
+func decodeSince(b []byte) (map[peer.ID]position, error) {
+	r := bytes.NewReader(b)
+	n, err := binary.ReadUvarint(r)
+	if err != nil || n > maxSince {
+		return nil, fmt.Errorf("%w: since: count", errHistory)
+	}
+	out := make(map[peer.ID]position, n)
+	for range n {
+		l, err := binary.ReadUvarint(r)
+		if err != nil || l == 0 || l > 128 || l > uint64(r.Len()) {
+			return nil, fmt.Errorf("%w: since: sender length", errHistory)
+		}
+		id := make([]byte, l)
+		_, _ = r.Read(id)
+		p, err := peer.IDFromBytes(id)
+		if err != nil {
+			return nil, fmt.Errorf("%w: since: sender: %v", errHistory, err)
+		}
+		var pos position
+		if pos.epoch, err = binary.ReadUvarint(r); err != nil {
+			return nil, fmt.Errorf("%w: since: epoch", errHistory)
+		}
+		if pos.next, err = binary.ReadUvarint(r); err != nil || pos.next == 0 {
+			return nil, fmt.Errorf("%w: since: next", errHistory)
+		}
+		out[p] = pos
+	}
+	if r.Len() != 0 {
+		return nil, fmt.Errorf("%w: since: %d trailing bytes", errHistory, r.Len())
+	}
+	return out, nil
 }
 
 // historyFor returns the sealer of a room this node is linked to and its
@@ -118,6 +213,9 @@ type fetchReq struct {
 	rooms map[string]*sealer
 	cands []peer.ID
 	want  []Gap
+	// since, for a refill or a tail check: ask only for what comes after
+	// these positions.
+	since map[peer.ID]position
 }
 
 type fetchResult struct {
@@ -170,13 +268,7 @@ func (m *Manager) fetchHistory(ctx context.Context, p peer.ID, r fetchReq) ([]Me
 	if m.cfg.Host == nil {
 		return nil, fmt.Errorf("%w: no host to ask with", errHistory)
 	}
-	timeout := 5 * time.Second
-	if r.refill {
-		// A gap waits for the answer before it is reported: an
-		// unresponsive peer must not hold it up for long.
-		timeout = min(timeout, m.cfg.GapWait)
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	st, err := m.cfg.Host.NewStream(ctx, p, m.cfg.HistoryProtocol)
 	if err != nil {
@@ -187,6 +279,9 @@ func (m *Manager) fetchHistory(ctx context.Context, p peer.ID, r fetchReq) ([]Me
 		_ = st.SetDeadline(dl)
 	}
 	req := append(append([]byte{}, r.creds.ID[:]...), r.sealer.proof(m.cfg.Self, p)...)
+	if r.since != nil {
+		req = append(req, encodeSince(r.since)...)
+	}
 	if err := frame.Write(st, req); err != nil {
 		return nil, err
 	}

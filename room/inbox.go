@@ -1,6 +1,7 @@
 package room
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -285,6 +286,18 @@ func (in *inbox) holding() bool {
 		}
 	}
 	return false
+}
+
+// positions returns where the inbox stands in each sender's stream (only
+// those listed, if any), for senders past their settle period.
+func (in *inbox) positions(only []peer.ID) map[peer.ID]position {
+	out := map[peer.ID]position{}
+	for p, s := range in.senders {
+		if s.next != 0 && (only == nil || slices.Contains(only, p)) {
+			out[p] = position{epoch: s.epoch, next: s.next}
+		}
+	}
+	return out
 }
 
 // known reports whether the inbox has a position for sender.

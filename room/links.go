@@ -129,6 +129,10 @@ func (c *core) peerEvent(topic string, gen uint64, p peer.ID, joined bool, now t
 	l.peers[p] = true
 	if l.state == Connecting && l.attached {
 		c.connected(ts, l, now)
+	} else if l.room == ts.current && !ts.catching {
+		// A participant (re)appearing in the room may have sent what
+		// this node could not receive meanwhile.
+		c.tailDue(ts, p, now)
 	}
 }
 

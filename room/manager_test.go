@@ -376,3 +376,23 @@ func TestBurstToBusyNodeArrivesWhole(t *testing.T) {
 	}
 	t.Logf("b: %+v", stats(t, b.m, "t"))
 }
+
+// A last message lost (sent while a and b were apart, with nothing after
+// it) shows b no gap; b asks for what came after its position once a is
+// back in the room, and delivers it.
+func TestLostTailRecovered(t *testing.T) {
+	nodes := newTestRoom(t, 2, "t", nil)
+	a, b := nodes[0], nodes[1]
+	rec := logEvents(t, b.m, "t")
+	warmUp(t, a, rec, "t")
+	name := a.roomName(t, "t")
+	cut(t, a, b, name)
+	if _, err := a.m.Send(context.Background(), "t", "chat", []byte("the last word")); err != nil {
+		t.Fatal(err)
+	}
+	rejoin(t, a, b, name)
+	waitUntil(t, 10*time.Second, "b delivering a's last message", func() bool { return rec.heard(a.h.ID(), "the last word") })
+	if _, gaps := rec.from(a.h.ID()); len(gaps) != 0 {
+		t.Fatalf("b reported gaps %+v", gaps)
+	}
+}
