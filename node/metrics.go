@@ -207,6 +207,7 @@ var metricDefs = []metricDef{
 	counter("room_messages_received_total", "Room messages delivered from other participants.", func(s *scrape) uint64 { return s.rooms.totals.Received }),
 	counter("room_duplicates_total", "Room messages dropped as duplicates or replays.", func(s *scrape) uint64 { return s.rooms.totals.Dups }),
 	counter("room_gaps_total", "Gaps reported in room message streams.", func(s *scrape) uint64 { return s.rooms.totals.Gaps }),
+	counter("room_refills_total", "Room messages recovered from a participant's history after a gap.", func(s *scrape) uint64 { return s.rooms.totals.Refills }),
 	counter("room_rejected_total", "Room messages rejected (forged sender, not sealed for the room).", func(s *scrape) uint64 { return s.rooms.totals.Rejected }),
 	counter("room_mints_total", "Room credentials minted here.", func(s *scrape) uint64 { return s.rooms.totals.Mints }),
 	counter("events_dropped_total", "Events dropped for slow API subscribers.", func(s *scrape) uint64 { return s.eventsDropped }),

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -50,7 +51,7 @@ func TestMetricsReadEachComponentOncePerScrape(t *testing.T) {
 		server: func() serverFigures { count("server"); return serverFigures{served: 38, refused: 39, busy: 40} },
 		rooms: func() roomFigures {
 			count("rooms")
-			return roomFigures{totals: room.TopicStats{Sent: 41, Received: 42, Dups: 43, Gaps: 44, Rejected: 45, Mints: 46}, open: 47, links: 48}
+			return roomFigures{totals: room.TopicStats{Sent: 41, Received: 42, Dups: 43, Gaps: 44, Rejected: 45, Mints: 46, Refills: 50}, open: 47, links: 48}
 		},
 		events: func() uint64 { count("events"); return 49 },
 	}
@@ -66,6 +67,7 @@ func TestMetricsReadEachComponentOncePerScrape(t *testing.T) {
 		"transfer_fetched_bytes_total": 36, "transfer_bad_chunks_total": 37, "chunks_served_total": 38, "transfer_refused_total": 39, "transfer_busy_total": 40,
 		"room_messages_sent_total": 41, "room_messages_received_total": 42, "room_duplicates_total": 43, "room_gaps_total": 44,
 		"room_rejected_total": 45, "room_mints_total": 46, "rooms_open": 47, "room_links": 48, "events_dropped_total": 49,
+		"room_refills_total": 50,
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newCollector(src))
@@ -171,10 +173,13 @@ func TestMetricsNamesAndHelpUnchanged(t *testing.T) {
 		{"room_messages_received_total", "counter", "Room messages delivered from other participants."},
 		{"room_duplicates_total", "counter", "Room messages dropped as duplicates or replays."},
 		{"room_gaps_total", "counter", "Gaps reported in room message streams."},
+		{"room_refills_total", "counter", "Room messages recovered from a participant's history after a gap."},
 		{"room_rejected_total", "counter", "Room messages rejected (forged sender, not sealed for the room)."},
 		{"room_mints_total", "counter", "Room credentials minted here."},
 		{"events_dropped_total", "counter", "Events dropped for slow API subscribers."},
 	}
+	// The node's own record is written as it starts: scrape after it.
+	waitFor(t, 10*time.Second, "the node's own record", func() bool { return len(n.Doc.Heads()) > 0 })
 	// Over real HTTP, as Prometheus scrapes it.
 	req, _ := http.NewRequest("GET", "http://"+n.APIAddr()+"/metrics", nil)
 	req.Header.Set("Authorization", "Bearer "+n.APIToken())

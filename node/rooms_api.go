@@ -65,6 +65,8 @@ func roomError(w http.ResponseWriter, err error, other func(http.ResponseWriter,
 		writeError(w, http.StatusConflict, "not_connected", err.Error()+"; the room is being set up, try again in a moment")
 	case errors.Is(err, room.ErrTooLarge):
 		writeError(w, http.StatusRequestEntityTooLarge, "too_large", err.Error())
+	case errors.Is(err, room.ErrStopped):
+		writeError(w, http.StatusServiceUnavailable, "stopping", err.Error()+"; the node is stopping")
 	default:
 		other(w, err)
 	}

@@ -230,6 +230,7 @@ func mints(t *testing.T, nodes []*Node, topic string) uint64 {
 // Three nodes open the same topic at the same instant and all mint: they
 // end in one room, and every message reaches the others exactly once.
 func TestRoomConcurrentMintThree(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 3)
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
 	offerAtOnce(t, c.nodes, "match")
@@ -250,6 +251,7 @@ func TestRoomConcurrentMintThree(t *testing.T) {
 // Joining (not offering) at once: a room is minted once participants
 // see each other, and all end in it.
 func TestRoomJoinTogether(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 3)
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
 	for _, n := range c.nodes {
@@ -262,6 +264,7 @@ func TestRoomJoinTogether(t *testing.T) {
 }
 
 func TestRoomConcurrentMintEight(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("8 nodes")
 	}
@@ -333,6 +336,7 @@ func (r *roomEvents) texts(p peer.ID) (out []string, fromHistory int) {
 // keeps sending: every message from the first one of its history to the
 // last, once each, in order, with no gap at the seam.
 func TestRoomLateJoiner(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 4)
 	a, d := c.nodes[0], c.nodes[3]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(3) })
@@ -473,6 +477,7 @@ func topicStats(t testing.TB, n *Node, topic string) room.TopicStats {
 // rejected; the same bytes republished by another node are dropped as a
 // forged sender; republished by the sender itself, as a duplicate.
 func TestRoomMessagesSealedTamperAndReplay(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 3)
 	a, b, x := c.nodes[0], c.nodes[1], c.nodes[2]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
@@ -557,6 +562,7 @@ func (r *roomEvents) index(match func(room.Event) bool) int {
 // Rotation while live: every participant joins the new room before it
 // drops the old one, and messages keep flowing once each.
 func TestRoomRotation(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 3)
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
 	for _, n := range c.nodes {
@@ -592,6 +598,7 @@ func TestRoomRotation(t *testing.T) {
 // down once it lapses, not before. Re-joined with the creds expired, the
 // participants mint new ones.
 func TestRoomTeardownOnLeaseLapseAndRemint(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
@@ -650,6 +657,7 @@ func TestRoomTeardownOnLeaseLapseAndRemint(t *testing.T) {
 // in the room) is swept after the timeout and retried on a later pass;
 // once the participant really joins, the link connects.
 func TestRoomStuckLinkSweptAndRetried(t *testing.T) {
+	t.Parallel()
 	c := &cluster{t: t}
 	c.prepare = func(n *Node) {
 		n.roomConfig.ConnectTimeout = time.Second

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -195,6 +196,9 @@ func NewManager(cfg Config) *Manager {
 func ValidTopic(t string) error {
 	if t == "" || len(t) > 128 {
 		return fmt.Errorf("%w: %q is empty or longer than 128 bytes", ErrBadTopic, t)
+	}
+	if !utf8.ValidString(t) || t == "." || t == ".." {
+		return fmt.Errorf("%w: %q is not valid UTF-8, or is a dot path", ErrBadTopic, t)
 	}
 	for _, r := range t {
 		if r < 0x20 || r == 0x7f || r == '/' {
