@@ -86,9 +86,18 @@ func (l *Library) watchTree(w *fsnotify.Watcher, dir string) {
 	})
 }
 
+// scanRetries bounds how often a failed item scan is tried again, and
+// scanRetryWait is the wait before each try: a scan fails when files
+// change under it (a file listed and gone before it is read), and the
+// events that caused that may all have come while it ran.
+const (
+	scanRetries   = 3
+	scanRetryWait = 500 * time.Millisecond
+)
+
 // RequestScan rescans one item soon: dropped while the item has an
 // operation in flight; if a scan of it is running, that scan runs once
-// more when it ends.
+// more when it ends. A scan that fails is tried again, a few times.
 func (l *Library) RequestScan(id string) {
 	l.mu.Lock()
 	switch {
@@ -103,18 +112,31 @@ func (l *Library) RequestScan(id string) {
 	}
 	l.scanning[id] = true
 	l.mu.Unlock()
-	started := l.goFunc(func(context.Context) {
+	started := l.goFunc(func(ctx context.Context) {
+		retries := 0
 		for {
-			l.scanAndPublish([]string{id})
+			failed := len(l.scanAndPublish([]string{id})) > 0
 			l.mu.Lock()
 			again := l.pending[id]
 			delete(l.pending, id)
-			if !again {
+			retry := failed && !again && retries < scanRetries
+			if !again && !retry {
 				delete(l.scanning, id)
 			}
 			l.mu.Unlock()
-			if !again {
+			if !again && !retry {
 				return
+			}
+			if retry {
+				retries++
+				select {
+				case <-ctx.Done():
+					l.mu.Lock()
+					delete(l.scanning, id)
+					l.mu.Unlock()
+					return
+				case <-time.After(scanRetryWait):
+				}
 			}
 		}
 	})
@@ -179,7 +201,7 @@ func (l *Library) ScanAll() {
 
 // scanAndPublish scans the given items (skipping busy ones) and writes
 // this node's holder entries for them in one document change.
-func (l *Library) scanAndPublish(ids []string) {
+func (l *Library) scanAndPublish(ids []string) (failed []string) {
 	type result struct {
 		id string
 		sv *Served // nil: gone
@@ -205,6 +227,7 @@ func (l *Library) scanAndPublish(ids []string) {
 		sv, st, err := l.scanItem(id, root)
 		if err != nil {
 			l.lg.Warn().Str("item", id).Err(err).Msg("scan failed")
+			failed = append(failed, id)
 			continue
 		}
 		l.lg.Debug().Str("item", id).Int("files", st.Files).Int("hashed", st.Hashed).Int64("bytes_hashed", st.BytesHashed).Msg("item scanned")
@@ -259,6 +282,7 @@ func (l *Library) scanAndPublish(ids []string) {
 	for _, id := range changed {
 		l.cfg.OnEvent("item.scanned", map[string]any{"item": id})
 	}
+	return failed
 }
 
 // scanItem scans one item with its persisted index and keeps its manifest.
