@@ -1,9 +1,11 @@
 package node
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +19,12 @@ import (
 // them: every test closes what it started, so once all have ended nothing
 // may be left. A per-test check cannot tell whose goroutine it sees while
 // other tests run beside it; this one can, and still names the leak.
+//
+// Unless -test.parallel is given, four tests run at once: they spend most
+// of their time waiting on heartbeats, timers and the network rather than
+// the CPU, and four at a time halve the package's time on two cores.
 func TestMain(m *testing.M) {
+	defaultParallel(4)
 	RouteLibp2pLogs(zerolog.New(os.Stderr).Level(zerolog.ErrorLevel))
 	code := m.Run()
 	if code == 0 {
@@ -66,4 +73,14 @@ func leakedGoroutines() []string {
 		}
 	}
 	return out
+}
+
+// defaultParallel sets -test.parallel to n unless the command line set it.
+func defaultParallel(n int) {
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		_ = flag.Set("test.parallel", strconv.Itoa(n))
+	}
 }

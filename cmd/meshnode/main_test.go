@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,9 +20,17 @@ import (
 
 // TestMain lets the test binary act as the real meshnode binary, so the
 // daemon runs as its own process (signals, exit codes) without a build.
+// As tests, unless -test.parallel is given, four run at once: they mostly
+// wait on daemon processes.
 func TestMain(m *testing.M) {
 	if os.Getenv("MN_TEST_AS_MAIN") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	flag.Parse()
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		_ = flag.Set("test.parallel", "4")
 	}
 	os.Exit(m.Run())
 }
