@@ -153,9 +153,10 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 	if code != 0 || !strings.HasPrefix(tok, "mn2-") {
 		t.Fatalf("fleet token: %q (code %d)", tok, code)
 	}
-	if !strings.Contains(out.String(), "meshnode run --join "+strings.TrimSpace(tok)) {
-		t.Fatalf("first run must print the join command; output:\n%s", out)
-	}
+	// The child's output reaches out through a copying goroutine: wait.
+	waitUntil(t, 10*time.Second, "the join command in the first run's output", func() bool {
+		return strings.Contains(out.String(), "meshnode run --join "+strings.TrimSpace(tok))
+	})
 	if fi, err := os.Stat(filepath.Join(dir, node.FileToken)); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("token file: %v, mode %v; want 0600", err, fi.Mode().Perm())
 	}
