@@ -20,11 +20,11 @@ import (
 // may be left. A per-test check cannot tell whose goroutine it sees while
 // other tests run beside it; this one can, and still names the leak.
 //
-// Unless -test.parallel is given, three tests run at once: they spend most
+// Unless -test.parallel is given, two tests run at once: they spend most
 // of their time waiting on heartbeats, timers and the network rather than
-// the CPU, and three at a time cut the package's time by a third on two cores.
+// the CPU; more at once overloaded two cores beside the other packages.
 func TestMain(m *testing.M) {
-	defaultParallel(3)
+	defaultParallel(2)
 	RouteLibp2pLogs(zerolog.New(os.Stderr).Level(zerolog.ErrorLevel))
 	code := m.Run()
 	if code == 0 {
