@@ -417,7 +417,7 @@ func TestScanRequestsWhileBusyOrScanning(t *testing.T) {
 		files[filepath.Join("many", strings.Repeat("x", i%7)+string(rune('a'+i%26))+time.Duration(i).String())] = testFile{[]byte{byte(i)}, 0o644}
 	}
 	writeItem(t, a, "many", files)
-	waitFor(t, 20*time.Second, "watch-triggered scans settle", func() bool {
+	waitFor(t, 60*time.Second, "watch-triggered scans settle", func() bool {
 		s := a.Library.ScanStatus()
 		return len(s.Scanning) == 0 && holderFiles(a, "many") == len(files)
 	})
