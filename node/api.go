@@ -229,7 +229,7 @@ func (n *Node) Status() Status {
 		Heads: n.Doc.HeadStrings(), DocBytes: n.Doc.SavedSize(),
 		UptimeSec: time.Since(n.started).Seconds(), Peers: len(n.Host.Network().Peers()),
 		Document: DocumentStatus{
-			Damage:         append([]crdt.Damage{}, n.damage...),
+			Damage:         append([]crdt.Damage{}, n.Doc.Damage()...),
 			WaitingRecords: n.Doc.WaitingRecords(),
 		},
 	}

@@ -103,7 +103,7 @@ func (n *Node) statsSources() statsSources {
 		doc: func() docFigures {
 			return docFigures{stats: n.Doc.Stats(), bytes: n.Doc.SavedSize(), heads: len(n.Doc.Heads()), waiting: n.Doc.WaitingRecords()}
 		},
-		damage: func() int { return len(n.damage) },
+		damage: func() int { return len(n.Doc.Damage()) },
 		membership: func() int {
 			c := 0
 			for _, m := range n.Membership.Members() {

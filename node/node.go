@@ -58,8 +58,6 @@ type Node struct {
 	// apiStopping is closed when the API shuts down, ending event streams.
 	apiStopping chan struct{}
 	metrics     *metrics
-	// damage is what the document's recovery found at this start.
-	damage []crdt.Damage
 	// lock is the data dir's lock, held from New until Close.
 	lock *dirLock
 }
@@ -115,8 +113,7 @@ func New(cfg Config) (_ *Node, err error) {
 	if n.Doc, err = crdt.Open(crdt.Config{Dir: filepath.Join(cfg.DataDir, DirDoc), Logger: lg}); err != nil {
 		return nil, err
 	}
-	n.damage = n.Doc.Damage()
-	for _, d := range n.damage {
+	for _, d := range n.Doc.Damage() {
 		// Sticky: every event client, whenever it connects, learns of it.
 		n.Events.PublishSticky(EventDocDamaged, damageData(d))
 	}
