@@ -12,6 +12,7 @@ import (
 	"time"
 
 	am "github.com/automerge/automerge-go"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/rs/zerolog"
 
 	"github.com/meshnode/meshnode/internal/atomicfile"
@@ -35,6 +36,10 @@ type Config struct {
 	// CompactRecords: the log is also folded after this many records, which
 	// bounds start-up replay time. Default 20,000.
 	CompactRecords int
+	// Key is this node's identity (its libp2p key): it signs the node's
+	// single-writer records (its node record, holder entries and presence
+	// leases). Nil gives a fresh random identity (tests).
+	Key crypto.PrivKey
 }
 
 func (c *Config) validate() error {

@@ -110,7 +110,7 @@ func New(cfg Config) (_ *Node, err error) {
 		}
 		listen = append(listen, a)
 	}
-	if n.Doc, err = crdt.Open(crdt.Config{Dir: filepath.Join(cfg.DataDir, DirDoc), Logger: lg}); err != nil {
+	if n.Doc, err = crdt.Open(crdt.Config{Dir: filepath.Join(cfg.DataDir, DirDoc), Logger: lg, Key: key}); err != nil {
 		return nil, err
 	}
 	for _, d := range n.Doc.Damage() {
