@@ -163,67 +163,53 @@ func (d *Doc) rollbackLocked(heads []Hash) {
 // swapLocked makes doc the live document and re-reads the heads.
 func (d *Doc) swapLocked(doc *am.Doc) {
 	d.amp.Store(doc)
+	clear(d.counters)
 	d.refreshHeads()
 	d.settleWaitingLocked()
 }
 
-// replay loads the log's records at Open. A record that does not load (its
-// dependencies are in a later record, or were in a lost snapshot) is split
-// into its changes, which wait: they apply as soon as their dependencies
-// are there, and keep their bytes in the log until then. It returns the
-// records that are not automerge changes at all.
-func (d *Doc) replay(records [][]byte) (unreadable [][]byte) {
+// replay loads the log's records at Open, through the same checks as
+// changes from peers (intake.go). A record of changes whose dependencies
+// are missing (they were in a later record, or in a lost snapshot) waits:
+// its changes apply as soon as their dependencies are there, and keep
+// their bytes in the log until then. It returns the records that are not
+// automerge data at all, and those refused by the checks.
+func (d *Doc) replay(records [][]byte) (unreadable [][]byte, refused []*RefusedError, refusedRecs [][]byte) {
+	in := d.newIntake(false)
 	for _, r := range records {
-		loadErr := d.doc().LoadIncremental(r)
 		chs, err := splitChanges(r)
 		if err != nil {
-			if loadErr != nil {
+			// A merged snapshot (a document chunk) is checked and loads whole.
+			if ref := d.checkDocument(r); ref != nil {
+				if ref.Rule == RuleDecode {
+					unreadable = append(unreadable, r)
+				} else {
+					refused, refusedRecs = append(refused, ref), append(refusedRecs, r)
+				}
+				continue
+			}
+			if err := in.flush(); err != nil {
+				unreadable = append(unreadable, r)
+				continue
+			}
+			clear(d.counters)
+			if err := d.doc().LoadIncremental(r); err != nil {
 				unreadable = append(unreadable, r)
 			}
-			continue // a merged snapshot (a document chunk) loads whole
+			continue
 		}
-		// A non-empty automerge document queues a change whose
-		// dependencies it lacks and reports success: check each one.
 		for _, c := range chs {
-			if loadErr != nil || !d.has(c.hash) {
-				d.waiting = append(d.waiting, c)
+			if err := in.take(c); err != nil {
+				if ref, ok := AsRefused(err); ok {
+					refused, refusedRecs = append(refused, ref), append(refusedRecs, c.raw)
+				}
 			}
 		}
+	}
+	if err := in.flush(); err != nil {
+		d.lg.Error().Err(err).Msg("change log records do not apply")
 	}
 	d.refreshHeads()
 	d.settleWaitingLocked()
-	return unreadable
-}
-
-// settleWaitingLocked applies every waiting change whose dependencies are
-// now in the document, until none is left that can apply, and forgets the
-// ones the document holds.
-func (d *Doc) settleWaitingLocked() {
-	for progress := true; progress && len(d.waiting) > 0; {
-		progress = false
-		d.waiting = slices.DeleteFunc(d.waiting, func(c rawChange) bool {
-			if d.has(c.hash) {
-				return true
-			}
-			if !d.HasAll(c.deps) || d.doc().LoadIncremental(c.raw) != nil {
-				return false
-			}
-			progress = true
-			return true
-		})
-		if progress {
-			d.refreshHeads()
-		}
-	}
-}
-
-// waitLocked keeps the changes of a sync message that automerge queued for
-// missing dependencies.
-func (d *Doc) waitLocked(chs []*am.Change) {
-	for _, c := range chs {
-		h := c.Hash()
-		if !d.has(h) && !slices.ContainsFunc(d.waiting, func(w rawChange) bool { return w.hash == h }) {
-			d.waiting = append(d.waiting, rawChange{hash: h, deps: c.Dependencies(), raw: c.Save()})
-		}
-	}
+	return unreadable, refused, refusedRecs
 }

@@ -13,6 +13,7 @@ import (
 
 	am "github.com/automerge/automerge-go"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/rs/zerolog"
 
 	"github.com/meshnode/meshnode/internal/atomicfile"
@@ -51,6 +52,13 @@ func (c *Config) validate() error {
 	}
 	if c.CompactRecords <= 0 {
 		c.CompactRecords = 20_000
+	}
+	if c.Key == nil {
+		k, _, err := crypto.GenerateEd25519Key(nil)
+		if err != nil {
+			return fmt.Errorf("crdt: make an identity key: %w", err)
+		}
+		c.Key = k
 	}
 	return nil
 }
@@ -140,6 +148,16 @@ type Doc struct {
 	// in the log. Under mu.
 	waiting []rawChange
 
+	// key signs this node's records; self is its peer ID. keys caches
+	// writers' public keys and verified records (record.go).
+	key  crypto.PrivKey
+	self string
+	keys *keys
+	// counters holds the highest record counter seen per single-writer
+	// key (validate.go); filled lazily, cleared when the document is
+	// replaced. Under mu.
+	counters map[string]uint64
+
 	evMu sync.Mutex
 	evq  []queuedEvent // see commit.go
 
@@ -173,7 +191,13 @@ func Open(cfg Config) (*Doc, error) {
 		return nil, err
 	}
 	d := &Doc{cfg: cfg, lg: lg, st: st, damage: ld.damage, watchers: map[int]func(Event){}, fsync: (*os.File).Sync,
-		compactKick: make(chan struct{}, 1), stop: make(chan struct{})}
+		compactKick: make(chan struct{}, 1), stop: make(chan struct{}), key: cfg.Key, keys: newKeys(), counters: map[string]uint64{}}
+	id, err := peer.IDFromPrivateKey(cfg.Key)
+	if err != nil {
+		st.close()
+		return nil, fmt.Errorf("crdt: identity key: %w", err)
+	}
+	d.self = id.String()
 	d.amp.Store(am.New())
 	if ld.snap != nil {
 		doc, err := am.Load(ld.snap)
@@ -191,21 +215,16 @@ func Open(cfg Config) (*Doc, error) {
 			d.amp.Store(doc)
 		}
 	}
-	unreadable := d.replay(ld.records)
+	d.mu.Lock() // replay's helpers expect it; nothing else runs yet
+	unreadable, refused, refusedRecs := d.replay(ld.records)
+	d.mu.Unlock()
 	d.refreshHeads()
 	if len(unreadable) > 0 {
-		path := filepath.Join(st.dir, logFile)
-		kept := fmt.Sprintf("%s.unreadable-%d", path, time.Now().UnixNano())
-		var b []byte
-		for _, r := range unreadable {
-			b = appendRecord(b, r)
-		}
-		if err := atomicfile.WriteFile(kept, b, 0o600); err != nil {
-			kept = fmt.Sprintf("(not kept: %v)", err)
-		}
-		d.damage = append(d.damage, Damage{File: path, KeptAs: kept,
-			Problem: fmt.Sprintf("%d records pass their checksum but are not automerge changes", len(unreadable)),
-			Lost:    fmt.Sprintf("%d records", len(unreadable))})
+		d.keepRecords(unreadable, "unreadable", fmt.Sprintf("%d records pass their checksum but are not automerge changes", len(unreadable)))
+	}
+	if len(refused) > 0 {
+		d.keepRecords(refusedRecs, "refused", fmt.Sprintf("%d changes break the document's rules (first: %v)", len(refused), refused[0]))
+		lg.Error().Int("changes", len(refused)).Err(refused[0]).Msg("change log holds changes that break the document's rules; kept aside, not applied")
 	}
 	if n := len(d.waiting); n > 0 {
 		d.damage = append(d.damage, Damage{File: filepath.Join(st.dir, logFile),
@@ -229,6 +248,24 @@ func Open(cfg Config) (*Doc, error) {
 	lg.Info().Int("heads", len(d.Heads())).Int("log_records", len(ld.records)).Msg("document opened")
 	return d, nil
 }
+
+// keepRecords copies records the document cannot use to a file beside
+// the log and reports them as damage.
+func (d *Doc) keepRecords(recs [][]byte, what, problem string) {
+	path := filepath.Join(d.st.dir, logFile)
+	kept := fmt.Sprintf("%s.%s-%d", path, what, time.Now().UnixNano())
+	var b []byte
+	for _, r := range recs {
+		b = appendRecord(b, r)
+	}
+	if err := atomicfile.WriteFile(kept, b, 0o600); err != nil {
+		kept = fmt.Sprintf("(not kept: %v)", err)
+	}
+	d.damage = append(d.damage, Damage{File: path, KeptAs: kept, Problem: problem, Lost: fmt.Sprintf("%d records", len(recs))})
+}
+
+// Self is the peer ID this document signs records as.
+func (d *Doc) Self() string { return d.self }
 
 // Damage describes damage found and recovered from when the document was
 // opened; empty when the files were intact.
@@ -312,11 +349,11 @@ func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 	if d.closed {
 		return Hash{}, 0, ErrClosed
 	}
-	tx := &Tx{read: d}
+	tx := d.newTx()
 	if err := fn(tx); err != nil {
 		return Hash{}, 0, err
 	}
-	if err := errors.Join(tx.errs...); err != nil {
+	if err := errors.Join(tx.w.errs...); err != nil {
 		return Hash{}, 0, err
 	}
 	before := *d.heads.Load()
@@ -341,7 +378,7 @@ func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 		d.rollbackLocked(before)
 		return Hash{}, 0, err
 	}
-	heads := d.refreshHeadsAfter(tx.nodes)
+	heads := d.refreshHeadsAfter(tx.w.nodes)
 	d.localCommits.Add(1)
 	d.enqueueLocked(Event{Local: true, Change: raw, Hash: h, Deps: ch.Dependencies(), Heads: heads}, end)
 	d.kickCompactionLocked()
@@ -353,7 +390,7 @@ func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 func (d *Doc) apply(tx *Tx, msg string) (Hash, error) {
 	d.view.Lock()
 	defer d.view.Unlock()
-	for _, op := range tx.ops {
+	for _, op := range tx.w.ops {
 		if err := op(d.doc()); err != nil {
 			return Hash{}, err
 		}
@@ -378,42 +415,52 @@ var ErrMissingDeps = errors.New("crdt: change depends on changes this node lacks
 // ApplyChange applies one change received from a peer, in automerge's
 // Change.Save format, whose hash and dependencies the sender announced. It
 // reports whether the change was new. A change we already have is a no-op.
-// The change is appended to the log before it is applied, so a change that
-// cannot be written (a full disk) never enters memory: anti-entropy
-// brings it again later.
+// The change is checked first (validate.go): one that breaks a rule
+// returns an error wrapping *RefusedError and never enters the document.
+// It is appended to the log before it is applied, so a change that cannot
+// be written (a full disk) never enters memory: anti-entropy brings it
+// again later.
 func (d *Doc) ApplyChange(raw []byte, hash Hash, deps []Hash) (bool, error) {
 	defer d.deliver()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	_, fresh, err := d.applyChangeLocked(raw, hash, deps)
+	return fresh, err
+}
+
+// applyChangeLocked is ApplyChange with mu held; it also returns the
+// logical log offset the change's record ends at.
+func (d *Doc) applyChangeLocked(raw []byte, hash Hash, deps []Hash) (int64, bool, error) {
 	if d.closed {
-		return false, ErrClosed
+		return 0, false, ErrClosed
 	}
 	if d.has(hash) {
-		return false, nil
+		return 0, false, nil
 	}
 	if !d.HasAll(deps) {
-		return false, ErrMissingDeps
+		return 0, false, ErrMissingDeps
+	}
+	if len(raw) > MaxChange {
+		return 0, false, &RefusedError{Change: hash, Rule: RuleSize, Detail: fmt.Sprintf("a change of %d bytes (max %d)", len(raw), MaxChange)}
 	}
 	c, n, err := parseChange(raw)
 	if err != nil || n != len(raw) {
-		return false, fmt.Errorf("%w: change %s is not one automerge change (%v)", ErrCorrupt, hash, err)
+		return 0, false, &RefusedError{Change: hash, Rule: RuleDecode, Detail: fmt.Sprintf("not one automerge change (%v)", err)}
 	}
 	if c.hash != hash {
-		return false, fmt.Errorf("%w: change bytes do not hash to the announced %s", ErrCorrupt, hash)
+		return 0, false, fmt.Errorf("%w: change bytes do not hash to the announced %s", ErrCorrupt, hash)
 	}
 	if !d.HasAll(c.deps) {
-		return false, ErrMissingDeps
+		return 0, false, ErrMissingDeps
 	}
-	before := d.st.end()
-	if _, err := d.st.append(raw); err != nil {
-		return false, err
+	in := d.newIntake(true)
+	if err := in.take(c); err != nil {
+		return 0, false, err
 	}
-	if err := d.doc().LoadIncremental(raw); err != nil {
-		d.st.truncate(before)
-		return false, fmt.Errorf("%w: change %s: %v", ErrCorrupt, hash, err)
+	if err := in.done(); err != nil {
+		return 0, false, err
 	}
-	d.remoteChangedLocked(1)
-	return true, nil
+	return d.st.end(), in.applied > 0, nil
 }
 
 // remoteChangedLocked is the common tail of every remote mutation: count,
@@ -454,6 +501,11 @@ func (d *Doc) saveLocked() []byte {
 // peer's bytes as its snapshot; otherwise the snapshot is appended to the
 // change log as one record.
 func (d *Doc) MergeSnapshot(b []byte) error {
+	// Check every operation before automerge sees the bytes: a snapshot
+	// with a text bomb or a forged record never loads.
+	if ref := d.checkDocument(b); ref != nil {
+		return ref
+	}
 	// Load the bytes in a scratch doc first: LoadIncremental of a damaged
 	// snapshot must not leave half of it in the live document.
 	loaded, err := am.Load(b)
@@ -503,6 +555,7 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 		d.st.snapSize = size
 		d.swapLocked(loaded)
 	} else {
+		clear(d.counters)
 		if err := cur.LoadIncremental(b); err != nil {
 			d.refreshHeads()
 			d.mu.Unlock()

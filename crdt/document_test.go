@@ -11,6 +11,8 @@ import (
 	"time"
 
 	am "github.com/automerge/automerge-go"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/rs/zerolog"
 )
@@ -48,22 +50,22 @@ func TestUpdateReadBack(t *testing.T) {
 	d := openT(t, t.TempDir())
 	rec := NodeRecord{Name: "a", Addrs: []string{"/ip4/127.0.0.1/tcp/1"}, Version: 1, StartedMs: 5, LastSeenMs: 6, Alive: true}
 	if _, err := d.Update("node", func(tx *Tx) error {
-		tx.SetNode("peerA", rec)
-		tx.SetHolder("item1", "peerA", Holder{Manifest: "m", Size: 3, State: HolderComplete})
+		tx.SetNode(d.Self(), rec)
+		tx.SetHolder("item1", d.Self(), Holder{Manifest: "m", Size: 3, State: HolderComplete})
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	got, ok, err := d.Node("peerA")
+	got, ok, err := d.Node(d.Self())
 	if err != nil || !ok || got.Name != "a" || len(got.Addrs) != 1 || !got.Alive || got.LastSeenMs != 6 {
 		t.Fatalf("node = %+v %v %v", got, ok, err)
 	}
 	it, ok, _ := d.Item("item1")
-	if !ok || it.Holders["peerA"].Manifest != "m" {
+	if !ok || it.Holders[d.Self()].Manifest != "m" {
 		t.Fatalf("item = %+v", it)
 	}
 	// Rewriting the same record is not a change.
-	h, err := d.Update("same", func(tx *Tx) error { tx.SetNode("peerA", rec); return nil })
+	h, err := d.Update("same", func(tx *Tx) error { tx.SetNode(d.Self(), rec); return nil })
 	if err != nil || h != (Hash{}) {
 		t.Fatalf("unchanged record made a change: %v %v", h, err)
 	}
@@ -281,7 +283,7 @@ func TestConcurrentEntriesBothVisible(t *testing.T) {
 	for _, x := range []struct {
 		d    *Doc
 		peer string
-	}{{a, "pa"}, {b, "pb"}} {
+	}{{a, a.Self()}, {b, b.Self()}} {
 		if _, err := x.d.Update("h", func(tx *Tx) error {
 			tx.SetHolder("game", x.peer, Holder{Manifest: x.peer, State: HolderComplete})
 			tx.SetNode(x.peer, NodeRecord{Name: x.peer, Alive: true})
@@ -356,9 +358,17 @@ func TestSnapshotAdoptionKeepsOwnChanges(t *testing.T) {
 func TestNodesCacheFollowsHeads(t *testing.T) {
 	d := openT(t, t.TempDir())
 	other := openT(t, t.TempDir())
-	set := func(d *Doc, id, name string) {
+	ids := map[string]string{}
+	keys := map[string]crypto.PrivKey{}
+	for _, n := range []string{"peerA", "peerB", "peerC"} {
+		ids[n], keys[n] = testIdentity(t)
+	}
+	set := func(d *Doc, who, name string) {
 		t.Helper()
-		if _, err := d.Update("node", func(tx *Tx) error { tx.SetNode(id, NodeRecord{Name: name, Alive: true}); return nil }); err != nil {
+		if _, err := d.Update("node", func(tx *Tx) error {
+			tx.As(keys[who]).SetNode(ids[who], NodeRecord{Name: name, Alive: true})
+			return nil
+		}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -371,7 +381,7 @@ func TestNodesCacheFollowsHeads(t *testing.T) {
 	if len(ns) != 2 {
 		t.Fatalf("after a second write: %d nodes", len(ns))
 	}
-	delete(ns, "peerA")
+	delete(ns, ids["peerA"])
 	if ns, _ := d.Nodes(); len(ns) != 2 {
 		t.Fatalf("a caller's edit reached the cache: %d nodes", len(ns))
 	}
@@ -379,12 +389,12 @@ func TestNodesCacheFollowsHeads(t *testing.T) {
 	if err := d.MergeSnapshot(other.Snapshot()); err != nil {
 		t.Fatal(err)
 	}
-	if ns, _ := d.Nodes(); len(ns) != 3 || ns["peerC"].Name != "c" {
+	if ns, _ := d.Nodes(); len(ns) != 3 || ns[ids["peerC"]].Name != "c" {
 		t.Fatalf("after a merge: %+v", ns)
 	}
 	set(d, "peerA", "renamed")
-	if ns, _ := d.Nodes(); ns["peerA"].Name != "renamed" {
-		t.Fatalf("after a rewrite: %+v", ns["peerA"])
+	if ns, _ := d.Nodes(); ns[ids["peerA"]].Name != "renamed" {
+		t.Fatalf("after a rewrite: %+v", ns[ids["peerA"]])
 	}
 }
 
@@ -395,7 +405,7 @@ func TestReadersNeverSeeHalfAnUpdate(t *testing.T) {
 	started, release := make(chan struct{}), make(chan struct{})
 	go d.Update("batch", func(tx *Tx) error {
 		for k := range 10 {
-			tx.SetHolder(fmt.Sprintf("item-%d", k), "peer", Holder{Manifest: "m", State: HolderComplete})
+			tx.SetHolder(fmt.Sprintf("item-%d", k), d.Self(), Holder{Manifest: "m", State: HolderComplete})
 			if k == 2 {
 				tx.add(nil, func(*am.Doc) error { close(started); <-release; return nil })
 			}
@@ -420,9 +430,10 @@ func TestReadersNeverSeeHalfAnUpdate(t *testing.T) {
 func TestNodesCacheForgetsRolledBackWrite(t *testing.T) {
 	t.Parallel()
 	d := openT(t, t.TempDir())
-	d.Update("node", func(tx *Tx) error { tx.SetNode("peerA", NodeRecord{Name: "a", Alive: true}); return nil })
-	tx := &Tx{read: d}
-	tx.SetNode("peerB", NodeRecord{Name: "b", Alive: true})
+	idB, keyB := testIdentity(t)
+	d.Update("node", func(tx *Tx) error { tx.SetNode(d.Self(), NodeRecord{Name: "a", Alive: true}); return nil })
+	tx := d.newTx()
+	tx.As(keyB).SetNode(idB, NodeRecord{Name: "b", Alive: true})
 	d.mu.Lock() // commit() up to its Commit, before the append fails
 	before := *d.heads.Load()
 	if _, err := d.apply(tx, "node"); err != nil {
@@ -445,4 +456,18 @@ func TestEmptyUpdateCommitsNothing(t *testing.T) {
 	if err != nil || h != (Hash{}) || fmt.Sprint(d.HeadStrings()) != fmt.Sprint(heads) {
 		t.Fatalf("empty update: hash %v, err %v, heads moved %v", h, err, fmt.Sprint(d.HeadStrings()) != fmt.Sprint(heads))
 	}
+}
+
+// testIdentity makes a peer identity for writing another node's records.
+func testIdentity(t testing.TB) (string, crypto.PrivKey) {
+	t.Helper()
+	k, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id.String(), k
 }

@@ -1,6 +1,9 @@
 package crdt
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // ChangeVerdict is what ApplyChanges did with one change.
 type ChangeVerdict struct {
@@ -26,24 +29,45 @@ type ChangeVerdict struct {
 // and published like local ones; a refused change is reported with the
 // rule it broke, and so is every later change that depends on it. The
 // error is for input that is not a sequence of change chunks at all.
+//
+// Accepted changes are on disk before ApplyChanges returns, and are
+// published to peers like a local commit.
 func (d *Doc) ApplyChanges(raw []byte) ([]ChangeVerdict, error) {
 	chs, err := splitChanges(raw)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
+	defer d.deliver()
 	out := make([]ChangeVerdict, 0, len(chs))
+	var last int64
 	for _, c := range chs {
 		v := ChangeVerdict{Hash: c.hash.String()}
-		fresh, err := d.ApplyChange(c.raw, c.hash, c.deps)
-		switch r, refused := AsRefused(err); {
+		d.mu.Lock()
+		end, fresh, err := d.applyChangeLocked(c.raw, c.hash, c.deps)
+		if err == nil && fresh {
+			d.enqueueLocked(Event{Local: true, Change: c.raw, Hash: c.hash, Deps: c.deps, Heads: d.Heads()}, end)
+			last = end
+		}
+		d.mu.Unlock()
+		r, refused := AsRefused(err)
+		switch {
 		case err == nil:
 			v.Accepted, v.New = true, fresh
 		case refused:
 			v.Rule, v.Reason = r.Rule, r.Error()
-		default:
+		case errors.Is(err, ErrMissingDeps):
+			v.Reason = "depends on changes this node does not hold: make changes on a copy of GET /v1/doc"
+		case errors.Is(err, ErrCorrupt):
 			v.Rule, v.Reason = RuleDecode, err.Error()
+		default: // the disk, or a closed document
+			return out, err
 		}
 		out = append(out, v)
+	}
+	if last > 0 {
+		if err := d.syncTo(last); err != nil {
+			return out, err
+		}
 	}
 	return out, nil
 }

@@ -1,6 +1,10 @@
 package crdt
 
-import "strings"
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
 
 // The document is flat: every entry is a key of the root map, spelled as
 // its path ("nodes/<peer>", "library/<item>/holders/<peer>"; see doc.go).
@@ -38,4 +42,71 @@ func splitKey(key, prefix string) ([]string, bool) {
 		return nil, false
 	}
 	return strings.Split(key[len(prefix):], "/"), true
+}
+
+// keyKind is what a root key holds, by the schema.
+type keyKind uint8
+
+const (
+	kNode      keyKind = iota + 1 // nodes/<peer>: signed node record
+	kItemName                     // library/<item>/name: string, last writer wins
+	kHolder                       // library/<item>/holders/<peer>: signed holder record
+	kCreds                        // rooms/<topic>/creds: encoded room credentials
+	kPresence                     // rooms/<topic>/presence/<peer>: signed lease
+	kRoomState                    // rooms/<topic>/state/<key>: string, last writer wins
+)
+
+// schemaKey is a root key parsed by the schema.
+type schemaKey struct {
+	kind keyKind
+	// id is the item or topic; writer the peer ID of a single-writer
+	// key; sub the state key of a room state entry.
+	id, writer, sub string
+}
+
+// signed reports whether the key holds a single-writer signed record, and
+// of which record kind.
+func (k schemaKey) signed() (byte, bool) {
+	switch k.kind {
+	case kNode:
+		return recNode, true
+	case kHolder:
+		return recHolder, true
+	case kPresence:
+		return recPresence, true
+	}
+	return 0, false
+}
+
+// parseKey places a root key in the schema (see doc.go). The error names
+// the rule it breaks: RuleSize for a part longer than maxKeyLen,
+// RuleSchema for anything else.
+func parseKey(key string) (schemaKey, string, error) {
+	parts := strings.Split(key, "/")
+	for _, p := range parts {
+		switch {
+		case len(p) > maxKeyLen:
+			return schemaKey{}, RuleSize, fmt.Errorf("a key part of %d bytes (max %d)", len(p), maxKeyLen)
+		case p == "":
+			return schemaKey{}, RuleSchema, errors.New("an empty key part")
+		case strings.IndexByte(p, 0) >= 0:
+			return schemaKey{}, RuleSchema, errors.New("a NUL in the key")
+		}
+	}
+	n := len(parts)
+	switch {
+	case n == 2 && parts[0] == "nodes":
+		return schemaKey{kind: kNode, writer: parts[1]}, "", nil
+	case n == 3 && parts[0] == "library" && parts[2] == "name":
+		return schemaKey{kind: kItemName, id: parts[1]}, "", nil
+	case n == 4 && parts[0] == "library" && parts[2] == "holders":
+		return schemaKey{kind: kHolder, id: parts[1], writer: parts[3]}, "", nil
+	case n == 3 && parts[0] == "rooms" && parts[2] == "creds":
+		return schemaKey{kind: kCreds, id: parts[1]}, "", nil
+	case n == 4 && parts[0] == "rooms" && parts[2] == "presence":
+		return schemaKey{kind: kPresence, id: parts[1], writer: parts[3]}, "", nil
+	case n == 4 && parts[0] == "rooms" && parts[2] == "state":
+		return schemaKey{kind: kRoomState, id: parts[1], sub: parts[3]}, "", nil
+	}
+	return schemaKey{}, RuleSchema, errors.New("not a key of the document's schema")
 }

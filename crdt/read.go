@@ -8,19 +8,34 @@ import (
 )
 
 // Readers decode entry by entry and skip entries that do not match the
-// schema, so one malformed record written by a buggy or hostile peer cannot
-// hide the rest of the fleet.
+// schema or whose signature does not verify, so one malformed record
+// cannot hide the rest of the fleet. Every change is checked on arrival,
+// so such entries come only from damaged files; a signature is checked
+// once per record (record.go caches the verified ones).
+
+// readRecord decodes and verifies the signed record at key.
+func (d *Doc) readRecord(key, writer string, kind byte, v *am.Value) (*record, bool) {
+	if v.Kind() != am.KindBytes {
+		return nil, false
+	}
+	r, err := d.keys.verify(key, writer, kind, v.Bytes())
+	return r, err == nil
+}
 
 // Node returns the record at nodes/<id>.
 func (d *Doc) Node(id string) (NodeRecord, bool, error) {
 	d.view.RLock()
 	defer d.view.RUnlock()
-	v, err := d.doc().Path(nodeKey(id)).Get()
+	key := nodeKey(id)
+	v, err := d.doc().Path(key).Get()
 	if err != nil || v.IsVoid() {
 		return NodeRecord{}, false, err
 	}
-	r, err := am.As[NodeRecord](v)
-	return r, err == nil, err
+	r, ok := d.readRecord(key, id, recNode, v)
+	if !ok {
+		return NodeRecord{}, false, nil
+	}
+	return r.node, true, nil
 }
 
 type nodesCache struct {
@@ -51,8 +66,8 @@ func (d *Doc) scanNodes() (map[string]NodeRecord, error) {
 	err := d.scan(pNodes, func(key string, v *am.Value) {
 		parts, _ := splitKey(key, pNodes)
 		if len(parts) == 1 {
-			if r, err := am.As[NodeRecord](v); err == nil {
-				out[parts[0]] = r
+			if r, ok := d.readRecord(key, parts[0], recNode, v); ok {
+				out[parts[0]] = r.node
 			}
 		}
 	})
@@ -88,9 +103,9 @@ func (d *Doc) library(prefix string) (map[string]Item, error) {
 				out[parts[0]] = it
 			}
 		case len(parts) == 3 && parts[1] == "holders":
-			if h, err := am.As[Holder](v); err == nil {
+			if r, ok := d.readRecord(key, parts[2], recHolder, v); ok && r.holder.State != holderRemoved {
 				it := get(parts[0])
-				it.Holders[parts[2]] = h
+				it.Holders[parts[2]] = r.holder
 				out[parts[0]] = it
 			}
 		}
@@ -127,9 +142,9 @@ func (d *Doc) rooms(prefix string) (map[string]Room, error) {
 				out[parts[0]] = r
 			}
 		case len(parts) == 3 && parts[1] == "presence":
-			if n, err := am.As[int64](v); err == nil {
+			if rec, ok := d.readRecord(key, parts[2], recPresence, v); ok {
 				r := get(parts[0])
-				r.Presence[parts[2]] = n
+				r.Presence[parts[2]] = rec.expiryMs
 				out[parts[0]] = r
 			}
 		case len(parts) == 3 && parts[1] == "state":

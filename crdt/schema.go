@@ -1,6 +1,8 @@
 package crdt
 
 import (
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strings"
@@ -88,4 +90,42 @@ func checkHolderState(s string) error {
 		return fmt.Errorf("crdt: holder state %q is not %q or %q", s, HolderComplete, HolderPartial)
 	}
 	return nil
+}
+
+// Room credentials, as stored at rooms/<topic>/creds: unpadded base64url of
+//
+//	version 1 (1) | room ID (16) | secret (32) | created ms (8, BE) | expires ms (8, BE)
+//
+// Package room mints and reads them; the document refuses any other value,
+// so garbage credentials cannot split a room.
+const (
+	credsVersion = 1
+	// CredsLen is the binary length of version 1 credentials.
+	CredsLen = 1 + 16 + 32 + 8 + 8
+)
+
+// DecodeRoomCreds checks the stored form of room credentials and returns
+// their CredsLen bytes. It rejects malformed input, an unknown version,
+// a zero room ID and times that make no sense; it does not check expiry.
+func DecodeRoomCreds(s string) ([]byte, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("not base64url: %v", err)
+	case len(b) == 0:
+		return nil, errors.New("empty")
+	case b[0] != credsVersion:
+		return nil, fmt.Errorf("unknown version %d (this node reads %d)", b[0], credsVersion)
+	case len(b) != CredsLen:
+		return nil, fmt.Errorf("%d bytes, version 1 has %d", len(b), CredsLen)
+	}
+	created := int64(binary.BigEndian.Uint64(b[49:57]))
+	expires := int64(binary.BigEndian.Uint64(b[57:65]))
+	if created <= 0 || expires <= created {
+		return nil, fmt.Errorf("created %d, expires %d", created, expires)
+	}
+	if [16]byte(b[1:17]) == ([16]byte{}) {
+		return nil, errors.New("zero room ID")
+	}
+	return b, nil
 }

@@ -133,36 +133,54 @@ func (d *Doc) generateSync(ps *PeerState) ([]byte, error) {
 	return m.Bytes(), nil
 }
 
-// receiveSync feeds one sync message to automerge and logs the changes it
-// carried, returning how many changes it held. If the changes cannot be
-// logged (a full disk), the document is rolled back to before the message
-// and the session fails; the next session brings them again.
+// receiveSync takes the changes of one sync message through the checks
+// (intake.go) and then feeds the message, stripped of its changes, to
+// automerge's sync state, returning how many changes were applied. A
+// refused change ends the session with an error wrapping *RefusedError;
+// the changes before it that passed are kept. If the changes cannot be
+// logged (a full disk), none of them enters memory and the session fails;
+// the next session brings them again.
 func (d *Doc) receiveSync(ps *PeerState, b []byte) (int, error) {
+	msg, err := decodeSyncMessage(b)
+	if err != nil {
+		return 0, &RefusedError{Rule: RuleDecode, Detail: fmt.Sprintf("sync message: %v", err)}
+	}
+	stripped := b
+	if len(msg.Changes) > 0 {
+		if stripped, err = syncMessageWithoutChanges(b); err != nil {
+			return 0, &RefusedError{Rule: RuleDecode, Detail: fmt.Sprintf("sync message: %v", err)}
+		}
+	}
 	defer d.deliver()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return 0, ErrClosed
 	}
-	beforeHeads := *d.heads.Load()
-	sm, err := d.syncState(ps).ReceiveMessage(b)
-	if err != nil {
-		if hashKey(d.refreshHeads()) != hashKey(beforeHeads) {
-			d.rollbackLocked(beforeHeads)
+	in := d.newIntake(true)
+	var takeErr error
+	for _, raw := range msg.Changes {
+		if len(raw) > MaxChange {
+			takeErr = &RefusedError{Rule: RuleSize, Detail: fmt.Sprintf("a change of %d bytes (max %d)", len(raw), MaxChange)}
+			break
 		}
-		return 0, fmt.Errorf("%w: sync message: %v", ErrCorrupt, err)
+		c, n, err := parseChange(raw)
+		if err != nil || n != len(raw) {
+			takeErr = &RefusedError{Rule: RuleDecode, Detail: fmt.Sprintf("not one automerge change (%v)", err)}
+			break
+		}
+		if takeErr = in.take(c); takeErr != nil {
+			break
+		}
 	}
-	chs := sm.Changes()
-	if len(chs) == 0 {
-		return 0, nil
+	if err := in.done(); err != nil && takeErr == nil {
+		takeErr = err
 	}
-	if _, err := d.st.append(am.SaveChanges(chs)); err != nil {
-		d.rollbackLocked(beforeHeads)
-		return 0, err
+	if takeErr != nil {
+		return in.applied, takeErr
 	}
-	// Changes automerge queued for missing dependencies keep their bytes
-	// in the log until they apply.
-	d.waitLocked(chs)
-	d.remoteChangedLocked(len(chs))
-	return len(chs), nil
+	if _, err := d.syncState(ps).ReceiveMessage(stripped); err != nil {
+		return in.applied, fmt.Errorf("%w: sync message: %v", ErrCorrupt, err)
+	}
+	return in.applied, nil
 }

@@ -2,100 +2,166 @@ package crdt
 
 import (
 	"fmt"
-	"slices"
+	"time"
 
 	am "github.com/automerge/automerge-go"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // Tx collects the writes of one Update. Writes are validated as they are
 // recorded and applied together at commit, so an Update whose function
 // returns an error leaves the document untouched (automerge-go exposes no
 // rollback).
+//
+// Single-writer records (SetNode, SetHolder, RemoveHolder, SetPresence)
+// are signed with the Doc's key, and only for the peer ID of that key;
+// As gives a Tx that signs with another key (a tool or a test writing for
+// another identity).
 type Tx struct {
+	w    *txWrites
+	key  crypto.PrivKey
+	self string
+	read *Doc
+}
+
+// txWrites are the writes of one Update, shared by a Tx and its As views.
+type txWrites struct {
 	ops  []func(d *am.Doc) error
 	errs []error
-	read *Doc
 	// nodes is set when the Tx writes a node record.
 	nodes bool
 }
 
+func (d *Doc) newTx() *Tx { return &Tx{w: &txWrites{}, key: d.key, self: d.self, read: d} }
+
 func (tx *Tx) add(err error, op func(d *am.Doc) error) {
 	if err != nil {
-		tx.errs = append(tx.errs, err)
+		tx.w.errs = append(tx.w.errs, err)
 		return
 	}
-	tx.ops = append(tx.ops, op)
+	tx.w.ops = append(tx.w.ops, op)
 }
 
-// SetNode writes the node record at nodes/<id>, touching only the fields
-// that differ from the current value so the change stays small.
-func (tx *Tx) SetNode(id string, r NodeRecord) {
-	cur, exists, _ := tx.read.Node(id)
-	tx.nodes = true
-	tx.add(checkKey("node id", id), func(d *am.Doc) error {
-		p := d.Path(nodeKey(id))
-		set := func(key string, changed bool, v any) error {
-			if !changed && exists {
-				return nil
-			}
-			return p.Path(key).Set(v)
+// As returns a view of tx whose records are signed with k, for the peer ID
+// of k. Writes through it are part of tx.
+func (tx *Tx) As(k crypto.PrivKey) *Tx {
+	c := *tx
+	c.key = k
+	id, err := peer.IDFromPrivateKey(k)
+	if err != nil {
+		tx.w.errs = append(tx.w.errs, fmt.Errorf("crdt: signing key: %w", err))
+	}
+	c.self = id.String()
+	return &c
+}
+
+// putRecord writes a signed record at key for writer, unless the record
+// in force already has the same fields. The counter is above the one in
+// force and at least the time in Unix ms, so it rises even across a lost
+// data dir.
+func (tx *Tx) putRecord(what, key, writer string, r *record) {
+	var err error
+	if writer != tx.self {
+		err = fmt.Errorf("%w: %s is written only by %s; this node signs as %s", ErrInvalidKey, key, writer, tx.self)
+	}
+	d, k := tx.read, tx.key
+	tx.add(firstErr(checkKey(what, writer), err), func(doc *am.Doc) error {
+		if cur, err := currentRecord(doc, key); err == nil && cur.kind == r.kind && sameFields(cur, r) {
+			return nil
 		}
-		return firstErr(
-			set("name", cur.Name != r.Name, r.Name),
-			setList(p.Path("addrs"), exists, cur.Addrs, r.Addrs),
-			set("version", cur.Version != r.Version, r.Version),
-			setList(p.Path("roles"), exists, cur.Roles, r.Roles),
-			set("started_ms", cur.StartedMs != r.StartedMs, r.StartedMs),
-			set("last_seen_ms", cur.LastSeenMs != r.LastSeenMs, r.LastSeenMs),
-			set("alive", cur.Alive != r.Alive, r.Alive),
-		)
+		r.counter = max(d.counterLocked(key, nil)+1, uint64(time.Now().UnixMilli()))
+		b, err := signRecord(k, key, r)
+		if err != nil {
+			return err
+		}
+		d.counters[key] = r.counter
+		d.keys.remember(verifiedKey(key, b))
+		return doc.Path(key).Set(b)
 	})
 }
 
-func setList(p *am.Path, exists bool, cur, want []string) error {
-	if want == nil {
-		want = []string{}
+func currentRecord(doc *am.Doc, key string) (*record, error) {
+	v, err := doc.Path(key).Get()
+	if err != nil {
+		return nil, err
 	}
-	if exists && slices.Equal(cur, want) {
-		return nil
+	if v.Kind() != am.KindBytes {
+		return nil, errRecord
 	}
-	return p.Set(want)
+	return decodeRecord(v.Bytes())
+}
+
+// sameFields compares two records of one kind, counters aside.
+func sameFields(a, b *record) bool {
+	x, y := *a, *b
+	x.counter, y.counter = 0, 0
+	return string(x.appendFields(nil)) == string(y.appendFields(nil))
+}
+
+// SetNode writes the node record at nodes/<id>; id must be the signer's.
+func (tx *Tx) SetNode(id string, r NodeRecord) {
+	tx.w.nodes = true
+	tx.putRecord("node id", nodeKey(id), id, &record{kind: recNode, node: r})
 }
 
 // SetItemName sets the display name of library/<item> (last writer wins).
 func (tx *Tx) SetItemName(item, name string) {
-	tx.add(checkKey("item id", item), func(d *am.Doc) error {
+	err := checkKey("item id", item)
+	if err == nil && len(name) > MaxItemName {
+		err = fmt.Errorf("%w: item name is %d bytes, max %d", ErrInvalidValue, len(name), MaxItemName)
+	}
+	tx.add(err, func(d *am.Doc) error {
 		return d.Path(itemNameKey(item)).Set(name)
 	})
 }
 
-// SetHolder writes library/<item>/holders/<peer>.
+// SetHolder writes library/<item>/holders/<peer>; peer must be the
+// signer's.
 func (tx *Tx) SetHolder(item, peer string, h Holder) {
-	err := firstErr(checkKey("item id", item), checkKey("peer id", peer), checkHolderState(h.State))
-	tx.add(err, func(d *am.Doc) error {
-		return d.Path(holderKey(item, peer)).Set(h)
-	})
+	if err := firstErr(checkKey("item id", item), checkHolderState(h.State)); err != nil {
+		tx.add(err, nil)
+		return
+	}
+	tx.putRecord("peer id", holderKey(item, peer), peer, &record{kind: recHolder, holder: h})
 }
 
-// RemoveHolder deletes library/<item>/holders/<peer>.
+// RemoveHolder withdraws library/<item>/holders/<peer> with a signed
+// tombstone (readers skip it); peer must be the signer's. Nothing is
+// written when there is no entry.
 func (tx *Tx) RemoveHolder(item, peer string) {
-	err := firstErr(checkKey("item id", item), checkKey("peer id", peer))
-	tx.add(err, func(d *am.Doc) error { return deleteKey(d, holderKey(item, peer)) })
+	if err := checkKey("item id", item); err != nil {
+		tx.add(err, nil)
+		return
+	}
+	key := holderKey(item, peer)
+	if v, err := tx.read.doc().Path(key).Get(); err != nil || v.IsVoid() {
+		return
+	}
+	tx.putRecord("peer id", key, peer, &record{kind: recHolder, holder: Holder{State: holderRemoved}})
 }
 
 // SetRoomCreds sets rooms/<topic>/creds (last writer wins).
 func (tx *Tx) SetRoomCreds(topic, creds string) {
-	tx.add(checkKey("room topic", topic), func(d *am.Doc) error {
+	err := checkKey("room topic", topic)
+	if err == nil {
+		if _, cerr := DecodeRoomCreds(creds); cerr != nil {
+			err = fmt.Errorf("%w: room credentials: %v", ErrInvalidValue, cerr)
+		}
+	}
+	tx.add(err, func(d *am.Doc) error {
 		return d.Path(credsKey(topic)).Set(creds)
 	})
 }
 
-// SetPresence sets rooms/<topic>/presence/<peer> to a lease expiry (Unix ms).
+// SetPresence sets rooms/<topic>/presence/<peer> to a lease expiry (Unix
+// ms); peer must be the signer's.
 func (tx *Tx) SetPresence(topic, peer string, expiryMs int64) {
-	err := firstErr(checkKey("room topic", topic), checkKey("peer id", peer))
-	tx.add(err, func(d *am.Doc) error {
-		return d.Path(presenceKey(topic, peer)).Set(expiryMs)
-	})
+	if err := checkKey("room topic", topic); err != nil {
+		tx.add(err, nil)
+		return
+	}
+	tx.putRecord("peer id", presenceKey(topic, peer), peer, &record{kind: recPresence, expiryMs: expiryMs})
 }
 
 // MaxRoomStateValue bounds one room state value: the state is small
@@ -111,14 +177,6 @@ func (tx *Tx) SetRoomState(topic, key, value string) {
 	tx.add(err, func(d *am.Doc) error {
 		return d.Path(roomStateKey(topic, key)).Set(value)
 	})
-}
-
-func deleteKey(d *am.Doc, key string) error {
-	v, err := d.Path(key).Get()
-	if err != nil || v.IsVoid() {
-		return err
-	}
-	return d.Path(key).Delete()
 }
 
 func firstErr(errs ...error) error {

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/meshnode/meshnode/crdt"
 )
 
 // Creds are a room's credentials, advertised in the document at
@@ -24,11 +26,9 @@ type ID [16]byte
 
 func (id ID) String() string { return hex.EncodeToString(id[:]) }
 
-// credsVersion is the encoding version this package writes and reads.
+// credsVersion is the encoding version this package writes and reads
+// (the document checks the layout: crdt.DecodeRoomCreds).
 const credsVersion = 1
-
-// credsLen is the binary length of version 1.
-const credsLen = 1 + 16 + 32 + 8 + 8
 
 // ErrBadCreds is returned for credentials that do not decode or are not
 // valid now.
@@ -48,7 +48,7 @@ func NewCreds(now time.Time, ttl time.Duration) Creds {
 //
 //	version (1) | room ID (16) | secret (32) | created ms (8, BE) | expires ms (8, BE)
 func (c Creds) Encode() string {
-	b := make([]byte, 0, credsLen)
+	b := make([]byte, 0, crdt.CredsLen)
 	b = append(b, credsVersion)
 	b = append(b, c.ID[:]...)
 	b = append(b, c.Secret[:]...)
@@ -61,29 +61,14 @@ func (c Creds) Encode() string {
 // unknown version, and times that make no sense; Valid checks expiry.
 func DecodeCreds(s string) (Creds, error) {
 	var c Creds
-	b, err := base64.RawURLEncoding.DecodeString(s)
+	b, err := crdt.DecodeRoomCreds(s)
 	if err != nil {
-		return c, fmt.Errorf("%w: not base64url: %v", ErrBadCreds, err)
-	}
-	if len(b) == 0 {
-		return c, fmt.Errorf("%w: empty", ErrBadCreds)
-	}
-	if b[0] != credsVersion {
-		return c, fmt.Errorf("%w: unknown version %d (this node reads %d)", ErrBadCreds, b[0], credsVersion)
-	}
-	if len(b) != credsLen {
-		return c, fmt.Errorf("%w: %d bytes, version 1 has %d", ErrBadCreds, len(b), credsLen)
+		return c, fmt.Errorf("%w: %v", ErrBadCreds, err)
 	}
 	copy(c.ID[:], b[1:17])
 	copy(c.Secret[:], b[17:49])
 	c.Created = int64(binary.BigEndian.Uint64(b[49:57]))
 	c.Expires = int64(binary.BigEndian.Uint64(b[57:65]))
-	if c.Created <= 0 || c.Expires <= c.Created {
-		return c, fmt.Errorf("%w: created %d, expires %d", ErrBadCreds, c.Created, c.Expires)
-	}
-	if c.ID == (ID{}) {
-		return c, fmt.Errorf("%w: zero room ID", ErrBadCreds)
-	}
 	return c, nil
 }
 

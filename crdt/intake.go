@@ -1,0 +1,153 @@
+package crdt
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Intake: every change from outside this node (gossip, a sync message,
+// the change log at start-up, POST /v1/doc/changes) comes in through
+// takeLocked, which checks it (validate.go) before automerge sees it.
+// automerge is never handed a change this package has not checked: sync
+// messages reach automerge's sync state with their changes stripped
+// (syncmsg.go), and a change whose dependencies are missing waits here,
+// not in automerge's own queue, and is checked when they arrive.
+
+// intake is one batch of changes being taken in.
+type intake struct {
+	d *Doc
+	// log is false for changes already in the change log (replay).
+	log bool
+	// over: counters raised by checked changes of this batch.
+	over map[string]uint64
+	// pend: checked changes not yet applied; pendSet their hashes.
+	pend    []rawChange
+	pendSet map[Hash]bool
+	applied int
+	// waited counts changes set aside for missing dependencies.
+	waited int
+}
+
+func (d *Doc) newIntake(log bool) *intake {
+	return &intake{d: d, log: log, over: map[string]uint64{}, pendSet: map[Hash]bool{}}
+}
+
+// take checks one change and queues it to apply. A change this node has
+// is skipped; one whose dependencies are missing waits (and is logged, so
+// it survives a restart). A refused change stops the batch: later changes
+// may depend on it.
+func (in *intake) take(c rawChange) error {
+	d := in.d
+	if in.pendSet[c.hash] || d.has(c.hash) {
+		return nil
+	}
+	for _, dep := range c.deps {
+		if !in.pendSet[dep] && !d.has(dep) {
+			return in.wait(c)
+		}
+	}
+	co, _, err := decodeChange(c.raw)
+	if err != nil {
+		return &RefusedError{Change: c.hash, Rule: RuleDecode, Detail: err.Error()}
+	}
+	if ref := d.checkChangeLocked(co, in.over, in.flush); ref != nil {
+		return ref
+	}
+	in.pend = append(in.pend, c)
+	in.pendSet[c.hash] = true
+	return nil
+}
+
+func (in *intake) wait(c rawChange) error {
+	d := in.d
+	if slices.ContainsFunc(d.waiting, func(w rawChange) bool { return w.hash == c.hash }) {
+		return nil
+	}
+	if in.log {
+		if _, err := d.st.append(c.raw); err != nil {
+			return err
+		}
+	}
+	d.waiting = append(d.waiting, c)
+	in.waited++
+	return nil
+}
+
+// flush logs and applies the checked changes. A change that cannot be
+// logged never enters memory; one automerge refuses is cut from the log.
+func (in *intake) flush() error {
+	if len(in.pend) == 0 {
+		return nil
+	}
+	d := in.d
+	var b []byte
+	for _, c := range in.pend {
+		b = append(b, c.raw...)
+	}
+	n := len(in.pend)
+	in.pend, in.pendSet = in.pend[:0], map[Hash]bool{}
+	before := d.st.end()
+	if in.log {
+		if _, err := d.st.append(b); err != nil {
+			clear(in.over)
+			return err
+		}
+	}
+	d.view.Lock()
+	err := d.doc().LoadIncremental(b)
+	d.view.Unlock()
+	if err != nil {
+		if in.log {
+			d.st.truncate(before)
+		}
+		clear(in.over)
+		d.refreshHeads()
+		return fmt.Errorf("%w: automerge refused %d checked changes: %v", ErrCorrupt, n, err)
+	}
+	d.noteCountersLocked(in.over)
+	clear(in.over)
+	in.applied += n
+	return nil
+}
+
+// done applies what is pending and, if anything changed, tells watchers.
+func (in *intake) done() error {
+	err := in.flush()
+	if in.applied > 0 {
+		in.d.remoteChangedLocked(in.applied)
+	} else if in.waited > 0 {
+		in.d.kickCompactionLocked()
+	}
+	return err
+}
+
+// settleWaitingLocked checks and applies every waiting change whose
+// dependencies are now in the document, until none is left that can, and
+// forgets the ones the document holds and the ones refused.
+func (d *Doc) settleWaitingLocked() {
+	for progress := true; progress && len(d.waiting) > 0; {
+		progress = false
+		d.waiting = slices.DeleteFunc(d.waiting, func(c rawChange) bool {
+			if d.has(c.hash) {
+				return true
+			}
+			if !d.HasAll(c.deps) {
+				return false
+			}
+			in := d.newIntake(false)
+			if err := in.take(c); err != nil {
+				d.lg.Warn().Err(err).Str("change", c.hash.String()).Msg("waiting change refused; dropped")
+				return true
+			}
+			if err := in.flush(); err != nil {
+				d.lg.Warn().Err(err).Str("change", c.hash.String()).Msg("waiting change does not apply; dropped")
+				return true
+			}
+			progress = true
+			return true
+		})
+		if progress {
+			d.refreshHeads()
+		}
+	}
+}

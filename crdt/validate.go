@@ -1,0 +1,342 @@
+package crdt
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"unicode/utf8"
+
+	am "github.com/automerge/automerge-go"
+)
+
+// Validation: every change from a peer is decoded (ops.go) and checked
+// against the schema before automerge sees it, on every path (gossip,
+// sync, snapshot, the change log at start-up, POST /v1/doc/changes).
+//
+// Rules, each named by a Rule constant in the error:
+//
+//   - object: every operation sets or deletes a key of the root map; no
+//     map, list or text object is made or written into (a JavaScript
+//     string is a text object, one operation per character);
+//   - schema: the key is one of doc.go's; type: its value has the key's
+//     type (records are bytes, the rest strings; no counters);
+//   - size: a key part is at most 256 bytes, a room state value 16 KiB, an
+//     item name 1 KiB, a record 8 KiB, a change 1 MiB as received;
+//   - signature: a single-writer key holds a record signed by the peer
+//     its key names, of the kind the key takes; such keys are never
+//     deleted (a holder withdraws with a signed tombstone);
+//   - replay: a record's counter is above the counter of the record in
+//     force at that key in the change's causal past;
+//   - creds: room credentials decode.
+//
+// Every rule but replay depends on the change's bytes alone, so every
+// honest node gives the same verdict on a change. Replay is decided
+// against the change's causal past, which every node holds alike before
+// it can apply the change: the fast path compares with the highest counter
+// this node has seen at the key (an honest writer's counter is above all
+// of its earlier ones, so honest changes always pass it); only a change
+// that fails it pays for the exact check, a fork of the document at the
+// change's dependencies.
+
+// Limits on what a change may carry.
+const (
+	// MaxChange bounds one change from a peer as received.
+	MaxChange = 1 << 20
+	// MaxItemName bounds an item's display name.
+	MaxItemName = 1 << 10
+)
+
+func refuse(rule, key, format string, a ...any) *RefusedError {
+	return &RefusedError{Rule: rule, Key: key, Detail: fmt.Sprintf(format, a...)}
+}
+
+// checkOp checks one operation on its own: schema, type, size, the
+// signature of a record and the decoding of creds. It returns the parsed
+// key and, for a record, the record.
+func (d *Doc) checkOp(op *Op, verify bool) (schemaKey, *record, *RefusedError) {
+	if !op.Root {
+		return schemaKey{}, nil, refuse(RuleObject, "", "writes inside a nested object; the document holds only root keys")
+	}
+	if !op.KeyIsStr || op.Insert {
+		return schemaKey{}, nil, refuse(RuleObject, "", "a list operation on the root map")
+	}
+	key := op.Key
+	sk, rule, err := parseKey(key)
+	if err != nil {
+		return sk, nil, refuse(rule, clip(key), "%v", err)
+	}
+	switch op.Action {
+	case ActSet:
+	case ActDel:
+		if _, ok := sk.signed(); ok {
+			return sk, nil, refuse(RuleSignature, key, "deletes a single-writer record (its writer withdraws it with a signed record)")
+		}
+		return sk, nil, nil
+	case ActMakeMap, ActMakeList, ActMakeText, ActMakeTable:
+		return sk, nil, refuse(RuleObject, key, "makes a %s object where the schema has a scalar", actionName(op.Action))
+	default:
+		return sk, nil, refuse(RuleType, key, "action %s is not a set or a delete", actionName(op.Action))
+	}
+	if kind, ok := sk.signed(); ok {
+		if op.Type != ValBytes {
+			return sk, nil, refuse(RuleType, key, "a %s value where a signed record (bytes) belongs", typeName(op.Type))
+		}
+		if len(op.Value) > MaxRecord {
+			return sk, nil, refuse(RuleSize, key, "a record of %d bytes (max %d)", len(op.Value), MaxRecord)
+		}
+		if !verify {
+			r, err := decodeRecord(op.Value)
+			if err == nil && r.kind != kind {
+				err = fmt.Errorf("%w: kind %d at a key of kind %d", errRecord, r.kind, kind)
+			}
+			if err != nil {
+				return sk, nil, refuse(RuleSignature, key, "%v", err)
+			}
+			return sk, r, nil
+		}
+		r, err := d.keys.verify(key, sk.writer, kind, op.Value)
+		if err != nil {
+			return sk, nil, refuse(RuleSignature, key, "%v", err)
+		}
+		return sk, r, nil
+	}
+	if op.Type != ValStr {
+		return sk, nil, refuse(RuleType, key, "a %s value where a string belongs", typeName(op.Type))
+	}
+	if !utf8.Valid(op.Value) {
+		return sk, nil, refuse(RuleType, key, "a string that is not UTF-8")
+	}
+	switch sk.kind {
+	case kItemName:
+		if len(op.Value) > MaxItemName {
+			return sk, nil, refuse(RuleSize, key, "an item name of %d bytes (max %d)", len(op.Value), MaxItemName)
+		}
+	case kRoomState:
+		if len(op.Value) > MaxRoomStateValue {
+			return sk, nil, refuse(RuleSize, key, "a room state value of %d bytes (max %d)", len(op.Value), MaxRoomStateValue)
+		}
+	case kCreds:
+		if _, err := DecodeRoomCreds(string(op.Value)); err != nil {
+			return sk, nil, refuse(RuleCreds, key, "room credentials that do not decode: %v", err)
+		}
+	}
+	return sk, nil, nil
+}
+
+// checkChangeLocked checks one change whose dependencies this node
+// holds (applied, or pending in the same batch: flush applies those, and
+// is called before the exact replay check needs them in the document).
+// over holds counters raised by earlier changes of the batch; it is
+// updated with this change's. Call with mu held.
+func (d *Doc) checkChangeLocked(c *ChangeOps, over map[string]uint64, flush func() error) *RefusedError {
+	if c.Size > MaxChange {
+		return d.stamp(c, refuse(RuleSize, "", "a change of %d bytes (max %d)", c.Size, MaxChange))
+	}
+	mine := map[string]uint64{}
+	for i := range c.Ops {
+		op := &c.Ops[i]
+		_, r, ref := d.checkOp(op, true)
+		if ref != nil {
+			return d.stamp(c, ref)
+		}
+		if r == nil {
+			continue
+		}
+		key := op.Key
+		cur, seen := mine[key]
+		if !seen {
+			cur = d.counterLocked(key, over)
+		}
+		if r.counter <= cur {
+			if seen {
+				return d.stamp(c, refuse(RuleReplay, key, "counter %d after %d in the same change", r.counter, cur))
+			}
+			if err := flush(); err != nil {
+				return d.stamp(c, refuse(RuleReplay, key, "cannot check the counter: %v", err))
+			}
+			past, err := d.counterAtLocked(c.Deps, key)
+			if err != nil {
+				return d.stamp(c, refuse(RuleReplay, key, "cannot check the counter: %v", err))
+			}
+			if r.counter <= past {
+				return d.stamp(c, refuse(RuleReplay, key, "counter %d is not above %d, the record's counter before this change", r.counter, past))
+			}
+		}
+		mine[key] = r.counter
+	}
+	for k, v := range mine {
+		over[k] = max(over[k], v)
+	}
+	return nil
+}
+
+func (d *Doc) stamp(c *ChangeOps, r *RefusedError) *RefusedError {
+	r.Change = c.Hash
+	return r
+}
+
+// counterLocked returns the highest counter this node has seen for a
+// signed key: from over (the batch being checked), from counters, or read
+// from the record in force. Call with mu held.
+func (d *Doc) counterLocked(key string, over map[string]uint64) uint64 {
+	if v, ok := over[key]; ok {
+		return v
+	}
+	if v, ok := d.counters[key]; ok {
+		return v
+	}
+	v := readCounter(d.doc(), key)
+	d.counters[key] = v
+	return v
+}
+
+// noteCountersLocked records counters of applied changes.
+func (d *Doc) noteCountersLocked(over map[string]uint64) {
+	for k, v := range over {
+		if v > d.counters[k] {
+			d.counters[k] = v
+		}
+	}
+}
+
+// counterAtLocked returns the counter of the record in force at key in
+// the document as of deps: the exact replay check.
+func (d *Doc) counterAtLocked(deps []Hash, key string) (uint64, error) {
+	if len(deps) == 0 {
+		return 0, nil
+	}
+	f, err := d.doc().Fork(deps...)
+	if err != nil {
+		return 0, err
+	}
+	return readCounter(f, key), nil
+}
+
+// checkDocument checks every operation of a document chunk (a peer's
+// snapshot, or one merged into the change log): the same rules as a
+// change's, every record's signature (verified in parallel: a snapshot
+// of a large fleet holds many), and, for each single-writer key, that
+// every overwrite raised the counter and none deleted the record.
+func (d *Doc) checkDocument(b []byte) *RefusedError {
+	doc, err := decodeDocument(b)
+	if err != nil {
+		return refuse(RuleDecode, "", "%v", err)
+	}
+	type signed struct {
+		key     string
+		counter uint64
+	}
+	recs := map[OpID]signed{}
+	var jobs []int
+	for i := range doc.Ops {
+		op := &doc.Ops[i]
+		sk, r, ref := d.checkOp(op, false)
+		if ref != nil {
+			return ref
+		}
+		if r != nil {
+			recs[op.ID] = signed{op.Key, r.counter}
+			jobs = append(jobs, i)
+			_ = sk
+		}
+	}
+	if ref := d.verifyOps(doc.Ops, jobs); ref != nil {
+		return ref
+	}
+	for _, i := range jobs {
+		op := &doc.Ops[i]
+		for _, s := range op.Succ {
+			next, ok := recs[s]
+			switch {
+			case !ok:
+				return refuse(RuleSignature, op.Key, "the record was deleted or overwritten by an unsigned value")
+			case next.key != op.Key:
+				return refuse(RuleDecode, op.Key, "an overwrite at another key")
+			case next.counter <= recs[op.ID].counter:
+				return refuse(RuleReplay, op.Key, "counter %d overwritten by %d", recs[op.ID].counter, next.counter)
+			}
+		}
+	}
+	return nil
+}
+
+// verifyOps checks the signatures of the record ops at idx, on every core.
+func (d *Doc) verifyOps(ops []Op, idx []int) *RefusedError {
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(idx)/64))
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first *RefusedError
+	)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := w; j < len(idx); j += workers {
+				op := &ops[idx[j]]
+				sk, _, _ := parseKey(op.Key)
+				kind, _ := sk.signed()
+				if _, err := d.keys.verify(op.Key, sk.writer, kind, op.Value); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = refuse(RuleSignature, op.Key, "%v", err)
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
+
+func actionName(a Action) string {
+	switch a {
+	case ActMakeMap:
+		return "map"
+	case ActSet:
+		return "set"
+	case ActMakeList:
+		return "list"
+	case ActDel:
+		return "delete"
+	case ActMakeText:
+		return "text"
+	case ActInc:
+		return "counter increment"
+	case ActMakeTable:
+		return "table"
+	}
+	return fmt.Sprintf("action %d", a)
+}
+
+func typeName(t ValueType) string {
+	names := []string{"null", "false", "true", "uint", "int", "float", "string", "bytes", "counter", "timestamp"}
+	if int(t) < len(names) {
+		return names[t]
+	}
+	return fmt.Sprintf("type %d", t)
+}
+
+// readCounter returns the counter of the record at key in doc, 0 if there
+// is none (or it does not decode: it was refused on arrival or is from a
+// damaged file, and cannot hold a counter back).
+func readCounter(doc *am.Doc, key string) uint64 {
+	v, err := doc.Path(key).Get()
+	if err != nil || v.Kind() != am.KindBytes {
+		return 0
+	}
+	r, err := decodeRecord(v.Bytes())
+	if err != nil {
+		return 0
+	}
+	return r.counter
+}
