@@ -10,6 +10,7 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -24,6 +25,7 @@ import (
 // 127.0.0.1, a pubsub router, a document of its own and a Manager.
 type testNode struct {
 	h   host.Host
+	key crypto.PrivKey
 	ps  *pubsub.PubSub
 	doc *crdt.Doc
 	m   *Manager
@@ -42,7 +44,11 @@ func newTestRoom(t *testing.T, n int, topic string, mod func(*Config)) []*testNo
 	var wg sync.WaitGroup
 	nodes := make([]*testNode, n)
 	for i := range nodes {
-		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.Transport(tcp.NewTCPTransport),
+		key, _, err := crypto.GenerateEd25519Key(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h, err := libp2p.New(libp2p.Identity(key), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.Transport(tcp.NewTCPTransport),
 			libp2p.ResourceManager(&network.NullResourceManager{}), libp2p.DisableRelay())
 		if err != nil {
 			t.Fatal(err)
@@ -51,7 +57,7 @@ func newTestRoom(t *testing.T, n int, topic string, mod func(*Config)) []*testNo
 		if err != nil {
 			t.Fatal(err)
 		}
-		doc, err := crdt.Open(crdt.Config{Dir: t.TempDir(), Logger: zerolog.Nop()})
+		doc, err := crdt.Open(crdt.Config{Dir: t.TempDir(), Logger: zerolog.Nop(), Key: key})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -61,7 +67,7 @@ func newTestRoom(t *testing.T, n int, topic string, mod func(*Config)) []*testNo
 		if mod != nil {
 			mod(&cfg)
 		}
-		nd := &testNode{h: h, ps: ps, doc: doc, m: NewManager(cfg)}
+		nd := &testNode{h: h, key: key, ps: ps, doc: doc, m: NewManager(cfg)}
 		h.SetStreamHandler(testProto, nd.m.HandleHistory)
 		nodes[i] = nd
 		wg.Add(1)
@@ -92,7 +98,7 @@ func newTestRoom(t *testing.T, n int, topic string, mod func(*Config)) []*testNo
 		if _, err := nd.doc.Update("test room", func(tx *crdt.Tx) error {
 			tx.SetRoomCreds(topic, creds.Encode())
 			for _, o := range nodes {
-				tx.SetPresence(topic, o.h.ID().String(), time.Now().Add(time.Hour).UnixMilli())
+				tx.As(o.key).SetPresence(topic, o.h.ID().String(), time.Now().Add(time.Hour).UnixMilli())
 			}
 			return nil
 		}); err != nil {
