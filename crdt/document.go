@@ -186,6 +186,10 @@ func Open(cfg Config) (*Doc, error) {
 		return nil, err
 	}
 	lg := cfg.Logger.With().Str("component", "crdt").Logger()
+	old, err := checkFormat(cfg.Dir, lg)
+	if err != nil {
+		return nil, err
+	}
 	st, ld, err := openStore(cfg.Dir, lg)
 	if err != nil {
 		return nil, err
@@ -245,6 +249,12 @@ func Open(cfg Config) (*Doc, error) {
 	d.syncedHeads = d.Heads()
 	d.wg.Add(1)
 	go d.compactLoop()
+	if old != nil {
+		if err := d.carry(old); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("crdt: carry the format 1 document over: %w", err)
+		}
+	}
 	lg.Info().Int("heads", len(d.Heads())).Int("log_records", len(ld.records)).Msg("document opened")
 	return d, nil
 }
