@@ -30,7 +30,7 @@ type testLibrary struct {
 func newTestLibrary(t *testing.T, dir string) *testLibrary {
 	t.Helper()
 	h := testHost(t, "tcp")
-	doc, err := crdt.Open(crdt.Config{Dir: filepath.Join(dir, "doc"), Logger: zerolog.Nop()})
+	doc, err := crdt.Open(crdt.Config{Dir: filepath.Join(dir, "doc"), Logger: zerolog.Nop(), Key: h.Peerstore().PrivKey(h.ID())})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,13 +51,14 @@ func newTestLibrary(t *testing.T, dir string) *testLibrary {
 	return tl
 }
 
-// holderOf writes into tl's document that src holds sv complete as item id.
+// holderOf writes into tl's document that src holds sv complete as item id
+// (signed with src's key, as src would).
 func (tl *testLibrary) holderOf(t *testing.T, id string, src host.Host, sv *Served) {
 	t.Helper()
 	h := crdt.Holder{Manifest: sv.Hash.String(), Size: sv.Manifest.Size(), Files: int64(len(sv.Manifest.Files)), State: crdt.HolderComplete, UpdatedMs: 1}
 	if _, err := tl.doc.Update("test holder", func(tx *crdt.Tx) error {
 		tx.SetItemName(id, id)
-		tx.SetHolder(id, src.ID().String(), h)
+		tx.As(src.Peerstore().PrivKey(src.ID())).SetHolder(id, src.ID().String(), h)
 		return nil
 	}); err != nil {
 		t.Fatal(err)
