@@ -1,0 +1,318 @@
+package crdt
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"testing"
+
+	am "github.com/automerge/automerge-go"
+	"github.com/libp2p/go-libp2p/core/crypto"
+)
+
+// attacker is a member that edits a raw automerge copy of the fleet's
+// document, as a buggy or hostile peer (or another automerge tool) can.
+type attacker struct {
+	t   *testing.T
+	doc *am.Doc
+}
+
+func newAttacker(t *testing.T, from *Doc) *attacker {
+	t.Helper()
+	doc, err := am.Load(from.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &attacker{t: t, doc: doc}
+}
+
+// change applies edit and returns the resulting change's bytes, hash and deps.
+func (a *attacker) change(edit func(d *am.Doc) error) ([]byte, Hash, []Hash) {
+	a.t.Helper()
+	if err := edit(a.doc); err != nil {
+		a.t.Fatal(err)
+	}
+	h, err := a.doc.Commit("evil")
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	ch, err := a.doc.Change(h)
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	return ch.Save(), h, ch.Dependencies()
+}
+
+func set(key string, v any) func(d *am.Doc) error {
+	return func(d *am.Doc) error { return d.Path(key).Set(v) }
+}
+
+func goodCreds() string {
+	b := make([]byte, CredsLen)
+	b[0] = credsVersion
+	b[1] = 1
+	b[56] = 1 // created
+	b[64] = 2 // expires
+	return encodeB64(b)
+}
+
+func TestBadChangesRefusedByRule(t *testing.T) {
+	t.Parallel()
+	honest := openT(t, t.TempDir())
+	self := honest.Self()
+	if _, err := honest.Update("own", func(tx *Tx) error {
+		tx.SetNode(self, NodeRecord{Name: "honest", Alive: true, LastSeenMs: 1000})
+		tx.SetPresence("lobby", self, 5000)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	old := rawValue(t, honest, nodeKey(self))
+	if _, err := honest.Update("own", func(tx *Tx) error {
+		tx.SetNode(self, NodeRecord{Name: "honest", Alive: true, LastSeenMs: 2000})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cur := rawValue(t, honest, nodeKey(self))
+	_, evilKey := testIdentity(t)
+	forged, err := signRecord(evilKey, nodeKey(self), &record{kind: recNode, counter: 1 << 62, node: NodeRecord{Name: "forged"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tampered := bytes.Clone(cur)
+	tampered[len(tampered)-sigLen-1] ^= 1 // alive, under the signature
+
+	cases := []struct {
+		name, rule string
+		edit       func(d *am.Doc) error
+	}{
+		{"text bomb", RuleObject, func(d *am.Doc) error {
+			return d.Path("rooms/lobby/state/doc").Set(am.NewText(strings.Repeat("x", 20000)))
+		}},
+		{"nested map", RuleObject, set(nodeKey(self), map[string]any{"alive": false})},
+		{"list", RuleObject, set("library/x/name", []string{"a"})},
+		{"key outside the schema", RuleSchema, set("evil/key", "x")},
+		{"long key part", RuleSize, set("rooms/lobby/state/"+strings.Repeat("k", 5000), "x")},
+		{"big item name", RuleSize, set("library/x/name", strings.Repeat("n", 300<<10))},
+		{"big state value", RuleSize, set("rooms/lobby/state/k", strings.Repeat("v", MaxRoomStateValue+1))},
+		{"int where a string belongs", RuleType, set("library/x/name", int64(5))},
+		{"string where a record belongs", RuleType, set(nodeKey(self), "alive")},
+		{"counter", RuleType, func(d *am.Doc) error { return d.Path("rooms/lobby/state/n").Set(am.NewCounter(1)) }},
+		{"record signed by another key", RuleSignature, set(nodeKey(self), forged)},
+		{"tampered record", RuleSignature, set(nodeKey(self), tampered)},
+		{"record of the wrong kind", RuleSignature, set(presenceKey("lobby", self), cur)},
+		{"record deleted", RuleSignature, func(d *am.Doc) error { return d.Path(nodeKey(self)).Delete() }},
+		{"replayed record", RuleReplay, set(nodeKey(self), old)},
+		{"garbage creds", RuleCreds, set(credsKey("lobby"), "not base64url!")},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			heads := honest.HeadStrings()
+			raw, h, deps := newAttacker(t, honest).change(c.edit)
+			_, err := honest.ApplyChange(raw, h, deps)
+			r, ok := AsRefused(err)
+			if !ok || r.Rule != c.rule || r.Change != h {
+				t.Fatalf("gossip: err = %v, want rule %s", err, c.rule)
+			}
+			if fmt.Sprint(honest.HeadStrings()) != fmt.Sprint(heads) {
+				t.Fatal("a refused change moved the heads")
+			}
+			// The same change by sync, and inside a snapshot.
+			evil := openT(t, t.TempDir())
+			if _, err := evil.ApplyChanges(honest.Snapshot()); err == nil {
+				t.Fatal("a document chunk taken as changes")
+			}
+			if err := honestSyncWith(t, honest, raw); err == nil || !strings.Contains(err.Error(), c.rule) {
+				t.Fatalf("sync: err = %v, want rule %s", err, c.rule)
+			}
+			a := newAttacker(t, honest)
+			a.change(c.edit)
+			if err := honest.MergeSnapshot(a.doc.Save()); err == nil {
+				t.Fatal("snapshot holding the change merged")
+			}
+			if fmt.Sprint(honest.HeadStrings()) != fmt.Sprint(heads) {
+				t.Fatal("a refused sync or snapshot moved the heads")
+			}
+		})
+	}
+	if n, _, _ := honest.Node(self); n.Name != "honest" || n.LastSeenMs != 2000 {
+		t.Fatalf("honest record after the attacks: %+v", n)
+	}
+}
+
+// honestSyncWith offers raw to d by automerge's sync protocol from a peer
+// whose document holds it, and returns the session's error.
+func honestSyncWith(t *testing.T, d *Doc, raw []byte) error {
+	t.Helper()
+	peer, err := am.Load(d.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := peer.LoadIncremental(raw); err != nil {
+		t.Fatal(err)
+	}
+	ps, ss := d.NewPeerState(), am.NewSyncState(peer)
+	for range 10 {
+		msg, ok := ss.GenerateMessage()
+		if !ok {
+			return nil
+		}
+		if _, err := d.receiveSync(ps, msg.Bytes()); err != nil {
+			return err
+		}
+		reply, err := d.generateSync(ps)
+		if err != nil {
+			return err
+		}
+		if reply != nil {
+			if _, err := ss.ReceiveMessage(reply); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return nil
+}
+
+func rawValue(t *testing.T, d *Doc, key string) []byte {
+	t.Helper()
+	v, err := d.doc().Path(key).Get()
+	if err != nil || v.Kind() != am.KindBytes {
+		t.Fatalf("%s: %v %v", key, v, err)
+	}
+	return bytes.Clone(v.Bytes())
+}
+
+// Valid changes from other automerge writers pass: shared keys, creds,
+// deletes of shared keys, and records signed by their writer.
+func TestValidForeignChangesAccepted(t *testing.T) {
+	t.Parallel()
+	honest := openT(t, t.TempDir())
+	other := openT(t, t.TempDir())
+	if _, err := other.Update("rec", func(tx *Tx) error {
+		tx.SetNode(other.Self(), NodeRecord{Name: "other", Alive: true})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rec := rawValue(t, other, nodeKey(other.Self()))
+	a := newAttacker(t, honest)
+	for _, edit := range []func(d *am.Doc) error{
+		set("library/x/name", "X"),
+		set("rooms/lobby/state/k", "v"),
+		set(credsKey("lobby"), goodCreds()),
+		func(d *am.Doc) error { return d.Path("rooms/lobby/state/k").Delete() },
+		set(nodeKey(other.Self()), rec), // relayed by anyone, once
+	} {
+		raw, h, deps := a.change(edit)
+		if _, err := honest.ApplyChange(raw, h, deps); err != nil {
+			t.Fatalf("valid change refused: %v", err)
+		}
+	}
+	if n, ok, _ := honest.Node(other.Self()); !ok || n.Name != "other" {
+		t.Fatalf("relayed record: %+v %v", n, ok)
+	}
+}
+
+// Replay is decided against the change's causal past, so every node
+// gives the same verdict whatever else it holds: a change concurrent with
+// a newer record, carrying an older record whose counter is still above
+// the one in its past, is accepted by a node that holds the newer record
+// as well as by one that does not.
+func TestReplayVerdictIndependentOfReceiver(t *testing.T) {
+	t.Parallel()
+	b := openT(t, t.TempDir())
+	write := func(seen int64) []byte {
+		t.Helper()
+		if _, err := b.Update("rec", func(tx *Tx) error {
+			tx.SetNode(b.Self(), NodeRecord{Name: "b", LastSeenMs: seen})
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return rawValue(t, b, nodeKey(b.Self()))
+	}
+	write(1)
+	base := b.Snapshot()
+	r2 := write(2)
+	write(3)
+	// M forks at base (record 1) and writes record 2 again: concurrent
+	// with record 3, above record 1.
+	m, err := am.Load(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &attacker{t: t, doc: m}
+	raw, h, deps := a.change(set(nodeKey(b.Self()), r2))
+
+	late := openT(t, t.TempDir()) // holds records 1..3
+	if err := late.MergeSnapshot(b.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	early := openT(t, t.TempDir()) // holds record 1 only
+	if err := early.MergeSnapshot(base); err != nil {
+		t.Fatal(err)
+	}
+	_, errLate := late.ApplyChange(raw, h, deps)
+	_, errEarly := early.ApplyChange(raw, h, deps)
+	if errLate != nil || errEarly != nil {
+		t.Fatalf("verdicts differ or refuse: late %v, early %v", errLate, errEarly)
+	}
+	// Writing record 1 again over record 2 is a replay for both.
+	r1raw, h1, deps1 := a.change(set(nodeKey(b.Self()), rawValueOf(t, base, nodeKey(b.Self()))))
+	for _, d := range []*Doc{late, early} {
+		if _, err := d.ApplyChange(r1raw, h1, deps1); err == nil {
+			t.Fatal("replay over a newer record in its own past accepted")
+		}
+	}
+}
+
+func rawValueOf(t *testing.T, snap []byte, key string) []byte {
+	t.Helper()
+	d, err := am.Load(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := d.Path(key).Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Clone(v.Bytes())
+}
+
+// A node that lost its data dir writes its record again with a counter
+// from the clock; once it has synced with a peer, its next write is above
+// every record it wrote before and is the one in force everywhere.
+func TestCounterSurvivesLostDataDir(t *testing.T) {
+	t.Parallel()
+	k, _, _ := crypto.GenerateEd25519Key(nil)
+	first, err := Open(Config{Dir: t.TempDir(), Key: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	for i := range 5 {
+		first.Update("rec", func(tx *Tx) error {
+			tx.SetNode(first.Self(), NodeRecord{Name: fmt.Sprint(i)})
+			return nil
+		})
+	}
+	again, err := Open(Config{Dir: t.TempDir(), Key: k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	again.Update("rec", func(tx *Tx) error { tx.SetNode(again.Self(), NodeRecord{Name: "again"}); return nil })
+	ps1, ps2 := first.NewPeerState(), again.NewPeerState()
+	syncPair(t, first, again, ps1, ps2)
+	again.Update("rec", func(tx *Tx) error { tx.SetNode(again.Self(), NodeRecord{Name: "again, synced"}); return nil })
+	syncPair(t, first, again, ps1, ps2)
+	for _, d := range []*Doc{first, again} {
+		if n, _, _ := d.Node(d.Self()); n.Name != "again, synced" {
+			t.Fatalf("record after the lost data dir: %+v", n)
+		}
+	}
+}
+
+func encodeB64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
