@@ -130,6 +130,7 @@ func (n *Node) apiHandler() http.Handler {
 	} {
 		mux.HandleFunc("GET "+path, h)
 	}
+	mux.HandleFunc("POST /v1/doc/changes", n.handlePostChanges)
 	mux.HandleFunc("GET /v1/library", n.handleLibrary)
 	mux.HandleFunc("POST /v1/items/{id}/download", n.handleDownload)
 	mux.HandleFunc("GET /v1/transfers", n.handleTransfers)
