@@ -32,6 +32,8 @@ Usage:
   meshnode events [--json]      follow the node's events, one per line
   meshnode room list|join|offer|leave|send|tail|state ...
                                 live rooms: meshnode room for the details
+  meshnode doc get FILE         the fleet document, for any automerge library
+  meshnode doc push FILE        send changes made with one (- for stdin)
   meshnode fleet token [--json] print the token other machines join with
 
 Client commands take --data DIR to pick a node (default: the same data dir
@@ -57,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runFleet(args[1:], stdout)
 	case "room":
 		err = runRoom(args[1:], stdout)
+	case "doc":
+		err = runDoc(args[1:], stdout)
 	case "events":
 		err = runEvents(args[1:], stdout)
 	case "library":
