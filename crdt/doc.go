@@ -6,19 +6,37 @@
 //
 // Every entry is a key of the root map spelled as its path:
 //
-//	nodes/<peer>                     map, written only by that node (NodeRecord)
-//	library/<item>/name              string, last writer wins
-//	library/<item>/holders/<peer>    map, written only by that holder (Holder)
-//	rooms/<topic>/creds              string, last writer wins
-//	rooms/<topic>/presence/<peer>    int (lease expiry, Unix ms), by that peer
-//	rooms/<topic>/state/<key>        string, last writer wins
+//	nodes/<peer>                     signed record (NodeRecord), written only by that node
+//	library/<item>/name              string, at most 1 KiB, last writer wins
+//	library/<item>/holders/<peer>    signed record (Holder), written only by that holder
+//	rooms/<topic>/creds              string, room credentials that decode, last writer wins
+//	rooms/<topic>/presence/<peer>    signed record (lease expiry, Unix ms), by that peer
+//	rooms/<topic>/state/<key>        string, at most 16 KiB, last writer wins
 //
-// Keys are flat because automerge identifies a map by the change that made
-// it: two replicas that each create a shared parent map ("library")
-// concurrently end up with two objects under one key, and readers see only
-// one of them. Flat keys leave nested maps only where one writer creates
-// them. Reads go through typed methods (Nodes, Library, Rooms); writes go
+// Every key part is at most 256 bytes. Keys are flat because automerge
+// identifies a map by the change that made it: two replicas that each
+// create a shared parent map ("library") concurrently end up with two
+// objects under one key, and readers see only one of them. So the
+// document holds no object at all: every value is a scalar at the root.
+// Reads go through typed methods (Nodes, Library, Rooms); writes go
 // through Update and a Tx; no raw automerge path leaves this package.
+//
+// # Signed records and checked changes
+//
+// A single-writer record is one bytes value, signed with its writer's
+// Ed25519 key (the one inside its peer ID) and carrying a counter that
+// rises with every write (record.go has the byte layout). Every change
+// that reaches this node from outside, by gossip, sync, snapshot, the
+// change log at start-up or ApplyChanges (POST /v1/doc/changes), is
+// decoded by this package's own reader of automerge's binary format
+// (ops.go, columns.go, syncmsg.go) and checked before automerge sees it
+// (validate.go lists the rules; intake.go is the one way in). A change
+// that breaks a rule is refused whole with a *RefusedError naming the
+// rule, and never enters any replica, so it is never relayed. Readers
+// also skip a record whose signature does not verify. The format of the
+// directory is in doc.format (migrate.go: a format 1 directory, with
+// records as unsigned maps, is moved aside and its shared entries carried
+// over).
 //
 // # Persistence
 //

@@ -8,18 +8,21 @@ import (
 )
 
 // Readers decode entry by entry and skip entries that do not match the
-// schema or whose signature does not verify, so one malformed record
-// cannot hide the rest of the fleet. Every change is checked on arrival,
-// so such entries come only from damaged files; a signature is checked
-// once per record (record.go caches the verified ones).
+// schema, so one malformed record cannot hide the rest of the fleet.
+//
+// Readers do not check signatures again: every record in the document
+// was verified when it entered (validate.go runs on every path, the change
+// log at start-up included), and the snapshot file holds only what was
+// verified, under a checksum. Verifying on read would cost a signature
+// check per record after every restart (seconds for a large library).
 
-// readRecord decodes and verifies the signed record at key.
-func (d *Doc) readRecord(key, writer string, kind byte, v *am.Value) (*record, bool) {
+// readRecord decodes a signed record of the given kind.
+func readRecord(kind byte, v *am.Value) (*record, bool) {
 	if v.Kind() != am.KindBytes {
 		return nil, false
 	}
-	r, err := d.keys.verify(key, writer, kind, v.Bytes())
-	return r, err == nil
+	r, err := decodeRecord(v.Bytes())
+	return r, err == nil && r.kind == kind
 }
 
 // Node returns the record at nodes/<id>.
@@ -31,7 +34,7 @@ func (d *Doc) Node(id string) (NodeRecord, bool, error) {
 	if err != nil || v.IsVoid() {
 		return NodeRecord{}, false, err
 	}
-	r, ok := d.readRecord(key, id, recNode, v)
+	r, ok := readRecord(recNode, v)
 	if !ok {
 		return NodeRecord{}, false, nil
 	}
@@ -66,7 +69,7 @@ func (d *Doc) scanNodes() (map[string]NodeRecord, error) {
 	err := d.scan(pNodes, func(key string, v *am.Value) {
 		parts, _ := splitKey(key, pNodes)
 		if len(parts) == 1 {
-			if r, ok := d.readRecord(key, parts[0], recNode, v); ok {
+			if r, ok := readRecord(recNode, v); ok {
 				out[parts[0]] = r.node
 			}
 		}
@@ -103,7 +106,7 @@ func (d *Doc) library(prefix string) (map[string]Item, error) {
 				out[parts[0]] = it
 			}
 		case len(parts) == 3 && parts[1] == "holders":
-			if r, ok := d.readRecord(key, parts[2], recHolder, v); ok && r.holder.State != holderRemoved {
+			if r, ok := readRecord(recHolder, v); ok && r.holder.State != holderRemoved {
 				it := get(parts[0])
 				it.Holders[parts[2]] = r.holder
 				out[parts[0]] = it
@@ -142,7 +145,7 @@ func (d *Doc) rooms(prefix string) (map[string]Room, error) {
 				out[parts[0]] = r
 			}
 		case len(parts) == 3 && parts[1] == "presence":
-			if rec, ok := d.readRecord(key, parts[2], recPresence, v); ok {
+			if rec, ok := readRecord(recPresence, v); ok {
 				r := get(parts[0])
 				r.Presence[parts[2]] = rec.expiryMs
 				out[parts[0]] = r

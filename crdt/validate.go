@@ -132,6 +132,7 @@ func (d *Doc) checkChangeLocked(c *ChangeOps, over map[string]uint64, flush func
 	if c.Size > MaxChange {
 		return d.stamp(c, refuse(RuleSize, "", "a change of %d bytes (max %d)", c.Size, MaxChange))
 	}
+	d.preverify(c.Ops)
 	mine := map[string]uint64{}
 	for i := range c.Ops {
 		op := &c.Ops[i]
@@ -258,6 +259,26 @@ func (d *Doc) checkDocument(b []byte) *RefusedError {
 		}
 	}
 	return nil
+}
+
+// preverify checks the signatures of a change's records on every core
+// when it holds many (a library scan writes one per item), so the checks
+// in order find them cached. Failures are left to those checks to report.
+func (d *Doc) preverify(ops []Op) {
+	var idx []int
+	for i := range ops {
+		op := &ops[i]
+		if op.Root && op.KeyIsStr && op.Action == ActSet && op.Type == ValBytes {
+			if sk, _, err := parseKey(op.Key); err == nil {
+				if _, ok := sk.signed(); ok {
+					idx = append(idx, i)
+				}
+			}
+		}
+	}
+	if len(idx) >= 16 {
+		d.verifyOps(ops, idx)
+	}
 }
 
 // verifyOps checks the signatures of the record ops at idx, on every core.
