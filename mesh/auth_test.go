@@ -104,7 +104,7 @@ func TestStrangersCannotCrowdOutMembers(t *testing.T) {
 	const authTimeout = 5 * time.Second
 	n := newTestPeerTimeout(t, f, authTimeout)
 	n.gate.maxBackoff = 64 // fewer than the strangers
-	doc, err := crdt.Open(crdt.Config{Dir: t.TempDir(), Logger: zerolog.Nop()})
+	doc, err := crdt.Open(crdt.Config{Dir: t.TempDir(), Logger: zerolog.Nop(), Key: n.h.Peerstore().PrivKey(n.h.ID())})
 	if err != nil {
 		t.Fatal(err)
 	}

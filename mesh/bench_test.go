@@ -3,13 +3,13 @@ package mesh
 import (
 	"crypto/rand"
 	"fmt"
-	"github.com/libp2p/go-libp2p/core/peer"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/meshnode/meshnode/crdt"
@@ -71,7 +71,7 @@ func simulateFleet(b *testing.B, nodes int, interval, span, lastSeenEvery time.D
 		}
 		b.Cleanup(func() { h.Close() })
 		hosts[i] = h
-		if docs[i], err = crdt.Open(crdt.Config{Dir: b.TempDir()}); err != nil {
+		if docs[i], err = crdt.Open(crdt.Config{Dir: b.TempDir(), Key: key}); err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { docs[i].Close() })
@@ -138,7 +138,11 @@ func BenchmarkReconcilePass10k(b *testing.B) {
 }
 
 func benchReconcilePass(b *testing.B, nodes, rounds int) {
-	d, err := crdt.Open(crdt.Config{Dir: b.TempDir()})
+	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	d, err := crdt.Open(crdt.Config{Dir: b.TempDir(), Key: key})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -147,7 +151,7 @@ func benchReconcilePass(b *testing.B, nodes, rounds int) {
 	for start := 0; start < nodes; start += 500 {
 		if _, err := d.Update("bench", func(tx *crdt.Tx) error {
 			for i := start; i < min(start+500, nodes); i++ {
-				_, pub, err := crypto.GenerateEd25519Key(rand.Reader)
+				nk, pub, err := crypto.GenerateEd25519Key(rand.Reader)
 				if err != nil {
 					return err
 				}
@@ -155,7 +159,7 @@ func benchReconcilePass(b *testing.B, nodes, rounds int) {
 				if err != nil {
 					return err
 				}
-				tx.SetNode(id.String(), crdt.NodeRecord{
+				tx.As(nk).SetNode(id.String(), crdt.NodeRecord{
 					Name:    fmt.Sprintf("agent-%05d", i),
 					Addrs:   []string{fmt.Sprintf("/ip4/10.0.%d.%d/udp/4700/quic-v1", i/250, i%250), fmt.Sprintf("/ip4/10.0.%d.%d/tcp/4700", i/250, i%250)},
 					Version: ProtocolVersion, Roles: []string{"build"}, StartedMs: now.Add(-time.Hour).UnixMilli(),
@@ -167,7 +171,6 @@ func benchReconcilePass(b *testing.B, nodes, rounds int) {
 			b.Fatal(err)
 		}
 	}
-	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
 	h, err := NewHost(HostConfig{Key: key, Gate: NewGate(), Listen: []ma.Multiaddr{ma.StringCast("/ip4/127.0.0.1/tcp/0")}})
 	if err != nil {
 		b.Fatal(err)

@@ -91,7 +91,7 @@ func testManagerDrop(t *testing.T, mode string) {
 	b2 := newHostWithKey(t, bkey, false)
 	bid := b1.ID()
 
-	doc, err := crdt.Open(crdt.Config{Dir: t.TempDir(), Logger: zerolog.Nop()})
+	doc, err := crdt.Open(crdt.Config{Dir: t.TempDir(), Logger: zerolog.Nop(), Key: akey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func testManagerDrop(t *testing.T, mode string) {
 			addrs = append(addrs, x.String())
 		}
 		if _, err := doc.Update("test", func(tx *crdt.Tx) error {
-			tx.SetNode(bid.String(), crdt.NodeRecord{Name: "b", Addrs: addrs, Version: ProtocolVersion, Alive: alive, LastSeenMs: time.Now().UnixMilli()})
+			tx.As(bkey).SetNode(bid.String(), crdt.NodeRecord{Name: "b", Addrs: addrs, Version: ProtocolVersion, Alive: alive, LastSeenMs: time.Now().UnixMilli()})
 			return nil
 		}); err != nil {
 			t.Fatal(err)
