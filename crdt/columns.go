@@ -25,14 +25,19 @@ const maxOps = 1 << 24
 
 // opBound is how many values the columns of a chunk of size n bytes may
 // describe: runs make many ops cheap to encode, but not free, so the
-// decoder's allocations stay proportional to what it was given.
+// decoder's allocations stay proportional to what it was given (an Op is
+// about 180 bytes).
 func opBound(n int) uint64 {
-	b := 1024 + 128*uint64(n)
+	b := 1024 + 64*uint64(n)
 	if b > maxOps {
 		b = maxOps
 	}
 	return b
 }
+
+// maxColumns bounds the columns of one metadata block: automerge 0.5
+// writes at most 16 (it omits empty ones).
+const maxColumns = 64
 
 // maxColumnData bounds the inflated size of one document's columns.
 const maxColumnData = 64 << 20
@@ -117,6 +122,9 @@ func parseColumnMeta(b []byte, what string, known map[colSpec]string, deflate bo
 	cnt, off, err := uleb(b)
 	if err != nil {
 		return m, 0, formatErr("%s column count: %v", what, err)
+	}
+	if cnt > maxColumns {
+		return m, 0, formatErr("%s: %d columns", what, cnt)
 	}
 	if cnt > uint64(len(b)-off)/2 {
 		return m, 0, formatErr("%s: %d columns do not fit in %d bytes", what, cnt, len(b)-off)

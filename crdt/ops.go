@@ -143,7 +143,7 @@ func decodeChange(b []byte) (*ChangeOps, int, error) {
 			}
 		}
 	}
-	author := p.bytes("author")
+	author := p.actor()
 	c.Seq = p.uleb("seq")
 	c.StartOp = p.uleb("start op")
 	if p.err == nil && (c.StartOp == 0 || c.StartOp > math.MaxUint32) {
@@ -155,12 +155,12 @@ func decodeChange(b []byte) (*ChangeOps, int, error) {
 		p.fail("message is not UTF-8")
 	}
 	c.Message = string(msg)
-	nact := p.count("actor count", 1)
+	nact := p.count("actor count", 2)
 	if p.err == nil {
 		c.Actors = make([][]byte, 0, nact+1)
 		c.Actors = append(c.Actors, author)
 		for i := uint64(0); i < nact && p.err == nil; i++ {
-			c.Actors = append(c.Actors, p.bytes("actor"))
+			c.Actors = append(c.Actors, p.actor())
 		}
 		if p.err == nil {
 			if err := uniqueActors(c.Actors, false); err != nil {
@@ -480,9 +480,9 @@ func decodeDocument(b []byte) (*DocOps, error) {
 	}
 	d := &DocOps{}
 	p := parser{b: b[start:], what: "document"}
-	nact := p.count("actor count", 1)
+	nact := p.count("actor count", 2)
 	for i := uint64(0); i < nact && p.err == nil; i++ {
-		d.Actors = append(d.Actors, p.bytes("actor"))
+		d.Actors = append(d.Actors, p.actor())
 	}
 	if p.err == nil {
 		if err := uniqueActors(d.Actors, true); err != nil {
@@ -686,6 +686,15 @@ func (p *parser) take(n int, what string) []byte {
 	b := p.b[p.off : p.off+n : p.off+n]
 	p.off += n
 	return b
+}
+
+// actor reads an actor ID: a uLEB length and that many bytes, not empty.
+func (p *parser) actor() []byte {
+	a := p.bytes("actor")
+	if p.err == nil && len(a) == 0 {
+		p.fail("empty actor ID")
+	}
+	return a
 }
 
 // bytes reads a uLEB length and that many bytes.
