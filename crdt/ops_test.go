@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand"
 	"runtime"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -831,5 +833,146 @@ func BenchmarkDecodeChange(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestDecodeRandomHistories: every change and document automerge-go
+// writes over random edits by two actors decodes (the canonical checks
+// refuse nothing automerge writes), and the ops agree with the document.
+func TestDecodeRandomHistories(t *testing.T) {
+	r := rand.New(rand.NewSource(7))
+	for round := 0; round < 5; round++ {
+		a, b := opsDoc(t, actorA), opsDoc(t, actorB)
+		opsMust(t, a.RootMap().Set("t", am.NewText("")))
+		opsMust(t, a.RootMap().Set("l", am.NewList()))
+		_, _ = commitChange(t, a, "")
+		_, err := b.Merge(a)
+		opsMust(t, err)
+		for step := 0; step < 60; step++ {
+			d := a
+			if r.Intn(2) == 0 {
+				d = b
+			}
+			for k := r.Intn(5); k >= 0; k-- {
+				key := fmt.Sprintf("k%d", r.Intn(6))
+				tv, err := d.RootMap().Get("t")
+				opsMust(t, err)
+				lv, err := d.RootMap().Get("l")
+				opsMust(t, err)
+				txt, lst := tv.Text(), lv.List()
+				switch r.Intn(8) {
+				case 0:
+					opsMust(t, d.RootMap().Set(key, int64(r.Intn(1000)-500)))
+				case 1:
+					opsMust(t, d.RootMap().Set(key, strings.Repeat("x", r.Intn(40))))
+				case 2:
+					if v, _ := d.RootMap().Get(key); v != nil && v.Kind() != am.KindVoid {
+						opsMust(t, d.RootMap().Delete(key))
+					}
+				case 3, 4:
+					pos := r.Intn(txt.Len() + 1)
+					del := 0
+					if pos < txt.Len() {
+						del = r.Intn(txt.Len() - pos + 1)
+					}
+					opsMust(t, txt.Splice(pos, del, strings.Repeat(string(rune('a'+r.Intn(26))), r.Intn(30))))
+				case 5:
+					opsMust(t, lst.Insert(r.Intn(lst.Len()+1), float64(r.Intn(9))))
+				case 6:
+					if lst.Len() > 0 {
+						opsMust(t, lst.Delete(r.Intn(lst.Len())))
+					}
+				case 7:
+					opsMust(t, d.Path("c"+key).Counter().Inc(int64(r.Intn(5)+1)))
+				}
+			}
+			_, _ = d.Commit("")
+			if r.Intn(4) == 0 {
+				_, err := a.Merge(b)
+				opsMust(t, err)
+				_, err = b.Merge(a)
+				opsMust(t, err)
+			}
+		}
+		_, err = a.Merge(b)
+		opsMust(t, err)
+		cs, err := a.Changes()
+		opsMust(t, err)
+		total := 0
+		for _, c := range cs {
+			co := decodeOK(t, c.Save())
+			total += len(co.Ops)
+		}
+		raw := a.Save()
+		doc, err := decodeDocument(raw)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if doc.Changes != len(cs) {
+			t.Fatalf("round %d: %d changes, automerge has %d", round, doc.Changes, len(cs))
+		}
+		// The document holds every change op except deletes (kept only
+		// as successors).
+		txt := ""
+		for _, op := range doc.Ops {
+			if op.Action == ActDel {
+				t.Fatalf("a delete op stored in the document: %+v", op)
+			}
+			if op.Insert && op.Type == ValStr && len(op.Succ) == 0 && !op.Root && op.Obj == (OpID{Counter: 1}) {
+				txt += string(op.Value)
+			}
+		}
+		tv, _ := a.RootMap().Get("t")
+		want, _ := tv.Text().Get()
+		// Document ops are stored in list order: the visible inserts spell
+		// the text.
+		if txt != want {
+			t.Fatalf("round %d: visible text %q, automerge has %q", round, txt, want)
+		}
+		t.Logf("round %d: %d changes, %d change ops, %d document ops, %d bytes of text", round, len(cs), total, len(doc.Ops), len(txt))
+		if len(doc.Ops) > total {
+			t.Fatalf("round %d: %d document ops, %d change ops", round, len(doc.Ops), total)
+		}
+	}
+}
+
+// TestDecodeMarksAndV2: the mark columns automerge 0.5 writes for rich
+// text (automerge-go has no API for marks, so by hand), and a 0x43 sync
+// message as newer automerge writes it.
+func TestDecodeMarksAndV2(t *testing.T) {
+	cols := []testCol{
+		{specKeyStr, []byte{2, 1, 'k'}},
+		{specInsert, []byte{2}},
+		{specAction, []byte{2, 7}},
+		{specValMeta, []byte{0x7e, 2, 0}},
+		{specPredGroup, []byte{2, 0}},
+		{specExpand, []byte{0, 1, 1}},
+		{specMarkName, []byte{0x7f, 4, 'b', 'o', 'l', 'd', 0, 1}},
+	}
+	c := decodeOK(t, testChange(cols, nil))
+	if len(c.Ops) != 2 || !c.Ops[0].MarkNamed || c.Ops[0].MarkName != "bold" || !c.Ops[0].Expand || c.Ops[0].Type != ValTrue ||
+		c.Ops[1].MarkNamed || c.Ops[1].Expand || c.Ops[1].Action != ActMark {
+		t.Fatalf("%+v", c.Ops)
+	}
+	cols[5].data = []byte{2} // an all-false expand column: automerge omits it
+	if _, _, err := decodeChange(testChange(cols, nil)); !errors.Is(err, errFormat) {
+		t.Errorf("all-false expand column: %v", err)
+	}
+
+	d := opsDoc(t, actorA)
+	opsMust(t, d.RootMap().Set("k", "v"))
+	_, _ = commitChange(t, d, "")
+	doc := d.Save()
+	msg := []byte{syncMsgV2, 0, 0, 0, 1}
+	msg = appendUleb(msg, uint64(len(doc)))
+	msg = append(msg, doc...)
+	msg = append(msg, 2, 2, 0x80)
+	m, err := decodeSyncMessage(msg)
+	if err != nil || !m.V2 || len(m.Changes) != 1 || !bytes.Equal(m.Changes[0], doc) {
+		t.Fatalf("%+v %v", m, err)
+	}
+	out, err := syncMessageWithoutChanges(msg)
+	if err != nil || !bytes.Equal(out, []byte{syncMsgV2, 0, 0, 0, 0, 2, 2, 0x80}) {
+		t.Fatalf("%x %v", out, err)
 	}
 }
