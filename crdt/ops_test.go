@@ -6,10 +6,14 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
@@ -974,5 +978,106 @@ func TestDecodeMarksAndV2(t *testing.T) {
 	out, err := syncMessageWithoutChanges(msg)
 	if err != nil || !bytes.Equal(out, []byte{syncMsgV2, 0, 0, 0, 0, 2, 2, 0x80}) {
 		t.Fatalf("%x %v", out, err)
+	}
+}
+
+// jsScript writes changes (with marks), a document and sync messages with
+// the official JavaScript Automerge (3.x, a newer core than automerge-go's:
+// its documents come from a different encoder).
+const jsScript = `
+import * as A from %q;
+import fs from "fs";
+const out = process.argv[2];
+let d = A.from({ s: "hi", n: 1, t: "hello world" }, { actor: "aaaa" });
+d = A.change(d, (x) => { x.n = 2; x.l = [1, 2, 3]; x.c = new A.Counter(5); x.m = { a: { b: true } };
+  x.f = 1.5; x.b = new Uint8Array([1, 2]); x.z = null; x.d = new Date(1700000000000); });
+d = A.change(d, (x) => { A.splice(x, ["t"], 2, 3, "YYY"); x.l.splice(1, 1); x.c.increment(3); delete x.s;
+  A.mark(x, ["t"], { start: 0, end: 4, expand: "both" }, "bold", true);
+  A.unmark(x, ["t"], { start: 1, end: 2, expand: "none" }, "bold"); });
+let e = A.clone(d, { actor: "bbbb" });
+e = A.change(e, (x) => { x.n = 3; A.splice(x, ["t"], 0, 0, "start "); });
+d = A.change(d, (x) => { x.n = 4; });
+d = A.merge(d, e);
+d = A.change(d, (x) => { for (let i = 0; i < 300; i++) x["k" + i] = "v" + i; });
+const hex = (b) => Buffer.from(b).toString("hex");
+let p = A.init({ actor: "cccc" }), s1 = A.initSyncState(), s2 = A.initSyncState(), msgs = [], m;
+for (let i = 0; i < 10; i++) {
+  [s1, m] = A.generateSyncMessage(d, s1);
+  if (m) { msgs.push(hex(m)); [p, s2] = A.receiveSyncMessage(p, s2, m); }
+  [s2, m] = A.generateSyncMessage(p, s2);
+  if (m) { msgs.push(hex(m)); [d, s1] = A.receiveSyncMessage(d, s1, m); }
+}
+fs.writeFileSync(out, JSON.stringify({ changes: A.getAllChanges(d).map(hex), doc: hex(A.save(d)), msgs }));
+`
+
+// TestDecodeJSAutomerge: what the official JavaScript Automerge writes
+// decodes (skipped without node and scripts/js/node_modules).
+func TestDecodeJSAutomerge(t *testing.T) {
+	mod, err := filepath.Abs("../scripts/js/node_modules/@automerge/automerge/dist/mjs/entrypoints/fullfat_node.js")
+	opsMust(t, err)
+	node, err := exec.LookPath("node")
+	if _, serr := os.Stat(mod); err != nil || serr != nil {
+		t.Skip("needs node and scripts/js/node_modules (npm ci in scripts/js)")
+	}
+	dir := t.TempDir()
+	script := filepath.Join(dir, "gen.mjs")
+	opsMust(t, os.WriteFile(script, []byte(fmt.Sprintf(jsScript, mod)), 0o600))
+	out := filepath.Join(dir, "out.json")
+	if b, err := exec.Command(node, script, out).CombinedOutput(); err != nil {
+		t.Fatalf("node: %v\n%s", err, b)
+	}
+	var res struct {
+		Changes []string
+		Doc     string
+		Msgs    []string
+	}
+	b, err := os.ReadFile(out)
+	opsMust(t, err)
+	opsMust(t, json.Unmarshal(b, &res))
+	unhex := func(s string) []byte {
+		b, err := hex.DecodeString(s)
+		opsMust(t, err)
+		return b
+	}
+	marks, total := 0, 0
+	for i, c := range res.Changes {
+		co := decodeOK(t, unhex(c))
+		total += len(co.Ops)
+		for _, op := range co.Ops {
+			if op.Action == ActMark {
+				marks++
+				if op.MarkNamed && op.MarkName != "bold" {
+					t.Errorf("change %d: mark %+v", i, op)
+				}
+			}
+		}
+	}
+	if len(res.Changes) != 6 || marks != 4 {
+		t.Errorf("%d changes, %d marks", len(res.Changes), marks)
+	}
+	doc, err := decodeDocument(unhex(res.Doc))
+	if err != nil {
+		t.Fatalf("document: %v", err)
+	}
+	if doc.Changes != 6 || len(doc.Ops) == 0 || len(doc.Ops) > total {
+		t.Errorf("document: %d changes, %d ops (changes hold %d)", doc.Changes, len(doc.Ops), total)
+	}
+	v2 := false
+	for i, m := range res.Msgs {
+		sm, err := decodeSyncMessage(unhex(m))
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		v2 = v2 || sm.V2
+		for _, c := range sm.Changes {
+			if _, _, err := decodeChange(c); err != nil {
+				if _, err := decodeDocument(c); err != nil {
+					t.Errorf("message %d: an entry neither a change nor a document: %v", i, err)
+				}
+			}
+		}
+	}
+	if !v2 {
+		t.Log("no 0x43 message")
 	}
 }
