@@ -23,17 +23,19 @@
 //
 // # Signed records and checked changes
 //
-// A single-writer record is one bytes value, signed with its writer's
-// Ed25519 key (the one inside its peer ID) and carrying a counter that
-// rises with every write (record.go has the byte layout). Every change
+// A single-writer record is one bytes value carrying a counter that rises
+// with every write; the change that writes it carries its writer's Ed25519
+// signature (the key inside its peer ID) over the change's record writes,
+// one signature per writer per change (record.go has the byte layouts). Every change
 // that reaches this node from outside, by gossip, sync, snapshot, the
 // change log at start-up or ApplyChanges (POST /v1/doc/changes), is
 // decoded by this package's own reader of automerge's binary format
 // (ops.go, columns.go, syncmsg.go) and checked before automerge sees it
 // (validate.go lists the rules; intake.go is the one way in). A change
 // that breaks a rule is refused whole with a *RefusedError naming the
-// rule, and never enters any replica, so it is never relayed. Readers
-// also skip a record whose signature does not verify. The format of the
+// rule, and never enters any replica, so it is never relayed. A peer's
+// snapshot is checked the same way, one signature per change of its
+// history. The format of the
 // directory is in doc.format (migrate.go: a format 1 directory, with
 // records as unsigned maps, is moved aside and its shared entries carried
 // over).

@@ -405,6 +405,10 @@ func (d *Doc) apply(tx *Tx, msg string) (Hash, error) {
 			return Hash{}, err
 		}
 	}
+	msg, err := tx.w.signRecords(msg)
+	if err != nil {
+		return Hash{}, err
+	}
 	h, err := d.doc().Commit(msg)
 	if err != nil {
 		// automerge-go reports a commit without operations as this one

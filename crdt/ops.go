@@ -437,6 +437,18 @@ type DocOps struct {
 	Heads   []Hash
 	Changes int  // number of changes in the change-metadata columns
 	Ops     []Op // in stored order; ID decoded from the id columns; Succ filled
+	// Meta describes each change: its actor (an index into Actors), seq,
+	// max op and message. An op (counter c, actor a) belongs to the
+	// change of actor a with the smallest MaxOp >= c.
+	Meta []DocChange
+}
+
+// DocChange is one change's metadata in a document chunk.
+type DocChange struct {
+	Actor   int
+	Seq     uint64
+	MaxOp   uint64
+	Message string
 }
 
 // The change-metadata columns of a document
@@ -524,9 +536,10 @@ func decodeDocument(b []byte) (*DocOps, error) {
 		return nil, err
 	}
 	bound := opBound(len(b))
-	if d.Changes, err = decodeDocChanges(chCols, len(d.Actors), bound); err != nil {
+	if d.Meta, err = decodeDocChanges(chCols, len(d.Actors), bound); err != nil {
 		return nil, fmt.Errorf("document changes: %w", err)
 	}
+	d.Changes = len(d.Meta)
 	if d.Ops, err = decodeOps(opCols, len(d.Actors), true, 0, bound); err != nil {
 		return nil, fmt.Errorf("document ops: %w", err)
 	}
@@ -549,23 +562,25 @@ func decodeDocument(b []byte) (*DocOps, error) {
 }
 
 // decodeDocChanges checks a document's change-metadata columns and returns
-// the number of changes they describe.
-func decodeDocChanges(cols []column, nactors int, bound uint64) (int, error) {
+// the changes they describe.
+func decodeDocChanges(cols []column, nactors int, bound uint64) ([]DocChange, error) {
 	get := func(s colSpec) []byte { return findColumn(cols, s) }
 	n := uint64(0)
+	var meta []DocChange
 	act := newRLE("actor", get(specChActor), rleUint, bound)
 	for act.off < len(act.b) || act.left > 0 {
 		a, _, ok, err := act.next()
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		if !ok || a >= uint64(nactors) {
-			return 0, act.errf("change %d: actor %d of %d (or null)", n, a, nactors)
+			return nil, act.errf("change %d: actor %d of %d (or null)", n, a, nactors)
 		}
+		meta = append(meta, DocChange{Actor: int(a)})
 		n++
 	}
 	if err := act.done(); err != nil {
-		return 0, err
+		return nil, err
 	}
 	var (
 		seq   = newDelta("seq", get(specChSeq), n)
@@ -580,30 +595,38 @@ func decodeDocChanges(cols []column, nactors int, bound uint64) (int, error) {
 		for _, d := range []*deltaReader{seq, maxOp, tm} {
 			v, ok, err := d.next()
 			if err != nil {
-				return 0, err
+				return nil, err
 			}
 			if !ok || (d != tm && v < 0) {
-				return 0, d.rle.errf("change %d: %d (or null)", i, v)
+				return nil, d.rle.errf("change %d: %d (or null)", i, v)
+			}
+			switch d {
+			case seq:
+				meta[i].Seq = uint64(v)
+			case maxOp:
+				meta[i].MaxOp = uint64(v)
 			}
 		}
-		if _, _, _, err := msg.next(); err != nil {
-			return 0, err
+		_, m, _, err := msg.next()
+		if err != nil {
+			return nil, err
 		}
+		meta[i].Message = string(m)
 		c, _, ok, err := grp.next()
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		if !ok || c > bound-total {
-			return 0, grp.errf("change %d: %d deps", i, c)
+			return nil, grp.errf("change %d: %d deps", i, c)
 		}
 		total += c
 		if len(extra.meta.b) > 0 {
 			t, _, err := extra.next()
 			if err != nil {
-				return 0, err
+				return nil, err
 			}
 			if t != ValBytes {
-				return 0, formatErr("extra column: change %d: type %d, not bytes", i, t)
+				return nil, formatErr("extra column: change %d: type %d, not bytes", i, t)
 			}
 		}
 	}
@@ -611,18 +634,18 @@ func decodeDocChanges(cols []column, nactors int, bound uint64) (int, error) {
 	for i := uint64(0); i < total; i++ {
 		v, ok, err := idx.next()
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		if !ok || v < 0 || uint64(v) >= n {
-			return 0, idx.rle.errf("dep %d: change index %d of %d (or null)", i, v, n)
+			return nil, idx.rle.errf("dep %d: change index %d of %d (or null)", i, v, n)
 		}
 	}
 	for _, d := range []interface{ done() error }{seq.rle, maxOp.rle, tm.rle, msg, grp, extra, idx.rle} {
 		if err := d.done(); err != nil {
-			return 0, err
+			return nil, err
 		}
 	}
-	return int(n), nil
+	return meta, nil
 }
 
 // parser reads a chunk's header fields; the first error sticks.

@@ -2,9 +2,11 @@ package crdt
 
 import (
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"unicode/utf8"
 
@@ -12,13 +14,13 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// Signed single-writer records.
+// Single-writer records and their signatures.
 //
 // A node record (nodes/<X>), a holder entry (library/<item>/holders/<X>)
 // and a presence lease (rooms/<topic>/presence/<X>) are each one automerge
 // bytes value written only by X:
 //
-//	version 1 | kind u8 | counter uvarint | fields | signature [64]
+//	version 1 | kind u8 | counter uvarint | fields
 //
 // kind is 1 (node), 2 (holder) or 3 (presence). Fields, in order, with
 // strings and lists as uvarint length then bytes (UTF-8) or items, and
@@ -28,20 +30,31 @@ import (
 //	holder:   manifest, version, size, files, state, updated_ms
 //	presence: expiry_ms
 //
-// The signature is X's Ed25519 signature (the key inside X's peer ID, so
-// anyone can check it without a lookup) over
+// Encoding is canonical: a record decodes only if re-encoding its fields
+// gives the same bytes. The counter rises with every write of the key
+// (max(previous+1, now in Unix ms), so a node that lost its data dir still
+// moves forward); a change that writes a counter not above the one in
+// force in its causal past is a replay and is refused.
 //
-//	"meshnode/record/1" 0x00 | document key | 0x00 | the record without its signature
+// Records are signed per change, not one by one: the change that writes
+// X's records carries X's Ed25519 signature (the key inside X's peer ID,
+// so anyone checks it without a lookup) in its message, after the
+// human-readable text, as a last line
 //
-// so a record verifies only at the key it was written for. The counter
-// rises with every write of the key (max(previous+1, now in Unix ms), so a
-// node that lost its data dir still moves forward); a change that writes a
-// counter not above the one in force is a replay and is refused. Encoding
-// is canonical: a record decodes only if re-encoding its fields gives the
-// same bytes.
+//	mnsig1:<base64url of { uvarint len(writer) | writer | signature [64] }*>
 //
-// One value per record, instead of a map of fields, keeps a record to one
-// automerge operation: fewer operations in memory and to load.
+// with one signature per writer whose records the change writes, over
+//
+//	SHA-256("meshnode/records/1" 0x00 | writer | 0x00 |
+//	        { uvarint len(key) | key | uvarint len(value) | value }*)
+//
+// for that writer's record writes in operation order. A change with
+// record writes that no signature of their writer covers is refused. A
+// library scan writing 1,000 holder entries costs one signature, and a
+// joiner checks a snapshot with one signature per change of its history
+// (the document chunk keeps each change's message and op range), where a
+// signature per record would cost one per record ever written and 64
+// bytes each in the document.
 
 const (
 	recordVersion = 1
@@ -50,14 +63,16 @@ const (
 	recPresence   = 3
 
 	sigLen = 64
-	// MaxRecord bounds one signed record's bytes.
+	// MaxRecord bounds one record's bytes.
 	MaxRecord = 8 << 10
 	// holderRemoved is the state of a holder entry its writer withdrew:
 	// a signed tombstone, since a delete cannot carry a signature.
 	holderRemoved = "removed"
 )
 
-var recordDomain = []byte("meshnode/record/1\x00")
+var recordsDomain = []byte("meshnode/records/1\x00")
+
+const sigPrefix = "mnsig1:"
 
 // errRecord is wrapped by record decoding errors.
 var errRecord = errors.New("crdt: bad signed record")
@@ -69,8 +84,6 @@ type record struct {
 	node     NodeRecord
 	holder   Holder
 	expiryMs int64
-	// signed is the record without its signature; sig the signature.
-	signed, sig []byte
 }
 
 func (r *record) appendFields(b []byte) []byte {
@@ -120,44 +133,28 @@ func boolByte(v bool) byte {
 	return 0
 }
 
-func signedMessage(key string, body []byte) []byte {
-	m := make([]byte, 0, len(recordDomain)+len(key)+1+len(body))
-	m = append(m, recordDomain...)
-	m = append(m, key...)
-	m = append(m, 0)
-	return append(m, body...)
+// encodeRecord encodes r, refusing one over MaxRecord.
+func encodeRecord(key string, r *record) ([]byte, error) {
+	b := r.appendFields(nil)
+	if len(b) > MaxRecord {
+		return nil, fmt.Errorf("%w: record for %s is %d bytes, max %d", ErrInvalidValue, key, len(b), MaxRecord)
+	}
+	return b, nil
 }
 
-// signRecord encodes r for key and signs it with k.
-func signRecord(k crypto.PrivKey, key string, r *record) ([]byte, error) {
-	body := r.appendFields(nil)
-	sig, err := k.Sign(signedMessage(key, body))
-	if err != nil {
-		return nil, fmt.Errorf("crdt: sign %s: %w", key, err)
-	}
-	if len(sig) != sigLen {
-		return nil, fmt.Errorf("crdt: sign %s: the identity key is not Ed25519 (%d-byte signature)", key, len(sig))
-	}
-	out := append(body, sig...)
-	if len(out) > MaxRecord {
-		return nil, fmt.Errorf("%w: record for %s is %d bytes, max %d", ErrInvalidValue, key, len(out), MaxRecord)
-	}
-	return out, nil
-}
-
-// decodeRecord parses a record without checking its signature.
+// decodeRecord parses a record.
 func decodeRecord(b []byte) (*record, error) {
 	if len(b) > MaxRecord {
 		return nil, fmt.Errorf("%w: %d bytes, max %d", errRecord, len(b), MaxRecord)
 	}
-	if len(b) < 2+1+sigLen {
+	if len(b) < 3 {
 		return nil, fmt.Errorf("%w: %d bytes is too short", errRecord, len(b))
 	}
 	if b[0] != recordVersion {
 		return nil, fmt.Errorf("%w: version %d, this node reads %d", errRecord, b[0], recordVersion)
 	}
-	r := &record{kind: b[1], signed: b[:len(b)-sigLen], sig: b[len(b)-sigLen:]}
-	p := recReader{b: r.signed[2:]}
+	r := &record{kind: b[1]}
+	p := recReader{b: b[2:]}
 	r.counter = p.uvarint()
 	switch r.kind {
 	case recNode:
@@ -193,7 +190,7 @@ func decodeRecord(b []byte) (*record, error) {
 	if len(p.b) != 0 {
 		return nil, fmt.Errorf("%w: %d bytes after the fields", errRecord, len(p.b))
 	}
-	if string(r.appendFields(nil)) != string(r.signed) {
+	if string(r.appendFields(nil)) != string(b) {
 		return nil, fmt.Errorf("%w: not canonically encoded", errRecord)
 	}
 	return r, nil
@@ -269,50 +266,85 @@ func (p *recReader) list() []string {
 	return out
 }
 
-// keys caches writers' public keys and the records already verified, so a
-// reader pays for a signature once per record, not once per read. Every
-// record that passes validation on arrival is added to the cache.
-type keys struct {
-	mu       sync.Mutex
-	pubs     map[string]crypto.PubKey
-	verified map[[32]byte]struct{}
+// sigOp is one record write covered by a change's signature.
+type sigOp struct {
+	key   string
+	value []byte
 }
 
-// Bounds of the caches: past them, they are cleared and refilled.
-const (
-	maxPubKeys  = 1 << 16
-	maxVerified = 1 << 20
-)
-
-func newKeys() *keys {
-	return &keys{pubs: map[string]crypto.PubKey{}, verified: map[[32]byte]struct{}{}}
-}
-
-func verifiedKey(key string, value []byte) [32]byte {
+// recordsDigest is what writer signs for its record writes in a change.
+func recordsDigest(writer string, ops []sigOp) []byte {
 	h := sha256.New()
-	h.Write([]byte(key))
+	h.Write(recordsDomain)
+	h.Write([]byte(writer))
 	h.Write([]byte{0})
-	h.Write(value)
-	var out [32]byte
-	h.Sum(out[:0])
-	return out
-}
-
-func (ks *keys) known(id [32]byte) bool {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	_, ok := ks.verified[id]
-	return ok
-}
-
-func (ks *keys) remember(id [32]byte) {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	if len(ks.verified) >= maxVerified {
-		clear(ks.verified)
+	var n [binary.MaxVarintLen64]byte
+	for _, op := range ops {
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(op.key)))])
+		h.Write([]byte(op.key))
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(op.value)))])
+		h.Write(op.value)
 	}
-	ks.verified[id] = struct{}{}
+	return h.Sum(nil)
 }
+
+// writerSig is one writer's signature in a change's message.
+type writerSig struct {
+	writer string
+	sig    []byte
+}
+
+// withSignatures appends the signature line to a change message.
+func withSignatures(msg string, sigs []writerSig) string {
+	if len(sigs) == 0 {
+		return msg
+	}
+	var b []byte
+	for _, s := range sigs {
+		b = appendStr(b, s.writer)
+		b = append(b, s.sig...)
+	}
+	return msg + "\n" + sigPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// parseSignatures reads the signature line of a change message: writer to
+// signature. A message without one has none.
+func parseSignatures(msg string) (map[string][]byte, error) {
+	i := strings.LastIndexByte(msg, '\n')
+	if i < 0 || !strings.HasPrefix(msg[i+1:], sigPrefix) {
+		return nil, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(msg[i+1+len(sigPrefix):])
+	if err != nil {
+		return nil, fmt.Errorf("signature line is not base64url: %v", err)
+	}
+	out := map[string][]byte{}
+	p := recReader{b: b}
+	for len(p.b) > 0 && p.err == nil {
+		w := p.str()
+		if len(p.b) < sigLen {
+			p.fail("truncated signature")
+			break
+		}
+		if _, dup := out[w]; dup {
+			p.fail("two signatures by %s", w)
+			break
+		}
+		out[w], p.b = p.b[:sigLen], p.b[sigLen:]
+	}
+	return out, p.err
+}
+
+// keys caches writers' public keys, taken from their peer IDs.
+type keys struct {
+	mu   sync.Mutex
+	pubs map[string]crypto.PubKey
+}
+
+// maxPubKeys bounds the cache: past it, it is cleared and refilled.
+const maxPubKeys = 1 << 16
+
+func newKeys() *keys { return &keys{pubs: map[string]crypto.PubKey{}} }
 
 // pub returns the public key inside a peer ID.
 func (ks *keys) pub(writer string) (crypto.PubKey, error) {
@@ -342,30 +374,27 @@ func (ks *keys) pub(writer string) (crypto.PubKey, error) {
 	return k, nil
 }
 
-// verify decodes the record at key, written by writer, of the wanted
-// kind, and checks its signature (once: verified records are cached).
-func (ks *keys) verify(key, writer string, kind byte, value []byte) (*record, error) {
-	r, err := decodeRecord(value)
-	if err != nil {
-		return nil, err
-	}
-	if r.kind != kind {
-		return nil, fmt.Errorf("%w: a kind %d record where kind %d belongs", errRecord, r.kind, kind)
-	}
-	id := verifiedKey(key, value)
-	if ks.known(id) {
-		return r, nil
-	}
+// verify checks writer's signature over its record writes.
+func (ks *keys) verify(writer string, ops []sigOp, sig []byte) error {
 	pub, err := ks.pub(writer)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errBadSignature, err)
+		return err
 	}
-	ok, err := pub.Verify(signedMessage(key, r.signed), r.sig)
+	ok, err := pub.Verify(recordsDigest(writer, ops), sig)
 	if err != nil || !ok {
-		return nil, fmt.Errorf("%w: not signed by %s", errBadSignature, writer)
+		return fmt.Errorf("the change's signature by %s does not match its records", writer)
 	}
-	ks.remember(id)
-	return r, nil
+	return nil
 }
 
-var errBadSignature = errors.New("crdt: bad record signature")
+// sign signs writer's record writes with k.
+func sign(k crypto.PrivKey, writer string, ops []sigOp) ([]byte, error) {
+	sig, err := k.Sign(recordsDigest(writer, ops))
+	if err != nil {
+		return nil, fmt.Errorf("crdt: sign records of %s: %w", writer, err)
+	}
+	if len(sig) != sigLen {
+		return nil, fmt.Errorf("crdt: sign records of %s: the key is not Ed25519 (%d-byte signature)", writer, len(sig))
+	}
+	return sig, nil
+}

@@ -5,16 +5,15 @@ import (
 	"testing"
 )
 
-// FuzzDecodeRecord: a signed record from a peer never panics the decoder,
-// and whatever decodes re-encodes to the same bytes (canonical).
+// FuzzDecodeRecord: a record from a peer never panics the decoder, and
+// whatever decodes re-encodes to the same bytes (canonical).
 func FuzzDecodeRecord(f *testing.F) {
-	_, k := testIdentity(f)
 	for _, r := range []*record{
 		{kind: recNode, counter: 1, node: NodeRecord{Name: "n", Addrs: []string{"/ip4/127.0.0.1/tcp/1"}, Version: 2, Roles: []string{"relay"}, StartedMs: 5, LastSeenMs: 6, Alive: true}},
 		{kind: recHolder, counter: 1 << 40, holder: Holder{Manifest: "ab", Version: "v1", Size: 1 << 40, Files: 3, State: HolderPartial, UpdatedMs: 9}},
 		{kind: recPresence, counter: 3, expiryMs: -1},
 	} {
-		b, err := signRecord(k, "nodes/x", r)
+		b, err := encodeRecord("k", r)
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -26,31 +25,65 @@ func FuzzDecodeRecord(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if got := append(r.appendFields(nil), r.sig...); !bytes.Equal(got, b) {
+		if got := r.appendFields(nil); !bytes.Equal(got, b) {
 			t.Fatalf("decoded record re-encodes to %x, not %x", got, b)
 		}
 	})
 }
 
-func TestRecordVerifiesOnlyAtItsKeyAndWriter(t *testing.T) {
+// FuzzParseSignatures: a change message from a peer never panics the
+// signature line parser, and a parsed line encodes back to itself.
+func FuzzParseSignatures(f *testing.F) {
+	f.Add(withSignatures("scan", []writerSig{{"12D3KooWA", make([]byte, sigLen)}, {"12D3KooWB", bytes.Repeat([]byte{7}, sigLen)}}))
+	f.Add("plain message")
+	f.Add("x\nmnsig1:")
+	f.Add("x\nmnsig1:AAAA")
+	f.Fuzz(func(t *testing.T, msg string) {
+		sigs, err := parseSignatures(msg)
+		if err != nil {
+			return
+		}
+		for w, s := range sigs {
+			if len(s) != sigLen {
+				t.Fatalf("signature of %q is %d bytes", w, len(s))
+			}
+		}
+	})
+}
+
+// A change's signature covers exactly its writer's record writes, in
+// order, and verifies only for that writer.
+func TestRecordSignatureCoversWritesInOrder(t *testing.T) {
 	t.Parallel()
 	id, k := testIdentity(t)
 	other, _ := testIdentity(t)
-	b, err := signRecord(k, nodeKey(id), &record{kind: recNode, counter: 7, node: NodeRecord{Name: "a"}})
+	ops := []sigOp{{nodeKey(id), []byte{1, 1, 7}}, {presenceKey("t", id), []byte{1, 3, 1, 2}}}
+	sig, err := sign(k, id, ops)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ks := newKeys()
-	if r, err := ks.verify(nodeKey(id), id, recNode, b); err != nil || r.counter != 7 || r.node.Name != "a" {
-		t.Fatalf("own record: %+v %v", r, err)
+	if err := ks.verify(id, ops, sig); err != nil {
+		t.Fatalf("own writes: %v", err)
 	}
-	if _, err := ks.verify(nodeKey(other), other, recNode, b); err == nil {
-		t.Fatal("a record verified at another node's key")
+	for name, c := range map[string]struct {
+		writer string
+		ops    []sigOp
+	}{
+		"another writer":  {other, ops},
+		"reordered":       {id, []sigOp{ops[1], ops[0]}},
+		"one dropped":     {id, ops[:1]},
+		"value changed":   {id, []sigOp{ops[0], {ops[1].key, []byte{1, 3, 1, 3}}}},
+		"key moved":       {id, []sigOp{{nodeKey(other), ops[0].value}, ops[1]}},
+		"not a peer ID":   {"not-a-peer", ops},
+		"empty writer id": {"", ops},
+	} {
+		if err := ks.verify(c.writer, c.ops, sig); err == nil {
+			t.Errorf("%s: verified", name)
+		}
 	}
-	if _, err := ks.verify(presenceKey("t", id), id, recPresence, b); err == nil {
-		t.Fatal("a node record verified as a presence lease")
-	}
-	if _, err := ks.verify(nodeKey("not-a-peer"), "not-a-peer", recNode, b); err == nil {
-		t.Fatal("a writer that is not a peer ID verified")
+	sigs, err := parseSignatures(withSignatures("scan\nof two lines", []writerSig{{id, sig}}))
+	if err != nil || !bytes.Equal(sigs[id], sig) {
+		t.Fatalf("signature line round trip: %v %v", sigs, err)
 	}
 }

@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	am "github.com/automerge/automerge-go"
@@ -31,6 +32,39 @@ type txWrites struct {
 	errs []error
 	// nodes is set when the Tx writes a node record.
 	nodes bool
+	// signed lists the record writes, in operation order, for the
+	// change's signatures.
+	signed []pendingSig
+}
+
+// pendingSig is one record write waiting to be signed.
+type pendingSig struct {
+	writer string
+	key    crypto.PrivKey
+	op     sigOp
+}
+
+// signRecords returns msg with the signature line covering the Tx's
+// record writes: one signature per writer, over its writes in order.
+func (w *txWrites) signRecords(msg string) (string, error) {
+	var sigs []writerSig
+	for i, p := range w.signed {
+		if slices.ContainsFunc(w.signed[:i], func(q pendingSig) bool { return q.writer == p.writer }) {
+			continue
+		}
+		var ops []sigOp
+		for _, q := range w.signed[i:] {
+			if q.writer == p.writer {
+				ops = append(ops, q.op)
+			}
+		}
+		sig, err := sign(p.key, p.writer, ops)
+		if err != nil {
+			return "", err
+		}
+		sigs = append(sigs, writerSig{p.writer, sig})
+	}
+	return withSignatures(msg, sigs), nil
 }
 
 func (d *Doc) newTx() *Tx { return &Tx{w: &txWrites{}, key: d.key, self: d.self, read: d} }
@@ -56,10 +90,10 @@ func (tx *Tx) As(k crypto.PrivKey) *Tx {
 	return &c
 }
 
-// putRecord writes a signed record at key for writer, unless the record
-// in force already has the same fields. The counter is above the one in
+// putRecord writes a record at key for writer, unless the record in
+// force already has the same fields. The counter is above the one in
 // force and at least the time in Unix ms, so it rises even across a lost
-// data dir.
+// data dir. The write is signed with the change (signRecords).
 func (tx *Tx) putRecord(what, key, writer string, r *record) {
 	var err error
 	if writer != tx.self {
@@ -71,13 +105,16 @@ func (tx *Tx) putRecord(what, key, writer string, r *record) {
 			return nil
 		}
 		r.counter = max(d.counterLocked(key, nil)+1, uint64(time.Now().UnixMilli()))
-		b, err := signRecord(k, key, r)
+		b, err := encodeRecord(key, r)
 		if err != nil {
 			return err
 		}
+		if err := doc.Path(key).Set(b); err != nil {
+			return err
+		}
 		d.counters[key] = r.counter
-		d.keys.remember(verifiedKey(key, b))
-		return doc.Path(key).Set(b)
+		tx.w.signed = append(tx.w.signed, pendingSig{writer: writer, key: k, op: sigOp{key, b}})
+		return nil
 	})
 }
 

@@ -1,8 +1,10 @@
 package crdt
 
 import (
+	"cmp"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"unicode/utf8"
 
@@ -22,9 +24,10 @@ import (
 //     type (records are bytes, the rest strings; no counters);
 //   - size: a key part is at most 256 bytes, a room state value 16 KiB, an
 //     item name 1 KiB, a record 8 KiB, a change 1 MiB as received;
-//   - signature: a single-writer key holds a record signed by the peer
-//     its key names, of the kind the key takes; such keys are never
-//     deleted (a holder withdraws with a signed tombstone);
+//   - signature: a single-writer key holds a record of the kind the key
+//     takes, and the change that writes it is signed by the peer the key
+//     names (record.go); such keys are never deleted (a holder withdraws
+//     with a tombstone record);
 //   - replay: a record's counter is above the counter of the record in
 //     force at that key in the change's causal past;
 //   - creds: room credentials decode.
@@ -51,9 +54,10 @@ func refuse(rule, key, format string, a ...any) *RefusedError {
 }
 
 // checkOp checks one operation on its own: schema, type, size, the
-// signature of a record and the decoding of creds. It returns the parsed
-// key and, for a record, the record.
-func (d *Doc) checkOp(op *Op, verify bool) (schemaKey, *record, *RefusedError) {
+// decoding of a record (its signature is the change's: see
+// checkChangeLocked) and of creds. It returns the parsed key and, for a
+// record, the record.
+func (d *Doc) checkOp(op *Op) (schemaKey, *record, *RefusedError) {
 	if !op.Root {
 		return schemaKey{}, nil, refuse(RuleObject, "", "writes inside a nested object; the document holds only root keys")
 	}
@@ -79,24 +83,17 @@ func (d *Doc) checkOp(op *Op, verify bool) (schemaKey, *record, *RefusedError) {
 	}
 	if kind, ok := sk.signed(); ok {
 		if op.Type != ValBytes {
-			return sk, nil, refuse(RuleType, key, "a %s value where a signed record (bytes) belongs", typeName(op.Type))
+			return sk, nil, refuse(RuleType, key, "a %s value where a record (bytes) belongs", typeName(op.Type))
 		}
 		if len(op.Value) > MaxRecord {
 			return sk, nil, refuse(RuleSize, key, "a record of %d bytes (max %d)", len(op.Value), MaxRecord)
 		}
-		if !verify {
-			r, err := decodeRecord(op.Value)
-			if err == nil && r.kind != kind {
-				err = fmt.Errorf("%w: kind %d at a key of kind %d", errRecord, r.kind, kind)
-			}
-			if err != nil {
-				return sk, nil, refuse(RuleSignature, key, "%v", err)
-			}
-			return sk, r, nil
+		r, err := decodeRecord(op.Value)
+		if err == nil && r.kind != kind {
+			err = fmt.Errorf("%w: kind %d at a key of kind %d", errRecord, r.kind, kind)
 		}
-		r, err := d.keys.verify(key, sk.writer, kind, op.Value)
 		if err != nil {
-			return sk, nil, refuse(RuleSignature, key, "%v", err)
+			return sk, nil, refuse(RuleType, key, "%v", err)
 		}
 		return sk, r, nil
 	}
@@ -123,6 +120,45 @@ func (d *Doc) checkOp(op *Op, verify bool) (schemaKey, *record, *RefusedError) {
 	return sk, nil, nil
 }
 
+// writerOps groups a change's record writes by writer, in op order.
+type writerOps struct {
+	order  []string
+	byWho  map[string][]sigOp
+	sample map[string]string // a key each writer wrote, for errors
+}
+
+func (w *writerOps) add(writer, key string, value []byte) {
+	if w.byWho == nil {
+		w.byWho, w.sample = map[string][]sigOp{}, map[string]string{}
+	}
+	if _, ok := w.byWho[writer]; !ok {
+		w.order = append(w.order, writer)
+		w.sample[writer] = key
+	}
+	w.byWho[writer] = append(w.byWho[writer], sigOp{key, value})
+}
+
+// verify checks that the change message signs every writer's writes.
+func (w *writerOps) verify(ks *keys, message string) *RefusedError {
+	if len(w.order) == 0 {
+		return nil
+	}
+	sigs, err := parseSignatures(message)
+	if err != nil {
+		return refuse(RuleSignature, w.sample[w.order[0]], "%v", err)
+	}
+	for _, writer := range w.order {
+		sig, ok := sigs[writer]
+		if !ok {
+			return refuse(RuleSignature, w.sample[writer], "writes a record of %s without %s's signature", writer, writer)
+		}
+		if err := ks.verify(writer, w.byWho[writer], sig); err != nil {
+			return refuse(RuleSignature, w.sample[writer], "%v", err)
+		}
+	}
+	return nil
+}
+
 // checkChangeLocked checks one change whose dependencies this node
 // holds (applied, or pending in the same batch: flush applies those, and
 // is called before the exact replay check needs them in the document).
@@ -132,18 +168,33 @@ func (d *Doc) checkChangeLocked(c *ChangeOps, over map[string]uint64, flush func
 	if c.Size > MaxChange {
 		return d.stamp(c, refuse(RuleSize, "", "a change of %d bytes (max %d)", c.Size, MaxChange))
 	}
-	d.preverify(c.Ops)
-	mine := map[string]uint64{}
+	type write struct {
+		key string
+		r   *record
+	}
+	var (
+		signed writerOps
+		writes []write
+	)
 	for i := range c.Ops {
 		op := &c.Ops[i]
-		_, r, ref := d.checkOp(op, true)
+		sk, r, ref := d.checkOp(op)
 		if ref != nil {
 			return d.stamp(c, ref)
 		}
-		if r == nil {
-			continue
+		if r != nil {
+			signed.add(sk.writer, op.Key, op.Value)
+			writes = append(writes, write{op.Key, r})
 		}
-		key := op.Key
+	}
+	// Signatures before counters: the exact counter check costs a fork,
+	// which only a writer's own change may make this node pay.
+	if ref := signed.verify(d.keys, c.Message); ref != nil {
+		return d.stamp(c, ref)
+	}
+	mine := map[string]uint64{}
+	for _, w := range writes {
+		key, r := w.key, w.r
 		cur, seen := mine[key]
 		if !seen {
 			cur = d.counterLocked(key, over)
@@ -215,75 +266,87 @@ func (d *Doc) counterAtLocked(deps []Hash, key string) (uint64, error) {
 
 // checkDocument checks every operation of a document chunk (a peer's
 // snapshot, or one merged into the change log): the same rules as a
-// change's, every record's signature (verified in parallel: a snapshot
-// of a large fleet holds many), and, for each single-writer key, that
-// every overwrite raised the counter and none deleted the record.
+// change's, the signature of every change of its history that wrote
+// records (the chunk keeps each change's message, and an op belongs to
+// the change of its actor whose op range holds it), checked on every
+// core, and, for each single-writer key, that every overwrite raised the
+// counter and none deleted the record.
 func (d *Doc) checkDocument(b []byte) *RefusedError {
 	doc, err := decodeDocument(b)
 	if err != nil {
 		return refuse(RuleDecode, "", "%v", err)
 	}
-	type signed struct {
+	type counted struct {
 		key     string
 		counter uint64
 	}
-	recs := map[OpID]signed{}
-	var jobs []int
+	recs := map[OpID]counted{}
+	// Each actor's changes by seq, to find the change an op belongs to.
+	byActor := make([][]int, len(doc.Actors))
+	for i, m := range doc.Meta {
+		byActor[m.Actor] = append(byActor[m.Actor], i)
+	}
+	for _, cs := range byActor {
+		slices.SortFunc(cs, func(x, y int) int { return cmp.Compare(doc.Meta[x].Seq, doc.Meta[y].Seq) })
+	}
+	type write struct {
+		counter uint64
+		writer  string
+		op      sigOp
+	}
+	perChange := map[int][]write{}
 	for i := range doc.Ops {
 		op := &doc.Ops[i]
-		sk, r, ref := d.checkOp(op, false)
+		sk, r, ref := d.checkOp(op)
 		if ref != nil {
 			return ref
 		}
-		if r != nil {
-			recs[op.ID] = signed{op.Key, r.counter}
-			jobs = append(jobs, i)
-			_ = sk
+		if r == nil {
+			continue
 		}
+		recs[op.ID] = counted{op.Key, r.counter}
+		cs := byActor[op.ID.Actor]
+		j, _ := slices.BinarySearchFunc(cs, op.ID.Counter, func(ci int, c uint64) int { return cmp.Compare(doc.Meta[ci].MaxOp, c) })
+		if j == len(cs) {
+			return refuse(RuleDecode, op.Key, "an operation outside every change's op range")
+		}
+		perChange[cs[j]] = append(perChange[cs[j]], write{op.ID.Counter, sk.writer, sigOp{op.Key, op.Value}})
 	}
-	if ref := d.verifyOps(doc.Ops, jobs); ref != nil {
-		return ref
-	}
-	for _, i := range jobs {
+	for i := range doc.Ops {
 		op := &doc.Ops[i]
+		cur, ok := recs[op.ID]
+		if !ok {
+			continue
+		}
 		for _, s := range op.Succ {
 			next, ok := recs[s]
 			switch {
 			case !ok:
-				return refuse(RuleSignature, op.Key, "the record was deleted or overwritten by an unsigned value")
+				return refuse(RuleSignature, op.Key, "the record was deleted or overwritten by a value that is not a record")
 			case next.key != op.Key:
 				return refuse(RuleDecode, op.Key, "an overwrite at another key")
-			case next.counter <= recs[op.ID].counter:
-				return refuse(RuleReplay, op.Key, "counter %d overwritten by %d", recs[op.ID].counter, next.counter)
+			case next.counter <= cur.counter:
+				return refuse(RuleReplay, op.Key, "counter %d overwritten by %d", cur.counter, next.counter)
 			}
 		}
 	}
-	return nil
-}
-
-// preverify checks the signatures of a change's records on every core
-// when it holds many (a library scan writes one per item), so the checks
-// in order find them cached. Failures are left to those checks to report.
-func (d *Doc) preverify(ops []Op) {
-	var idx []int
-	for i := range ops {
-		op := &ops[i]
-		if op.Root && op.KeyIsStr && op.Action == ActSet && op.Type == ValBytes {
-			if sk, _, err := parseKey(op.Key); err == nil {
-				if _, ok := sk.signed(); ok {
-					idx = append(idx, i)
-				}
-			}
+	jobs := make([]func() *RefusedError, 0, len(perChange))
+	for ci, ws := range perChange {
+		slices.SortFunc(ws, func(x, y write) int { return cmp.Compare(x.counter, y.counter) })
+		var g writerOps
+		for _, w := range ws {
+			g.add(w.writer, w.op.key, w.op.value)
 		}
+		msg := doc.Meta[ci].Message
+		jobs = append(jobs, func() *RefusedError { return g.verify(d.keys, msg) })
 	}
-	if len(idx) >= 16 {
-		d.verifyOps(ops, idx)
-	}
+	return runChecks(jobs)
 }
 
-// verifyOps checks the signatures of the record ops at idx, on every core.
-func (d *Doc) verifyOps(ops []Op, idx []int) *RefusedError {
-	workers := min(runtime.GOMAXPROCS(0), max(1, len(idx)/64))
+// runChecks runs independent checks on every core and returns a refusal
+// if any refuses.
+func runChecks(jobs []func() *RefusedError) *RefusedError {
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(jobs)/8))
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -293,14 +356,11 @@ func (d *Doc) verifyOps(ops []Op, idx []int) *RefusedError {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for j := w; j < len(idx); j += workers {
-				op := &ops[idx[j]]
-				sk, _, _ := parseKey(op.Key)
-				kind, _ := sk.signed()
-				if _, err := d.keys.verify(op.Key, sk.writer, kind, op.Value); err != nil {
+			for j := w; j < len(jobs); j += workers {
+				if ref := jobs[j](); ref != nil {
 					mu.Lock()
 					if first == nil {
-						first = refuse(RuleSignature, op.Key, "%v", err)
+						first = ref
 					}
 					mu.Unlock()
 					return

@@ -30,10 +30,16 @@ func newAttacker(t *testing.T, from *Doc) *attacker {
 // change applies edit and returns the resulting change's bytes, hash and deps.
 func (a *attacker) change(edit func(d *am.Doc) error) ([]byte, Hash, []Hash) {
 	a.t.Helper()
+	return a.changeMsg(edit, "evil")
+}
+
+// changeMsg is change with the given message (a copied signature line).
+func (a *attacker) changeMsg(edit func(d *am.Doc) error, msg string) ([]byte, Hash, []Hash) {
+	a.t.Helper()
 	if err := edit(a.doc); err != nil {
 		a.t.Fatal(err)
 	}
-	h, err := a.doc.Commit("evil")
+	h, err := a.doc.Commit(msg)
 	if err != nil {
 		a.t.Fatal(err)
 	}
@@ -62,55 +68,74 @@ func TestBadChangesRefusedByRule(t *testing.T) {
 	honest := openT(t, t.TempDir())
 	self := honest.Self()
 	if _, err := honest.Update("own", func(tx *Tx) error {
-		tx.SetNode(self, NodeRecord{Name: "honest", Alive: true, LastSeenMs: 1000})
 		tx.SetPresence("lobby", self, 5000)
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	old := rawValue(t, honest, nodeKey(self))
-	if _, err := honest.Update("own", func(tx *Tx) error {
-		tx.SetNode(self, NodeRecord{Name: "honest", Alive: true, LastSeenMs: 2000})
+	h1, err := honest.Update("own", func(tx *Tx) error {
+		tx.SetNode(self, NodeRecord{Name: "honest", Alive: true, LastSeenMs: 1000})
 		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	cur := rawValue(t, honest, nodeKey(self))
-	_, evilKey := testIdentity(t)
-	forged, err := signRecord(evilKey, nodeKey(self), &record{kind: recNode, counter: 1 << 62, node: NodeRecord{Name: "forged"}})
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	old, oldMsg := rawValue(t, honest, nodeKey(self)), changeMessage(t, honest, h1)
+	h2, err := honest.Update("own", func(tx *Tx) error {
+		tx.SetNode(self, NodeRecord{Name: "honest", Alive: true, LastSeenMs: 2000})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, curMsg := rawValue(t, honest, nodeKey(self)), changeMessage(t, honest, h2)
+	_, evilKey := testIdentity(t)
+	forged, err := encodeRecord(nodeKey(self), &record{kind: recNode, counter: 1 << 62, node: NodeRecord{Name: "forged"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evilSig, err := sign(evilKey, self, []sigOp{{nodeKey(self), forged}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedMsg := withSignatures("evil", []writerSig{{self, evilSig}})
 	tampered := bytes.Clone(cur)
-	tampered[len(tampered)-sigLen-1] ^= 1 // alive, under the signature
+	tampered[len(tampered)-1] ^= 1 // alive, which the copied signature covers
 
 	cases := []struct {
 		name, rule string
 		edit       func(d *am.Doc) error
+		msg        string
 	}{
 		{"text bomb", RuleObject, func(d *am.Doc) error {
 			return d.Path("rooms/lobby/state/doc").Set(am.NewText(strings.Repeat("x", 20000)))
-		}},
-		{"nested map", RuleObject, set(nodeKey(self), map[string]any{"alive": false})},
-		{"list", RuleObject, set("library/x/name", []string{"a"})},
-		{"key outside the schema", RuleSchema, set("evil/key", "x")},
-		{"long key part", RuleSize, set("rooms/lobby/state/"+strings.Repeat("k", 5000), "x")},
-		{"big item name", RuleSize, set("library/x/name", strings.Repeat("n", 300<<10))},
-		{"big state value", RuleSize, set("rooms/lobby/state/k", strings.Repeat("v", MaxRoomStateValue+1))},
-		{"int where a string belongs", RuleType, set("library/x/name", int64(5))},
-		{"string where a record belongs", RuleType, set(nodeKey(self), "alive")},
-		{"counter", RuleType, func(d *am.Doc) error { return d.Path("rooms/lobby/state/n").Set(am.NewCounter(1)) }},
-		{"record signed by another key", RuleSignature, set(nodeKey(self), forged)},
-		{"tampered record", RuleSignature, set(nodeKey(self), tampered)},
-		{"record of the wrong kind", RuleSignature, set(presenceKey("lobby", self), cur)},
-		{"record deleted", RuleSignature, func(d *am.Doc) error { return d.Path(nodeKey(self)).Delete() }},
-		{"replayed record", RuleReplay, set(nodeKey(self), old)},
-		{"garbage creds", RuleCreds, set(credsKey("lobby"), "not base64url!")},
+		}, ""},
+		{"nested map", RuleObject, set(nodeKey(self), map[string]any{"alive": false}), ""},
+		{"list", RuleObject, set("library/x/name", []string{"a"}), ""},
+		{"key outside the schema", RuleSchema, set("evil/key", "x"), ""},
+		{"long key part", RuleSize, set("rooms/lobby/state/"+strings.Repeat("k", 5000), "x"), ""},
+		{"big item name", RuleSize, set("library/x/name", strings.Repeat("n", 300<<10)), ""},
+		{"big state value", RuleSize, set("rooms/lobby/state/k", strings.Repeat("v", MaxRoomStateValue+1)), ""},
+		{"int where a string belongs", RuleType, set("library/x/name", int64(5)), ""},
+		{"string where a record belongs", RuleType, set(nodeKey(self), "alive"), ""},
+		{"counter", RuleType, func(d *am.Doc) error { return d.Path("rooms/lobby/state/n").Set(am.NewCounter(1)) }, ""},
+		{"unsigned record", RuleSignature, set(nodeKey(self), forged), ""},
+		{"record signed by another key", RuleSignature, set(nodeKey(self), forged), forgedMsg},
+		{"tampered record", RuleSignature, set(nodeKey(self), tampered), curMsg},
+		{"garbage signature line", RuleSignature, set(nodeKey(self), forged), "evil\nmnsig1:!!"},
+		{"record of the wrong kind", RuleType, set(presenceKey("lobby", self), cur), curMsg},
+		{"record deleted", RuleSignature, func(d *am.Doc) error { return d.Path(nodeKey(self)).Delete() }, ""},
+		{"replayed record", RuleReplay, set(nodeKey(self), old), oldMsg},
+		{"garbage creds", RuleCreds, set(credsKey("lobby"), "not base64url!"), ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			heads := honest.HeadStrings()
-			raw, h, deps := newAttacker(t, honest).change(c.edit)
+			msg := c.msg
+			if msg == "" {
+				msg = "evil"
+			}
+			raw, h, deps := newAttacker(t, honest).changeMsg(c.edit, msg)
 			_, err := honest.ApplyChange(raw, h, deps)
 			r, ok := AsRefused(err)
 			if !ok || r.Rule != c.rule || r.Change != h {
@@ -128,7 +153,7 @@ func TestBadChangesRefusedByRule(t *testing.T) {
 				t.Fatalf("sync: err = %v, want rule %s", err, c.rule)
 			}
 			a := newAttacker(t, honest)
-			a.change(c.edit)
+			a.changeMsg(c.edit, msg)
 			if err := honest.MergeSnapshot(a.doc.Save()); err == nil {
 				t.Fatal("snapshot holding the change merged")
 			}
@@ -175,6 +200,15 @@ func honestSyncWith(t *testing.T, d *Doc, raw []byte) error {
 	return nil
 }
 
+func changeMessage(t *testing.T, d *Doc, h Hash) string {
+	t.Helper()
+	ch, err := d.doc().Change(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch.Message()
+}
+
 func rawValue(t *testing.T, d *Doc, key string) []byte {
 	t.Helper()
 	v, err := d.doc().Path(key).Get()
@@ -190,22 +224,26 @@ func TestValidForeignChangesAccepted(t *testing.T) {
 	t.Parallel()
 	honest := openT(t, t.TempDir())
 	other := openT(t, t.TempDir())
-	if _, err := other.Update("rec", func(tx *Tx) error {
+	h, err := other.Update("rec", func(tx *Tx) error {
 		tx.SetNode(other.Self(), NodeRecord{Name: "other", Alive: true})
 		return nil
-	}); err != nil {
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	rec := rawValue(t, other, nodeKey(other.Self()))
+	rec, recMsg := rawValue(t, other, nodeKey(other.Self())), changeMessage(t, other, h)
 	a := newAttacker(t, honest)
-	for _, edit := range []func(d *am.Doc) error{
-		set("library/x/name", "X"),
-		set("rooms/lobby/state/k", "v"),
-		set(credsKey("lobby"), goodCreds()),
-		func(d *am.Doc) error { return d.Path("rooms/lobby/state/k").Delete() },
-		set(nodeKey(other.Self()), rec), // relayed by anyone, once
+	for _, c := range []struct {
+		edit func(d *am.Doc) error
+		msg  string
+	}{
+		{set("library/x/name", "X"), "x"},
+		{set("rooms/lobby/state/k", "v"), "x"},
+		{set(credsKey("lobby"), goodCreds()), "x"},
+		{func(d *am.Doc) error { return d.Path("rooms/lobby/state/k").Delete() }, "x"},
+		{set(nodeKey(other.Self()), rec), recMsg}, // relayed with its signature, once
 	} {
-		raw, h, deps := a.change(edit)
+		raw, h, deps := a.changeMsg(c.edit, c.msg)
 		if _, err := honest.ApplyChange(raw, h, deps); err != nil {
 			t.Fatalf("valid change refused: %v", err)
 		}
@@ -223,19 +261,20 @@ func TestValidForeignChangesAccepted(t *testing.T) {
 func TestReplayVerdictIndependentOfReceiver(t *testing.T) {
 	t.Parallel()
 	b := openT(t, t.TempDir())
-	write := func(seen int64) []byte {
+	write := func(seen int64) ([]byte, string) {
 		t.Helper()
-		if _, err := b.Update("rec", func(tx *Tx) error {
+		h, err := b.Update("rec", func(tx *Tx) error {
 			tx.SetNode(b.Self(), NodeRecord{Name: "b", LastSeenMs: seen})
 			return nil
-		}); err != nil {
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
-		return rawValue(t, b, nodeKey(b.Self()))
+		return rawValue(t, b, nodeKey(b.Self())), changeMessage(t, b, h)
 	}
-	write(1)
+	r1, m1 := write(1)
 	base := b.Snapshot()
-	r2 := write(2)
+	r2, m2 := write(2)
 	write(3)
 	// M forks at base (record 1) and writes record 2 again: concurrent
 	// with record 3, above record 1.
@@ -244,7 +283,7 @@ func TestReplayVerdictIndependentOfReceiver(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := &attacker{t: t, doc: m}
-	raw, h, deps := a.change(set(nodeKey(b.Self()), r2))
+	raw, h, deps := a.changeMsg(set(nodeKey(b.Self()), r2), m2)
 
 	late := openT(t, t.TempDir()) // holds records 1..3
 	if err := late.MergeSnapshot(b.Snapshot()); err != nil {
@@ -260,7 +299,7 @@ func TestReplayVerdictIndependentOfReceiver(t *testing.T) {
 		t.Fatalf("verdicts differ or refuse: late %v, early %v", errLate, errEarly)
 	}
 	// Writing record 1 again over record 2 is a replay for both.
-	r1raw, h1, deps1 := a.change(set(nodeKey(b.Self()), rawValueOf(t, base, nodeKey(b.Self()))))
+	r1raw, h1, deps1 := a.changeMsg(set(nodeKey(b.Self()), r1), m1)
 	for _, d := range []*Doc{late, early} {
 		if _, err := d.ApplyChange(r1raw, h1, deps1); err == nil {
 			t.Fatal("replay over a newer record in its own past accepted")
