@@ -7,8 +7,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/meshnode/meshnode/crdt"
 )
+
+// testIdentity is a fresh Ed25519 identity outside the fleet and its peer
+// ID: only a real identity can sign the records that name it (write them
+// through tx.As(key)).
+func testIdentity(tb testing.TB) (crypto.PrivKey, string) {
+	tb.Helper()
+	key, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return key, id.String()
+}
 
 func TestFiveNodesConcurrentWritesConverge(t *testing.T) {
 	t.Parallel()
@@ -16,14 +35,16 @@ func TestFiveNodesConcurrentWritesConverge(t *testing.T) {
 	waitFor(t, 20*time.Second, "every node authenticated to a peer", func() bool { return c.allAuthenticated(1) })
 	var wg sync.WaitGroup
 	for i, n := range c.nodes {
+		// Not n's own identity: n's library scan unpublishes entries that
+		// name n for items its share folder lacks. Node i writes the
+		// entries of a holder identity of its own, signed with its key.
+		key, holder := testIdentity(t)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for k := range 20 {
 				update(t, n, func(tx *crdt.Tx) {
-					// Not n's own ID: n's library scan unpublishes entries
-					// that name n for items its share folder lacks.
-					tx.SetHolder(fmt.Sprintf("item%d", k), fmt.Sprintf("holder-%d", i), crdt.Holder{Manifest: fmt.Sprint(i, k), State: crdt.HolderComplete})
+					tx.As(key).SetHolder(fmt.Sprintf("item%d", k), holder, crdt.Holder{Manifest: fmt.Sprint(i, k), State: crdt.HolderComplete})
 					tx.SetItemName("shared", fmt.Sprintf("written by n%d round %d", i, k))
 				})
 			}
@@ -62,11 +83,11 @@ func TestLateJoinerBootstrapsFromSnapshot(t *testing.T) {
 	// The entries name a holder outside the fleet: a node's library scan
 	// unpublishes entries that name it for items its share folder lacks,
 	// and node 0's start-up scan may run while these are being written.
-	const holder = "holder-outside-fleet"
+	key, holder := testIdentity(t)
 	for b := 0; b < entries; b += 500 {
 		update(t, c.nodes[0], func(tx *crdt.Tx) {
 			for k := b; k < b+500; k++ {
-				tx.SetHolder(fmt.Sprintf("item-%05d", k), holder, crdt.Holder{Manifest: "m", Size: int64(k), State: crdt.HolderComplete})
+				tx.As(key).SetHolder(fmt.Sprintf("item-%05d", k), holder, crdt.Holder{Manifest: "m", Size: int64(k), State: crdt.HolderComplete})
 			}
 		})
 	}
