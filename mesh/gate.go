@@ -12,7 +12,8 @@ import (
 )
 
 // Gate is the host's connection gater. It refuses peers that failed fleet
-// authentication (with exponential backoff), peers blocked by the
+// authentication (with exponential backoff), members banned for sending
+// changes the document refuses (Ban), peers blocked by the
 // operator or a partition test, and, once Auth runs, inbound peers that
 // have not authenticated beyond Auth's budget for them. It is safe for
 // concurrent use.
@@ -23,7 +24,10 @@ type Gate struct {
 	// maxBackoff bounds backoff: every stranger's peer ID that fails gets
 	// an entry, and peer IDs cost nothing to make.
 	maxBackoff int
-	blocked    map[peer.ID]bool
+	// bans are members struck out for refused changes; bounded by
+	// maxBackoff too.
+	bans    map[peer.ID]backoffEntry
+	blocked map[peer.ID]bool
 	// noDirect holds peers reachable only through a relay: what two sites
 	// that cannot route to each other look like, for partition tests and
 	// for operators who want a peer's traffic to go through the relay.
@@ -43,12 +47,16 @@ const (
 	backoffMax  = 5 * time.Minute
 	// defaultMaxBackoff peers are remembered in backoff at most.
 	defaultMaxBackoff = 4096
+	// A ban lasts banBase, doubling per ban up to banMax; a peer banned
+	// again within banMax of its last ban's end counts as a repeat.
+	banBase = time.Minute
+	banMax  = time.Hour
 )
 
 // NewGate returns an open gate.
 func NewGate() *Gate {
 	return &Gate{now: time.Now, backoff: map[peer.ID]backoffEntry{}, maxBackoff: defaultMaxBackoff,
-		blocked: map[peer.ID]bool{}, noDirect: map[peer.ID]bool{}}
+		bans: map[peer.ID]backoffEntry{}, blocked: map[peer.ID]bool{}, noDirect: map[peer.ID]bool{}}
 }
 
 // Fail records an authentication failure and returns how long p is
@@ -78,6 +86,51 @@ func (g *Gate) Fail(p peer.ID) time.Duration {
 	}
 	g.backoff[p] = e
 	return d
+}
+
+// Ban refuses p, a member struck out for sending changes the document
+// refused, and returns for how long: 1 min, doubling per ban up to 1 h.
+// Unlike Fail's backoff, authenticating again (Succeed) does not clear a
+// ban's history: proving the secret says nothing of what a peer sends. It
+// is forgotten once p has gone banMax past its last ban without another.
+// Past maxBackoff banned peers, those whose history is over are forgotten
+// first, then those banned fewest times, ending soonest.
+func (g *Gate) Ban(p peer.ID) time.Duration {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now()
+	e, known := g.bans[p]
+	if known && !now.Before(e.until.Add(banMax)) {
+		e.failures = 0
+	}
+	d := min(banBase<<min(e.failures, 10), banMax)
+	e.failures++
+	e.until = now.Add(d)
+	if !known && len(g.bans) >= g.maxBackoff {
+		for q, o := range g.bans {
+			if !now.Before(o.until.Add(banMax)) {
+				delete(g.bans, q)
+			}
+		}
+		prune(g.bans, g.maxBackoff*3/4, func(a, b backoffEntry) int {
+			return cmp.Or(cmp.Compare(a.failures, b.failures), a.until.Compare(b.until))
+		})
+	}
+	g.bans[p] = e
+	return d
+}
+
+// Banned reports whether p is banned now (Ban), whatever else the Gate
+// thinks of it.
+func (g *Gate) Banned(p peer.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.bannedLocked(p)
+}
+
+func (g *Gate) bannedLocked(p peer.ID) bool {
+	e, ok := g.bans[p]
+	return ok && g.now().Before(e.until)
 }
 
 // setAdmit installs (or, with nil, removes) the decision on inbound peers.
@@ -132,7 +185,7 @@ func (g *Gate) pathAllowed(p peer.ID, a ma.Multiaddr) bool {
 func (g *Gate) Allowed(p peer.ID) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.blocked[p] {
+	if g.blocked[p] || g.bannedLocked(p) {
 		return false
 	}
 	e, ok := g.backoff[p]
