@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,7 +42,54 @@ type ReplicatorConfig struct {
 	Workers int
 	// OnBootstrapped is called after a snapshot was merged. Must not block.
 	OnBootstrapped func()
+
+	// Gate bans peers struck out for refused changes (see strikes.go);
+	// without one they are only disconnected.
+	Gate *Gate
+	// OnBadChange is called for every change, sync message or snapshot
+	// from a peer that the document refused, after the strike is counted
+	// and, if it struck the peer out, after the peer was banned and
+	// disconnected. It is called from the replicator's goroutines and
+	// stream handlers: it must not block.
+	OnBadChange func(BadChange)
+	// StrikeLimit refusals of a peer's changes within StrikeWindow strike
+	// it out. Default 3 within 10 min.
+	StrikeLimit  int
+	StrikeWindow time.Duration
+	// RefusedPause is how long after a refusal the replicator neither
+	// starts nor answers an anti-entropy session with that peer, nor
+	// bootstraps from it. Default 30 s.
+	RefusedPause time.Duration
 }
+
+// Paths a refused change can come by (BadChange.Via).
+const (
+	ViaGossip   = "gossip"
+	ViaSync     = "sync"
+	ViaSnapshot = "snapshot"
+)
+
+// BadChange reports a change (or sync message, or snapshot) from a peer
+// that the document refused.
+type BadChange struct {
+	// Peer is the peer it is attributed to: for gossip the message's
+	// signed origin, for sync and snapshots the peer on the stream.
+	Peer peer.ID
+	// Refused says which rule it broke and where.
+	Refused *crdt.RefusedError
+	// Via is ViaGossip, ViaSync or ViaSnapshot.
+	Via string
+	// Strikes is the peer's refusals within the strike window, this one
+	// included.
+	Strikes int
+	// Disconnected is true when this refusal struck the peer out: it was
+	// banned at the Gate for Ban, and its connections closed.
+	Disconnected bool
+	Ban          time.Duration
+}
+
+// BadChangeKind is a rule broken, and the path the change came by.
+type BadChangeKind struct{ Rule, Via string }
 
 // ReplicatorStats are cumulative counters.
 type ReplicatorStats struct {
@@ -50,6 +98,10 @@ type ReplicatorStats struct {
 	// BytesIn and BytesOut count document payload bytes moved by
 	// anti-entropy and snapshots (not gossip, not stream framing).
 	BytesIn, BytesOut uint64
+	// BadChanges counts refusals by rule and path; BadPeersDisconnected
+	// the peers struck out for them.
+	BadChanges           map[BadChangeKind]uint64
+	BadPeersDisconnected uint64
 }
 
 // Replicator keeps the document converged with the fleet: every local
@@ -80,6 +132,11 @@ type Replicator struct {
 	changesSent, changesRecv, rejected, dropped   atomic.Uint64
 	sessions, failures, snapsFetched, snapsServed atomic.Uint64
 	bytesIn, bytesOut                             atomic.Uint64
+
+	strikeMu  sync.Mutex // guards strikes, bad and struckOut
+	strikes   *strikes
+	bad       map[BadChangeKind]uint64
+	struckOut uint64
 }
 
 type stateKey struct {
@@ -101,6 +158,18 @@ func NewReplicator(cfg ReplicatorConfig) *Replicator {
 	if cfg.OnBootstrapped == nil {
 		cfg.OnBootstrapped = func() {}
 	}
+	if cfg.OnBadChange == nil {
+		cfg.OnBadChange = func(BadChange) {}
+	}
+	if cfg.StrikeLimit <= 0 {
+		cfg.StrikeLimit = 3
+	}
+	if cfg.StrikeWindow <= 0 {
+		cfg.StrikeWindow = 10 * time.Minute
+	}
+	if cfg.RefusedPause <= 0 {
+		cfg.RefusedPause = 30 * time.Second
+	}
 	r := &Replicator{
 		cfg:       cfg,
 		lg:        cfg.Logger.With().Str("component", "replicator").Logger(),
@@ -112,6 +181,8 @@ func NewReplicator(cfg ReplicatorConfig) *Replicator {
 		wake:      make(chan struct{}, 1),
 		pending:   map[peer.ID]bool{},
 		states:    map[stateKey]*crdt.PeerState{},
+		strikes:   newStrikes(cfg.StrikeLimit, cfg.StrikeWindow, cfg.RefusedPause, defaultMaxStrikes),
+		bad:       map[BadChangeKind]uint64{},
 	}
 	r.needBoot.Store(cfg.Bootstrap)
 	return r
@@ -119,7 +190,11 @@ func NewReplicator(cfg ReplicatorConfig) *Replicator {
 
 // Stats returns cumulative counters.
 func (r *Replicator) Stats() ReplicatorStats {
+	r.strikeMu.Lock()
+	bad, out := maps.Clone(r.bad), r.struckOut
+	r.strikeMu.Unlock()
 	return ReplicatorStats{
+		BadChanges: bad, BadPeersDisconnected: out,
 		ChangesSent: r.changesSent.Load(), ChangesReceived: r.changesRecv.Load(),
 		GossipRejected: r.rejected.Load(), GossipDropped: r.dropped.Load(),
 		SyncSessions: r.sessions.Load(), SyncFailures: r.failures.Load(),
@@ -260,10 +335,15 @@ func (r *Replicator) syncWorker(ctx context.Context) {
 			if !ok || ctx.Err() != nil {
 				break
 			}
-			if !r.cfg.Auth.IsAuthenticated(p) {
+			if !r.cfg.Auth.IsAuthenticated(p) || r.paused(p) {
+				// A paused peer's requests are dropped, not deferred:
+				// heartbeats and the periodic pass ask again later.
 				continue
 			}
 			r.maybeBootstrap(ctx, p)
+			if r.paused(p) {
+				continue // its snapshot was refused
+			}
 			if err := r.syncWith(ctx, p); err != nil && ctx.Err() == nil {
 				r.failures.Add(1)
 				r.lg.Debug().Str("peer", p.String()).Err(err).Msg("anti-entropy failed")
@@ -312,6 +392,9 @@ func (r *Replicator) syncWith(ctx context.Context, p peer.ID) error {
 	if err != nil {
 		s.Reset()
 		r.PeerDown(p) // the automerge states may disagree now; start afresh
+		if rf, ok := crdt.AsRefused(err); ok {
+			r.refused(p, rf, ViaSync)
+		}
 		return err
 	}
 	_ = s.CloseWrite()
@@ -338,6 +421,12 @@ func (r *Replicator) countSync(st crdt.SyncStats) {
 func (r *Replicator) serveSync(s network.Stream) {
 	p := s.Conn().RemotePeer()
 	defer s.Close()
+	if r.paused(p) {
+		// It just sent a change we refused; its document most likely
+		// offers it again.
+		s.Reset()
+		return
+	}
 	if r.needBoot.Load() {
 		// Answering a sync with an empty document would make the peer
 		// send its whole history (~25x a snapshot): take its snapshot
@@ -347,6 +436,10 @@ func (r *Replicator) serveSync(s network.Stream) {
 		r.maybeBootstrap(ctx, p)
 		stop()
 		cancel()
+		if r.paused(p) {
+			s.Reset() // its snapshot was refused
+			return
+		}
 	}
 	_ = s.SetDeadline(time.Now().Add(2 * time.Minute))
 	st, err := r.cfg.Doc.Sync(s, r.state(p, false), false)
@@ -355,6 +448,9 @@ func (r *Replicator) serveSync(s network.Stream) {
 		s.Reset()
 		r.PeerDown(p)
 		r.lg.Debug().Str("peer", p.String()).Err(err).Msg("serving anti-entropy failed")
+		if rf, ok := crdt.AsRefused(err); ok {
+			r.refused(p, rf, ViaSync)
+		}
 	}
 }
 
@@ -397,6 +493,17 @@ func (r *Replicator) bootstrap(ctx context.Context, p peer.ID) {
 		r.lg.Info().Str("peer", p.String()).Int("bytes", len(b)).Dur("took", time.Since(start)).Msg("document bootstrapped from snapshot")
 		return nil
 	}()
+	if rf, ok := crdt.AsRefused(err); ok {
+		// Reported, and p is paused: the next peer the workers take
+		// bootstraps us instead, so ask every other one now.
+		r.refused(p, rf, ViaSnapshot)
+		for _, q := range r.cfg.Auth.Authenticated() {
+			if q != p {
+				r.RequestSync(q)
+			}
+		}
+		return
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			r.lg.Warn().Str("peer", p.String()).Err(err).Msg("snapshot bootstrap failed; falling back to sync")
@@ -449,6 +556,12 @@ func (r *Replicator) publishLoop(ctx context.Context) {
 // validate runs inside pubsub for every message on the document topic,
 // before it is delivered or forwarded.
 func (r *Replicator) validate(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	if r.cfg.Gate != nil && r.cfg.Gate.Banned(m.GetFrom()) {
+		// Struck out for refused changes: what it publishes while banned
+		// is neither applied nor forwarded by us. Ignore, not Reject: the
+		// neighbour that relayed it did nothing wrong.
+		return pubsub.ValidationIgnore
+	}
 	return validateFrom(r.cfg.Auth.IsAuthenticated, r.cfg.Fleet, r.cfg.Host.ID(), from, m, r.topicName, &r.rejected)
 }
 
@@ -493,13 +606,17 @@ func (r *Replicator) receiveLoop(ctx context.Context, sub *pubsub.Subscription) 
 		switch dm.kind {
 		case msgChange:
 			fresh, err := r.cfg.Doc.ApplyChange(dm.change, dm.hash, dm.deps)
+			rf, refused := crdt.AsRefused(err)
 			switch {
-			case errors.Is(err, crdt.ErrMissingDeps):
-				r.RequestSync(m.ReceivedFrom)
 			case errors.Is(err, crdt.ErrDiskFull):
 				// Not the peer's fault: the change stays out of memory
 				// and anti-entropy brings it again once space frees.
 				r.diskFull(err)
+			case refused:
+				r.rejected.Add(1)
+				r.refused(gossipCulprit(m), rf, ViaGossip)
+			case errors.Is(err, crdt.ErrMissingDeps):
+				r.RequestSync(m.ReceivedFrom)
 			case err != nil:
 				r.rejected.Add(1)
 				r.lg.Warn().Str("peer", m.GetFrom().String()).Err(err).Msg("document change refused")
@@ -512,6 +629,49 @@ func (r *Replicator) receiveLoop(ctx context.Context, sub *pubsub.Subscription) 
 			}
 		}
 	}
+}
+
+// gossipCulprit is the peer a refused change on gossip is attributed to:
+// the message's origin (GetFrom), not the neighbour that forwarded it
+// (ReceivedFrom). Our topic validator checks only that a message is
+// sealed with the fleet key and came from an authenticated neighbour; the
+// document's rules are checked after delivery, and GossipSub forwards a
+// message as soon as the validator accepts it. So honest nodes relay a
+// bad change before they refuse it, and blaming the forwarder would have
+// honest nodes disconnect each other over one bad publisher. The origin
+// cannot be forged by a relay: StrictSign makes pubsub check the origin's
+// signature over the message before our validator runs, and only the
+// node that made a change publishes it (publishLoop sends local commits
+// only). A member can still sign as any identity it mints; see strikes.go.
+func gossipCulprit(m *pubsub.Message) peer.ID { return m.GetFrom() }
+
+// refused counts a refusal of p's change as a strike; a peer struck out
+// is banned at the Gate (first, so that it cannot dial straight back) and
+// disconnected. Then OnBadChange hears of it.
+func (r *Replicator) refused(p peer.ID, rf *crdt.RefusedError, via string) {
+	r.strikeMu.Lock()
+	n, out := r.strikes.strike(p, time.Now())
+	r.bad[BadChangeKind{Rule: rf.Rule, Via: via}]++
+	if out {
+		r.struckOut++
+	}
+	r.strikeMu.Unlock()
+	bc := BadChange{Peer: p, Refused: rf, Via: via, Strikes: n, Disconnected: out}
+	if out {
+		if r.cfg.Gate != nil {
+			bc.Ban = r.cfg.Gate.Ban(p)
+		}
+		_ = r.cfg.Host.Network().ClosePeer(p)
+	}
+	r.lg.Debug().Str("peer", p.String()).Str("via", via).Int("strikes", n).Bool("disconnected", out).Err(rf).Msg("change from peer refused")
+	r.cfg.OnBadChange(bc)
+}
+
+// paused reports whether anti-entropy with p is paused after a refusal.
+func (r *Replicator) paused(p peer.ID) bool {
+	r.strikeMu.Lock()
+	defer r.strikeMu.Unlock()
+	return r.strikes.paused(p, time.Now())
 }
 
 // syncOrigin pulls from the message's origin when connected to it, else
