@@ -18,6 +18,11 @@ const (
 	EventDocDamaged    = "doc.damaged"    // damage was found and recovered at start
 )
 
+// EventPeerBadChange: the document refused a change a peer sent (by
+// gossip, sync or snapshot); its data says which rule the change broke,
+// and whether the refusal struck the peer out (disconnected and banned).
+const EventPeerBadChange = "peer.bad_change"
+
 // Event is one thing that happened on the node.
 type Event struct {
 	Type string         `json:"type"`

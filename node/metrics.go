@@ -1,7 +1,9 @@
 package node
 
 import (
+	"cmp"
 	"net/http"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -211,6 +213,48 @@ var metricDefs = []metricDef{
 	counter("room_rejected_total", "Room messages rejected (forged sender, not sealed for the room).", func(s *scrape) uint64 { return s.rooms.totals.Rejected }),
 	counter("room_mints_total", "Room credentials minted here.", func(s *scrape) uint64 { return s.rooms.totals.Mints }),
 	counter("events_dropped_total", "Events dropped for slow API subscribers.", func(s *scrape) uint64 { return s.eventsDropped }),
+	counter("bad_peers_disconnected_total", "Peers disconnected and banned because the document refused their changes repeatedly.", func(s *scrape) uint64 { return s.repl.BadPeersDisconnected }),
+}
+
+// badChangesDesc is meshnode_bad_changes_total, the one metric with
+// labels: changes from peers the document refused, by the rule they broke
+// and the path they came by.
+var badChangesDesc = prometheus.NewDesc("meshnode_bad_changes_total",
+	"Changes from peers the document refused, by rule broken and path (gossip, sync, snapshot).", []string{"rule", "via"}, nil)
+
+// badChangeKinds are reported at 0 before any is counted, so that a rate
+// over them starts at the first refusal; a rule not listed here appears
+// once counted.
+var badChangeKinds = func() []mesh.BadChangeKind {
+	var out []mesh.BadChangeKind
+	for _, rule := range []string{crdt.RuleDecode, crdt.RuleSchema, crdt.RuleObject, crdt.RuleType,
+		crdt.RuleSize, crdt.RuleSignature, crdt.RuleReplay, crdt.RuleCreds} {
+		for _, via := range []string{mesh.ViaGossip, mesh.ViaSync, mesh.ViaSnapshot} {
+			out = append(out, mesh.BadChangeKind{Rule: rule, Via: via})
+		}
+	}
+	return out
+}()
+
+// badChangeFigures returns the figures for badChangesDesc: every kind of
+// badChangeKinds, then any other counted, in a stable order.
+func badChangeFigures(counted map[mesh.BadChangeKind]uint64) ([]mesh.BadChangeKind, []uint64) {
+	kinds := slices.Clone(badChangeKinds)
+	var extra []mesh.BadChangeKind
+	for k := range counted {
+		if !slices.Contains(badChangeKinds, k) {
+			extra = append(extra, k)
+		}
+	}
+	slices.SortFunc(extra, func(a, b mesh.BadChangeKind) int {
+		return cmp.Or(cmp.Compare(a.Rule, b.Rule), cmp.Compare(a.Via, b.Via))
+	})
+	kinds = append(kinds, extra...)
+	values := make([]uint64, len(kinds))
+	for i, k := range kinds {
+		values[i] = counted[k]
+	}
+	return kinds, values
 }
 
 // collector emits every metric of metricDefs from one read of src.
@@ -232,6 +276,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d
 	}
+	ch <- badChangesDesc
 }
 
 // Collect implements prometheus.Collector: one read of every component,
@@ -240,5 +285,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.src.read()
 	for i, d := range metricDefs {
 		ch <- prometheus.MustNewConstMetric(c.descs[i], d.kind, d.value(&s))
+	}
+	kinds, values := badChangeFigures(s.repl.BadChanges)
+	for i, k := range kinds {
+		ch <- prometheus.MustNewConstMetric(badChangesDesc, prometheus.CounterValue, float64(values[i]), k.Rule, k.Via)
 	}
 }

@@ -167,6 +167,7 @@ func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 	n.Replicator = mesh.NewReplicator(mesh.ReplicatorConfig{
 		Host: n.Host, PubSub: n.ps, Fleet: n.Fleet, Auth: n.Auth, Doc: n.Doc, Logger: lg,
 		SyncInterval: n.cfg.SyncInterval, Bootstrap: newDoc,
+		Gate: n.Gate, OnBadChange: n.badChangeHook(),
 		OnBootstrapped: func() {
 			if n.Membership != nil {
 				_ = n.Membership.EnsureRecord(true)
