@@ -46,9 +46,9 @@ func (in *intake) take(c rawChange) error {
 			return in.wait(c)
 		}
 	}
-	co, _, err := decodeChange(c.raw)
+	co, _, err := decodeChangeOnly(c.raw, rootScalar)
 	if err != nil {
-		return &RefusedError{Change: c.hash, Rule: RuleDecode, Detail: err.Error()}
+		return decodeRefusal(c.hash, err)
 	}
 	if ref := d.checkChangeLocked(co, in.over, in.flush); ref != nil {
 		return ref

@@ -126,7 +126,21 @@ var (
 
 // decodeChange decodes one change chunk (type 1 or 2) from the front of b,
 // returning it and its byte length.
-func decodeChange(b []byte) (*ChangeOps, int, error) {
+func decodeChange(b []byte) (*ChangeOps, int, error) { return decodeChangeOnly(b, nil) }
+
+// ActionError is returned by decoders given an action filter for the
+// first op whose action the filter refuses, before any op is
+// materialised: a change of 200,000 text inserts is refused without
+// allocating 200,000 ops.
+type ActionError struct {
+	Action Action
+}
+
+func (e *ActionError) Error() string { return fmt.Sprintf("an op with action %d", e.Action) }
+
+// decodeChangeOnly is decodeChange that refuses, early, ops whose action
+// allowed refuses (nil allows all).
+func decodeChangeOnly(b []byte, allowed func(Action) bool) (*ChangeOps, int, error) {
 	body, h, end, err := changeChunk(b, true)
 	if err != nil {
 		return nil, 0, err
@@ -187,7 +201,7 @@ func decodeChange(b []byte) (*ChangeOps, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	c.Ops, err = decodeOps(cols, len(c.Actors), false, c.StartOp, opBound(end))
+	c.Ops, err = decodeOps(cols, len(c.Actors), false, c.StartOp, opBound(end), allowed)
 	if err != nil {
 		return nil, 0, fmt.Errorf("change: %w", err)
 	}
@@ -215,16 +229,18 @@ func uniqueActors(actors [][]byte, sorted bool) error {
 
 // decodeOps decodes the op columns of a change (doc false: pred lists, IDs
 // from startOp) or a document (doc true: id columns, succ lists).
-func decodeOps(cols []column, nactors int, doc bool, startOp uint64, bound uint64) ([]Op, error) {
+func decodeOps(cols []column, nactors int, doc bool, startOp uint64, bound uint64, allowed func(Action) bool) ([]Op, error) {
 	get := func(s colSpec) []byte { return findColumn(cols, s) }
 	// The action column is required for every op: it gives the op count.
 	n := uint64(0)
 	act := newRLE("action", get(specAction), rleUint, bound)
 	for act.off < len(act.b) || act.left > 0 {
-		if _, _, ok, err := act.next(); err != nil {
+		if a, _, ok, err := act.next(); err != nil {
 			return nil, err
 		} else if !ok {
 			return nil, act.errf("null action")
+		} else if allowed != nil && (a > 255 || !allowed(Action(a))) {
+			return nil, &ActionError{Action(min(a, 255))}
 		}
 		n++
 	}
@@ -472,7 +488,11 @@ var (
 )
 
 // decodeDocument decodes exactly one document chunk: the whole of b.
-func decodeDocument(b []byte) (*DocOps, error) {
+func decodeDocument(b []byte) (*DocOps, error) { return decodeDocumentOnly(b, nil) }
+
+// decodeDocumentOnly is decodeDocument that refuses, early, ops whose
+// action allowed refuses (nil allows all).
+func decodeDocumentOnly(b []byte, allowed func(Action) bool) (*DocOps, error) {
 	if len(b) < 9 || string(b[:4]) != amMagic {
 		return nil, fmt.Errorf("%w: missing chunk magic", errChunk)
 	}
@@ -540,7 +560,7 @@ func decodeDocument(b []byte) (*DocOps, error) {
 		return nil, fmt.Errorf("document changes: %w", err)
 	}
 	d.Changes = len(d.Meta)
-	if d.Ops, err = decodeOps(opCols, len(d.Actors), true, 0, bound); err != nil {
+	if d.Ops, err = decodeOps(opCols, len(d.Actors), true, 0, bound, allowed); err != nil {
 		return nil, fmt.Errorf("document ops: %w", err)
 	}
 	// Optional head indexes: one uLEB per head, each a change index.

@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -272,9 +273,9 @@ func (d *Doc) counterAtLocked(deps []Hash, key string) (uint64, error) {
 // core, and, for each single-writer key, that every overwrite raised the
 // counter and none deleted the record.
 func (d *Doc) checkDocument(b []byte) *RefusedError {
-	doc, err := decodeDocument(b)
+	doc, err := decodeDocumentOnly(b, rootScalar)
 	if err != nil {
-		return refuse(RuleDecode, "", "%v", err)
+		return decodeRefusal(Hash{}, err)
 	}
 	type counted struct {
 		key     string
@@ -370,6 +371,25 @@ func runChecks(jobs []func() *RefusedError) *RefusedError {
 	}
 	wg.Wait()
 	return first
+}
+
+// rootScalar is the decoders' action filter: the schema has only sets
+// and deletes of root keys, so a change with any other action is refused
+// before its ops are decoded (a text bomb costs no memory to refuse).
+func rootScalar(a Action) bool { return a == ActSet || a == ActDel }
+
+// decodeRefusal turns a decoder's error into a refusal.
+func decodeRefusal(h Hash, err error) *RefusedError {
+	var ae *ActionError
+	if errors.As(err, &ae) {
+		rule := RuleType
+		switch ae.Action {
+		case ActMakeMap, ActMakeList, ActMakeText, ActMakeTable:
+			rule = RuleObject
+		}
+		return &RefusedError{Change: h, Rule: rule, Detail: fmt.Sprintf("has a %s operation; the schema has only sets and deletes of root keys (refused before its ops were read)", actionName(ae.Action))}
+	}
+	return &RefusedError{Change: h, Rule: RuleDecode, Detail: err.Error()}
 }
 
 func clip(s string) string {
