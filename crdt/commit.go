@@ -164,6 +164,7 @@ func (d *Doc) rollbackLocked(heads []Hash) {
 func (d *Doc) swapLocked(doc *am.Doc) {
 	d.amp.Store(doc)
 	clear(d.counters)
+	d.reindexLocked()
 	d.refreshHeads()
 	d.settleWaitingLocked()
 }
@@ -196,6 +197,7 @@ func (d *Doc) replay(records [][]byte) (unreadable [][]byte, refused []*RefusedE
 			if err := d.doc().LoadIncremental(r); err != nil {
 				unreadable = append(unreadable, r)
 			}
+			d.reindexLocked()
 			continue
 		}
 		for _, c := range chs {

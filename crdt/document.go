@@ -157,6 +157,9 @@ type Doc struct {
 	// key (validate.go); filled lazily, cleared when the document is
 	// replaced. Under mu.
 	counters map[string]uint64
+	// recs says which record is in force at each single-writer key
+	// (recindex.go). Written under mu and view, read under view.
+	recs *recIndex
 
 	evMu sync.Mutex
 	evq  []queuedEvent // see commit.go
@@ -203,6 +206,7 @@ func Open(cfg Config) (*Doc, error) {
 	}
 	d.self = id.String()
 	d.amp.Store(am.New())
+	d.recs = newRecIndex()
 	if ld.snap != nil {
 		doc, err := am.Load(ld.snap)
 		if err != nil {
@@ -217,6 +221,11 @@ func Open(cfg Config) (*Doc, error) {
 			st.snapSize = 0
 		} else {
 			d.amp.Store(doc)
+			if x, err := indexDocument(ld.snap); err == nil {
+				d.recs = x
+			} else {
+				d.recs = d.indexOf(doc)
+			}
 		}
 	}
 	d.mu.Lock() // replay's helpers expect it; nothing else runs yet
@@ -367,7 +376,7 @@ func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 		return Hash{}, 0, err
 	}
 	before := *d.heads.Load()
-	h, err := d.apply(tx, msg)
+	h, ch, err := d.apply(tx, msg)
 	if err != nil {
 		// Automerge refused a write that passed validation: drop the
 		// writes before it too.
@@ -376,11 +385,6 @@ func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 	}
 	if h == (Hash{}) {
 		return Hash{}, 0, nil // nothing changed
-	}
-	ch, err := d.doc().Change(h)
-	if err != nil {
-		d.rollbackLocked(before)
-		return Hash{}, 0, fmt.Errorf("crdt: read back commit: %w", err)
 	}
 	raw := ch.Save()
 	end, err := d.st.append(raw)
@@ -396,29 +400,41 @@ func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 }
 
 // apply runs the writes of tx and commits them, with readers held off so
-// none sees the writes half done. A zero hash means nothing changed.
-func (d *Doc) apply(tx *Tx, msg string) (Hash, error) {
+// none sees the writes half done, and returns the change. A zero hash
+// means nothing changed.
+func (d *Doc) apply(tx *Tx, msg string) (Hash, *am.Change, error) {
 	d.view.Lock()
 	defer d.view.Unlock()
 	for _, op := range tx.w.ops {
 		if err := op(d.doc()); err != nil {
-			return Hash{}, err
+			return Hash{}, nil, err
 		}
 	}
 	msg, err := tx.w.signRecords(msg)
 	if err != nil {
-		return Hash{}, err
+		return Hash{}, nil, err
 	}
 	h, err := d.doc().Commit(msg)
 	if err != nil {
 		// automerge-go reports a commit without operations as this one
 		// error (it has no sentinel); anything else is a real failure.
 		if err.Error() == "Commit is empty" {
-			return Hash{}, nil
+			return Hash{}, nil, nil
 		}
-		return Hash{}, err
+		return Hash{}, nil, err
 	}
-	return h, nil
+	ch, err := d.doc().Change(h)
+	if err != nil {
+		return Hash{}, nil, fmt.Errorf("read back commit: %w", err)
+	}
+	if len(tx.w.signed) > 0 {
+		co, _, err := decodeChange(ch.Save())
+		if err != nil {
+			return Hash{}, nil, fmt.Errorf("read back commit: %w", err)
+		}
+		d.recs.applyChange(co)
+	}
+	return h, ch, nil
 }
 
 // ErrMissingDeps is returned by ApplyChange when the change depends on
@@ -570,7 +586,13 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 		d.swapLocked(loaded)
 	} else {
 		clear(d.counters)
-		if err := cur.LoadIncremental(b); err != nil {
+		d.view.Lock()
+		err := cur.LoadIncremental(b)
+		d.view.Unlock()
+		if err == nil {
+			d.reindexLocked()
+		}
+		if err != nil {
 			d.refreshHeads()
 			d.mu.Unlock()
 			return fmt.Errorf("crdt: merge snapshot: %w", err)

@@ -436,7 +436,7 @@ func TestNodesCacheForgetsRolledBackWrite(t *testing.T) {
 	tx.As(keyB).SetNode(idB, NodeRecord{Name: "b", Alive: true})
 	d.mu.Lock() // commit() up to its Commit, before the append fails
 	before := *d.heads.Load()
-	if _, err := d.apply(tx, "node"); err != nil {
+	if _, _, err := d.apply(tx, "node"); err != nil {
 		t.Fatal(err)
 	}
 	_, _ = d.Nodes() // a concurrent reader

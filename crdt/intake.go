@@ -22,6 +22,7 @@ type intake struct {
 	over map[string]uint64
 	// pend: checked changes not yet applied; pendSet their hashes.
 	pend    []rawChange
+	pendOps []*ChangeOps
 	pendSet map[Hash]bool
 	applied int
 	// waited counts changes set aside for missing dependencies.
@@ -54,6 +55,7 @@ func (in *intake) take(c rawChange) error {
 		return ref
 	}
 	in.pend = append(in.pend, c)
+	in.pendOps = append(in.pendOps, co)
 	in.pendSet[c.hash] = true
 	return nil
 }
@@ -84,8 +86,8 @@ func (in *intake) flush() error {
 	for _, c := range in.pend {
 		b = append(b, c.raw...)
 	}
-	n := len(in.pend)
-	in.pend, in.pendSet = in.pend[:0], map[Hash]bool{}
+	n, ops := len(in.pend), in.pendOps
+	in.pend, in.pendOps, in.pendSet = in.pend[:0], nil, map[Hash]bool{}
 	before := d.st.end()
 	if in.log {
 		if _, err := d.st.append(b); err != nil {
@@ -95,6 +97,11 @@ func (in *intake) flush() error {
 	}
 	d.view.Lock()
 	err := d.doc().LoadIncremental(b)
+	if err == nil {
+		for _, co := range ops {
+			d.recs.applyChange(co)
+		}
+	}
 	d.view.Unlock()
 	if err != nil {
 		if in.log {

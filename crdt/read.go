@@ -7,35 +7,23 @@ import (
 	am "github.com/automerge/automerge-go"
 )
 
-// Readers decode entry by entry and skip entries that do not match the
-// schema, so one malformed record cannot hide the rest of the fleet.
+// Readers take single-writer records from the record index (recindex.go),
+// which holds, per key, the record with the highest counter among the
+// values automerge keeps, and shared entries from automerge. They skip
+// entries that do not match the schema, so one malformed record cannot
+// hide the rest of the fleet.
 //
 // Readers do not check signatures again: every record in the document
 // was verified when it entered (validate.go runs on every path, the change
 // log at start-up included), and the snapshot file holds only what was
-// verified, under a checksum. Verifying on read would cost a signature
-// check per record after every restart (seconds for a large library).
-
-// readRecord decodes a signed record of the given kind.
-func readRecord(kind byte, v *am.Value) (*record, bool) {
-	if v.Kind() != am.KindBytes {
-		return nil, false
-	}
-	r, err := decodeRecord(v.Bytes())
-	return r, err == nil && r.kind == kind
-}
+// verified, under a checksum.
 
 // Node returns the record at nodes/<id>.
 func (d *Doc) Node(id string) (NodeRecord, bool, error) {
 	d.view.RLock()
 	defer d.view.RUnlock()
-	key := nodeKey(id)
-	v, err := d.doc().Path(key).Get()
-	if err != nil || v.IsVoid() {
-		return NodeRecord{}, false, err
-	}
-	r, ok := readRecord(recNode, v)
-	if !ok {
+	r, ok := d.recs.best(nodeKey(id))
+	if !ok || r.kind != recNode {
 		return NodeRecord{}, false, nil
 	}
 	return r.node, true, nil
@@ -66,15 +54,14 @@ func (d *Doc) Nodes() (map[string]NodeRecord, error) {
 
 func (d *Doc) scanNodes() (map[string]NodeRecord, error) {
 	out := map[string]NodeRecord{}
-	err := d.scan(pNodes, func(key string, v *am.Value) {
-		parts, _ := splitKey(key, pNodes)
-		if len(parts) == 1 {
-			if r, ok := readRecord(recNode, v); ok {
-				out[parts[0]] = r.node
-			}
+	d.view.RLock()
+	defer d.view.RUnlock()
+	d.recs.each(pNodes, func(key string, r *record) {
+		if r.kind == recNode {
+			out[key[len(pNodes):]] = r.node
 		}
 	})
-	return out, err
+	return out, nil
 }
 
 // Item returns library/<id>.
@@ -105,12 +92,13 @@ func (d *Doc) library(prefix string) (map[string]Item, error) {
 				it.Name = s
 				out[parts[0]] = it
 			}
-		case len(parts) == 3 && parts[1] == "holders":
-			if r, ok := readRecord(recHolder, v); ok && r.holder.State != holderRemoved {
-				it := get(parts[0])
-				it.Holders[parts[2]] = r.holder
-				out[parts[0]] = it
-			}
+		}
+	}, func(key string, r *record) {
+		parts, _ := splitKey(key, pLibrary)
+		if len(parts) == 3 && parts[1] == "holders" && r.kind == recHolder && r.holder.State != holderRemoved {
+			it := get(parts[0])
+			it.Holders[parts[2]] = r.holder
+			out[parts[0]] = it
 		}
 	})
 	return out, err
@@ -144,12 +132,6 @@ func (d *Doc) rooms(prefix string) (map[string]Room, error) {
 				r.Creds = s
 				out[parts[0]] = r
 			}
-		case len(parts) == 3 && parts[1] == "presence":
-			if rec, ok := readRecord(recPresence, v); ok {
-				r := get(parts[0])
-				r.Presence[parts[2]] = rec.expiryMs
-				out[parts[0]] = r
-			}
 		case len(parts) == 3 && parts[1] == "state":
 			if s, err := am.As[string](v); err == nil {
 				r := get(parts[0])
@@ -157,12 +139,21 @@ func (d *Doc) rooms(prefix string) (map[string]Room, error) {
 				out[parts[0]] = r
 			}
 		}
+	}, func(key string, rec *record) {
+		parts, _ := splitKey(key, pRooms)
+		if len(parts) == 3 && parts[1] == "presence" && rec.kind == recPresence {
+			r := get(parts[0])
+			r.Presence[parts[2]] = rec.expiryMs
+			out[parts[0]] = r
+		}
 	})
 	return out, err
 }
 
-// scan visits every root key with the given prefix.
-func (d *Doc) scan(prefix string, fn func(key string, v *am.Value)) error {
+// scan visits every root key with the given prefix that is not a
+// single-writer record, and every record in force under the prefix, in
+// one consistent view.
+func (d *Doc) scan(prefix string, shared func(key string, v *am.Value), records func(key string, r *record)) error {
 	d.view.RLock()
 	defer d.view.RUnlock()
 	root := d.doc().RootMap()
@@ -174,9 +165,15 @@ func (d *Doc) scan(prefix string, fn func(key string, v *am.Value)) error {
 		if !strings.HasPrefix(k, prefix) {
 			continue
 		}
+		if sk, _, err := parseKey(k); err == nil {
+			if _, signed := sk.signed(); signed {
+				continue
+			}
+		}
 		if v, err := root.Get(k); err == nil {
-			fn(k, v)
+			shared(k, v)
 		}
 	}
+	d.recs.each(prefix, records)
 	return nil
 }

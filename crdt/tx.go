@@ -101,7 +101,7 @@ func (tx *Tx) putRecord(what, key, writer string, r *record) {
 	}
 	d, k := tx.read, tx.key
 	tx.add(firstErr(checkKey(what, writer), err), func(doc *am.Doc) error {
-		if cur, err := currentRecord(doc, key); err == nil && cur.kind == r.kind && sameFields(cur, r) {
+		if cur, ok := d.recs.best(key); ok && cur.kind == r.kind && sameFields(cur, r) {
 			return nil
 		}
 		r.counter = max(d.counterLocked(key, nil)+1, uint64(time.Now().UnixMilli()))
@@ -116,17 +116,6 @@ func (tx *Tx) putRecord(what, key, writer string, r *record) {
 		tx.w.signed = append(tx.w.signed, pendingSig{writer: writer, key: k, op: sigOp{key, b}})
 		return nil
 	})
-}
-
-func currentRecord(doc *am.Doc, key string) (*record, error) {
-	v, err := doc.Path(key).Get()
-	if err != nil {
-		return nil, err
-	}
-	if v.Kind() != am.KindBytes {
-		return nil, errRecord
-	}
-	return decodeRecord(v.Bytes())
 }
 
 // sameFields compares two records of one kind, counters aside.
@@ -172,7 +161,7 @@ func (tx *Tx) RemoveHolder(item, peer string) {
 		return
 	}
 	key := holderKey(item, peer)
-	if v, err := tx.read.doc().Path(key).Get(); err != nil || v.IsVoid() {
+	if _, ok := tx.read.recs.best(key); !ok {
 		return
 	}
 	tx.putRecord("peer id", key, peer, &record{kind: recHolder, holder: Holder{State: holderRemoved}})

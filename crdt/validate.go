@@ -8,8 +8,6 @@ import (
 	"slices"
 	"sync"
 	"unicode/utf8"
-
-	am "github.com/automerge/automerge-go"
 )
 
 // Validation: every change from a peer is decoded (ops.go) and checked
@@ -238,7 +236,10 @@ func (d *Doc) counterLocked(key string, over map[string]uint64) uint64 {
 	if v, ok := d.counters[key]; ok {
 		return v
 	}
-	v := readCounter(d.doc(), key)
+	var v uint64
+	if r, ok := d.recs.best(key); ok {
+		v = r.counter
+	}
 	d.counters[key] = v
 	return v
 }
@@ -262,7 +263,14 @@ func (d *Doc) counterAtLocked(deps []Hash, key string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return readCounter(f, key), nil
+	x, err := indexDocument(f.Save())
+	if err != nil {
+		return 0, err
+	}
+	if r, ok := x.best(key); ok {
+		return r.counter, nil
+	}
+	return 0, nil
 }
 
 // checkDocument checks every operation of a document chunk (a peer's
@@ -425,19 +433,4 @@ func typeName(t ValueType) string {
 		return names[t]
 	}
 	return fmt.Sprintf("type %d", t)
-}
-
-// readCounter returns the counter of the record at key in doc, 0 if there
-// is none (or it does not decode: it was refused on arrival or is from a
-// damaged file, and cannot hold a counter back).
-func readCounter(doc *am.Doc, key string) uint64 {
-	v, err := doc.Path(key).Get()
-	if err != nil || v.Kind() != am.KindBytes {
-		return 0
-	}
-	r, err := decodeRecord(v.Bytes())
-	if err != nil {
-		return 0
-	}
-	return r.counter
 }
