@@ -335,16 +335,40 @@ func parseSignatures(msg string) (map[string][]byte, error) {
 	return out, p.err
 }
 
-// keys caches writers' public keys, taken from their peer IDs.
+// keys caches writers' public keys, taken from their peer IDs, and the
+// changes whose signatures were already checked (by Precheck, in the
+// gossip validator, before the same change is applied).
 type keys struct {
-	mu   sync.Mutex
-	pubs map[string]crypto.PubKey
+	mu     sync.Mutex
+	pubs   map[string]crypto.PubKey
+	signed map[Hash]struct{}
 }
 
-// maxPubKeys bounds the cache: past it, it is cleared and refilled.
-const maxPubKeys = 1 << 16
+// Bounds of the caches: past them, they are cleared and refilled.
+const (
+	maxPubKeys = 1 << 16
+	maxSigned  = 1 << 12
+)
 
-func newKeys() *keys { return &keys{pubs: map[string]crypto.PubKey{}} }
+func newKeys() *keys { return &keys{pubs: map[string]crypto.PubKey{}, signed: map[Hash]struct{}{}} }
+
+// signedOK records that change h's signatures verified.
+func (ks *keys) signedOK(h Hash) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if len(ks.signed) >= maxSigned {
+		clear(ks.signed)
+	}
+	ks.signed[h] = struct{}{}
+}
+
+// wasSigned reports whether change h's signatures already verified.
+func (ks *keys) wasSigned(h Hash) bool {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	_, ok := ks.signed[h]
+	return ok
+}
 
 // pub returns the public key inside a peer ID.
 func (ks *keys) pub(writer string) (crypto.PubKey, error) {

@@ -188,8 +188,10 @@ func (d *Doc) checkChangeLocked(c *ChangeOps, over map[string]uint64, flush func
 	}
 	// Signatures before counters: the exact counter check costs a fork,
 	// which only a writer's own change may make this node pay.
-	if ref := signed.verify(d.keys, c.Message); ref != nil {
-		return d.stamp(c, ref)
+	if !d.keys.wasSigned(c.Hash) {
+		if ref := signed.verify(d.keys, c.Message); ref != nil {
+			return d.stamp(c, ref)
+		}
 	}
 	mine := map[string]uint64{}
 	for _, w := range writes {
@@ -224,6 +226,43 @@ func (d *Doc) checkChangeLocked(c *ChangeOps, over map[string]uint64, flush func
 func (d *Doc) stamp(c *ChangeOps, r *RefusedError) *RefusedError {
 	r.Change = c.Hash
 	return r
+}
+
+// Precheck runs the checks that depend on a change's bytes alone (every
+// rule but replay, signatures included) without touching the document, so
+// that a gossip validator can refuse a bad change before it is forwarded:
+// honest nodes then never relay one. The change's signatures are
+// remembered, so applying it next does not check them again. It returns
+// an error wrapping *RefusedError. Safe for concurrent use; it takes no
+// document lock.
+func (d *Doc) Precheck(raw []byte) error {
+	if len(raw) > MaxChange {
+		return refuse(RuleSize, "", "a change of %d bytes (max %d)", len(raw), MaxChange)
+	}
+	c, n, err := parseChange(raw)
+	if err != nil || n != len(raw) {
+		return refuse(RuleDecode, "", "not one automerge change (%v)", err)
+	}
+	co, _, err := decodeChangeOnly(raw, rootScalar)
+	if err != nil {
+		return decodeRefusal(c.hash, err)
+	}
+	var signed writerOps
+	for i := range co.Ops {
+		op := &co.Ops[i]
+		sk, r, ref := d.checkOp(op)
+		if ref != nil {
+			return d.stamp(co, ref)
+		}
+		if r != nil {
+			signed.add(sk.writer, op.Key, op.Value)
+		}
+	}
+	if ref := signed.verify(d.keys, co.Message); ref != nil {
+		return d.stamp(co, ref)
+	}
+	d.keys.signedOK(co.Hash)
+	return nil
 }
 
 // counterLocked returns the highest counter this node has seen for a

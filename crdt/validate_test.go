@@ -136,6 +136,16 @@ func TestBadChangesRefusedByRule(t *testing.T) {
 				msg = "evil"
 			}
 			raw, h, deps := newAttacker(t, honest).changeMsg(c.edit, msg)
+			// Precheck (the gossip validator's) gives the same verdict on
+			// every rule that depends on the bytes alone.
+			pre, _ := AsRefused(honest.Precheck(raw))
+			if c.rule == RuleReplay {
+				if pre != nil {
+					t.Fatalf("precheck refused a replay, which depends on the document: %v", pre)
+				}
+			} else if pre == nil || pre.Rule != c.rule {
+				t.Fatalf("precheck: %v, want rule %s", pre, c.rule)
+			}
 			_, err := honest.ApplyChange(raw, h, deps)
 			r, ok := AsRefused(err)
 			if !ok || r.Rule != c.rule || r.Change != h {

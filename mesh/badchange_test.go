@@ -312,23 +312,20 @@ func TestBadChangesStrikeOut(t *testing.T) {
 	// From here on its syncs carry nothing: the strikes below are gossip.
 	e.serve.Store(am.New())
 
-	// Gossip: a takes it from the rogue, and relays it to b before
-	// refusing it (its topic validator does not check the document): b
-	// blames the origin, not a.
+	// Gossip: a takes it from the rogue and refuses it in its topic
+	// validator, before pubsub would forward it: b never sees it.
 	onTopic(t, a.topicPeers(f), eID, b.h.ID())
 	onTopic(t, e.topic.ListPeers, a.h.ID())
 	waitFor(t, 10*time.Second, "b in a's mesh", func() bool { return a.mesh.has(f.Topic("doc/1"), b.h.ID()) })
 	e.publish(t, badChange(t, "gossip 1"))
-	waitFor(t, 10*time.Second, "reports of the gossiped change", func() bool { return len(a.reports()) == 2 && len(b.reports()) == 1 })
-	for who, bc := range map[string]BadChange{"a": a.reports()[1], "b": b.reports()[0]} {
-		if bc.Peer != eID || bc.Via != ViaGossip || bc.Refused.Rule != crdt.RuleSchema || bc.Disconnected {
-			t.Fatalf("%s's report %+v; want peer %s (the origin) via gossip, rule schema, not disconnected", who, bc, eID)
-		}
+	waitFor(t, 10*time.Second, "a's report of the gossiped change", func() bool { return len(a.reports()) == 2 })
+	if bc := a.reports()[1]; bc.Peer != eID || bc.Via != ViaGossip || bc.Refused.Rule != crdt.RuleSchema || bc.Disconnected {
+		t.Fatalf("a's report %+v; want peer %s via gossip, rule schema, not disconnected", bc, eID)
 	}
 
-	// The third strike. a relays this one to b too, before it refuses it.
+	// The third strike.
 	e.publish(t, badChange(t, "gossip 2"))
-	waitFor(t, 10*time.Second, "the third report", func() bool { return len(a.reports()) == 3 && len(b.reports()) == 2 })
+	waitFor(t, 10*time.Second, "the third report", func() bool { return len(a.reports()) == 3 })
 	got = a.reports()[2]
 	if got.Peer != eID || !got.Disconnected || got.Strikes != 3 || got.Ban != banBase {
 		t.Fatalf("third report %+v; want peer %s disconnected at strike 3, banned %v", got, eID, banBase)
@@ -360,8 +357,9 @@ func TestBadChangesStrikeOut(t *testing.T) {
 		st.BadChanges[BadChangeKind{crdt.RuleSchema, ViaSync}] != 1 || st.BadChanges[BadChangeKind{crdt.RuleSchema, ViaGossip}] != 2 {
 		t.Fatalf("a's stats: %d disconnected, bad changes %v", st.BadPeersDisconnected, st.BadChanges)
 	}
-	if got := b.reports()[1]; got.Peer != eID || got.Strikes != 2 || got.Disconnected || b.gate.Banned(eID) {
-		t.Fatalf("b's second report %+v, rogue banned %v; want peer %s at strike 2, not banned", got, b.gate.Banned(eID), eID)
+	// a did not forward the refused changes: b, meshed with a, never saw one.
+	if n := len(b.reports()); n != 0 {
+		t.Fatalf("b reported %d bad changes that a should have stopped", n)
 	}
 
 	// The ban ends; it comes back with a clean document and good changes.

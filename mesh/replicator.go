@@ -562,7 +562,23 @@ func (r *Replicator) validate(_ context.Context, from peer.ID, m *pubsub.Message
 		// neighbour that relayed it did nothing wrong.
 		return pubsub.ValidationIgnore
 	}
-	return validateFrom(r.cfg.Auth.IsAuthenticated, r.cfg.Fleet, r.cfg.Host.ID(), from, m, r.topicName, &r.rejected)
+	res := validateFrom(r.cfg.Auth.IsAuthenticated, r.cfg.Fleet, r.cfg.Host.ID(), from, m, r.topicName, &r.rejected)
+	if res != pubsub.ValidationAccept || m.GetFrom() == r.cfg.Host.ID() {
+		return res
+	}
+	// The checks that depend on the change's bytes alone run here, before
+	// pubsub forwards the message: a bad change stops at the first honest
+	// node and is never relayed. Whether it replays a record depends on
+	// the document and is checked when it is applied.
+	plain, _ := m.ValidatorData.([]byte)
+	if dm, err := decodeDocMsg(plain); err == nil && dm.kind == msgChange {
+		if rf, refused := crdt.AsRefused(r.cfg.Doc.Precheck(dm.change)); refused {
+			r.rejected.Add(1)
+			r.refused(gossipCulprit(m), rf, ViaGossip)
+			return pubsub.ValidationReject
+		}
+	}
+	return res
 }
 
 // validateFrom accepts a message only when the neighbour that sent it to us
@@ -633,12 +649,12 @@ func (r *Replicator) receiveLoop(ctx context.Context, sub *pubsub.Subscription) 
 
 // gossipCulprit is the peer a refused change on gossip is attributed to:
 // the message's origin (GetFrom), not the neighbour that forwarded it
-// (ReceivedFrom). Our topic validator checks only that a message is
-// sealed with the fleet key and came from an authenticated neighbour; the
-// document's rules are checked after delivery, and GossipSub forwards a
-// message as soon as the validator accepts it. So honest nodes relay a
-// bad change before they refuse it, and blaming the forwarder would have
-// honest nodes disconnect each other over one bad publisher. The origin
+// (ReceivedFrom). The topic validator runs every check that depends on a
+// change's bytes alone, so honest nodes do not forward such a change; but
+// whether a change replays a record is known only when it is applied,
+// after pubsub has forwarded it, so an honest node may relay a replay
+// before refusing it, and blaming the forwarder would have honest nodes
+// disconnect each other over one bad publisher. The origin
 // cannot be forged by a relay: StrictSign makes pubsub check the origin's
 // signature over the message before our validator runs, and only the
 // node that made a change publishes it (publishLoop sends local commits
