@@ -3,6 +3,7 @@ package mesh
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -274,6 +275,25 @@ func onTopic(t *testing.T, list func() []peer.ID, want ...peer.ID) {
 	})
 }
 
+// dropPaused asks m's replicator n times, one request at a time, for an
+// anti-entropy session with p, which must be paused: it waits until a
+// worker has taken each request and the count of sessions skipped for a
+// pause has risen, within the pause. A session run instead leaves the
+// count where it was and fails the wait.
+func dropPaused(t *testing.T, m *member, p peer.ID, n int) {
+	t.Helper()
+	for range n {
+		before := m.repl.Stats().SyncsPaused
+		m.repl.RequestSync(p)
+		waitFor(t, testPause/2, "a sync request dropped for the pause", func() bool {
+			m.repl.mu.Lock()
+			queued := m.repl.pending[p]
+			m.repl.mu.Unlock()
+			return !queued && m.repl.Stats().SyncsPaused > before
+		})
+	}
+}
+
 // TestBadChangesStrikeOut: a member whose changes the document refuses is
 // reported, by sync and by gossip, on the node it sent them to and on the
 // node a third relayed them to (naming the origin, not the relay); its
@@ -302,10 +322,7 @@ func TestBadChangesStrikeOut(t *testing.T) {
 		t.Fatalf("report %+v (%v); want peer %s via sync, rule schema, strike 1, not disconnected", got, got.Refused, eID)
 	}
 	// Paused: requests to sync with it are dropped, not run.
-	for range 10 {
-		a.repl.RequestSync(eID)
-	}
-	time.Sleep(testPause / 4)
+	dropPaused(t, a, eID, 3)
 	if n := e.sessions.Load(); n != 1 {
 		t.Fatalf("%d sync sessions with a peer paused after a refused one, want 1", n)
 	}
@@ -400,8 +417,10 @@ func TestBadSnapshotBootstrapsElsewhere(t *testing.T) {
 	if got := c.reports()[0]; got.Peer != eID || got.Via != ViaSnapshot || got.Refused.Rule != crdt.RuleSchema || got.Disconnected {
 		t.Fatalf("report %+v; want peer %s via snapshot, rule schema, not disconnected", got, eID)
 	}
-	// Paused: the worker that took the snapshot does not sync with it.
-	time.Sleep(testPause / 4)
+	// Paused: the worker that took the snapshot does not sync with it,
+	// nor does one asked to afterwards.
+	waitFor(t, testPause/2, "the sync after the refused snapshot skipped", func() bool { return c.repl.Stats().SyncsPaused >= 1 })
+	dropPaused(t, c, eID, 2)
 	if n := e.sessions.Load(); n != 0 {
 		t.Fatalf("c ran %d sync sessions with the peer whose snapshot it refused, in its pause", n)
 	}
@@ -413,4 +432,84 @@ func TestBadSnapshotBootstrapsElsewhere(t *testing.T) {
 	if item, ok, err := c.doc.Item("shared"); err != nil || !ok || item.Name != "from b" {
 		t.Fatalf("c's item: %+v %v %v", item, ok, err)
 	}
+}
+
+// TestBadChangeHookBlocks: refused, which runs in pubsub's validation
+// workers, returns at once while OnBadChange is stuck: a peer struck out
+// meanwhile is banned at once and disconnected promptly, and the reports
+// that find the backlog full are dropped and counted.
+func TestBadChangeHookBlocks(t *testing.T) {
+	f, _ := NewFleet()
+	a, b := newTestPeer(t, nil), newTestPeer(t, nil)
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	var heard atomic.Int64
+	r := NewReplicator(ReplicatorConfig{
+		Host: a.h, Fleet: f, Gate: a.gate, Logger: zerolog.New(zerolog.NewTestWriter(t)), StrikeLimit: 1,
+		OnBadChange: func(BadChange) {
+			heard.Add(1)
+			select {
+			case entered <- struct{}{}:
+			default:
+			}
+			<-release
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context){r.closeLoop, r.reportLoop} {
+		wg.Add(1)
+		go func() { defer wg.Done(); loop(ctx) }()
+	}
+	released := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(func() { released(); cancel(); wg.Wait() })
+
+	rf := &crdt.RefusedError{Rule: crdt.RuleSchema}
+	refuse := func(ps ...peer.ID) {
+		t.Helper()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for _, p := range ps {
+				r.refused(p, rf, ViaGossip)
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("refused blocked on the hook")
+		}
+	}
+
+	ctxc, cancelc := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelc()
+	if err := b.h.Connect(ctxc, a.info()); err != nil {
+		t.Fatal(err)
+	}
+	refuse(b.h.ID())
+	<-entered // the hook holds b's report and blocks
+	if !a.gate.Banned(b.h.ID()) {
+		t.Fatal("the struck-out peer is not banned")
+	}
+	waitFor(t, 5*time.Second, "the struck-out peer disconnected while the hook blocks", func() bool {
+		return a.h.Network().Connectedness(b.h.ID()) != network.Connected
+	})
+
+	// A flood from fresh identities: the backlog fills and the rest drop,
+	// and every one is still banned.
+	const extra = 5
+	flood := make([]peer.ID, maxBadReports+extra)
+	for i := range flood {
+		flood[i] = peer.ID(fmt.Sprintf("minted-%d", i))
+	}
+	refuse(flood...)
+	if st := r.Stats(); st.BadReportsDropped != extra || st.BadPeersDisconnected != uint64(len(flood)+1) {
+		t.Fatalf("%d reports dropped, %d peers struck out; want %d and %d", st.BadReportsDropped, st.BadPeersDisconnected, extra, len(flood)+1)
+	}
+	for _, p := range flood {
+		if !a.gate.Banned(p) {
+			t.Fatalf("%s struck out but not banned", p)
+		}
+	}
+	released()
+	waitFor(t, 5*time.Second, "the hook hearing every report not dropped", func() bool { return heard.Load() == 1+maxBadReports })
 }

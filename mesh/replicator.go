@@ -48,9 +48,12 @@ type ReplicatorConfig struct {
 	Gate *Gate
 	// OnBadChange is called for every change, sync message or snapshot
 	// from a peer that the document refused, after the strike is counted
-	// and, if it struck the peer out, after the peer was banned and
-	// disconnected. It is called from the replicator's goroutines and
-	// stream handlers: it must not block.
+	// and, if it struck the peer out, after the peer was banned (its
+	// disconnect runs on a goroutine of its own and may still be under
+	// way). It is called from one goroutine of the replicator's, one
+	// report at a time and in order, never from the topic validator or a
+	// stream handler. It may take its time, but reports that find
+	// maxBadReports others waiting are dropped (BadReportsDropped).
 	OnBadChange func(BadChange)
 	// StrikeLimit refusals of a peer's changes within StrikeWindow strike
 	// it out. Default 3 within 10 min.
@@ -102,6 +105,12 @@ type ReplicatorStats struct {
 	// the peers struck out for them.
 	BadChanges           map[BadChangeKind]uint64
 	BadPeersDisconnected uint64
+	// BadReportsDropped counts refusals OnBadChange did not hear of
+	// because too many reports were waiting for it.
+	BadReportsDropped uint64
+	// SyncsPaused counts anti-entropy sessions not run, asked for by us
+	// or by the peer, because the peer was paused after a refusal.
+	SyncsPaused uint64
 }
 
 // Replicator keeps the document converged with the fleet: every local
@@ -121,6 +130,8 @@ type Replicator struct {
 	notice               chan struct{} // coalesced: announce our heads
 	wake                 chan struct{}
 	topic                *pubsub.Topic
+	reports              chan BadChange // for OnBadChange, see reportLoop
+	closeWake            chan struct{}  // coalesced: toClose has peers
 
 	bootMu sync.Mutex // one snapshot bootstrap at a time
 
@@ -132,12 +143,23 @@ type Replicator struct {
 	changesSent, changesRecv, rejected, dropped   atomic.Uint64
 	sessions, failures, snapsFetched, snapsServed atomic.Uint64
 	bytesIn, bytesOut                             atomic.Uint64
+	syncsPaused, reportsDropped                   atomic.Uint64
 
-	strikeMu  sync.Mutex // guards strikes, bad and struckOut
+	strikeMu  sync.Mutex // guards strikes, bad, struckOut and toClose
 	strikes   *strikes
 	bad       map[BadChangeKind]uint64
 	struckOut uint64
+	// toClose are the peers struck out and banned whose connections
+	// closeLoop has yet to close. A set, not a channel: a disconnect is
+	// never dropped, and a peer struck out twice meanwhile is closed once.
+	toClose map[peer.ID]struct{}
 }
+
+// maxBadReports is how many reports wait for OnBadChange at most; a
+// flood of refused gossip (any member can sign it as any number of fresh
+// identities) then costs dropped reports, not memory or a blocked
+// validator.
+const maxBadReports = 256
 
 type stateKey struct {
 	p         peer.ID
@@ -179,6 +201,9 @@ func NewReplicator(cfg ReplicatorConfig) *Replicator {
 		outbox:    make(chan crdt.Event, 4096),
 		notice:    make(chan struct{}, 1),
 		wake:      make(chan struct{}, 1),
+		reports:   make(chan BadChange, maxBadReports),
+		closeWake: make(chan struct{}, 1),
+		toClose:   map[peer.ID]struct{}{},
 		pending:   map[peer.ID]bool{},
 		states:    map[stateKey]*crdt.PeerState{},
 		strikes:   newStrikes(cfg.StrikeLimit, cfg.StrikeWindow, cfg.RefusedPause, defaultMaxStrikes),
@@ -200,6 +225,7 @@ func (r *Replicator) Stats() ReplicatorStats {
 		SyncSessions: r.sessions.Load(), SyncFailures: r.failures.Load(),
 		SnapshotsFetched: r.snapsFetched.Load(), SnapshotsServed: r.snapsServed.Load(),
 		BytesIn: r.bytesIn.Load(), BytesOut: r.bytesOut.Load(),
+		BadReportsDropped: r.reportsDropped.Load(), SyncsPaused: r.syncsPaused.Load(),
 	}
 }
 
@@ -249,6 +275,8 @@ func (r *Replicator) Run(ctx context.Context) error {
 		run(r.syncWorker)
 	}
 	run(r.periodic)
+	run(r.closeLoop)
+	run(r.reportLoop)
 	<-ctx.Done()
 	wg.Wait()
 	return nil
@@ -335,13 +363,16 @@ func (r *Replicator) syncWorker(ctx context.Context) {
 			if !ok || ctx.Err() != nil {
 				break
 			}
-			if !r.cfg.Auth.IsAuthenticated(p) || r.paused(p) {
+			if !r.cfg.Auth.IsAuthenticated(p) {
+				continue
+			}
+			if r.skipPaused(p) {
 				// A paused peer's requests are dropped, not deferred:
 				// heartbeats and the periodic pass ask again later.
 				continue
 			}
 			r.maybeBootstrap(ctx, p)
-			if r.paused(p) {
+			if r.skipPaused(p) {
 				continue // its snapshot was refused
 			}
 			if err := r.syncWith(ctx, p); err != nil && ctx.Err() == nil {
@@ -421,7 +452,7 @@ func (r *Replicator) countSync(st crdt.SyncStats) {
 func (r *Replicator) serveSync(s network.Stream) {
 	p := s.Conn().RemotePeer()
 	defer s.Close()
-	if r.paused(p) {
+	if r.skipPaused(p) {
 		// It just sent a change we refused; its document most likely
 		// offers it again.
 		s.Reset()
@@ -436,7 +467,7 @@ func (r *Replicator) serveSync(s network.Stream) {
 		r.maybeBootstrap(ctx, p)
 		stop()
 		cancel()
-		if r.paused(p) {
+		if r.skipPaused(p) {
 			s.Reset() // its snapshot was refused
 			return
 		}
@@ -662,14 +693,17 @@ func (r *Replicator) receiveLoop(ctx context.Context, sub *pubsub.Subscription) 
 func gossipCulprit(m *pubsub.Message) peer.ID { return m.GetFrom() }
 
 // refused counts a refusal of p's change as a strike; a peer struck out
-// is banned at the Gate (first, so that it cannot dial straight back) and
-// disconnected. Then OnBadChange hears of it.
+// is banned at the Gate (at once, so that it cannot dial straight back)
+// and handed to closeLoop to be disconnected. Then reportLoop hands the
+// report to OnBadChange. It never blocks: it runs in the topic validator,
+// inside pubsub's validation workers, and in stream handlers.
 func (r *Replicator) refused(p peer.ID, rf *crdt.RefusedError, via string) {
 	r.strikeMu.Lock()
 	n, out := r.strikes.strike(p, time.Now())
 	r.bad[BadChangeKind{Rule: rf.Rule, Via: via}]++
 	if out {
 		r.struckOut++
+		r.toClose[p] = struct{}{}
 	}
 	r.strikeMu.Unlock()
 	bc := BadChange{Peer: p, Refused: rf, Via: via, Strikes: n, Disconnected: out}
@@ -677,10 +711,47 @@ func (r *Replicator) refused(p peer.ID, rf *crdt.RefusedError, via string) {
 		if r.cfg.Gate != nil {
 			bc.Ban = r.cfg.Gate.Ban(p)
 		}
-		_ = r.cfg.Host.Network().ClosePeer(p)
+		select {
+		case r.closeWake <- struct{}{}:
+		default:
+		}
 	}
 	r.lg.Debug().Str("peer", p.String()).Str("via", via).Int("strikes", n).Bool("disconnected", out).Err(rf).Msg("change from peer refused")
-	r.cfg.OnBadChange(bc)
+	select {
+	case r.reports <- bc:
+	default:
+		r.reportsDropped.Add(1)
+	}
+}
+
+// closeLoop closes the connections of the peers refused struck out.
+func (r *Replicator) closeLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.closeWake:
+		}
+		r.strikeMu.Lock()
+		ps := r.toClose
+		r.toClose = map[peer.ID]struct{}{}
+		r.strikeMu.Unlock()
+		for p := range ps {
+			_ = r.cfg.Host.Network().ClosePeer(p)
+		}
+	}
+}
+
+// reportLoop hands refused's reports to OnBadChange.
+func (r *Replicator) reportLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case bc := <-r.reports:
+			r.cfg.OnBadChange(bc)
+		}
+	}
 }
 
 // paused reports whether anti-entropy with p is paused after a refusal.
@@ -688,6 +759,15 @@ func (r *Replicator) paused(p peer.ID) bool {
 	r.strikeMu.Lock()
 	defer r.strikeMu.Unlock()
 	return r.strikes.paused(p, time.Now())
+}
+
+// skipPaused is paused, counting a session skipped for it.
+func (r *Replicator) skipPaused(p peer.ID) bool {
+	if !r.paused(p) {
+		return false
+	}
+	r.syncsPaused.Add(1)
+	return true
 }
 
 // syncOrigin pulls from the message's origin when connected to it, else
