@@ -160,11 +160,15 @@ func (d *Doc) rollbackLocked(heads []Hash) {
 	d.swapLocked(doc)
 }
 
-// swapLocked makes doc the live document and re-reads the heads.
+// swapLocked makes doc the live document, with its record index, and
+// re-reads the heads.
 func (d *Doc) swapLocked(doc *am.Doc) {
+	x := d.indexOf(doc)
+	d.view.Lock()
 	d.amp.Store(doc)
+	d.recs = x
+	d.view.Unlock()
 	clear(d.counters)
-	d.reindexLocked()
 	d.refreshHeads()
 	d.settleWaitingLocked()
 }
@@ -181,7 +185,10 @@ func (d *Doc) replay(records [][]byte) (unreadable [][]byte, refused []*RefusedE
 		chs, err := splitChanges(r)
 		if err != nil {
 			// A merged snapshot (a document chunk) is checked and loads whole.
-			if ref := d.checkDocument(r); ref != nil {
+			if needsSync, ref := d.checkDocument(r); ref != nil || needsSync {
+				if ref == nil {
+					ref = &RefusedError{Rule: RuleReplay, Detail: "a merged snapshot holds a change whose replay check needs its dependencies"}
+				}
 				if ref.Rule == RuleDecode {
 					unreadable = append(unreadable, r)
 				} else {

@@ -378,8 +378,8 @@ func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 	before := *d.heads.Load()
 	h, ch, err := d.apply(tx, msg)
 	if err != nil {
-		// Automerge refused a write that passed validation: drop the
-		// writes before it too.
+		// Automerge, or the checks peers run, refused a write that
+		// passed the Tx's own: drop the writes before it too.
 		d.rollbackLocked(before)
 		return Hash{}, 0, fmt.Errorf("crdt: write: %w", err)
 	}
@@ -427,13 +427,16 @@ func (d *Doc) apply(tx *Tx, msg string) (Hash, *am.Change, error) {
 	if err != nil {
 		return Hash{}, nil, fmt.Errorf("read back commit: %w", err)
 	}
-	if len(tx.w.signed) > 0 {
-		co, _, err := decodeChange(ch.Save())
-		if err != nil {
-			return Hash{}, nil, fmt.Errorf("read back commit: %w", err)
-		}
-		d.recs.applyChange(co)
+	// The checks peers will run, so that this node never makes a change
+	// they refuse (too large, say, or a record that does not decode).
+	co, _, err := decodeChange(ch.Save())
+	if err != nil {
+		return Hash{}, nil, fmt.Errorf("read back commit: %w", err)
 	}
+	if _, ref := d.checkBytes(co, false); ref != nil {
+		return Hash{}, nil, fmt.Errorf("%w: peers would refuse this write: %v", ErrInvalidValue, ref)
+	}
+	d.recs.applyChange(co)
 	return h, ch, nil
 }
 
@@ -469,9 +472,6 @@ func (d *Doc) applyChangeLocked(raw []byte, hash Hash, deps []Hash) (int64, bool
 	}
 	if !d.HasAll(deps) {
 		return 0, false, ErrMissingDeps
-	}
-	if len(raw) > MaxChange {
-		return 0, false, &RefusedError{Change: hash, Rule: RuleSize, Detail: fmt.Sprintf("a change of %d bytes (max %d)", len(raw), MaxChange)}
 	}
 	c, n, err := parseChange(raw)
 	if err != nil || n != len(raw) {
@@ -533,8 +533,12 @@ func (d *Doc) saveLocked() []byte {
 func (d *Doc) MergeSnapshot(b []byte) error {
 	// Check every operation before automerge sees the bytes: a snapshot
 	// with a text bomb or a forged record never loads.
-	if ref := d.checkDocument(b); ref != nil {
+	needsSync, ref := d.checkDocument(b)
+	if ref != nil {
 		return ref
+	}
+	if needsSync {
+		return ErrSnapshotNeedsSync
 	}
 	// Load the bytes in a scratch doc first: LoadIncremental of a damaged
 	// snapshot must not leave half of it in the live document.

@@ -25,6 +25,8 @@ type intake struct {
 	pendOps []*ChangeOps
 	pendSet map[Hash]bool
 	applied int
+	// lastHash is the last change of the batch being flushed.
+	lastHash Hash
 	// waited counts changes set aside for missing dependencies.
 	waited int
 }
@@ -34,22 +36,26 @@ func (d *Doc) newIntake(log bool) *intake {
 }
 
 // take checks one change and queues it to apply. A change this node has
-// is skipped; one whose dependencies are missing waits (and is logged, so
-// it survives a restart). A refused change stops the batch: later changes
-// may depend on it.
+// is skipped; one whose dependencies are missing passes the checks on its
+// bytes and then waits (and is logged, so it survives a restart), up to
+// maxWaiting changes and maxWaitingBytes. A refused change stops the
+// batch: later changes may depend on it.
 func (in *intake) take(c rawChange) error {
 	d := in.d
 	if in.pendSet[c.hash] || d.has(c.hash) {
 		return nil
 	}
+	co, ref := d.decodeChecked(c.raw)
+	if ref != nil {
+		return ref
+	}
 	for _, dep := range c.deps {
 		if !in.pendSet[dep] && !d.has(dep) {
+			if _, ref := d.checkBytes(co, true); ref != nil {
+				return ref
+			}
 			return in.wait(c)
 		}
-	}
-	co, _, err := decodeChangeOnly(c.raw, rootScalar)
-	if err != nil {
-		return decodeRefusal(c.hash, err)
 	}
 	if ref := d.checkChangeLocked(co, in.over, in.flush); ref != nil {
 		return ref
@@ -60,9 +66,25 @@ func (in *intake) take(c rawChange) error {
 	return nil
 }
 
+// Bounds of the changes kept waiting for their dependencies: past them a
+// change is not kept, and anti-entropy brings it again once what it
+// depends on is here.
+const (
+	maxWaiting      = 4096
+	maxWaitingBytes = 64 << 20
+)
+
 func (in *intake) wait(c rawChange) error {
 	d := in.d
-	if slices.ContainsFunc(d.waiting, func(w rawChange) bool { return w.hash == c.hash }) {
+	size := len(c.raw)
+	for _, w := range d.waiting {
+		if w.hash == c.hash {
+			return nil
+		}
+		size += len(w.raw)
+	}
+	if len(d.waiting) >= maxWaiting || size > maxWaitingBytes {
+		d.lg.Warn().Str("change", c.hash.String()).Int("waiting", len(d.waiting)).Msg("too many changes wait for their dependencies; not keeping another")
 		return nil
 	}
 	if in.log {
@@ -87,8 +109,9 @@ func (in *intake) flush() error {
 		b = append(b, c.raw...)
 	}
 	n, ops := len(in.pend), in.pendOps
+	in.lastHash = in.pend[n-1].hash
 	in.pend, in.pendOps, in.pendSet = in.pend[:0], nil, map[Hash]bool{}
-	before := d.st.end()
+	before, heads := d.st.end(), d.doc().Heads()
 	if in.log {
 		if _, err := d.st.append(b); err != nil {
 			clear(in.over)
@@ -104,12 +127,15 @@ func (in *intake) flush() error {
 	}
 	d.view.Unlock()
 	if err != nil {
+		// automerge refused a change our checks passed (a sequence number
+		// reused, say): it may have applied the ones before it, so go
+		// back to where the batch started, in memory and on disk.
 		if in.log {
 			d.st.truncate(before)
 		}
 		clear(in.over)
-		d.refreshHeads()
-		return fmt.Errorf("%w: automerge refused %d checked changes: %v", ErrCorrupt, n, err)
+		d.rollbackLocked(heads)
+		return &RefusedError{Change: in.lastHash, Rule: RuleDecode, Detail: fmt.Sprintf("automerge refused a batch of %d changes: %v", n, err)}
 	}
 	d.noteCountersLocked(in.over)
 	clear(in.over)

@@ -72,16 +72,17 @@ type Op struct {
 
 // ChangeOps is one decoded change chunk.
 type ChangeOps struct {
-	Hash    Hash
-	Deps    []Hash
-	Actors  [][]byte // [0] is the author, then the other actors in the change's table
-	Seq     uint64
-	StartOp uint64
-	Time    int64 // ms
-	Message string
-	Ops     []Op
-	Size    int    // the chunk's byte length as received (compressed or not)
-	Extra   []byte // bytes after the columns (kept by automerge for future use; normally empty)
+	Hash     Hash
+	Deps     []Hash
+	Actors   [][]byte // [0] is the author, then the other actors in the change's table
+	Seq      uint64
+	StartOp  uint64
+	Time     int64 // ms
+	Message  string
+	Ops      []Op
+	Size     int    // the chunk's byte length as received (compressed or not)
+	BodySize int    // the change body's length, decompressed
+	Extra    []byte // bytes after the columns (kept by automerge for future use; normally empty)
 }
 
 // The op columns automerge 0.5 writes (storage/change/change_op_columns.rs,
@@ -145,7 +146,7 @@ func decodeChangeOnly(b []byte, allowed func(Action) bool) (*ChangeOps, int, err
 	if err != nil {
 		return nil, 0, err
 	}
-	c := &ChangeOps{Hash: Hash(h), Size: end}
+	c := &ChangeOps{Hash: Hash(h), Size: end, BodySize: len(body)}
 	p := parser{b: body, what: "change"}
 	ndeps := p.count("dependency count", 32)
 	if p.err == nil {

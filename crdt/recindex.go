@@ -8,20 +8,22 @@ import (
 
 // The record index: which record is in force at each single-writer key.
 //
-// Automerge resolves concurrent writes to one key by operation ID (last
-// writer wins by counter, then actor), and its Go binding shows readers
-// only that winner. For a signed record that is not good enough: a member
-// can copy an older record of B, with B's own signature, into a change
-// concurrent with B's newer one (the replay check passes, since in that
-// change's causal past the older record is above what was in force) and
-// give its change a high start op so that it wins. So readers do not ask
-// automerge: the index keeps, per key, every value automerge holds
-// visible (the ones no later write overwrote: usually one, several after
-// concurrent writes) and reads the one with the highest counter, which a
-// replay can never beat. The index follows every change this package
-// applies, from the decoded operations (a write removes the values its
-// predecessors list and adds its own), and is rebuilt from a decoded
-// document after a snapshot is adopted or merged and after a rollback.
+// Automerge resolves writes to one key by the writer's view (a write
+// overwrites the values its predecessor list names) and concurrent ones
+// by operation ID, and its Go binding shows readers only the winner. For
+// a signed record neither is good enough: a member can copy an older
+// record of B, with B's own signature, into a change that names B's newer
+// value as its predecessor, or that is concurrent with it and has a high
+// start op; automerge then shows the older record. So readers do not ask
+// automerge: the record in force at a key is the one with the highest
+// counter among every record ever written there (ties, which only one
+// writer's concurrent writes can make, go to the higher operation ID).
+// Only the key's writer can sign a new counter, so no one else can bring
+// back or keep an older record; and the answer depends only on the set of
+// changes a node holds, so every replica that holds the same changes
+// reads the same record. The index follows every change this package
+// applies and is rebuilt from a decoded document (every op, overwritten
+// or not) after a snapshot is adopted or merged and after a rollback.
 //
 // Guarded by Doc.mu for writes and Doc.view for reads (writers hold both).
 
@@ -32,35 +34,31 @@ type opKey struct {
 	counter uint64
 }
 
-// recValue is one visible value of a single-writer key.
+// recValue is the record in force at a key.
 type recValue struct {
-	id    opKey
-	rec   *record
-	value []byte
+	id  opKey
+	rec *record
 }
 
-// recIndex maps each single-writer key to its visible values.
+// recIndex maps each single-writer key to the record in force.
 type recIndex struct {
-	keys map[string][]recValue
+	keys map[string]recValue
 }
 
-func newRecIndex() *recIndex { return &recIndex{keys: map[string][]recValue{}} }
+func newRecIndex() *recIndex { return &recIndex{keys: map[string]recValue{}} }
 
-// best returns the record in force at key: the visible value with the
-// highest counter (ties, which only a writer's own concurrent writes can
-// make, go to the higher operation ID, as in automerge).
+// best returns the record in force at key.
 func (x *recIndex) best(key string) (*record, bool) {
-	vs := x.keys[key]
-	if len(vs) == 0 {
-		return nil, false
+	v, ok := x.keys[key]
+	return v.rec, ok
+}
+
+// offer records a write of r at key by operation id.
+func (x *recIndex) offer(key string, id opKey, r *record) {
+	cur, ok := x.keys[key]
+	if !ok || r.counter > cur.rec.counter || r.counter == cur.rec.counter && laterOp(id, cur.id) {
+		x.keys[key] = recValue{id, r}
 	}
-	b := vs[0]
-	for _, v := range vs[1:] {
-		if v.rec.counter > b.rec.counter || v.rec.counter == b.rec.counter && laterOp(v.id, b.id) {
-			b = v
-		}
-	}
-	return b.rec, true
 }
 
 func laterOp(a, b opKey) bool {
@@ -70,45 +68,36 @@ func laterOp(a, b opKey) bool {
 	return a.actor > b.actor
 }
 
+// recordOp returns the record a root set of a single-writer key writes.
+func recordOp(op *Op) (*record, bool) {
+	if !op.Root || !op.KeyIsStr || op.Action != ActSet || op.Type != ValBytes {
+		return nil, false
+	}
+	sk, _, err := parseKey(op.Key)
+	if err != nil {
+		return nil, false
+	}
+	kind, ok := sk.signed()
+	if !ok {
+		return nil, false
+	}
+	r, err := decodeRecord(op.Value)
+	if err != nil || r.kind != kind {
+		return nil, false
+	}
+	return r, true
+}
+
 // applyChange follows one applied change.
 func (x *recIndex) applyChange(c *ChangeOps) {
 	for i := range c.Ops {
-		op := &c.Ops[i]
-		if !op.Root || !op.KeyIsStr {
-			continue
-		}
-		sk, _, err := parseKey(op.Key)
-		if err != nil {
-			continue
-		}
-		if _, ok := sk.signed(); !ok {
-			continue
-		}
-		vs := x.keys[op.Key]
-		for _, p := range op.Pred {
-			pk := opKey{string(c.Actors[p.Actor]), p.Counter}
-			for j := range vs {
-				if vs[j].id == pk {
-					vs = append(vs[:j], vs[j+1:]...)
-					break
-				}
-			}
-		}
-		if op.Action == ActSet {
-			if r, err := decodeRecord(op.Value); err == nil {
-				vs = append(vs, recValue{opKey{string(c.Actors[0]), op.ID.Counter}, r, op.Value})
-			}
-		}
-		if len(vs) == 0 {
-			delete(x.keys, op.Key)
-		} else {
-			x.keys[op.Key] = vs
+		if r, ok := recordOp(&c.Ops[i]); ok {
+			x.offer(c.Ops[i].Key, opKey{string(c.Actors[0]), c.Ops[i].ID.Counter}, r)
 		}
 	}
 }
 
-// indexDocument builds the index of a whole document chunk: every value
-// of a single-writer key that no later write overwrote.
+// indexDocument builds the index of a whole document chunk.
 func indexDocument(b []byte) (*recIndex, error) {
 	doc, err := decodeDocumentOnly(b, rootScalar)
 	if err != nil {
@@ -117,18 +106,8 @@ func indexDocument(b []byte) (*recIndex, error) {
 	x := newRecIndex()
 	for i := range doc.Ops {
 		op := &doc.Ops[i]
-		if len(op.Succ) > 0 || op.Action != ActSet || !op.Root || !op.KeyIsStr || !strings.Contains(op.Key, "/") {
-			continue
-		}
-		sk, _, err := parseKey(op.Key)
-		if err != nil {
-			continue
-		}
-		if _, ok := sk.signed(); !ok {
-			continue
-		}
-		if r, err := decodeRecord(op.Value); err == nil {
-			x.keys[op.Key] = append(x.keys[op.Key], recValue{opKey{string(doc.Actors[op.ID.Actor]), op.ID.Counter}, r, op.Value})
+		if r, ok := recordOp(op); ok {
+			x.offer(op.Key, opKey{string(doc.Actors[op.ID.Actor]), op.ID.Counter}, r)
 		}
 	}
 	return x, nil
@@ -136,11 +115,9 @@ func indexDocument(b []byte) (*recIndex, error) {
 
 // each calls fn for the record in force at every key with the prefix.
 func (x *recIndex) each(prefix string, fn func(key string, r *record)) {
-	for k := range x.keys {
+	for k, v := range x.keys {
 		if strings.HasPrefix(k, prefix) {
-			if r, ok := x.best(k); ok {
-				fn(k, r)
-			}
+			fn(k, v.rec)
 		}
 	}
 }

@@ -382,6 +382,10 @@ func (ks *keys) pub(writer string) (crypto.PubKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("writer %q is not a peer ID: %v", writer, err)
 	}
+	if id.String() != writer {
+		// The CID form decodes too: one node under two keys.
+		return nil, fmt.Errorf("writer %q is not a peer ID in its canonical form %s", writer, id)
+	}
 	k, err = id.ExtractPublicKey()
 	if err != nil {
 		return nil, fmt.Errorf("peer ID %s does not embed its public key: %v", writer, err)

@@ -160,10 +160,6 @@ func (d *Doc) receiveSync(ps *PeerState, b []byte) (int, error) {
 	in := d.newIntake(true)
 	var takeErr error
 	for _, raw := range msg.Changes {
-		if len(raw) > MaxChange {
-			takeErr = &RefusedError{Rule: RuleSize, Detail: fmt.Sprintf("a change of %d bytes (max %d)", len(raw), MaxChange)}
-			break
-		}
 		c, n, err := parseChange(raw)
 		if err != nil || n != len(raw) {
 			takeErr = &RefusedError{Rule: RuleDecode, Detail: fmt.Sprintf("not one automerge change (%v)", err)}

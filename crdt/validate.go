@@ -42,8 +42,9 @@ import (
 
 // Limits on what a change may carry.
 const (
-	// MaxChange bounds one change from a peer as received.
-	MaxChange = 1 << 20
+	// MaxChange bounds one change, as received and decompressed: a
+	// library scan of 70,000 items fits.
+	MaxChange = 16 << 20
 	// MaxItemName bounds an item's display name.
 	MaxItemName = 1 << 10
 )
@@ -158,40 +159,55 @@ func (w *writerOps) verify(ks *keys, message string) *RefusedError {
 	return nil
 }
 
+// checkBytes runs the checks that depend on a change's bytes alone: its
+// size, every op (checkOp) and, unless sigs is false (a change this node
+// made and signed itself), its signatures. It returns the record writes,
+// in op order.
+func (d *Doc) checkBytes(c *ChangeOps, sigs bool) ([]recordWrite, *RefusedError) {
+	if size := max(c.Size, c.BodySize); size > MaxChange {
+		return nil, d.stamp(c, refuse(RuleSize, "", "a change of %d bytes (max %d)", size, MaxChange))
+	}
+	var (
+		signed writerOps
+		writes []recordWrite
+	)
+	for i := range c.Ops {
+		op := &c.Ops[i]
+		sk, r, ref := d.checkOp(op)
+		if ref != nil {
+			return nil, d.stamp(c, ref)
+		}
+		if r != nil {
+			signed.add(sk.writer, op.Key, op.Value)
+			writes = append(writes, recordWrite{op.Key, r})
+		}
+	}
+	if sigs && !d.keys.wasSigned(c.Hash) {
+		if ref := signed.verify(d.keys, c.Message); ref != nil {
+			return nil, d.stamp(c, ref)
+		}
+		d.keys.signedOK(c.Hash)
+	}
+	return writes, nil
+}
+
+// recordWrite is one record a change writes.
+type recordWrite struct {
+	key string
+	r   *record
+}
+
 // checkChangeLocked checks one change whose dependencies this node
 // holds (applied, or pending in the same batch: flush applies those, and
 // is called before the exact replay check needs them in the document).
 // over holds counters raised by earlier changes of the batch; it is
 // updated with this change's. Call with mu held.
 func (d *Doc) checkChangeLocked(c *ChangeOps, over map[string]uint64, flush func() error) *RefusedError {
-	if c.Size > MaxChange {
-		return d.stamp(c, refuse(RuleSize, "", "a change of %d bytes (max %d)", c.Size, MaxChange))
-	}
-	type write struct {
-		key string
-		r   *record
-	}
-	var (
-		signed writerOps
-		writes []write
-	)
-	for i := range c.Ops {
-		op := &c.Ops[i]
-		sk, r, ref := d.checkOp(op)
-		if ref != nil {
-			return d.stamp(c, ref)
-		}
-		if r != nil {
-			signed.add(sk.writer, op.Key, op.Value)
-			writes = append(writes, write{op.Key, r})
-		}
-	}
 	// Signatures before counters: the exact counter check costs a fork,
 	// which only a writer's own change may make this node pay.
-	if !d.keys.wasSigned(c.Hash) {
-		if ref := signed.verify(d.keys, c.Message); ref != nil {
-			return d.stamp(c, ref)
-		}
+	writes, ref := d.checkBytes(c, true)
+	if ref != nil {
+		return ref
 	}
 	mine := map[string]uint64{}
 	for _, w := range writes {
@@ -205,11 +221,11 @@ func (d *Doc) checkChangeLocked(c *ChangeOps, over map[string]uint64, flush func
 				return d.stamp(c, refuse(RuleReplay, key, "counter %d after %d in the same change", r.counter, cur))
 			}
 			if err := flush(); err != nil {
-				return d.stamp(c, refuse(RuleReplay, key, "cannot check the counter: %v", err))
+				return d.stamp(c, refuse(RuleDecode, key, "the changes before it do not apply: %v", err))
 			}
 			past, err := d.counterAtLocked(c.Deps, key)
 			if err != nil {
-				return d.stamp(c, refuse(RuleReplay, key, "cannot check the counter: %v", err))
+				return d.stamp(c, refuse(RuleDecode, key, "cannot read the document at its dependencies: %v", err))
 			}
 			if r.counter <= past {
 				return d.stamp(c, refuse(RuleReplay, key, "counter %d is not above %d, the record's counter before this change", r.counter, past))
@@ -236,33 +252,35 @@ func (d *Doc) stamp(c *ChangeOps, r *RefusedError) *RefusedError {
 // an error wrapping *RefusedError. Safe for concurrent use; it takes no
 // document lock.
 func (d *Doc) Precheck(raw []byte) error {
-	if len(raw) > MaxChange {
-		return refuse(RuleSize, "", "a change of %d bytes (max %d)", len(raw), MaxChange)
+	co, ref := d.decodeChecked(raw)
+	if ref != nil {
+		return ref
 	}
-	c, n, err := parseChange(raw)
-	if err != nil || n != len(raw) {
-		return refuse(RuleDecode, "", "not one automerge change (%v)", err)
+	if _, ref := d.checkBytes(co, true); ref != nil {
+		return ref
 	}
-	co, _, err := decodeChangeOnly(raw, rootScalar)
-	if err != nil {
-		return decodeRefusal(c.hash, err)
-	}
-	var signed writerOps
-	for i := range co.Ops {
-		op := &co.Ops[i]
-		sk, r, ref := d.checkOp(op)
-		if ref != nil {
-			return d.stamp(co, ref)
-		}
-		if r != nil {
-			signed.add(sk.writer, op.Key, op.Value)
-		}
-	}
-	if ref := signed.verify(d.keys, co.Message); ref != nil {
-		return d.stamp(co, ref)
-	}
-	d.keys.signedOK(co.Hash)
 	return nil
+}
+
+// decodeChecked decodes one whole change chunk from a peer, refusing one
+// that is not exactly one change, or carries an action the schema has no
+// use for (before its ops are decoded).
+func (d *Doc) decodeChecked(raw []byte) (*ChangeOps, *RefusedError) {
+	if len(raw) > MaxChange {
+		return nil, refuse(RuleSize, "", "a change of %d bytes (max %d)", len(raw), MaxChange)
+	}
+	co, n, err := decodeChangeOnly(raw, rootScalar)
+	if err != nil {
+		h := Hash{}
+		if c, _, perr := parseChange(raw); perr == nil {
+			h = c.hash
+		}
+		return nil, decodeRefusal(h, err)
+	}
+	if n != len(raw) {
+		return nil, d.stamp(co, refuse(RuleDecode, "", "%d bytes after the change", len(raw)-n))
+	}
+	return co, nil
 }
 
 // counterLocked returns the highest counter this node has seen for a
@@ -312,23 +330,30 @@ func (d *Doc) counterAtLocked(deps []Hash, key string) (uint64, error) {
 	return 0, nil
 }
 
+// ErrSnapshotNeedsSync is returned by MergeSnapshot for a snapshot that
+// passes every check on its bytes but holds a change whose replay check
+// needs the document at that change's dependencies: the snapshot is not
+// adopted, and the caller syncs with the peer instead, which takes each
+// change through the same checks as gossip. It is not the peer's fault:
+// an honest document can hold such a change (a concurrent replay that
+// every node accepted).
+var ErrSnapshotNeedsSync = errors.New("crdt: snapshot holds a change that needs the full replay check; sync instead")
+
 // checkDocument checks every operation of a document chunk (a peer's
-// snapshot, or one merged into the change log): the same rules as a
-// change's, the signature of every change of its history that wrote
-// records (the chunk keeps each change's message, and an op belongs to
-// the change of its actor whose op range holds it), checked on every
-// core, and, for each single-writer key, that every overwrite raised the
-// counter and none deleted the record.
-func (d *Doc) checkDocument(b []byte) *RefusedError {
+// snapshot, or one merged into the change log) with the rules of a
+// change: the same checks on each operation's bytes, the signature of
+// every change of its history that wrote records (the chunk keeps each
+// change's message, and an op belongs to the change of its actor whose
+// op range holds it), checked on every core, and no record deleted or
+// overwritten by anything but a record. Replays: walking the changes in
+// their stored (causal) order, every record write must raise its key's
+// counter; needsSync reports one that does not, whose verdict needs the
+// change path's exact check.
+func (d *Doc) checkDocument(b []byte) (needsSync bool, _ *RefusedError) {
 	doc, err := decodeDocumentOnly(b, rootScalar)
 	if err != nil {
-		return decodeRefusal(Hash{}, err)
+		return false, decodeRefusal(Hash{}, err)
 	}
-	type counted struct {
-		key     string
-		counter uint64
-	}
-	recs := map[OpID]counted{}
 	// Each actor's changes by seq, to find the change an op belongs to.
 	byActor := make([][]int, len(doc.Actors))
 	for i, m := range doc.Meta {
@@ -341,54 +366,57 @@ func (d *Doc) checkDocument(b []byte) *RefusedError {
 		counter uint64
 		writer  string
 		op      sigOp
+		rec     *record
 	}
-	perChange := map[int][]write{}
+	isRecord := map[OpID]bool{}
+	perChange := make([][]write, len(doc.Meta))
 	for i := range doc.Ops {
 		op := &doc.Ops[i]
 		sk, r, ref := d.checkOp(op)
 		if ref != nil {
-			return ref
+			return false, ref
 		}
 		if r == nil {
 			continue
 		}
-		recs[op.ID] = counted{op.Key, r.counter}
+		isRecord[op.ID] = true
 		cs := byActor[op.ID.Actor]
 		j, _ := slices.BinarySearchFunc(cs, op.ID.Counter, func(ci int, c uint64) int { return cmp.Compare(doc.Meta[ci].MaxOp, c) })
 		if j == len(cs) {
-			return refuse(RuleDecode, op.Key, "an operation outside every change's op range")
+			return false, refuse(RuleDecode, op.Key, "an operation outside every change's op range")
 		}
-		perChange[cs[j]] = append(perChange[cs[j]], write{op.ID.Counter, sk.writer, sigOp{op.Key, op.Value}})
+		perChange[cs[j]] = append(perChange[cs[j]], write{op.ID.Counter, sk.writer, sigOp{op.Key, op.Value}, r})
 	}
 	for i := range doc.Ops {
 		op := &doc.Ops[i]
-		cur, ok := recs[op.ID]
-		if !ok {
+		if !isRecord[op.ID] {
 			continue
 		}
 		for _, s := range op.Succ {
-			next, ok := recs[s]
-			switch {
-			case !ok:
-				return refuse(RuleSignature, op.Key, "the record was deleted or overwritten by a value that is not a record")
-			case next.key != op.Key:
-				return refuse(RuleDecode, op.Key, "an overwrite at another key")
-			case next.counter <= cur.counter:
-				return refuse(RuleReplay, op.Key, "counter %d overwritten by %d", cur.counter, next.counter)
+			if !isRecord[s] {
+				return false, refuse(RuleSignature, op.Key, "the record was deleted or overwritten by a value that is not a record")
 			}
 		}
 	}
-	jobs := make([]func() *RefusedError, 0, len(perChange))
+	var jobs []func() *RefusedError
+	top := map[string]uint64{}
 	for ci, ws := range perChange {
+		if len(ws) == 0 {
+			continue
+		}
 		slices.SortFunc(ws, func(x, y write) int { return cmp.Compare(x.counter, y.counter) })
 		var g writerOps
 		for _, w := range ws {
 			g.add(w.writer, w.op.key, w.op.value)
+			if w.rec.counter <= top[w.op.key] {
+				needsSync = true
+			}
+			top[w.op.key] = max(top[w.op.key], w.rec.counter)
 		}
 		msg := doc.Meta[ci].Message
 		jobs = append(jobs, func() *RefusedError { return g.verify(d.keys, msg) })
 	}
-	return runChecks(jobs)
+	return needsSync, runChecks(jobs)
 }
 
 // runChecks runs independent checks on every core and returns a refusal
