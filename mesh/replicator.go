@@ -535,6 +535,15 @@ func (r *Replicator) bootstrap(ctx context.Context, p peer.ID) {
 		}
 		return
 	}
+	if errors.Is(err, crdt.ErrSnapshotNeedsSync) {
+		// Not the peer's fault (a concurrent replay every node accepted
+		// needs the change path's exact check): the sync that follows
+		// brings the document change by change, and no other snapshot
+		// would do better.
+		r.lg.Info().Str("peer", p.String()).Msg("snapshot holds a change that needs the full replay check; bootstrapping by sync")
+		r.needBoot.Store(false)
+		return
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			r.lg.Warn().Str("peer", p.String()).Err(err).Msg("snapshot bootstrap failed; falling back to sync")
