@@ -34,8 +34,10 @@
 // (validate.go lists the rules; intake.go is the one way in). A change
 // that breaks a rule is refused whole with a *RefusedError naming the
 // rule, and never enters any replica, so it is never relayed. A peer's
-// snapshot is checked the same way, one signature per change of its
-// history. The format of the
+// snapshot is checked with the same rules (validate.go, checkDocument),
+// one signature per change of its history. Readers take each record from
+// an index that keeps the highest counter ever written at its key
+// (recindex.go), so a replayed record is never read. The format of the
 // directory is in doc.format (migrate.go: a format 1 directory, with
 // records as unsigned maps, is moved aside and its shared entries carried
 // over).
@@ -83,9 +85,12 @@
 // # Sync
 //
 // Doc.Sync runs automerge's sync protocol over any stream (see sync.go for
-// the framing). ApplyChange takes one gossiped change with its announced
-// hash and dependencies: automerge-go's LoadIncremental refuses a change
-// whose dependencies are missing, so the caller pulls the gap by Sync.
-// MergeSnapshot bootstraps a new node from a peer's Save output, which
-// costs a fraction of a full sync.
+// the framing); automerge's sync state sees each message with its changes
+// stripped, the changes going through intake.go. ApplyChange takes one
+// gossiped change with its announced hash and dependencies and answers
+// ErrMissingDeps for one whose dependencies this node lacks, so the
+// caller pulls the gap by Sync. MergeSnapshot bootstraps a new node from
+// a peer's Save output, which costs a fraction of a full sync; a snapshot
+// holding a change whose replay check needs that change's dependencies is
+// not adopted (ErrSnapshotNeedsSync), and the node syncs instead.
 package crdt

@@ -149,7 +149,8 @@ type Doc struct {
 	waiting []rawChange
 
 	// key signs this node's records; self is its peer ID. keys caches
-	// writers' public keys and verified records (record.go).
+	// writers' public keys and the changes whose signatures verified
+	// (record.go).
 	key  crypto.PrivKey
 	self string
 	keys *keys
@@ -259,7 +260,10 @@ func Open(cfg Config) (*Doc, error) {
 	d.wg.Add(1)
 	go d.compactLoop()
 	if old != nil {
-		if err := d.carry(old); err != nil {
+		if err := d.carry(old); err == nil {
+			err = old.done(cfg.Dir)
+		}
+		if err != nil {
 			d.Close()
 			return nil, fmt.Errorf("crdt: carry the format 1 document over: %w", err)
 		}

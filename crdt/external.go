@@ -60,6 +60,12 @@ func (d *Doc) ApplyChanges(raw []byte) ([]ChangeVerdict, error) {
 		case errors.Is(err, ErrCorrupt):
 			v.Rule, v.Reason = RuleDecode, err.Error()
 		default: // the disk, or a closed document
+			// What was accepted before is durable and answered for.
+			if last > 0 {
+				if serr := d.syncTo(last); serr != nil {
+					return out, serr
+				}
+			}
 			return out, err
 		}
 		out = append(out, v)

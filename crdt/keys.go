@@ -13,9 +13,9 @@ import (
 // that created it. If two replicas each create a shared parent map (say
 // "library") concurrently, the root key holds two conflicting objects and
 // readers see only one of them: the other replica's entries vanish. With
-// flat keys the only nested maps are a node record and a holder entry,
-// each created by its single writer, and shared fields (an item's name,
-// room creds) are scalars, where last-writer-wins is exactly what we want.
+// flat keys the document holds no object at all: shared fields (an item's
+// name, room creds) are scalars, where last-writer-wins is exactly what we
+// want, and single-writer records are one bytes value each (record.go).
 const (
 	pNodes   = "nodes/"
 	pLibrary = "library/"

@@ -85,11 +85,15 @@ func buildMapsLayout(b *testing.B, nodes, entries int) []byte {
 	doc := am.New()
 	for p := range nodes {
 		id := fmt.Sprintf("12D3KooWbenchpeer%03d", p)
-		if err := doc.Path("nodes/" + id).Set(nodeFields(p)); err != nil {
+		n := nodeFields(p)
+		if err := doc.Path("nodes/" + id).Set(map[string]any{"name": n.Name, "addrs": n.Addrs, "version": n.Version,
+			"roles": []string{}, "started_ms": n.StartedMs, "last_seen_ms": n.LastSeenMs, "alive": n.Alive}); err != nil {
 			b.Fatal(err)
 		}
 		for k := range entries {
-			if err := doc.Path(holderKey(fmt.Sprintf("item-%04d", k), id)).Set(holderFields(k)); err != nil {
+			h := holderFields(k)
+			if err := doc.Path(holderKey(fmt.Sprintf("item-%04d", k), id)).Set(map[string]any{"manifest": h.Manifest, "version": h.Version,
+				"size": h.Size, "files": h.Files, "state": h.State, "updated_ms": h.UpdatedMs}); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -32,15 +32,18 @@ const (
 
 // legacy is what a format 1 document carries into format 2.
 type legacy struct {
-	keptAs string
+	dirs   []string // the moved-aside documents read
 	names  map[string]string            // item -> name
 	creds  map[string]string            // topic -> creds
 	state  map[string]map[string]string // topic -> key -> value
 }
 
 // checkFormat reads the dir's format marker. A dir without one that holds
-// a document is format 1: it is moved aside and read for what it carries.
-// A fresh dir gets the marker.
+// a format 1 document has it moved aside (format1-<ns>/) and read for
+// what it carries; the marker is written by done, once what it carries is
+// durable in the new document, so a crash in between carries it at the
+// next start (the moved-aside copy is read again until it is marked
+// carried). A fresh dir gets the marker at once.
 func checkFormat(dir string, lg zerolog.Logger) (*legacy, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("crdt: create document dir %s: %w", dir, err)
@@ -60,24 +63,54 @@ func checkFormat(dir string, lg zerolog.Logger) (*legacy, error) {
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("crdt: read %s: %w", path, err)
 	}
-	var old *legacy
 	if exists(filepath.Join(dir, snapFile)) || exists(filepath.Join(dir, logFile)) {
 		doc := readLenient(dir)
 		if !isFormat1(doc) {
 			// Written by this format before the marker was (a copy of
 			// the files alone, say): nothing to carry.
-			return nil, atomicfile.WriteFile(path, []byte(strconv.Itoa(currentFormat)+"\n"), 0o600)
+			return nil, writeFormat(dir)
 		}
-		if old, err = moveLegacy(dir, doc); err != nil {
+		if err := moveLegacy(dir); err != nil {
 			return nil, err
 		}
-		lg.Warn().Str("kept_as", old.keptAs).Int("items", len(old.names)).Int("rooms", len(old.creds)+len(old.state)).
-			Msg("document of format 1 (unsigned records) moved aside; item names and room state carried over, records are rewritten by their nodes")
 	}
-	if err := atomicfile.WriteFile(path, []byte(strconv.Itoa(currentFormat)+"\n"), 0o600); err != nil {
-		return nil, fmt.Errorf("crdt: write %s: %w", path, err)
+	old := &legacy{names: map[string]string{}, creds: map[string]string{}, state: map[string]map[string]string{}}
+	kept, _ := filepath.Glob(filepath.Join(dir, "format1-*"))
+	for _, k := range kept {
+		if !exists(filepath.Join(k, carriedFile)) {
+			old.read(readLenient(k))
+			old.dirs = append(old.dirs, k)
+		}
 	}
+	if len(old.dirs) == 0 {
+		return nil, writeFormat(dir)
+	}
+	lg.Warn().Strs("kept_as", old.dirs).Int("items", len(old.names)).Int("rooms", len(old.creds)+len(old.state)).
+		Msg("document of format 1 (unsigned records) moved aside; item names and room state carried over, records are rewritten by their nodes")
 	return old, nil
+}
+
+// carriedFile marks a moved-aside format 1 document whose entries are in
+// the new document.
+const carriedFile = "carried"
+
+func writeFormat(dir string) error {
+	path := filepath.Join(dir, formatFile)
+	if err := atomicfile.WriteFile(path, []byte(strconv.Itoa(currentFormat)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("crdt: write %s: %w", path, err)
+	}
+	return nil
+}
+
+// done marks the moved-aside documents carried and the dir format 2. Call
+// it once the carried entries are durable.
+func (old *legacy) done(dir string) error {
+	for _, k := range old.dirs {
+		if err := atomicfile.WriteFile(filepath.Join(k, carriedFile), nil, 0o600); err != nil {
+			return fmt.Errorf("crdt: mark %s carried: %w", k, err)
+		}
+	}
+	return writeFormat(dir)
 }
 
 func exists(p string) bool {
@@ -120,21 +153,23 @@ func isFormat1(doc *am.Doc) bool {
 	return false
 }
 
-// moveLegacy moves a format 1 document aside and reads what it carries.
-func moveLegacy(dir string, doc *am.Doc) (*legacy, error) {
+// moveLegacy moves a format 1 document's files aside.
+func moveLegacy(dir string) error {
 	keep := filepath.Join(dir, fmt.Sprintf("format1-%d", time.Now().UnixNano()))
 	if err := os.Mkdir(keep, 0o700); err != nil {
-		return nil, fmt.Errorf("crdt: keep the format 1 document: %w", err)
+		return fmt.Errorf("crdt: keep the format 1 document: %w", err)
 	}
 	for _, f := range []string{snapFile, logFile} {
 		if err := os.Rename(filepath.Join(dir, f), filepath.Join(keep, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("crdt: keep the format 1 document: %w", err)
+			return fmt.Errorf("crdt: keep the format 1 document: %w", err)
 		}
 	}
-	if err := syncDir(dir); err != nil {
-		return nil, err
-	}
-	old := &legacy{keptAs: keep, names: map[string]string{}, creds: map[string]string{}, state: map[string]map[string]string{}}
+	return syncDir(dir)
+}
+
+// read collects what a format 1 document carries: its item names, room
+// credentials and room state.
+func (old *legacy) read(doc *am.Doc) {
 	root := doc.RootMap()
 	keys, _ := root.Keys()
 	for _, k := range keys {
@@ -159,7 +194,6 @@ func moveLegacy(dir string, doc *am.Doc) (*legacy, error) {
 			old.state[sk.id][sk.sub] = s
 		}
 	}
-	return old, nil
 }
 
 // carry writes what a format 1 document carried over, leaving out any

@@ -74,3 +74,32 @@ func TestNewerFormatRefused(t *testing.T) {
 		t.Fatalf("Open of a format 3 dir: %v", err)
 	}
 }
+
+// A start cut short after the format 1 document was moved aside, before
+// what it carries was written, carries it at the next start.
+func TestFormat1CarriedAfterACrashMidMigration(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	old := am.New()
+	if err := old.Path("library/game/name").Set("The Game"); err != nil {
+		t.Fatal(err)
+	}
+	old.Path("nodes/12D3KooWOld").Set(map[string]any{"name": "old"})
+	if _, err := old.Commit("format 1"); err != nil {
+		t.Fatal(err)
+	}
+	kept := filepath.Join(dir, "format1-1")
+	if err := os.MkdirAll(kept, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(kept, snapFile), encodeSnapshot(old.Save()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := openT(t, dir)
+	if it, ok, _ := d.Item("game"); !ok || it.Name != "The Game" {
+		t.Fatalf("item after the interrupted migration = %+v %v", it, ok)
+	}
+	if _, err := os.Stat(filepath.Join(kept, carriedFile)); err != nil {
+		t.Fatalf("moved-aside document not marked carried: %v", err)
+	}
+}

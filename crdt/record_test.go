@@ -40,12 +40,23 @@ func FuzzParseSignatures(f *testing.F) {
 	f.Add("x\nmnsig1:AAAA")
 	f.Fuzz(func(t *testing.T, msg string) {
 		sigs, err := parseSignatures(msg)
-		if err != nil {
+		if err != nil || len(sigs) == 0 {
 			return
 		}
+		var ws []writerSig
 		for w, s := range sigs {
 			if len(s) != sigLen {
 				t.Fatalf("signature of %q is %d bytes", w, len(s))
+			}
+			ws = append(ws, writerSig{w, s})
+		}
+		again, err := parseSignatures(withSignatures("m", ws))
+		if err != nil || len(again) != len(sigs) {
+			t.Fatalf("re-encoded signature line: %v, %d of %d signatures", err, len(again), len(sigs))
+		}
+		for w, s := range sigs {
+			if !bytes.Equal(again[w], s) {
+				t.Fatalf("signature of %q changed in the round trip", w)
 			}
 		}
 	})

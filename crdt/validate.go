@@ -32,13 +32,17 @@ import (
 //   - creds: room credentials decode.
 //
 // Every rule but replay depends on the change's bytes alone, so every
-// honest node gives the same verdict on a change. Replay is decided
-// against the change's causal past, which every node holds alike before
-// it can apply the change: the fast path compares with the highest counter
-// this node has seen at the key (an honest writer's counter is above all
-// of its earlier ones, so honest changes always pass it); only a change
-// that fails it pays for the exact check, a fork of the document at the
-// change's dependencies.
+// node gives the same verdict on a change. Replay is decided against the
+// change's causal past, which every node holds alike before it can apply
+// the change: the fast path compares with the highest counter this node
+// has seen at the key (an honest writer's counter is above all of its
+// earlier ones, so honest changes always pass it); only a change that
+// fails it pays for the exact check, a fork of the document at the
+// change's dependencies. A replay that passes (one concurrent with the
+// newer record) is harmless: readers take the highest counter ever
+// written at a key (recindex.go). A snapshot is checked with the same
+// rules, and is not adopted when a replay's verdict would need the exact
+// check (the node syncs instead, change by change).
 
 // Limits on what a change may carry.
 const (

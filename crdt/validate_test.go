@@ -350,20 +350,26 @@ func TestCounterSurvivesLostDataDir(t *testing.T) {
 	}
 	defer first.Close()
 	for i := range 5 {
-		first.Update("rec", func(tx *Tx) error {
+		if _, err := first.Update("rec", func(tx *Tx) error {
 			tx.SetNode(first.Self(), NodeRecord{Name: fmt.Sprint(i)})
 			return nil
-		})
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	again, err := Open(Config{Dir: t.TempDir(), Key: k})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer again.Close()
-	again.Update("rec", func(tx *Tx) error { tx.SetNode(again.Self(), NodeRecord{Name: "again"}); return nil })
+	if _, err := again.Update("rec", func(tx *Tx) error { tx.SetNode(again.Self(), NodeRecord{Name: "again"}); return nil }); err != nil {
+		t.Fatal(err)
+	}
 	ps1, ps2 := first.NewPeerState(), again.NewPeerState()
 	syncPair(t, first, again, ps1, ps2)
-	again.Update("rec", func(tx *Tx) error { tx.SetNode(again.Self(), NodeRecord{Name: "again, synced"}); return nil })
+	if _, err := again.Update("rec", func(tx *Tx) error { tx.SetNode(again.Self(), NodeRecord{Name: "again, synced"}); return nil }); err != nil {
+		t.Fatal(err)
+	}
 	syncPair(t, first, again, ps1, ps2)
 	for _, d := range []*Doc{first, again} {
 		if n, _, _ := d.Node(d.Self()); n.Name != "again, synced" {
