@@ -32,10 +32,10 @@ const (
 
 // legacy is what a format 1 document carries into format 2.
 type legacy struct {
-	dirs   []string // the moved-aside documents read
-	names  map[string]string            // item -> name
-	creds  map[string]string            // topic -> creds
-	state  map[string]map[string]string // topic -> key -> value
+	dirs  []string                     // the moved-aside documents read
+	names map[string]string            // item -> name
+	creds map[string]string            // topic -> creds
+	state map[string]map[string]string // topic -> key -> value
 }
 
 // checkFormat reads the dir's format marker. A dir without one that holds
