@@ -2,41 +2,12 @@ package crdt
 
 import (
 	"bytes"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"slices"
 	"testing"
 
 	am "github.com/automerge/automerge-go"
-	"github.com/libp2p/go-libp2p/core/crypto"
-	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/rs/zerolog"
 )
-
-func reDeps(t *testing.T, raw []byte, deps []Hash) []byte {
-	if raw[8] != chunkChange {
-		t.Fatalf("compressed")
-	}
-	body, _, _, err := changeChunk(raw, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nd, n, _ := uleb(body)
-	rest := body[n+int(nd)*32:]
-	ds := slices.Clone(deps)
-	slices.SortFunc(ds, func(a, b Hash) int { return bytes.Compare(a[:], b[:]) })
-	nb := appendUleb(nil, uint64(len(ds)))
-	for _, d := range ds {
-		nb = append(nb, d[:]...)
-	}
-	nb = append(nb, rest...)
-	hdr := appendUleb([]byte{chunkChange}, uint64(len(nb)))
-	h := sha256.Sum256(append(append([]byte{}, hdr...), nb...))
-	out := append([]byte(amMagic), h[:4]...)
-	out = append(out, hdr...)
-	return append(out, nb...)
-}
 
 // A member copies B's older record, with B's signature, into a change
 // whose dependencies predate B's newer records but whose predecessor list
@@ -45,50 +16,20 @@ func reDeps(t *testing.T, raw []byte, deps []Hash) []byte {
 // that got the bad change first, and a new node can still join.
 func TestPredNamingNewerRecordDoesNotRevive(t *testing.T) {
 	t.Parallel()
-	kD, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	kB, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	idB, _ := peer.IDFromPrivateKey(kB)
-	B := idB.String()
-	d, err := Open(Config{Dir: t.TempDir(), Logger: zerolog.Nop(), Key: kD})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := NodeRecord{Name: "b", Alive: true, Version: 1, StartedMs: 1, LastSeenMs: 1}
-	if _, err := d.Update("r0", func(tx *Tx) error { tx.As(kB).SetNode(B, rec); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	h0 := d.Heads()
-	snap0 := d.Snapshot()
-	rec.LastSeenMs = 2
-	x1, err := d.Update("r1", func(tx *Tx) error { tx.As(kB).SetNode(B, rec); return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap1 := d.Snapshot()
-	rec.Alive = false
-	rec.LastSeenMs = 3
-	if _, err := d.Update("r2", func(tx *Tx) error { tx.As(kB).SetNode(B, rec); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	full, _ := am.Load(d.Snapshot())
-	x1h, _ := am.NewChangeHash(x1.String())
-	x1c, _ := full.Change(x1h)
-	s1, _ := am.Load(snap1)
-	v, _ := s1.Path("nodes/" + B).Get()
-	stale := bytes.Clone(v.Bytes())
-	if err := full.RootMap().Set("nodes/"+B, stale); err != nil {
-		t.Fatal(err)
-	}
-	yh, _ := full.Commit(x1c.Message())
-	yc, _ := full.Change(yh)
-	r := reDeps(t, yc.Save(), h0)
+	x := newBHistory(t)
+	d := x.d
 	defer d.Close()
+	// Made on the whole document (its predecessor is r2), dated at r0.
+	r := reDeps(t, x.replayAt(t, d.Snapshot()), x.h0)
 	vd, err := d.ApplyChanges(r)
-	if err != nil {
-		t.Fatal(err)
+	if err != nil || !vd[0].Accepted {
+		t.Fatalf("the change: %+v %v (its replay check is against r0, which r1 is above)", vd, err)
+	}
+	if v, _ := d.doc().Path(nodeKey(x.b)).Get(); !bytes.Equal(v.Bytes(), x.r1) {
+		t.Fatal("automerge does not show the stale record: the test no longer tests the attack")
 	}
 	j := openT(t, t.TempDir())
-	if err := j.MergeSnapshot(snap0); err != nil {
+	if err := j.MergeSnapshot(x.snap0); err != nil {
 		t.Fatal(err)
 	}
 	vj, err := j.ApplyChanges(r)
@@ -98,26 +39,18 @@ func TestPredNamingNewerRecordDoesNotRevive(t *testing.T) {
 	if vd[0].Accepted != vj[0].Accepted {
 		t.Fatalf("verdicts differ: %+v on the node that had B's records, %+v on the one that did not", vd[0], vj[0])
 	}
-	if v, _ := d.doc().Path("nodes/" + B).Get(); vd[0].Accepted && !bytes.Equal(v.Bytes(), stale) {
-		t.Fatal("automerge does not show the stale record: the test no longer tests the attack")
-	}
 	syncPair(t, j, d, j.NewPeerState(), d.NewPeerState())
 	if !slices.Equal(j.HeadStrings(), d.HeadStrings()) {
 		t.Fatal("not converged")
 	}
-	for name, n := range map[string]*Doc{"d": d, "j": j} {
-		if got, _, _ := n.Node(B); got.Alive || got.LastSeenMs != 3 {
-			t.Fatalf("%s reads B as %+v, want its Goodbye", name, got)
-		}
-	}
+	x.wantGoodbye(t, d, "d")
+	x.wantGoodbye(t, j, "j")
 	k := openT(t, t.TempDir())
 	if err := k.MergeSnapshot(d.Snapshot()); err != nil && !errors.Is(err, ErrSnapshotNeedsSync) {
 		t.Fatalf("an honest node's snapshot refused: %v", err)
 	}
 	syncPair(t, k, d, k.NewPeerState(), d.NewPeerState())
-	if got, _, _ := k.Node(B); got.Alive || got.LastSeenMs != 3 {
-		t.Fatalf("a new node reads B as %+v", got)
-	}
+	x.wantGoodbye(t, k, "a new node")
 }
 
 // A sync message whose second change reuses the first's sequence number
@@ -182,33 +115,11 @@ func TestBatchAutomergeRefusesLeavesNoTrace(t *testing.T) {
 // snapshot (it syncs instead), so it never holds a change its peers refuse.
 func TestSnapshotNeverAcceptsWhatChangePathRefuses(t *testing.T) {
 	t.Parallel()
-	kD, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	kB, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	idB, _ := peer.IDFromPrivateKey(kB)
-	B := idB.String()
-	d, err := Open(Config{Dir: t.TempDir(), Logger: zerolog.Nop(), Key: kD})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := NodeRecord{Name: "b", Alive: true, Version: 1, StartedMs: 1, LastSeenMs: 1}
-	d.Update("r0", func(tx *Tx) error { tx.As(kB).SetNode(B, rec); return nil })
-	snap0 := d.Snapshot()
-	rec.LastSeenMs = 2
-	x1, _ := d.Update("r1", func(tx *Tx) error { tx.As(kB).SetNode(B, rec); return nil })
-	snap1 := d.Snapshot()
-	rec.Alive, rec.LastSeenMs = false, 3
-	d.Update("r2", func(tx *Tx) error { tx.As(kB).SetNode(B, rec); return nil })
-	s1, _ := am.Load(snap1)
-	v, _ := s1.Path("nodes/" + B).Get()
-	stale := bytes.Clone(v.Bytes())
-	x1h, _ := am.NewChangeHash(x1.String())
-	x1c, _ := s1.Change(x1h)
-	f, _ := am.Load(snap0) // pred = r0's op only
-	f.RootMap().Set("nodes/"+B, stale)
-	yh, _ := f.Commit(x1c.Message())
-	yc, _ := f.Change(yh)
-	m := reDeps(t, yc.Save(), d.Heads()) // deps: after r2
+	x := newBHistory(t)
+	d := x.d
 	defer d.Close()
+	// Made at r0 (its predecessor is r0's value), dated after r2.
+	m := reDeps(t, x.replayAt(t, x.snap0), d.Heads())
 	vs, err := d.ApplyChanges(m)
 	if err != nil || vs[0].Accepted || vs[0].Rule != RuleReplay {
 		t.Fatalf("change path: %+v %v, want refused as a replay", vs, err)

@@ -1,39 +1,131 @@
 package crdt
 
 import (
-	"crypto/rand"
+	"bytes"
 	"crypto/sha256"
 	"errors"
+	"slices"
 	"testing"
 
 	am "github.com/automerge/automerge-go"
 	"github.com/libp2p/go-libp2p/core/crypto"
-	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/rs/zerolog"
 )
 
-// reStart rewrites an uncompressed change chunk with another start op.
-func reStart(t *testing.T, raw []byte, startOp uint64) []byte {
+// rewriteBody re-encodes an uncompressed change chunk after edit changed
+// its body: how a member crafts fields automerge-go will not set.
+func rewriteBody(t *testing.T, raw []byte, edit func(body []byte) []byte) []byte {
+	t.Helper()
 	body, _, _, err := changeChunk(raw, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := 0
-	nd, n, _ := uleb(body)
-	p += n + int(nd)*32
-	al, n, _ := uleb(body[p:])
-	p += n + int(al)
-	_, n, _ = uleb(body[p:]) // seq
-	p += n
-	_, n, _ = uleb(body[p:]) // start op
-	nb := append([]byte{}, body[:p]...)
-	nb = appendUleb(nb, startOp)
-	nb = append(nb, body[p+n:]...)
+	nb := edit(body)
 	hdr := appendUleb([]byte{chunkChange}, uint64(len(nb)))
-	h := sha256.Sum256(append(append([]byte{}, hdr...), nb...))
+	h := sha256.Sum256(append(slices.Clone(hdr), nb...))
 	out := append([]byte(amMagic), h[:4]...)
 	out = append(out, hdr...)
 	return append(out, nb...)
+}
+
+// reStart rewrites a change chunk with another start op.
+func reStart(t *testing.T, raw []byte, startOp uint64) []byte {
+	return rewriteBody(t, raw, func(body []byte) []byte {
+		p := 0
+		nd, n, _ := uleb(body)
+		p += n + int(nd)*32
+		al, n, _ := uleb(body[p:])
+		p += n + int(al)
+		_, n, _ = uleb(body[p:]) // seq
+		p += n
+		_, n, _ = uleb(body[p:]) // start op
+		nb := appendUleb(slices.Clone(body[:p]), startOp)
+		return append(nb, body[p+n:]...)
+	})
+}
+
+// reDeps rewrites a change chunk with other dependencies.
+func reDeps(t *testing.T, raw []byte, deps []Hash) []byte {
+	return rewriteBody(t, raw, func(body []byte) []byte {
+		nd, n, _ := uleb(body)
+		ds := slices.Clone(deps)
+		slices.SortFunc(ds, func(a, b Hash) int { return bytes.Compare(a[:], b[:]) })
+		nb := appendUleb(nil, uint64(len(ds)))
+		for _, d := range ds {
+			nb = append(nb, d[:]...)
+		}
+		return append(nb, body[n+int(nd)*32:]...)
+	})
+}
+
+// bHistory is a document in which node B wrote three records: r0, r1
+// and r2, its Goodbye (alive false, last seen 3).
+type bHistory struct {
+	d            *Doc
+	key          crypto.PrivKey // the document's own
+	b            string
+	h0           []Hash // heads after r0
+	snap0, snap1 []byte // snapshots after r0 and r1
+	r1           []byte // r1's bytes
+	r1Msg        string // and the message of its change (B's signature)
+}
+
+func newBHistory(t *testing.T) *bHistory {
+	t.Helper()
+	_, kD := testIdentity(t)
+	B, kB := testIdentity(t)
+	d, err := Open(Config{Dir: t.TempDir(), Logger: zerolog.Nop(), Key: kD})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := &bHistory{d: d, key: kD, b: B}
+	write := func(rec NodeRecord) Hash {
+		t.Helper()
+		h, err := d.Update("rec", func(tx *Tx) error { tx.As(kB).SetNode(B, rec); return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	write(NodeRecord{Name: "b", Alive: true, Version: 1, StartedMs: 1, LastSeenMs: 1})
+	x.h0, x.snap0 = d.Heads(), d.Snapshot()
+	h1 := write(NodeRecord{Name: "b", Alive: true, Version: 1, StartedMs: 1, LastSeenMs: 2})
+	x.snap1, x.r1, x.r1Msg = d.Snapshot(), rawValue(t, d, nodeKey(B)), changeMessage(t, d, h1)
+	write(NodeRecord{Name: "b", Alive: false, Version: 1, StartedMs: 1, LastSeenMs: 3})
+	return x
+}
+
+// replayAt returns a change that writes r1 again, with B's signature,
+// on the document as of snap (its dependencies and predecessors).
+func (x *bHistory) replayAt(t *testing.T, snap []byte) []byte {
+	t.Helper()
+	f, err := am.Load(snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.RootMap().Set(nodeKey(x.b), x.r1); err != nil {
+		t.Fatal(err)
+	}
+	h, err := f.Commit(x.r1Msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := f.Change(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Save()
+}
+
+// wantGoodbye fails unless n reads B's last record.
+func (x *bHistory) wantGoodbye(t *testing.T, n *Doc, who string) {
+	t.Helper()
+	if got, _, _ := n.Node(x.b); got.Alive || got.LastSeenMs != 3 {
+		t.Fatalf("%s reads B as %+v, want its Goodbye (alive false, last seen 3)", who, got)
+	}
+	if ns, _ := n.Nodes(); ns[x.b].Alive {
+		t.Fatalf("%s: Nodes shows B alive", who)
+	}
 }
 
 // A member copies B's older record, with B's own signature, into a change
@@ -43,77 +135,25 @@ func reStart(t *testing.T, raw []byte, startOp uint64) []byte {
 // record with the highest counter among the values automerge keeps.
 func TestConcurrentReplayNeverWins(t *testing.T) {
 	t.Parallel()
-	kD, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	kB, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	idB, _ := peer.IDFromPrivateKey(kB)
-	B := idB.String()
-	d, err := Open(Config{Dir: t.TempDir(), Logger: zerolog.Nop(), Key: kD})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := NodeRecord{Name: "b", Alive: true, Version: 1, StartedMs: 1, LastSeenMs: 1}
-	if _, err := d.Update("r0", func(tx *Tx) error { tx.As(kB).SetNode(B, rec); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	h0 := d.Heads()
-	rec.LastSeenMs = 2
-	x1, err := d.Update("r1", func(tx *Tx) error { tx.As(kB).SetNode(B, rec); return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	snap1 := d.Snapshot()
-	rec.Alive = false // Goodbye
-	rec.LastSeenMs = 3
-	if _, err := d.Update("r2", func(tx *Tx) error { tx.As(kB).SetNode(B, rec); return nil }); err != nil {
-		t.Fatal(err)
-	}
+	x := newBHistory(t)
+	d := x.d
 	for i := 0; i < 50; i++ { // more history after, so op counters move on
 		if _, err := d.Update("x", func(tx *Tx) error { tx.SetRoomState("t", "k", string(rune('a'+i%26))); return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if cur, _, _ := d.Node(B); cur.Alive || cur.LastSeenMs != 3 {
-		t.Fatalf("before the replay: %+v", cur)
-	}
-
-	// Attacker: B's r1 record and B's signature on it, in a change whose
-	// deps are h0 (before r1), so the counter in its causal past is r0's.
-	full, _ := am.Load(snap1)
-	x1h, _ := am.NewChangeHash(x1.String())
-	x1c, _ := full.Change(x1h)
-	v, _ := full.Path("nodes/" + B).Get()
-	stale := v.Bytes()
-	var deps []am.ChangeHash
-	for _, h := range h0 {
-		a, _ := am.NewChangeHash(h.String())
-		deps = append(deps, a)
-	}
-	fork, err := full.Fork(deps...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fork.RootMap().Set("nodes/"+B, stale)
-	yh, _ := fork.Commit(x1c.Message())
-	yc, _ := fork.Change(yh)
-	raw := yc.Save()
-	r := reStart(t, raw, 1<<20)
+	x.wantGoodbye(t, d, "before the replay")
+	// Concurrent with r1 and r2 (made at r0), with a start op high
+	// enough to win automerge's last-writer-wins.
+	r := reStart(t, x.replayAt(t, x.snap0), 1<<20)
 	vs, err := d.ApplyChanges(r)
 	if err != nil || len(vs) != 1 || !vs[0].Accepted {
 		t.Fatalf("the concurrent change: %+v %v", vs, err)
 	}
-	if v, _ := d.doc().Path("nodes/" + B).Get(); string(v.Bytes()) != string(stale) {
+	if v, _ := d.doc().Path(nodeKey(x.b)).Get(); !bytes.Equal(v.Bytes(), x.r1) {
 		t.Fatal("automerge does not pick the replayed value: the test no longer tests the attack")
 	}
-	check := func(d *Doc, when string) {
-		t.Helper()
-		if cur, _, _ := d.Node(B); cur.Alive || cur.LastSeenMs != 3 {
-			t.Fatalf("%s: B's record reads %+v, want its Goodbye (alive false, last seen 3)", when, cur)
-		}
-		if ns, _ := d.Nodes(); ns[B].Alive {
-			t.Fatalf("%s: Nodes shows B alive", when)
-		}
-	}
-	check(d, "after the replay")
+	x.wantGoodbye(t, d, "after the replay")
 	// A new node cannot take the snapshot as it is (the replay's verdict
 	// needs its dependencies) and syncs instead; it, and this node after a
 	// restart, read the same record.
@@ -122,13 +162,13 @@ func TestConcurrentReplayNeverWins(t *testing.T) {
 		t.Fatalf("snapshot holding a concurrent replay: %v", err)
 	}
 	syncPair(t, joiner, d, joiner.NewPeerState(), d.NewPeerState())
-	check(joiner, "joiner")
+	x.wantGoodbye(t, joiner, "joiner")
 	dir := d.cfg.Dir
 	d.Close()
-	again, err := Open(Config{Dir: dir, Key: kD})
+	again, err := Open(Config{Dir: dir, Key: x.key})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer again.Close()
-	check(again, "after a restart")
+	x.wantGoodbye(t, again, "after a restart")
 }
