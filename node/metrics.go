@@ -214,6 +214,8 @@ var metricDefs = []metricDef{
 	counter("room_mints_total", "Room credentials minted here.", func(s *scrape) uint64 { return s.rooms.totals.Mints }),
 	counter("events_dropped_total", "Events dropped for slow API subscribers.", func(s *scrape) uint64 { return s.eventsDropped }),
 	counter("bad_peers_disconnected_total", "Peers disconnected and banned because the document refused their changes repeatedly.", func(s *scrape) uint64 { return s.repl.BadPeersDisconnected }),
+	counter("syncs_paused_total", "Anti-entropy sessions skipped because the peer sent a refused change in the last 30 s.", func(s *scrape) uint64 { return s.repl.SyncsPaused }),
+	counter("bad_change_reports_dropped_total", "Reports of refused changes dropped because the event queue was full.", func(s *scrape) uint64 { return s.repl.BadReportsDropped }),
 }
 
 // badChangesDesc is meshnode_bad_changes_total, the one metric with

@@ -39,7 +39,7 @@ func TestMetricsReadEachComponentOncePerScrape(t *testing.T) {
 			return mesh.ReplicatorStats{ChangesSent: 14, ChangesReceived: 15, GossipRejected: 16, GossipDropped: 17,
 				SyncSessions: 18, SyncFailures: 19, SnapshotsFetched: 20, SnapshotsServed: 21, BytesIn: 22, BytesOut: 23,
 				BadChanges:           map[mesh.BadChangeKind]uint64{{Rule: crdt.RuleSchema, Via: mesh.ViaGossip}: 51, {Rule: "novel", Via: mesh.ViaSync}: 52},
-				BadPeersDisconnected: 53}
+				BadPeersDisconnected: 53, SyncsPaused: 54, BadReportsDropped: 55}
 		},
 		mesh: func() mesh.MeshStats {
 			count("mesh")
@@ -69,7 +69,7 @@ func TestMetricsReadEachComponentOncePerScrape(t *testing.T) {
 		"transfer_fetched_bytes_total": 36, "transfer_bad_chunks_total": 37, "chunks_served_total": 38, "transfer_refused_total": 39, "transfer_busy_total": 40,
 		"room_messages_sent_total": 41, "room_messages_received_total": 42, "room_duplicates_total": 43, "room_gaps_total": 44,
 		"room_rejected_total": 45, "room_mints_total": 46, "rooms_open": 47, "room_links": 48, "events_dropped_total": 49,
-		"room_refills_total": 50, "bad_peers_disconnected_total": 53,
+		"room_refills_total": 50, "bad_peers_disconnected_total": 53, "syncs_paused_total": 54, "bad_change_reports_dropped_total": 55,
 	}
 	// Every known kind of refusal is reported, at 0 until counted, and a
 	// kind not known to the node once counted.
@@ -188,6 +188,8 @@ func TestMetricsNamesAndHelpUnchanged(t *testing.T) {
 		{"events_dropped_total", "counter", "Events dropped for slow API subscribers."},
 		{"bad_changes_total", "counter", "Changes from peers the document refused, by rule broken and path (gossip, sync, snapshot)."},
 		{"bad_peers_disconnected_total", "counter", "Peers disconnected and banned because the document refused their changes repeatedly."},
+		{"syncs_paused_total", "counter", "Anti-entropy sessions skipped because the peer sent a refused change in the last 30 s."},
+		{"bad_change_reports_dropped_total", "counter", "Reports of refused changes dropped because the event queue was full."},
 	}
 	// The node's own record is written as it starts: scrape after it.
 	waitFor(t, 10*time.Second, "the node's own record", func() bool { return len(n.Doc.Heads()) > 0 })
