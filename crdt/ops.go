@@ -229,223 +229,383 @@ func uniqueActors(actors [][]byte, sorted bool) error {
 }
 
 // decodeOps decodes the op columns of a change (doc false: pred lists, IDs
-// from startOp) or a document (doc true: id columns, succ lists).
+// from startOp) or a document (doc true: id columns, succ lists). A first
+// pass counts the ops and their lists' entries, so that both are allocated
+// once, within bound, and allowed refuses an action before either is.
 func decodeOps(cols []column, nactors int, doc bool, startOp uint64, bound uint64, allowed func(Action) bool) ([]Op, error) {
-	get := func(s colSpec) []byte { return findColumn(cols, s) }
-	// The action column is required for every op: it gives the op count.
-	n := uint64(0)
-	act := newRLE("action", get(specAction), rleUint, bound)
-	for act.off < len(act.b) || act.left > 0 {
-		if a, _, ok, err := act.next(); err != nil {
+	n, total, err := countOps(cols, opListOf(doc), bound, allowed)
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, noOps(cols)
+	}
+	if err := requiredOpColumns(cols); err != nil {
+		return nil, err
+	}
+	ops := make([]Op, n)
+	c := newOpColumns(cols, n, total, nactors, doc, startOp)
+	for i := range ops {
+		if err := c.read(&ops[i], i); err != nil {
 			return nil, err
-		} else if !ok {
-			return nil, act.errf("null action")
-		} else if allowed != nil && (a > 255 || !allowed(Action(a))) {
-			return nil, &ActionError{Action(min(a, 255))}
+		}
+	}
+	if err := c.done(); err != nil {
+		return nil, err
+	}
+	return ops, nil
+}
+
+// opList names the columns of each op's list of op IDs: its predecessors
+// in a change, its successors in a document.
+type opList struct {
+	name                  string
+	group, actor, counter colSpec
+}
+
+func opListOf(doc bool) opList {
+	if doc {
+		return opList{"succ", specSuccGroup, specSuccActor, specSuccCtr}
+	}
+	return opList{"pred", specPredGroup, specPredActor, specPredCtr}
+}
+
+// countOps is decodeOps' first pass: the number of ops and the total
+// length of their lists.
+func countOps(cols []column, list opList, bound uint64, allowed func(Action) bool) (n, total uint64, err error) {
+	if n, err = countActions(findColumn(cols, specAction), bound, allowed); err != nil {
+		return 0, 0, err
+	}
+	if total, err = list.total(findColumn(cols, list.group), n, bound); err != nil {
+		return 0, 0, err
+	}
+	return n, total, nil
+}
+
+// countActions counts the values of the action column, which every op
+// has, refusing a null or an action allowed (if not nil) refuses.
+func countActions(col []byte, bound uint64, allowed func(Action) bool) (uint64, error) {
+	n := uint64(0)
+	act := newRLE("action", col, rleUint, bound)
+	for act.off < len(act.b) || act.left > 0 {
+		a, _, ok, err := act.next()
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			return 0, act.errf("null action")
+		}
+		if allowed != nil && (a > 255 || !allowed(Action(a))) {
+			return 0, &ActionError{Action(min(a, 255))}
 		}
 		n++
 	}
 	if err := act.done(); err != nil {
-		return nil, err
+		return 0, err
 	}
-	listName, gs, as, cs := "pred", specPredGroup, specPredActor, specPredCtr
-	if doc {
-		listName, gs, as, cs = "succ", specSuccGroup, specSuccActor, specSuccCtr
-	}
-	// The op lists' total length, to allocate them at once.
+	return n, nil
+}
+
+// total sums the list lengths of n ops from the group column grp, each
+// present and the sum within bound.
+func (l opList) total(grp []byte, n, bound uint64) (uint64, error) {
 	total := uint64(0)
-	grp := newRLE(listName, get(gs), rleUint, n)
+	r := newRLE(l.name, grp, rleUint, n)
 	for i := uint64(0); i < n; i++ {
-		v, _, ok, err := grp.next()
+		v, _, ok, err := r.next()
 		if err != nil {
-			return nil, err
+			return 0, err
 		}
 		if !ok {
-			return nil, formatErr("%s column: null count for op %d", listName, i)
+			return 0, formatErr("%s column: null count for op %d", l.name, i)
 		}
 		if v > bound-total {
-			return nil, formatErr("%s column: op %d's list of %d takes the total past %d", listName, i, v, bound)
+			return 0, formatErr("%s column: op %d's list of %d takes the total past %d", l.name, i, v, bound)
 		}
 		total += v
 	}
-	if err := grp.done(); err != nil {
-		return nil, err
+	if err := r.done(); err != nil {
+		return 0, err
 	}
-	if n == 0 {
-		for _, c := range cols {
-			if len(c.data) > 0 {
-				return nil, formatErr("%v has data but there are no ops", c.spec)
-			}
+	return total, nil
+}
+
+// noOps refuses columns with data when the action column has no ops.
+func noOps(cols []column) error {
+	for _, c := range cols {
+		if len(c.data) > 0 {
+			return formatErr("%v has data but there are no ops", c.spec)
 		}
-		return nil, nil
 	}
-	if len(get(specInsert)) == 0 {
-		return nil, formatErr("insert column missing")
+	return nil
+}
+
+// requiredOpColumns refuses, when there are ops, a missing insert or
+// value column, or an object given by only one of its two columns.
+func requiredOpColumns(cols []column) error {
+	if len(findColumn(cols, specInsert)) == 0 {
+		return formatErr("insert column missing")
 	}
-	if len(get(specValMeta)) == 0 {
-		return nil, formatErr("value column missing")
+	if len(findColumn(cols, specValMeta)) == 0 {
+		return formatErr("value column missing")
 	}
-	oa, oc := get(specObjActor), get(specObjCtr)
-	if (len(oa) == 0) != (len(oc) == 0) {
-		return nil, formatErr("obj actor and counter columns: one is empty, the other not")
+	if (len(findColumn(cols, specObjActor)) == 0) != (len(findColumn(cols, specObjCtr)) == 0) {
+		return formatErr("obj actor and counter columns: one is empty, the other not")
 	}
-	ops := make([]Op, n)
-	lists := make([]OpID, total)
-	var (
-		objA    = newRLE("obj actor", oa, rleUint, n)
-		objC    = newRLE("obj counter", oc, rleUint, n)
-		keyA    = newRLE("key actor", get(specKeyActor), rleUint, n)
-		keyC    = newDelta("key counter", get(specKeyCtr), n)
-		keyS    = newRLE("key string", get(specKeyStr), rleStr, n)
-		idA     = newRLE("id actor", get(specIDActor), rleUint, n)
-		idC     = newDelta("id counter", get(specIDCtr), n)
-		ins     = newBool("insert", get(specInsert), n)
-		vals    = newValues("value", get(specValMeta), get(specValRaw), n)
-		exp     = newBool("expand", get(specExpand), n)
-		mark    = newRLE("mark name", get(specMarkName), rleStr, n)
-		lgrp    = newRLE(listName, get(gs), rleUint, n)
-		lact    = newRLE(listName+" actor", get(as), rleUint, total)
-		lctr    = newDelta(listName+" counter", get(cs), total)
-		actions = newRLE("action", get(specAction), rleUint, n)
-	)
-	actor := func(v uint64, what string, i int) (int, error) {
-		if v >= uint64(nactors) {
-			return 0, formatErr("op %d: %s actor index %d, the table has %d", i, what, v, nactors)
-		}
-		return int(v), nil
+	return nil
+}
+
+// opColumns reads the ops from their columns, one op at a time: every
+// reader advances by one value (or one list) per op. The readers are held
+// by value, so that they cost one allocation, not one each.
+type opColumns struct {
+	nactors int    // the actor table's length, which bounds actor indexes
+	doc     bool   // a document's ops: IDs from the id columns, succ lists
+	startOp uint64 // a change's first op counter
+	list    string // "pred" or "succ"
+	lists   []OpID // the lists' entries not yet given to an op
+
+	actions, objA, objC, keyA, keyS, idA, mark rleReader
+	keyC, idC                                  deltaReader
+	ins, exp                                   boolReader
+	vals                                       valueReader
+
+	lgrp, lact rleReader // the list's group and actor columns
+	lctr       deltaReader
+}
+
+// newOpColumns makes the readers of n ops whose lists hold total entries,
+// and allocates those entries.
+func newOpColumns(cols []column, n, total uint64, nactors int, doc bool, startOp uint64) opColumns {
+	get := func(s colSpec) []byte { return findColumn(cols, s) }
+	list := opListOf(doc)
+	return opColumns{
+		nactors: nactors,
+		doc:     doc,
+		startOp: startOp,
+		list:    list.name,
+		lists:   make([]OpID, total),
+		objA:    *newRLE("obj actor", get(specObjActor), rleUint, n),
+		objC:    *newRLE("obj counter", get(specObjCtr), rleUint, n),
+		keyA:    *newRLE("key actor", get(specKeyActor), rleUint, n),
+		keyC:    *newDelta("key counter", get(specKeyCtr), n),
+		keyS:    *newRLE("key string", get(specKeyStr), rleStr, n),
+		idA:     *newRLE("id actor", get(specIDActor), rleUint, n),
+		idC:     *newDelta("id counter", get(specIDCtr), n),
+		ins:     *newBool("insert", get(specInsert), n),
+		vals:    *newValues("value", get(specValMeta), get(specValRaw), n),
+		exp:     *newBool("expand", get(specExpand), n),
+		mark:    *newRLE("mark name", get(specMarkName), rleStr, n),
+		lgrp:    *newRLE(list.name, get(list.group), rleUint, n),
+		lact:    *newRLE(list.name+" actor", get(list.actor), rleUint, total),
+		lctr:    *newDelta(list.name+" counter", get(list.counter), total),
+		actions: *newRLE("action", get(specAction), rleUint, n),
 	}
-	li := 0
-	for i := range ops {
-		op := &ops[i]
-		a, _, _, err := actions.next()
-		if err != nil {
-			return nil, err
-		}
-		if a > math.MaxUint8 {
-			return nil, formatErr("op %d: action %d", i, a)
-		}
-		op.Action = Action(a)
-		// ID
-		if doc {
-			a, _, aok, err := idA.next()
-			if err != nil {
-				return nil, err
-			}
-			c, cok, err := idC.next()
-			if err != nil {
-				return nil, err
-			}
-			if !aok || !cok || c <= 0 {
-				return nil, formatErr("op %d: missing or zero id", i)
-			}
-			if op.ID.Actor, err = actor(a, "id", i); err != nil {
-				return nil, err
-			}
-			op.ID.Counter = uint64(c)
-		} else {
-			op.ID = OpID{Counter: startOp + uint64(i)}
-		}
-		// Obj
-		a, _, aok, err := objA.next()
-		if err != nil {
-			return nil, err
-		}
-		c, _, cok, err := objC.next()
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case !aok && !cok:
-			op.Root = true
-		case aok && cok && c > 0:
-			if op.Obj.Actor, err = actor(a, "obj", i); err != nil {
-				return nil, err
-			}
-			op.Obj.Counter = c
-		default:
-			return nil, formatErr("op %d: bad object (actor %v counter %v %d)", i, aok, cok, c)
-		}
-		// Key
-		a, _, aok, err = keyA.next()
-		if err != nil {
-			return nil, err
-		}
-		kc, kcok, err := keyC.next()
-		if err != nil {
-			return nil, err
-		}
-		_, ks, ksok, err := keyS.next()
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case ksok && !aok && !kcok:
-			op.Key, op.KeyIsStr = string(ks), true
-		case !ksok && !aok && kcok && kc == 0:
-			// HEAD
-		case !ksok && aok && kcok && kc > 0:
-			if op.Elem.Actor, err = actor(a, "key", i); err != nil {
-				return nil, err
-			}
-			op.Elem.Counter = uint64(kc)
-		default:
-			return nil, formatErr("op %d: bad key (actor %v counter %v %d string %v)", i, aok, kcok, kc, ksok)
-		}
-		if op.Insert, err = ins.next(); err != nil {
-			return nil, err
-		}
-		if op.Type, op.Value, err = vals.next(); err != nil {
-			return nil, err
-		}
-		// Pred or succ
-		cnt, _, _, err := lgrp.next()
-		if err != nil {
-			return nil, err
-		}
-		l := lists[li : li+int(cnt) : li+int(cnt)]
-		li += int(cnt)
-		for j := range l {
-			a, _, aok, err := lact.next()
-			if err != nil {
-				return nil, err
-			}
-			c, cok, err := lctr.next()
-			if err != nil {
-				return nil, err
-			}
-			if !aok || !cok || c <= 0 {
-				return nil, formatErr("op %d: %s %d missing or zero", i, listName, j)
-			}
-			if l[j].Actor, err = actor(a, listName, i); err != nil {
-				return nil, err
-			}
-			l[j].Counter = uint64(c)
-		}
-		if len(l) > 0 {
-			if doc {
-				op.Succ = l
-			} else {
-				op.Pred = l
-			}
-		}
-		if op.Expand, err = exp.next(); err != nil {
-			return nil, err
-		}
-		_, mn, mok, err := mark.next()
-		if err != nil {
-			return nil, err
-		}
-		op.MarkName, op.MarkNamed = string(mn), mok
+}
+
+// read reads op i.
+func (c *opColumns) read(op *Op, i int) error {
+	if err := c.readAction(op, i); err != nil {
+		return err
 	}
-	for _, d := range []interface{ done() error }{objA, objC, keyA, keyC.rle, keyS, idA, idC.rle, ins, vals, exp, mark, lgrp, lact, lctr.rle} {
+	if err := c.readID(op, i); err != nil {
+		return err
+	}
+	if err := c.readObj(op, i); err != nil {
+		return err
+	}
+	if err := c.readKey(op, i); err != nil {
+		return err
+	}
+	if err := c.readValue(op); err != nil {
+		return err
+	}
+	if err := c.readList(op, i); err != nil {
+		return err
+	}
+	return c.readMark(op)
+}
+
+// actor checks actor index v (of op i's what) against the actor table.
+func (c *opColumns) actor(v uint64, what string, i int) (int, error) {
+	if v >= uint64(c.nactors) {
+		return 0, formatErr("op %d: %s actor index %d, the table has %d", i, what, v, c.nactors)
+	}
+	return int(v), nil
+}
+
+// opID reads an op ID from an actor and a counter column; ok is false
+// unless both are present and the counter positive.
+func (c *opColumns) opID(ar *rleReader, cr *deltaReader, what string, i int) (id OpID, ok bool, err error) {
+	a, _, aok, err := ar.next()
+	if err != nil {
+		return id, false, err
+	}
+	ctr, cok, err := cr.next()
+	if err != nil {
+		return id, false, err
+	}
+	if !aok || !cok || ctr <= 0 {
+		return id, false, nil
+	}
+	if id.Actor, err = c.actor(a, what, i); err != nil {
+		return id, false, err
+	}
+	id.Counter = uint64(ctr)
+	return id, true, nil
+}
+
+func (c *opColumns) readAction(op *Op, i int) error {
+	a, _, _, err := c.actions.next()
+	if err != nil {
+		return err
+	}
+	if a > math.MaxUint8 {
+		return formatErr("op %d: action %d", i, a)
+	}
+	op.Action = Action(a)
+	return nil
+}
+
+// readID reads a document op's ID from the id columns; a change op's is
+// its place after startOp.
+func (c *opColumns) readID(op *Op, i int) error {
+	if !c.doc {
+		op.ID = OpID{Counter: c.startOp + uint64(i)}
+		return nil
+	}
+	id, ok, err := c.opID(&c.idA, &c.idC, "id", i)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return formatErr("op %d: missing or zero id", i)
+	}
+	op.ID = id
+	return nil
+}
+
+// readObj reads the op's object: the root (both columns null) or an op ID.
+func (c *opColumns) readObj(op *Op, i int) error {
+	a, _, aok, err := c.objA.next()
+	if err != nil {
+		return err
+	}
+	ctr, _, cok, err := c.objC.next()
+	if err != nil {
+		return err
+	}
+	switch {
+	case !aok && !cok:
+		op.Root = true
+	case aok && cok && ctr > 0:
+		if op.Obj.Actor, err = c.actor(a, "obj", i); err != nil {
+			return err
+		}
+		op.Obj.Counter = ctr
+	default:
+		return formatErr("op %d: bad object (actor %v counter %v %d)", i, aok, cok, ctr)
+	}
+	return nil
+}
+
+// readKey reads the op's key: a map key string, HEAD (counter 0 and no
+// actor) or a list element's op ID.
+func (c *opColumns) readKey(op *Op, i int) error {
+	a, _, aok, err := c.keyA.next()
+	if err != nil {
+		return err
+	}
+	kc, kcok, err := c.keyC.next()
+	if err != nil {
+		return err
+	}
+	_, ks, ksok, err := c.keyS.next()
+	if err != nil {
+		return err
+	}
+	switch {
+	case ksok && !aok && !kcok:
+		op.Key, op.KeyIsStr = string(ks), true
+	case !ksok && !aok && kcok && kc == 0:
+		// HEAD
+	case !ksok && aok && kcok && kc > 0:
+		if op.Elem.Actor, err = c.actor(a, "key", i); err != nil {
+			return err
+		}
+		op.Elem.Counter = uint64(kc)
+	default:
+		return formatErr("op %d: bad key (actor %v counter %v %d string %v)", i, aok, kcok, kc, ksok)
+	}
+	return nil
+}
+
+// readValue reads the op's insert flag and its value.
+func (c *opColumns) readValue(op *Op) error {
+	var err error
+	if op.Insert, err = c.ins.next(); err != nil {
+		return err
+	}
+	op.Type, op.Value, err = c.vals.next()
+	return err
+}
+
+// readList reads the op's pred (change) or succ (document) list into the
+// next entries of c.lists; an empty list stays nil.
+func (c *opColumns) readList(op *Op, i int) error {
+	cnt, _, _, err := c.lgrp.next()
+	if err != nil {
+		return err
+	}
+	l := c.lists[:cnt:cnt]
+	c.lists = c.lists[cnt:]
+	for j := range l {
+		id, ok, err := c.opID(&c.lact, &c.lctr, c.list, i)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return formatErr("op %d: %s %d missing or zero", i, c.list, j)
+		}
+		l[j] = id
+	}
+	switch {
+	case len(l) == 0:
+	case c.doc:
+		op.Succ = l
+	default:
+		op.Pred = l
+	}
+	return nil
+}
+
+// readMark reads the op's expand flag and mark name.
+func (c *opColumns) readMark(op *Op) error {
+	var err error
+	if op.Expand, err = c.exp.next(); err != nil {
+		return err
+	}
+	_, mn, mok, err := c.mark.next()
+	if err != nil {
+		return err
+	}
+	op.MarkName, op.MarkNamed = string(mn), mok
+	return nil
+}
+
+// done refuses columns with values left after the last op, and an expand
+// column that automerge would have omitted. (The action column was checked
+// by countActions.)
+func (c *opColumns) done() error {
+	for _, d := range []interface{ done() error }{&c.objA, &c.objC, &c.keyA, c.keyC.rle, &c.keyS, &c.idA, c.idC.rle, &c.ins, &c.vals, &c.exp, &c.mark, &c.lgrp, &c.lact, c.lctr.rle} {
 		if err := d.done(); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	if len(get(specExpand)) > 0 && !exp.trues {
-		return nil, formatErr("expand column with no true value (automerge omits it)")
+	if len(c.exp.b) > 0 && !c.exp.trues {
+		return formatErr("expand column with no true value (automerge omits it)")
 	}
-	return ops, nil
+	return nil
 }
 
 // DocOps is one decoded document chunk (automerge Save output).
@@ -494,6 +654,36 @@ func decodeDocument(b []byte) (*DocOps, error) { return decodeDocumentOnly(b, ni
 // decodeDocumentOnly is decodeDocument that refuses, early, ops whose
 // action allowed refuses (nil allows all).
 func decodeDocumentOnly(b []byte, allowed func(Action) bool) (*DocOps, error) {
+	body, err := documentBody(b)
+	if err != nil {
+		return nil, err
+	}
+	d := &DocOps{}
+	p := parser{b: body, what: "document"}
+	if d.Actors, d.Heads, err = parseDocHeader(&p); err != nil {
+		return nil, err
+	}
+	chCols, opCols, rest, err := docColumns(p.b[p.off:])
+	if err != nil {
+		return nil, err
+	}
+	bound := opBound(len(b))
+	if d.Meta, err = decodeDocChanges(chCols, len(d.Actors), bound); err != nil {
+		return nil, fmt.Errorf("document changes: %w", err)
+	}
+	d.Changes = len(d.Meta)
+	if d.Ops, err = decodeOps(opCols, len(d.Actors), true, 0, bound, allowed); err != nil {
+		return nil, fmt.Errorf("document ops: %w", err)
+	}
+	if err := checkHeadIndexes(rest, len(d.Heads), d.Changes); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// documentBody checks a document chunk's framing (magic, type, a length
+// that covers exactly the rest of b, checksum) and returns its body.
+func documentBody(b []byte) ([]byte, error) {
 	if len(b) < 9 || string(b[:4]) != amMagic {
 		return nil, fmt.Errorf("%w: missing chunk magic", errChunk)
 	}
@@ -511,162 +701,243 @@ func decodeDocumentOnly(b []byte, allowed func(Action) bool) (*DocOps, error) {
 	if h := sha256.Sum256(b[8:]); !bytes.Equal(h[:4], b[4:8]) {
 		return nil, fmt.Errorf("%w: chunk checksum mismatch", errChunk)
 	}
-	d := &DocOps{}
-	p := parser{b: b[start:], what: "document"}
+	return b[start:], nil
+}
+
+// parseDocHeader reads a document body's actor table (unique, ascending)
+// and its heads, leaving p at the column metadata.
+func parseDocHeader(p *parser) (actors [][]byte, heads []Hash, err error) {
 	nact := p.count("actor count", 2)
 	for i := uint64(0); i < nact && p.err == nil; i++ {
-		d.Actors = append(d.Actors, p.actor())
+		actors = append(actors, p.actor())
 	}
 	if p.err == nil {
-		if err := uniqueActors(d.Actors, true); err != nil {
-			return nil, fmt.Errorf("document: %w", err)
+		if err := uniqueActors(actors, true); err != nil {
+			return nil, nil, fmt.Errorf("document: %w", err)
 		}
 	}
 	nheads := p.count("head count", 32)
 	if p.err == nil {
-		d.Heads = make([]Hash, nheads)
-		for i := range d.Heads {
-			copy(d.Heads[i][:], p.take(32, "head"))
+		heads = make([]Hash, nheads)
+		for i := range heads {
+			copy(heads[i][:], p.take(32, "head"))
 		}
 	}
 	if p.err != nil {
-		return nil, p.err
+		return nil, nil, p.err
 	}
-	chMeta, k, err := parseColumnMeta(p.b[p.off:], "document changes", docChangeColumns, true)
+	return actors, heads, nil
+}
+
+// docColumns reads a document's two column metadata blocks (changes, then
+// ops) from the front of b and the columns they describe, and returns the
+// bytes after them: the optional head indexes.
+func docColumns(b []byte) (ch, ops []column, rest []byte, err error) {
+	chMeta, k, err := parseColumnMeta(b, "document changes", docChangeColumns, true)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	p.off += k
-	opMeta, k, err := parseColumnMeta(p.b[p.off:], "document ops", docOpColumns, true)
+	b = b[k:]
+	opMeta, k, err := parseColumnMeta(b, "document ops", docOpColumns, true)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	p.off += k
-	rest := p.b[p.off:]
+	rest = b[k:]
 	if chMeta.total > uint64(len(rest)) || opMeta.total > uint64(len(rest))-chMeta.total {
-		return nil, formatErr("document: columns claim %d+%d bytes, %d remain", chMeta.total, opMeta.total, len(rest))
+		return nil, nil, nil, formatErr("document: columns claim %d+%d bytes, %d remain", chMeta.total, opMeta.total, len(rest))
 	}
 	chData, rest := rest[:chMeta.total], rest[chMeta.total:]
 	opData, rest := rest[:opMeta.total], rest[opMeta.total:]
-	chCols, err := chMeta.columns(chData, "document changes", docChangeColumns)
-	if err != nil {
-		return nil, err
+	if ch, err = chMeta.columns(chData, "document changes", docChangeColumns); err != nil {
+		return nil, nil, nil, err
 	}
-	opCols, err := opMeta.columns(opData, "document ops", docOpColumns)
-	if err != nil {
-		return nil, err
+	if ops, err = opMeta.columns(opData, "document ops", docOpColumns); err != nil {
+		return nil, nil, nil, err
 	}
-	bound := opBound(len(b))
-	if d.Meta, err = decodeDocChanges(chCols, len(d.Actors), bound); err != nil {
-		return nil, fmt.Errorf("document changes: %w", err)
+	return ch, ops, rest, nil
+}
+
+// checkHeadIndexes checks the optional head indexes after a document's
+// columns: one uLEB per head, each a change index, and nothing after.
+func checkHeadIndexes(b []byte, heads, changes int) error {
+	if len(b) == 0 {
+		return nil
 	}
-	d.Changes = len(d.Meta)
-	if d.Ops, err = decodeOps(opCols, len(d.Actors), true, 0, bound, allowed); err != nil {
-		return nil, fmt.Errorf("document ops: %w", err)
-	}
-	// Optional head indexes: one uLEB per head, each a change index.
-	if len(rest) > 0 {
-		q := parser{b: rest, what: "document head indexes"}
-		for range d.Heads {
-			if i := q.uleb("head index"); q.err == nil && i >= uint64(d.Changes) {
-				q.fail("head index %d of %d changes", i, d.Changes)
-			}
-		}
-		if q.err == nil && q.off != len(rest) {
-			q.fail("%d trailing bytes", len(rest)-q.off)
-		}
-		if q.err != nil {
-			return nil, q.err
+	q := parser{b: b, what: "document head indexes"}
+	for range heads {
+		if i := q.uleb("head index"); q.err == nil && i >= uint64(changes) {
+			q.fail("head index %d of %d changes", i, changes)
 		}
 	}
-	return d, nil
+	if q.err == nil && q.off != len(b) {
+		q.fail("%d trailing bytes", len(b)-q.off)
+	}
+	return q.err
 }
 
 // decodeDocChanges checks a document's change-metadata columns and returns
 // the changes they describe.
 func decodeDocChanges(cols []column, nactors int, bound uint64) ([]DocChange, error) {
-	get := func(s colSpec) []byte { return findColumn(cols, s) }
-	n := uint64(0)
+	meta, err := docChangeActors(findColumn(cols, specChActor), nactors, bound)
+	if err != nil {
+		return nil, err
+	}
+	c := newChangeMetaColumns(cols, uint64(len(meta)), bound)
+	for i := range meta {
+		if err := c.read(&meta[i], i); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.readDepIndexes(); err != nil {
+		return nil, err
+	}
+	if err := c.done(); err != nil {
+		return nil, err
+	}
+	return meta, nil
+}
+
+// docChangeActors is decodeDocChanges' first pass: the actor column, which
+// every change has, gives the changes (nil if none) and their actors.
+func docChangeActors(col []byte, nactors int, bound uint64) ([]DocChange, error) {
 	var meta []DocChange
-	act := newRLE("actor", get(specChActor), rleUint, bound)
+	act := newRLE("actor", col, rleUint, bound)
 	for act.off < len(act.b) || act.left > 0 {
 		a, _, ok, err := act.next()
 		if err != nil {
 			return nil, err
 		}
 		if !ok || a >= uint64(nactors) {
-			return nil, act.errf("change %d: actor %d of %d (or null)", n, a, nactors)
+			return nil, act.errf("change %d: actor %d of %d (or null)", len(meta), a, nactors)
 		}
 		meta = append(meta, DocChange{Actor: int(a)})
-		n++
 	}
 	if err := act.done(); err != nil {
 		return nil, err
 	}
-	var (
-		seq   = newDelta("seq", get(specChSeq), n)
-		maxOp = newDelta("max op", get(specChMaxOp), n)
-		tm    = newDelta("time", get(specChTime), n)
-		msg   = newRLE("message", get(specChMessage), rleStr, n)
-		grp   = newRLE("deps", get(specChDepsGroup), rleUint, n)
-		extra = newValues("extra", get(specChExtraMeta), get(specChExtraRaw), n)
-	)
-	total := uint64(0)
-	for i := uint64(0); i < n; i++ {
-		for _, d := range []*deltaReader{seq, maxOp, tm} {
-			v, ok, err := d.next()
-			if err != nil {
-				return nil, err
-			}
-			if !ok || (d != tm && v < 0) {
-				return nil, d.rle.errf("change %d: %d (or null)", i, v)
-			}
-			switch d {
-			case seq:
-				meta[i].Seq = uint64(v)
-			case maxOp:
-				meta[i].MaxOp = uint64(v)
-			}
-		}
-		_, m, _, err := msg.next()
-		if err != nil {
-			return nil, err
-		}
-		meta[i].Message = string(m)
-		c, _, ok, err := grp.next()
-		if err != nil {
-			return nil, err
-		}
-		if !ok || c > bound-total {
-			return nil, grp.errf("change %d: %d deps", i, c)
-		}
-		total += c
-		if len(extra.meta.b) > 0 {
-			t, _, err := extra.next()
-			if err != nil {
-				return nil, err
-			}
-			if t != ValBytes {
-				return nil, formatErr("extra column: change %d: type %d, not bytes", i, t)
-			}
-		}
-	}
-	idx := newDelta("deps index", get(specChDepsIdx), total)
-	for i := uint64(0); i < total; i++ {
-		v, ok, err := idx.next()
-		if err != nil {
-			return nil, err
-		}
-		if !ok || v < 0 || uint64(v) >= n {
-			return nil, idx.rle.errf("dep %d: change index %d of %d (or null)", i, v, n)
-		}
-	}
-	for _, d := range []interface{ done() error }{seq.rle, maxOp.rle, tm.rle, msg, grp, extra, idx.rle} {
-		if err := d.done(); err != nil {
-			return nil, err
-		}
-	}
 	return meta, nil
+}
+
+// changeMetaColumns reads a document's changes from their columns, one
+// change at a time, after the actor column.
+type changeMetaColumns struct {
+	n, bound uint64 // the changes, and the bound on their deps
+	deps     uint64 // the deps read so far
+	seq      deltaReader
+	maxOp    deltaReader
+	tm       deltaReader
+	msg, grp rleReader
+	extra    valueReader
+	idxCol   []byte      // the deps index column, read once deps is known
+	idx      deltaReader // its reader, from readDepIndexes on
+}
+
+func newChangeMetaColumns(cols []column, n, bound uint64) changeMetaColumns {
+	get := func(s colSpec) []byte { return findColumn(cols, s) }
+	return changeMetaColumns{
+		n:      n,
+		bound:  bound,
+		seq:    *newDelta("seq", get(specChSeq), n),
+		maxOp:  *newDelta("max op", get(specChMaxOp), n),
+		tm:     *newDelta("time", get(specChTime), n),
+		msg:    *newRLE("message", get(specChMessage), rleStr, n),
+		grp:    *newRLE("deps", get(specChDepsGroup), rleUint, n),
+		extra:  *newValues("extra", get(specChExtraMeta), get(specChExtraRaw), n),
+		idxCol: get(specChDepsIdx),
+	}
+}
+
+// read reads change i's seq, max op, time, message, dep count and extra
+// bytes into m (whose Actor is already set).
+func (c *changeMetaColumns) read(m *DocChange, i int) error {
+	var err error
+	if m.Seq, err = changeValue(&c.seq, i, false); err != nil {
+		return err
+	}
+	if m.MaxOp, err = changeValue(&c.maxOp, i, false); err != nil {
+		return err
+	}
+	if _, err = changeValue(&c.tm, i, true); err != nil {
+		return err
+	}
+	_, msg, _, err := c.msg.next()
+	if err != nil {
+		return err
+	}
+	m.Message = string(msg)
+	if err := c.readDeps(i); err != nil {
+		return err
+	}
+	return c.readExtra(i)
+}
+
+// changeValue reads change i's value from a delta column: present and,
+// unless signed, not negative.
+func changeValue(d *deltaReader, i int, signed bool) (uint64, error) {
+	v, ok, err := d.next()
+	if err != nil {
+		return 0, err
+	}
+	if !ok || (!signed && v < 0) {
+		return 0, d.rle.errf("change %d: %d (or null)", i, v)
+	}
+	return uint64(v), nil
+}
+
+// readDeps reads change i's dep count, keeping the total within bound.
+func (c *changeMetaColumns) readDeps(i int) error {
+	v, _, ok, err := c.grp.next()
+	if err != nil {
+		return err
+	}
+	if !ok || v > c.bound-c.deps {
+		return c.grp.errf("change %d: %d deps", i, v)
+	}
+	c.deps += v
+	return nil
+}
+
+// readExtra checks change i's extra value, if the column is present: it
+// must be bytes.
+func (c *changeMetaColumns) readExtra(i int) error {
+	if len(c.extra.meta.b) == 0 {
+		return nil
+	}
+	t, _, err := c.extra.next()
+	if err != nil {
+		return err
+	}
+	if t != ValBytes {
+		return formatErr("extra column: change %d: type %d, not bytes", i, t)
+	}
+	return nil
+}
+
+// readDepIndexes checks, once every change's dep count is read, that each
+// dep is the index of a change. It comes before done, which checks its
+// reader too.
+func (c *changeMetaColumns) readDepIndexes() error {
+	c.idx = *newDelta("deps index", c.idxCol, c.deps)
+	for i := uint64(0); i < c.deps; i++ {
+		v, ok, err := c.idx.next()
+		if err != nil {
+			return err
+		}
+		if !ok || v < 0 || uint64(v) >= c.n {
+			return c.idx.rle.errf("dep %d: change index %d of %d (or null)", i, v, c.n)
+		}
+	}
+	return nil
+}
+
+// done refuses columns with values left after the last change (or dep).
+func (c *changeMetaColumns) done() error {
+	for _, d := range []interface{ done() error }{c.seq.rle, c.maxOp.rle, c.tm.rle, &c.msg, &c.grp, &c.extra, c.idx.rle} {
+		if err := d.done(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // parser reads a chunk's header fields; the first error sticks.
