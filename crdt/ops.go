@@ -148,16 +148,25 @@ func decodeChangeOnly(b []byte, allowed func(Action) bool) (*ChangeOps, int, err
 	}
 	c := &ChangeOps{Hash: Hash(h), Size: end, BodySize: len(body)}
 	p := parser{b: body, what: "change"}
-	ndeps := p.count("dependency count", 32)
-	if p.err == nil {
-		c.Deps = make([]Hash, ndeps)
-		for i := range c.Deps {
-			copy(c.Deps[i][:], p.take(32, "dependency"))
-			if i > 0 && bytes.Compare(c.Deps[i-1][:], c.Deps[i][:]) >= 0 {
-				p.fail("dependencies not in ascending order")
-			}
-		}
+	if err := parseChangeHeader(&p, c); err != nil {
+		return nil, 0, err
 	}
+	cols, extra, err := changeColumns(p.b[p.off:])
+	if err != nil {
+		return nil, 0, err
+	}
+	c.Extra = extra
+	c.Ops, err = decodeOps(cols, len(c.Actors), false, c.StartOp, opBound(end), allowed)
+	if err != nil {
+		return nil, 0, fmt.Errorf("change: %w", err)
+	}
+	return c, end, nil
+}
+
+// parseChangeHeader reads a change body's fields before its columns into
+// c, leaving p at the column metadata.
+func parseChangeHeader(p *parser, c *ChangeOps) error {
+	c.Deps = parseDeps(p)
 	author := p.actor()
 	c.Seq = p.uleb("seq")
 	c.StartOp = p.uleb("start op")
@@ -170,43 +179,69 @@ func decodeChangeOnly(b []byte, allowed func(Action) bool) (*ChangeOps, int, err
 		p.fail("message is not UTF-8")
 	}
 	c.Message = string(msg)
+	var err error
+	if c.Actors, err = parseChangeActors(p, author); err != nil {
+		return err
+	}
+	return p.err
+}
+
+// parseDeps reads a change's dependencies, in ascending order.
+func parseDeps(p *parser) []Hash {
+	n := p.count("dependency count", 32)
+	if p.err != nil {
+		return nil
+	}
+	deps := make([]Hash, n)
+	for i := range deps {
+		copy(deps[i][:], p.take(32, "dependency"))
+		if i > 0 && bytes.Compare(deps[i-1][:], deps[i][:]) >= 0 {
+			p.fail("dependencies not in ascending order")
+		}
+	}
+	return deps
+}
+
+// parseChangeActors reads a change's actor table after its author: the
+// author first, then the other actors, none empty or repeated.
+func parseChangeActors(p *parser, author []byte) ([][]byte, error) {
 	nact := p.count("actor count", 2)
-	if p.err == nil {
-		c.Actors = make([][]byte, 0, nact+1)
-		c.Actors = append(c.Actors, author)
-		for i := uint64(0); i < nact && p.err == nil; i++ {
-			c.Actors = append(c.Actors, p.actor())
-		}
-		if p.err == nil {
-			if err := uniqueActors(c.Actors, false); err != nil {
-				return nil, 0, fmt.Errorf("change: %w", err)
-			}
-		}
+	if p.err != nil {
+		return nil, nil
+	}
+	actors := make([][]byte, 0, nact+1)
+	actors = append(actors, author)
+	for i := uint64(0); i < nact && p.err == nil; i++ {
+		actors = append(actors, p.actor())
 	}
 	if p.err != nil {
-		return nil, 0, p.err
+		return actors, nil
 	}
-	meta, n, err := parseColumnMeta(p.b[p.off:], "change ops", changeOpColumns, false)
+	if err := uniqueActors(actors, false); err != nil {
+		return nil, fmt.Errorf("change: %w", err)
+	}
+	return actors, nil
+}
+
+// changeColumns reads a change's column metadata from the front of b and
+// the columns it describes, and returns the bytes after them (nil if
+// none).
+func changeColumns(b []byte) (cols []column, extra []byte, err error) {
+	meta, n, err := parseColumnMeta(b, "change ops", changeOpColumns, false)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, err
 	}
-	p.off += n
-	if meta.total > uint64(len(p.b)-p.off) {
-		return nil, 0, formatErr("change: columns claim %d bytes, %d remain", meta.total, len(p.b)-p.off)
+	b = b[n:]
+	if meta.total > uint64(len(b)) {
+		return nil, nil, formatErr("change: columns claim %d bytes, %d remain", meta.total, len(b))
 	}
-	data := p.b[p.off : p.off+int(meta.total)]
-	if rest := p.b[p.off+int(meta.total):]; len(rest) > 0 {
-		c.Extra = rest
+	if cols, err = meta.columns(b[:meta.total], "change ops", changeOpColumns); err != nil {
+		return nil, nil, err
 	}
-	cols, err := meta.columns(data, "change ops", changeOpColumns)
-	if err != nil {
-		return nil, 0, err
+	if rest := b[meta.total:]; len(rest) > 0 {
+		extra = rest
 	}
-	c.Ops, err = decodeOps(cols, len(c.Actors), false, c.StartOp, opBound(end), allowed)
-	if err != nil {
-		return nil, 0, fmt.Errorf("change: %w", err)
-	}
-	return c, end, nil
+	return cols, extra, nil
 }
 
 // uniqueActors refuses an actor table with an empty or repeated actor (or,
