@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -242,39 +243,56 @@ func BenchmarkDownloadHolders(b *testing.B) {
 // files are in the page cache, just written), against raw BLAKE3 of the
 // same bytes read from the same files with os.ReadFile.
 func BenchmarkScan(b *testing.B) {
-	root := filepath.Join(b.TempDir(), "item")
-	writeBenchItem(b, root, 1000, 1<<30)
-	for range b.N {
-		start := time.Now()
-		var n int64
-		_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() {
-				return err
+	for _, c := range []struct {
+		name  string
+		files int
+		bytes int64
+	}{{"1000x1MiB", 1000, 1 << 30}, {"20000x4KiB", 20000, 20000 << 12}} {
+		b.Run(c.name, func(b *testing.B) {
+			root := filepath.Join(b.TempDir(), "item")
+			writeBenchItem(b, root, c.files, c.bytes)
+			for range b.N {
+				benchScanOnce(b, root)
 			}
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			n += int64(len(data))
-			for off := 0; off < len(data); off += ChunkSize {
-				blake3.Sum256(data[off:min(off+ChunkSize, len(data))])
-			}
-			return nil
 		})
-		raw := time.Since(start)
-		start = time.Now()
-		m, st, err := Scan(root, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		scan := time.Since(start)
-		if m.Size() != n || st.BytesHashed != n {
-			b.Fatalf("scan hashed %d of %d bytes, raw %d", st.BytesHashed, m.Size(), n)
-		}
-		b.ReportMetric(mbps(n, raw), "raw_blake3_MB/s")
-		b.ReportMetric(mbps(n, scan), "scan_MB/s")
-		b.ReportMetric(raw.Seconds()/scan.Seconds(), "ratio")
 	}
+}
+
+func benchScanOnce(b *testing.B, root string) {
+	start := time.Now()
+	var n int64
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		n += int64(len(data))
+		for off := 0; off < len(data); off += ChunkSize {
+			blake3.Sum256(data[off:min(off+ChunkSize, len(data))])
+		}
+		return nil
+	})
+	raw := time.Since(start)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start = time.Now()
+	m, st, err := Scan(root, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	scan := time.Since(start)
+	runtime.ReadMemStats(&after)
+	if m.Size() != n || st.BytesHashed != n {
+		b.Fatalf("scan hashed %d of %d bytes, raw %d", st.BytesHashed, m.Size(), n)
+	}
+	b.ReportMetric(mbps(n, raw), "raw_blake3_MB/s")
+	b.ReportMetric(mbps(n, scan), "scan_MB/s")
+	b.ReportMetric(scan.Seconds(), "scan_s")
+	b.ReportMetric(raw.Seconds()/scan.Seconds(), "ratio")
+	b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/(1<<20), "alloc_MiB")
 }
 
 // BenchmarkRescan100k: a library of 100 items of 1,000 small files each

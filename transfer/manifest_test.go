@@ -2,10 +2,14 @@ package transfer
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/zeebo/blake3"
 )
 
 func sampleManifest() *Manifest {
@@ -193,5 +197,48 @@ func TestReadChunkRefusesSymlinkOut(t *testing.T) {
 	}
 	if _, st, err := readChunk(sv, "f", 5, make([]byte, ChunkSize)); err == nil || st != StatusNotFound {
 		t.Fatalf("chunk past the end: status %d, %v", st, err)
+	}
+}
+
+// hashFile hashes small files from a buffer of their size and large ones
+// from pooled chunk buffers; either way the hashes are the chunks'. A file
+// that grew since its size was taken is refused when that shows in its
+// chunk count, and always when it was smaller than a chunk.
+func TestHashFileSmallAndLarge(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, size := range []int{0, 1, 4096, ChunkSize - 1, ChunkSize, ChunkSize + 1, 2*ChunkSize + 7} {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(i * 7)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("f%d", size))
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := hashFile(p, int64(size))
+		if err != nil {
+			t.Fatalf("size %d: %v", size, err)
+		}
+		var want []Hash
+		for off := 0; off < size; off += ChunkSize {
+			want = append(want, blake3.Sum256(data[off:min(off+ChunkSize, size)]))
+		}
+		if size == 0 {
+			want = []Hash{blake3.Sum256(nil)}[:chunkCount(0)]
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("size %d: %d hashes, want %d (or different)", size, len(got), len(want))
+		}
+		// Grown by a byte since its size was taken.
+		if size >= ChunkSize && chunkCount(int64(size)+1) == chunkCount(int64(size)) {
+			continue
+		}
+		if err := os.WriteFile(p, append(data, 1), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := hashFile(p, int64(size)); err == nil {
+			t.Fatalf("size %d: a file that grew was hashed", size)
+		}
 	}
 }
