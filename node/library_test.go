@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -208,13 +209,12 @@ func TestBadHolderIsDetectedAndAvoided(t *testing.T) {
 	shareItem(t, c, liar, "tool", item)
 
 	// The liar answers every chunk request with flipped bytes.
-	proto := liar.Fleet.Protocol("xfer/1")
 	liarRoot := filepath.Join(shareDir(liar), "tool")
 	manifestBytes := func(h transfer.Hash) []byte {
 		b, _ := os.ReadFile(filepath.Join(liar.cfg.DataDir, DirLibrary, "manifests", h.String()))
 		return b
 	}
-	liar.Host.SetStreamHandler(proto, func(s network.Stream) {
+	replaceXferHandler(t, liar, func(s network.Stream) {
 		defer s.Close()
 		br := bufio.NewReader(s)
 		for {
@@ -514,6 +514,17 @@ func (s slowStream) Write(b []byte) (int, error) {
 	return s.Stream.Write(b)
 }
 
+// replaceXferHandler puts h in place of n's chunk server. The library
+// registers its own handler once its first scan is done, which may be
+// after an item's holder entry appeared: h replaces it only after that,
+// or the library's would replace h.
+func replaceXferHandler(t *testing.T, n *Node, h network.StreamHandler) {
+	t.Helper()
+	proto := n.Fleet.Protocol("xfer/1")
+	waitFor(t, 20*time.Second, "the library serving", func() bool { return slices.Contains(n.Host.Mux().Protocols(), proto) })
+	n.Host.SetStreamHandler(proto, h)
+}
+
 // A, the only holder, is slow. B starts downloading; C starts once B holds
 // some chunks. B shows in the library as a partial holder while it
 // downloads, C fetches from B as well as from A, and both end with A's
@@ -525,8 +536,7 @@ func TestDownloadersSwarm(t *testing.T) {
 	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
 	item := map[string]testFile{"blob": {randBytes(40 << 20), 0o644}, "note": {[]byte("hi"), 0o600}}
 	manifest := shareItem(t, c, a, "movie", item)
-	proto := a.Fleet.Protocol("xfer/1")
-	a.Host.SetStreamHandler(proto, func(s network.Stream) {
+	replaceXferHandler(t, a, func(s network.Stream) {
 		a.Library.Server().Handle(slowStream{Stream: s, delay: 40 * time.Millisecond})
 	})
 
