@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -146,6 +147,7 @@ func TestFlippedLogByteCostsOneRecord(t *testing.T) {
 	b, _ := os.ReadFile(logPath)
 	recs, _ := decodeLog(b)
 	hit := recs[20]
+	lost := hashOfRecord(t, hit.payload)
 	b[hit.off+recHeaderLen+len(hit.payload)/2] ^= 0x01
 	os.WriteFile(logPath, b, 0o600)
 
@@ -163,6 +165,16 @@ func TestFlippedLogByteCostsOneRecord(t *testing.T) {
 	}
 	if kb, err := os.ReadFile(dm[0].KeptAs); err != nil || len(kb) != len(b) {
 		t.Fatalf("damaged copy: %v (%d bytes, want %d)", err, len(kb), len(b))
+	}
+	// d2 asks for the lost change itself: automerge's sync state never
+	// sees the waiting changes, and the peer's bloom filter may say d2
+	// has it.
+	b, err := d2.generateSync(d2.NewPeerState(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := decodeSyncMessage(b); err != nil || !slices.Contains(m.Need, lost) {
+		t.Fatalf("first sync message: %v, need %v, want the lost change", err, m)
 	}
 	// A peer that holds the lost change completes the history.
 	syncPair(t, d2, peer, d2.NewPeerState(), peer.NewPeerState())
@@ -234,4 +246,13 @@ func slicesContainsHash(ws []rawChange, h Hash) bool {
 		}
 	}
 	return false
+}
+
+func hashOfRecord(t *testing.T, payload []byte) Hash {
+	t.Helper()
+	chs, err := splitChanges(payload)
+	if err != nil || len(chs) != 1 {
+		t.Fatalf("record: %v (%d changes)", err, len(chs))
+	}
+	return chs[0].hash
 }

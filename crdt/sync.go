@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	am "github.com/automerge/automerge-go"
@@ -71,6 +72,10 @@ func (d *Doc) Sync(rw io.ReadWriter, ps *PeerState, initiator bool) (SyncStats, 
 	defer ps.mu.Unlock()
 	var st SyncStats
 	br := bufio.NewReader(rw)
+	// Changes that wait for dependencies no message brought are asked for
+	// in the first message and after each one that brought changes: not
+	// more, or a session with a peer that lacks them too never ends.
+	ask := true
 	recv := func() (bool, error) {
 		b, err := frame.Read(br, MaxSyncFrame)
 		if err != nil {
@@ -82,10 +87,12 @@ func (d *Doc) Sync(rw io.ReadWriter, ps *PeerState, initiator bool) (SyncStats, 
 		}
 		n, err := d.receiveSync(ps, b)
 		st.Changes += n
+		ask = ask || n > 0
 		return true, err
 	}
 	send := func() (bool, error) {
-		msg, err := d.generateSync(ps)
+		msg, err := d.generateSync(ps, ask)
+		ask = false
 		if err != nil {
 			return false, err
 		}
@@ -120,22 +127,46 @@ func (d *Doc) Sync(rw io.ReadWriter, ps *PeerState, initiator bool) (SyncStats, 
 	return st, ErrSyncRounds
 }
 
-func (d *Doc) generateSync(ps *PeerState) ([]byte, error) {
+func (d *Doc) generateSync(ps *PeerState, askMissing bool) ([]byte, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return nil, ErrClosed
 	}
-	m, ok := d.syncState(ps).GenerateMessage()
-	if !ok {
-		return nil, nil
+	var missing []Hash
+	if askMissing {
+		missing = d.missingDepsLocked()
 	}
-	return m.Bytes(), nil
+	m, ok := d.syncState(ps).GenerateMessage()
+	switch {
+	case !ok && len(missing) == 0:
+		return nil, nil
+	case !ok:
+		return needMessage(*d.heads.Load(), missing), nil
+	case len(missing) == 0:
+		return m.Bytes(), nil
+	}
+	return syncMessageWithNeed(m.Bytes(), missing)
+}
+
+// missingDepsLocked lists the dependencies of waiting changes that this
+// node neither holds nor keeps waiting. Call with mu held.
+func (d *Doc) missingDepsLocked() []Hash {
+	var out []Hash
+	for _, w := range d.waiting {
+		for _, h := range w.deps {
+			if !slices.Contains(out, h) && !d.has(h) && !slices.ContainsFunc(d.waiting, func(x rawChange) bool { return x.hash == h }) {
+				out = append(out, h)
+			}
+		}
+	}
+	return out
 }
 
 // receiveSync takes the changes of one sync message through the checks
 // (intake.go) and then feeds the message, stripped of its changes, to
-// automerge's sync state, returning how many changes were applied. A
+// automerge's sync state, returning how many changes the message carried
+// (on an error, how many were applied). A
 // refused change ends the session with an error wrapping *RefusedError;
 // the changes before it that passed are kept. If the changes cannot be
 // logged (a full disk), none of them enters memory and the session fails;
@@ -178,5 +209,5 @@ func (d *Doc) receiveSync(ps *PeerState, b []byte) (int, error) {
 	if _, err := d.syncState(ps).ReceiveMessage(stripped); err != nil {
 		return in.applied, fmt.Errorf("%w: sync message: %v", ErrCorrupt, err)
 	}
-	return in.applied, nil
+	return len(msg.Changes), nil
 }

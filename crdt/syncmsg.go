@@ -1,5 +1,7 @@
 package crdt
 
+import "slices"
+
 // Automerge sync messages (rust/automerge/src/sync.rs):
 //
 //	type u8 (0x42; 0x43 = "v2" in automerge after 0.5)
@@ -29,8 +31,10 @@ type SyncMessage struct {
 	V2      bool // the message type was 0x43
 }
 
-// syncLayout is where a sync message's changes list lies in its bytes.
+// syncLayout is where a sync message's need and changes lists lie in its
+// bytes.
 type syncLayout struct {
+	needStart, needEnd       int
 	changesStart, changesEnd int
 }
 
@@ -52,6 +56,43 @@ func syncMessageWithoutChanges(b []byte) ([]byte, error) {
 	out = append(out, b[:l.changesStart]...)
 	out = append(out, 0)
 	return append(out, b[l.changesEnd:]...), nil
+}
+
+// syncMessageWithNeed returns b with extra added to its need list: the
+// changes this node waits for (their dependencies arrived in no message),
+// which automerge's sync state cannot ask for itself, since it never sees
+// the changes that wait.
+func syncMessageWithNeed(b []byte, extra []Hash) ([]byte, error) {
+	m, l, err := parseSyncMessage(b)
+	if err != nil {
+		return nil, err
+	}
+	need := m.Need
+	for _, h := range extra {
+		if !slices.Contains(need, h) {
+			need = append(need, h)
+		}
+	}
+	out := append([]byte(nil), b[:l.needStart]...)
+	out = appendHashList(out, need)
+	return append(out, b[l.needEnd:]...), nil
+}
+
+// needMessage is a sync message that only asks for changes: our heads,
+// the need list, no have (so the peer sends exactly what is needed) and
+// no changes.
+func needMessage(heads, need []Hash) []byte {
+	b := appendHashList([]byte{syncMsgV1}, heads)
+	b = appendHashList(b, need)
+	return append(b, 0, 0)
+}
+
+func appendHashList(b []byte, hs []Hash) []byte {
+	b = appendUleb(b, uint64(len(hs)))
+	for _, h := range hs {
+		b = append(b, h[:]...)
+	}
+	return b
 }
 
 func parseSyncMessage(b []byte) (*SyncMessage, syncLayout, error) {
@@ -76,7 +117,9 @@ func parseSyncMessage(b []byte) (*SyncMessage, syncLayout, error) {
 		return hs
 	}
 	m.Heads = hashes("heads")
+	l.needStart = p.off
 	m.Need = hashes("need")
+	l.needEnd = p.off
 	nhave := p.count("have count", 2)
 	for i := uint64(0); i < nhave && p.err == nil; i++ {
 		hashes("last sync")

@@ -205,7 +205,7 @@ func honestSyncWith(t *testing.T, d *Doc, raw []byte) error {
 		if _, err := d.receiveSync(ps, msg.Bytes()); err != nil {
 			return err
 		}
-		reply, err := d.generateSync(ps)
+		reply, err := d.generateSync(ps, false)
 		if err != nil {
 			return err
 		}
