@@ -111,7 +111,7 @@ func TestLateJoinerBootstrapsFromSnapshot(t *testing.T) {
 func TestPartitionHealConverges(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 5)
-	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
+	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
 	// Make both halves well connected inside themselves before the cut.
 	left, right := []int{0, 1, 2}, []int{3, 4}
 	for _, g := range [][]int{left, right} {
@@ -148,7 +148,7 @@ func TestPartitionHealConverges(t *testing.T) {
 func TestGossipLossRepairedByAntiEntropy(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 3)
-	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
+	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
 	for _, n := range c.nodes[1:] {
 		n.Replicator.DropGossip(true)
 	}

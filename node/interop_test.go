@@ -90,7 +90,7 @@ func TestJavaScriptAutomergeWritesThroughAPI(t *testing.T) {
 	nodeBin, script := jsWriter(t)
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
-	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
+	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
 
 	const greeting = "hello from JavaScript"
 	change := writeJS(t, nodeBin, script, docBytes(t, a), "rooms/js/state/greeting", greeting)

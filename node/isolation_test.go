@@ -20,7 +20,7 @@ import (
 func TestWrongTokenGetsNothing(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 2)
-	waitFor(t, 20*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
+	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) && c.converged() })
 	update(t, c.nodes[0], func(tx *crdt.Tx) { tx.SetItemName("secret-item", "x") })
 
 	// An intruder with another fleet's token dials node 0 directly.
