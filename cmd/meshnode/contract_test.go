@@ -156,7 +156,9 @@ func TestClientWithoutDaemonWaitsBriefly(t *testing.T) {
 	dir := t.TempDir()
 	start := time.Now()
 	_, errOut, code := cli(t, "status", "--data", dir)
-	if took := time.Since(start); code != 1 || took < daemonGrace || took > daemonGrace+time.Second || !strings.Contains(errOut, "meshnode run") {
+	// It waits the grace out, and gives up then (the upper bound only
+	// catches a wait with no end: the suite shares two cores).
+	if took := time.Since(start); code != 1 || took < daemonGrace || took > daemonGrace+10*time.Second || !strings.Contains(errOut, "meshnode run") {
 		t.Fatalf("no daemon: code %d after %v, %q; want a failure after about %v", code, took, errOut, daemonGrace)
 	}
 
@@ -166,7 +168,7 @@ func TestClientWithoutDaemonWaitsBriefly(t *testing.T) {
 	}
 	start = time.Now()
 	_, errOut, code = cli(t, "status", "--data", dir)
-	if took := time.Since(start); code != 1 || took < daemonWait || took > daemonWait+time.Second || !strings.Contains(errOut, "no meshnode daemon is running") {
+	if took := time.Since(start); code != 1 || took < daemonWait || took > daemonWait+10*time.Second || !strings.Contains(errOut, "no meshnode daemon is running") {
 		t.Fatalf("starting daemon that never serves: code %d after %v, %q; want a failure after about %v", code, took, errOut, daemonWait)
 	}
 }
