@@ -565,7 +565,8 @@ func TestDownloadersSwarm(t *testing.T) {
 	sameTree(t, want, treeOf(t, filepath.Join(shareDir(b), "movie")))
 	sameTree(t, want, treeOf(t, filepath.Join(shareDir(cc), "movie")))
 	if stC.BySource[b.ID().String()] == 0 {
-		t.Fatalf("C took nothing from B, which was downloading the same item: %v", stC.BySource)
+		final, _ := cc.Library.TransferByID(stC.ID)
+		t.Fatalf("C took nothing from B, which was downloading the same item: by source %v, sources %v, bad sources %v", final.BySource, final.Sources, final.BadSources)
 	}
 	for _, n := range []*Node{b, cc} {
 		waitFor(t, 20*time.Second, "complete holder entry", func() bool {
