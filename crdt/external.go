@@ -13,10 +13,6 @@ type ChangeVerdict struct {
 	// document (New tells whether it was new here).
 	Accepted bool `json:"accepted"`
 	New      bool `json:"new,omitempty"`
-	// Waiting is true for a change that passed the checks this node can
-	// make without its dependencies, which it does not hold: it is kept
-	// and applies when they arrive.
-	Waiting bool `json:"waiting,omitempty"`
 	// Rule and Reason say why a change was refused.
 	Rule   string `json:"rule,omitempty"`
 	Reason string `json:"reason,omitempty"`

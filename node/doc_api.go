@@ -20,11 +20,9 @@ type ChangesResult struct {
 	// document (on disk, and published to the peers); Refused those that
 	// are not: each broke a rule (its verdict's Rule), or depends on
 	// changes this node does not hold (no Rule; make changes on a copy
-	// of GET /v1/doc); Waiting those kept until the changes they depend
-	// on reach this node.
+	// of GET /v1/doc).
 	Accepted int `json:"accepted"`
 	Refused  int `json:"refused"`
-	Waiting  int `json:"waiting,omitempty"`
 	// Changes has one verdict per change, in the order of the body.
 	Changes []crdt.ChangeVerdict `json:"changes"`
 	// Heads are the document heads after the changes.
@@ -35,8 +33,7 @@ type ChangesResult struct {
 // (concatenated change chunks) and puts each through the document's
 // checks, as a change from a peer. It answers 200 when every change was
 // accepted, 422 changes_refused when any was refused (the verdicts say
-// which and why), 202 when none was refused but some wait for changes
-// this node lacks, and 400 bad_changes when the body is not change
+// which and why), and 400 bad_changes when the body is not change
 // chunks at all.
 func (n *Node) handlePostChanges(w http.ResponseWriter, r *http.Request) {
 	b, ok := readBody(w, r, MaxChangesBody, "changes body")
@@ -63,8 +60,6 @@ func (n *Node) handlePostChanges(w http.ResponseWriter, r *http.Request) {
 			APIError
 			ChangesResult
 		}{refusedError(res), res})
-	case res.Waiting > 0:
-		writeJSON(w, http.StatusAccepted, res)
 	default:
 		writeJSON(w, http.StatusOK, res)
 	}
@@ -77,8 +72,6 @@ func changesResult(vs []crdt.ChangeVerdict, heads []string) ChangesResult {
 		switch {
 		case v.Accepted:
 			res.Accepted++
-		case v.Waiting:
-			res.Waiting++
 		default:
 			res.Refused++
 		}
@@ -92,7 +85,7 @@ func refusedError(res ChangesResult) APIError {
 	var e APIError
 	e.Error.Code = "changes_refused"
 	for _, v := range res.Changes {
-		if !v.Accepted && !v.Waiting {
+		if !v.Accepted {
 			e.Error.Message = fmt.Sprintf("%d of %d changes refused; first %s: %s", res.Refused, len(res.Changes), v.Hash, v.Reason)
 			break
 		}

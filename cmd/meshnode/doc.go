@@ -147,8 +147,6 @@ func printVerdicts(out io.Writer, res node.ChangesResult) error {
 			fmt.Fprintf(tw, "%s\taccepted\t-\t-\n", v.Hash)
 		case v.Accepted:
 			fmt.Fprintf(tw, "%s\taccepted\t-\talready in the document\n", v.Hash)
-		case v.Waiting:
-			fmt.Fprintf(tw, "%s\twaiting\t-\tdepends on changes this node lacks; applies when they arrive\n", v.Hash)
 		default:
 			rule := v.Rule
 			if rule == "" {
@@ -160,11 +158,7 @@ func printVerdicts(out io.Writer, res node.ChangesResult) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "%d accepted, %d refused", res.Accepted, res.Refused)
-	if res.Waiting > 0 {
-		fmt.Fprintf(out, ", %d waiting", res.Waiting)
-	}
-	fmt.Fprintln(out)
+	fmt.Fprintf(out, "%d accepted, %d refused\n", res.Accepted, res.Refused)
 	return nil
 }
 
