@@ -346,7 +346,13 @@ func TestRoomLateJoiner(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, 30*time.Second, "one room for the first three", func() bool { _, ok := inOneRoom(early, "session"); return ok })
+	// One room, and documents that agree: a mint that raced with the
+	// winner's and has not arrived everywhere yet would move them all to
+	// another room, and the early messages would be that room's history.
+	waitFor(t, 30*time.Second, "one room for the first three", func() bool {
+		_, ok := inOneRoom(early, "session")
+		return ok && c.converged(0, 1, 2)
+	})
 	if _, err := a.Doc.Update("room state", func(tx *crdt.Tx) error { tx.SetRoomState("session", "map", "dunes"); return nil }); err != nil {
 		t.Fatal(err)
 	}
