@@ -168,7 +168,6 @@ func (d *Doc) swapLocked(doc *am.Doc) {
 	d.amp.Store(doc)
 	d.recs = x
 	d.view.Unlock()
-	clear(d.counters)
 	d.refreshHeads()
 	d.settleWaitingLocked()
 }
@@ -200,7 +199,6 @@ func (d *Doc) replay(records [][]byte) (unreadable [][]byte, refused []*RefusedE
 				unreadable = append(unreadable, r)
 				continue
 			}
-			clear(d.counters)
 			if err := d.doc().LoadIncremental(r); err != nil {
 				unreadable = append(unreadable, r)
 			}

@@ -154,10 +154,6 @@ type Doc struct {
 	key  crypto.PrivKey
 	self string
 	keys *keys
-	// counters holds the highest record counter seen per single-writer
-	// key (validate.go); filled lazily, cleared when the document is
-	// replaced. Under mu.
-	counters map[string]uint64
 	// recs says which record is in force at each single-writer key
 	// (recindex.go). Written under mu and view, read under view.
 	recs *recIndex
@@ -199,7 +195,7 @@ func Open(cfg Config) (*Doc, error) {
 		return nil, err
 	}
 	d := &Doc{cfg: cfg, lg: lg, st: st, damage: ld.damage, watchers: map[int]func(Event){}, fsync: (*os.File).Sync,
-		compactKick: make(chan struct{}, 1), stop: make(chan struct{}), key: cfg.Key, keys: newKeys(), counters: map[string]uint64{}}
+		compactKick: make(chan struct{}, 1), stop: make(chan struct{}), key: cfg.Key, keys: newKeys()}
 	id, err := peer.IDFromPrivateKey(cfg.Key)
 	if err != nil {
 		st.close()
@@ -593,7 +589,6 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 		d.st.snapSize = size
 		d.swapLocked(loaded)
 	} else {
-		clear(d.counters)
 		d.view.Lock()
 		err := cur.LoadIncremental(b)
 		d.view.Unlock()

@@ -137,7 +137,6 @@ func (in *intake) flush() error {
 		d.rollbackLocked(heads)
 		return &RefusedError{Change: in.lastHash, Rule: RuleDecode, Detail: fmt.Sprintf("automerge refused a batch of %d changes: %v", n, err)}
 	}
-	d.noteCountersLocked(in.over)
 	clear(in.over)
 	in.applied += n
 	return nil

@@ -33,8 +33,10 @@ type txWrites struct {
 	// nodes is set when the Tx writes a node record.
 	nodes bool
 	// signed lists the record writes, in operation order, for the
-	// change's signatures.
-	signed []pendingSig
+	// change's signatures; counters their counters, for a second write of
+	// a key in the same Update.
+	signed   []pendingSig
+	counters map[string]uint64
 }
 
 // pendingSig is one record write waiting to be signed.
@@ -104,7 +106,10 @@ func (tx *Tx) putRecord(what, key, writer string, r *record) {
 		if cur, ok := d.recs.best(key); ok && cur.kind == r.kind && sameFields(cur, r) {
 			return nil
 		}
-		r.counter = max(d.counterLocked(key, nil)+1, uint64(time.Now().UnixMilli()))
+		if tx.w.counters == nil {
+			tx.w.counters = map[string]uint64{}
+		}
+		r.counter = max(d.counterLocked(key, tx.w.counters)+1, uint64(time.Now().UnixMilli()))
 		b, err := encodeRecord(key, r)
 		if err != nil {
 			return err
@@ -112,7 +117,7 @@ func (tx *Tx) putRecord(what, key, writer string, r *record) {
 		if err := doc.Path(key).Set(b); err != nil {
 			return err
 		}
-		d.counters[key] = r.counter
+		tx.w.counters[key] = r.counter
 		tx.w.signed = append(tx.w.signed, pendingSig{writer: writer, key: k, op: sigOp{key, b}})
 		return nil
 	})

@@ -288,30 +288,17 @@ func (d *Doc) decodeChecked(raw []byte) (*ChangeOps, *RefusedError) {
 }
 
 // counterLocked returns the highest counter this node has seen for a
-// signed key: from over (the batch being checked), from counters, or read
-// from the record in force. Call with mu held.
+// signed key: from over (writes checked but not applied yet), else the
+// record in force, which is the highest ever applied (recindex.go). Call
+// with mu held.
 func (d *Doc) counterLocked(key string, over map[string]uint64) uint64 {
 	if v, ok := over[key]; ok {
 		return v
 	}
-	if v, ok := d.counters[key]; ok {
-		return v
-	}
-	var v uint64
 	if r, ok := d.recs.best(key); ok {
-		v = r.counter
+		return r.counter
 	}
-	d.counters[key] = v
-	return v
-}
-
-// noteCountersLocked records counters of applied changes.
-func (d *Doc) noteCountersLocked(over map[string]uint64) {
-	for k, v := range over {
-		if v > d.counters[k] {
-			d.counters[k] = v
-		}
-	}
+	return 0
 }
 
 // counterAtLocked returns the counter of the record in force at key in
