@@ -157,13 +157,15 @@ func (d *Doc) rollbackLocked(heads []Hash) {
 	}
 	d.rolledBack.Add(1)
 	d.lg.Warn().Int("heads", len(heads)).Msg("failed write rolled back")
-	d.swapLocked(doc)
+	d.swapLocked(doc, nil)
 }
 
-// swapLocked makes doc the live document, with its record index, and
-// re-reads the heads.
-func (d *Doc) swapLocked(doc *am.Doc) {
-	x := d.indexOf(doc)
+// swapLocked makes doc the live document, with its record index x (built
+// from doc when nil), and re-reads the heads.
+func (d *Doc) swapLocked(doc *am.Doc, x *recIndex) {
+	if x == nil {
+		x = d.indexOf(doc)
+	}
 	d.view.Lock()
 	d.amp.Store(doc)
 	d.recs = x
@@ -184,7 +186,8 @@ func (d *Doc) replay(records [][]byte) (unreadable [][]byte, refused []*RefusedE
 		chs, err := splitChanges(r)
 		if err != nil {
 			// A merged snapshot (a document chunk) is checked and loads whole.
-			if needsSync, ref := d.checkDocument(r); ref != nil || needsSync {
+			x, needsSync, ref := d.checkDocument(r)
+			if ref != nil || needsSync {
 				if ref == nil {
 					ref = &RefusedError{Rule: RuleReplay, Detail: "a merged snapshot holds a change whose replay check needs its dependencies"}
 				}
@@ -200,9 +203,12 @@ func (d *Doc) replay(records [][]byte) (unreadable [][]byte, refused []*RefusedE
 				continue
 			}
 			if err := d.doc().LoadIncremental(r); err != nil {
+				// It may have loaded in part: index what is there.
 				unreadable = append(unreadable, r)
+				d.recs = d.indexOf(d.doc())
+				continue
 			}
-			d.reindexLocked()
+			d.recs.merge(x)
 			continue
 		}
 		for _, c := range chs {

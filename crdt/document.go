@@ -533,7 +533,7 @@ func (d *Doc) saveLocked() []byte {
 func (d *Doc) MergeSnapshot(b []byte) error {
 	// Check every operation before automerge sees the bytes: a snapshot
 	// with a text bomb or a forged record never loads.
-	needsSync, ref := d.checkDocument(b)
+	x, needsSync, ref := d.checkDocument(b)
 	if ref != nil {
 		return ref
 	}
@@ -587,14 +587,15 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 			return fmt.Errorf("crdt: merge into snapshot: %w", err)
 		}
 		d.st.snapSize = size
-		d.swapLocked(loaded)
+		x.merge(d.recs) // ours came across too
+		d.swapLocked(loaded, x)
 	} else {
 		d.view.Lock()
 		err := cur.LoadIncremental(b)
-		d.view.Unlock()
 		if err == nil {
-			d.reindexLocked()
+			d.recs.merge(x)
 		}
+		d.view.Unlock()
 		if err != nil {
 			d.refreshHeads()
 			d.mu.Unlock()

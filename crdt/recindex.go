@@ -22,8 +22,8 @@ import (
 // back or keep an older record; and the answer depends only on the set of
 // changes a node holds, so every replica that holds the same changes
 // reads the same record. The index follows every change this package
-// applies and is rebuilt from a decoded document (every op, overwritten
-// or not) after a snapshot is adopted or merged and after a rollback.
+// applies; a merged document's index (built by the check that decoded
+// it) is merged in, and after a rollback it is rebuilt from the document.
 //
 // Guarded by Doc.mu for writes and Doc.view for reads (writers hold both).
 
@@ -103,6 +103,11 @@ func indexDocument(b []byte) (*recIndex, error) {
 	if err != nil {
 		return nil, err
 	}
+	return indexOps(doc), nil
+}
+
+// indexOps builds the index of a decoded document chunk.
+func indexOps(doc *DocOps) *recIndex {
 	x := newRecIndex()
 	for i := range doc.Ops {
 		op := &doc.Ops[i]
@@ -110,7 +115,16 @@ func indexDocument(b []byte) (*recIndex, error) {
 			x.offer(op.Key, opKey{string(doc.Actors[op.ID.Actor]), op.ID.Counter}, r)
 		}
 	}
-	return x, nil
+	return x
+}
+
+// merge adds y's records: the index of a document merged into another is
+// the two indexes merged, since the record in force is the highest
+// counter either holds.
+func (x *recIndex) merge(y *recIndex) {
+	for k, v := range y.keys {
+		x.offer(k, v.id, v.rec)
+	}
 }
 
 // each calls fn for the record in force at every key with the prefix.
@@ -132,13 +146,4 @@ func (d *Doc) indexOf(doc *am.Doc) *recIndex {
 		return newRecIndex()
 	}
 	return x
-}
-
-// reindexLocked rebuilds the index after the document was replaced or a
-// whole document merged into it. Call with mu held.
-func (d *Doc) reindexLocked() {
-	x := d.indexOf(d.doc())
-	d.view.Lock()
-	d.recs = x
-	d.view.Unlock()
 }

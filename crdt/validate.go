@@ -339,11 +339,11 @@ var ErrSnapshotNeedsSync = errors.New("crdt: snapshot holds a change that needs 
 // overwritten by anything but a record. Replays: walking the changes in
 // their stored (causal) order, every record write must raise its key's
 // counter; needsSync reports one that does not, whose verdict needs the
-// change path's exact check.
-func (d *Doc) checkDocument(b []byte) (needsSync bool, _ *RefusedError) {
+// change path's exact check. It returns the document's record index.
+func (d *Doc) checkDocument(b []byte) (_ *recIndex, needsSync bool, _ *RefusedError) {
 	doc, err := decodeDocumentOnly(b, rootScalar)
 	if err != nil {
-		return false, decodeRefusal(Hash{}, err)
+		return nil, false, decodeRefusal(Hash{}, err)
 	}
 	// Each actor's changes by seq, to find the change an op belongs to.
 	byActor := make([][]int, len(doc.Actors))
@@ -365,7 +365,7 @@ func (d *Doc) checkDocument(b []byte) (needsSync bool, _ *RefusedError) {
 		op := &doc.Ops[i]
 		sk, r, ref := d.checkOp(op)
 		if ref != nil {
-			return false, ref
+			return nil, false, ref
 		}
 		if r == nil {
 			continue
@@ -374,7 +374,7 @@ func (d *Doc) checkDocument(b []byte) (needsSync bool, _ *RefusedError) {
 		cs := byActor[op.ID.Actor]
 		j, _ := slices.BinarySearchFunc(cs, op.ID.Counter, func(ci int, c uint64) int { return cmp.Compare(doc.Meta[ci].MaxOp, c) })
 		if j == len(cs) {
-			return false, refuse(RuleDecode, op.Key, "an operation outside every change's op range")
+			return nil, false, refuse(RuleDecode, op.Key, "an operation outside every change's op range")
 		}
 		perChange[cs[j]] = append(perChange[cs[j]], write{op.ID.Counter, sk.writer, sigOp{op.Key, op.Value}, r})
 	}
@@ -385,7 +385,7 @@ func (d *Doc) checkDocument(b []byte) (needsSync bool, _ *RefusedError) {
 		}
 		for _, s := range op.Succ {
 			if !isRecord[s] {
-				return false, refuse(RuleSignature, op.Key, "the record was deleted or overwritten by a value that is not a record")
+				return nil, false, refuse(RuleSignature, op.Key, "the record was deleted or overwritten by a value that is not a record")
 			}
 		}
 	}
@@ -407,7 +407,10 @@ func (d *Doc) checkDocument(b []byte) (needsSync bool, _ *RefusedError) {
 		msg := doc.Meta[ci].Message
 		jobs = append(jobs, func() *RefusedError { return g.verify(d.keys, msg) })
 	}
-	return needsSync, runChecks(jobs)
+	if ref := runChecks(jobs); ref != nil {
+		return nil, false, ref
+	}
+	return indexOps(doc), needsSync, nil
 }
 
 // runChecks runs independent checks on every core and returns a refusal
