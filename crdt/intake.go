@@ -45,9 +45,12 @@ func (in *intake) take(c rawChange) error {
 	if in.pendSet[c.hash] || d.has(c.hash) {
 		return nil
 	}
-	co, ref := d.decodeChecked(c.raw)
-	if ref != nil {
-		return ref
+	co, _ := d.keys.wasChecked(c.hash) // decoded by the gossip validator
+	if co == nil {
+		var ref *RefusedError
+		if co, ref = d.decodeChecked(c.raw); ref != nil {
+			return ref
+		}
 	}
 	for _, dep := range c.deps {
 		if !in.pendSet[dep] && !d.has(dep) {

@@ -336,38 +336,48 @@ func parseSignatures(msg string) (map[string][]byte, error) {
 }
 
 // keys caches writers' public keys, taken from their peer IDs, and the
-// changes whose signatures were already checked (by Precheck, in the
-// gossip validator, before the same change is applied).
+// changes whose checks on their bytes already passed (by Precheck, in the
+// gossip validator, before the same change is applied), with their
+// decoded ops when they are small, so applying one neither decodes it nor
+// verifies its signatures again.
 type keys struct {
-	mu     sync.Mutex
-	pubs   map[string]crypto.PubKey
-	signed map[Hash]struct{}
+	mu      sync.Mutex
+	pubs    map[string]crypto.PubKey
+	checked map[Hash]*ChangeOps // nil: checked, ops not kept
 }
 
 // Bounds of the caches: past them, they are cleared and refilled.
 const (
 	maxPubKeys = 1 << 16
-	maxSigned  = 1 << 12
+	maxChecked = 1 << 10
+	// maxCheckedSize: the ops of larger changes are not kept (they alias
+	// the change's bytes, which the cache then keeps too: at most 8 MiB).
+	maxCheckedSize = 8 << 10
 )
 
-func newKeys() *keys { return &keys{pubs: map[string]crypto.PubKey{}, signed: map[Hash]struct{}{}} }
+func newKeys() *keys { return &keys{pubs: map[string]crypto.PubKey{}, checked: map[Hash]*ChangeOps{}} }
 
-// signedOK records that change h's signatures verified.
-func (ks *keys) signedOK(h Hash) {
+// passed records that change c passed the checks on its bytes.
+func (ks *keys) passed(c *ChangeOps) {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
-	if len(ks.signed) >= maxSigned {
-		clear(ks.signed)
+	if len(ks.checked) >= maxChecked {
+		clear(ks.checked)
 	}
-	ks.signed[h] = struct{}{}
+	if c.Size > maxCheckedSize {
+		ks.checked[c.Hash] = nil
+		return
+	}
+	ks.checked[c.Hash] = c
 }
 
-// wasSigned reports whether change h's signatures already verified.
-func (ks *keys) wasSigned(h Hash) bool {
+// wasChecked reports whether change h passed the checks on its bytes, and
+// returns its decoded ops if they were kept.
+func (ks *keys) wasChecked(h Hash) (*ChangeOps, bool) {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
-	_, ok := ks.signed[h]
-	return ok
+	c, ok := ks.checked[h]
+	return c, ok
 }
 
 // pub returns the public key inside a peer ID.

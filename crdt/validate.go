@@ -186,11 +186,11 @@ func (d *Doc) checkBytes(c *ChangeOps, sigs bool) ([]recordWrite, *RefusedError)
 			writes = append(writes, recordWrite{op.Key, r})
 		}
 	}
-	if sigs && !d.keys.wasSigned(c.Hash) {
+	if _, done := d.keys.wasChecked(c.Hash); sigs && !done {
 		if ref := signed.verify(d.keys, c.Message); ref != nil {
 			return nil, d.stamp(c, ref)
 		}
-		d.keys.signedOK(c.Hash)
+		d.keys.passed(c)
 	}
 	return writes, nil
 }
