@@ -162,6 +162,14 @@ func (c *cluster) converged(idx ...int) bool {
 	return true
 }
 
+// waitFormed waits until every node has authenticated want peers. The
+// deadline is generous, not a timing assertion: under the whole suite on
+// two cores an authentication that times out backs off 2, 4, 8 s.
+func (c *cluster) waitFormed(t testing.TB, want int) {
+	t.Helper()
+	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(want) })
+}
+
 func (c *cluster) allAuthenticated(want int) bool {
 	for _, n := range c.nodes {
 		if len(n.Auth.Authenticated()) < want {

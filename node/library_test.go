@@ -164,7 +164,7 @@ func TestDownloadFromOneThenTwoHolders(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 3)
 	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
+	c.waitFormed(t, 2)
 	manifest := shareItem(t, c, a, "game", gameItem())
 	want := treeOf(t, filepath.Join(shareDir(a), "game"))
 	for _, p := range []string{"local/settings.ini", "debug.log", "saves/slot1"} {
@@ -203,7 +203,7 @@ func TestBadHolderIsDetectedAndAvoided(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 3)
 	a, liar, dl := c.nodes[0], c.nodes[1], c.nodes[2]
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
+	c.waitFormed(t, 2)
 	item := map[string]testFile{"blob": {randBytes(20 << 20), 0o644}, "small": {randBytes(10), 0o644}}
 	shareItem(t, c, a, "tool", item)
 	shareItem(t, c, liar, "tool", item)
@@ -269,7 +269,7 @@ func TestHostileTransferRequestsRefused(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	c.waitFormed(t, 1)
 	writeItem(t, a, "game", gameItem())
 	outside := filepath.Join(t.TempDir(), "secret")
 	os.WriteFile(outside, []byte("outside"), 0o644)
@@ -330,7 +330,7 @@ func TestUpdateFetchesOnlyChangedChunks(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	c.waitFormed(t, 1)
 	files := map[string]testFile{}
 	for i := range 10 {
 		files[filepath.Join("part", string(rune('a'+i)))] = testFile{randBytes(2<<20 + i), 0o644}
@@ -393,7 +393,7 @@ func TestScanRequestsWhileBusyOrScanning(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	c.waitFormed(t, 1)
 	shareItem(t, c, a, "huge", map[string]testFile{"blob": {randBytes(64 << 20), 0o644}})
 	st, err := b.Library.StartDownload("huge", "")
 	if err != nil {
@@ -444,7 +444,7 @@ func TestCancelDownload(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	c.waitFormed(t, 1)
 	shareItem(t, c, a, "big", map[string]testFile{"blob": {randBytes(96 << 20), 0o644}})
 	st, err := b.Library.StartDownload("big", "")
 	if err != nil {
@@ -478,7 +478,7 @@ func TestDownloadRefusedWhenDiskTooSmall(t *testing.T) {
 	c := newCluster(t, 1)
 	a := c.nodes[0]
 	b := c.add(func(_ int, cfg *Config) { cfg.DataDir = filepath.Join(small, "b") })
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	c.waitFormed(t, 1)
 	shareItem(t, c, b, "mine", map[string]testFile{"keep": {[]byte("precious"), 0o644}})
 	shareItem(t, c, a, "big", map[string]testFile{"blob": {randBytes(24 << 20), 0o644}})
 	st, err := b.Library.StartDownload("big", "")
@@ -533,7 +533,7 @@ func TestDownloadersSwarm(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 3)
 	a, b, cc := c.nodes[0], c.nodes[1], c.nodes[2]
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
+	c.waitFormed(t, 2)
 	item := map[string]testFile{"blob": {randBytes(40 << 20), 0o644}, "note": {[]byte("hi"), 0o600}}
 	manifest := shareItem(t, c, a, "movie", item)
 	replaceXferHandler(t, a, func(s network.Stream) {

@@ -232,7 +232,7 @@ func mints(t *testing.T, nodes []*Node, topic string) uint64 {
 func TestRoomConcurrentMintThree(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 3)
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
+	c.waitFormed(t, 2)
 	offerAtOnce(t, c.nodes, "match")
 	waitFor(t, 30*time.Second, "one room for all three", func() bool { _, ok := inOneRoom(c.nodes, "match"); return ok })
 	if m := mints(t, c.nodes, "match"); m < 2 {
@@ -253,7 +253,7 @@ func TestRoomConcurrentMintThree(t *testing.T) {
 func TestRoomJoinTogether(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 3)
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
+	c.waitFormed(t, 2)
 	for _, n := range c.nodes {
 		if err := n.Rooms.Join("lobby"); err != nil {
 			t.Fatal(err)
@@ -269,7 +269,7 @@ func TestRoomConcurrentMintEight(t *testing.T) {
 		t.Skip("8 nodes")
 	}
 	c := newCluster(t, 8)
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	c.waitFormed(t, 1)
 	offerAtOnce(t, c.nodes, "build-42")
 	waitFor(t, 30*time.Second, "one room for all eight", func() bool { _, ok := inOneRoom(c.nodes, "build-42"); return ok })
 	if m := mints(t, c.nodes, "build-42"); m < 2 {
@@ -339,7 +339,7 @@ func TestRoomLateJoiner(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 4)
 	a, d := c.nodes[0], c.nodes[3]
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(3) })
+	c.waitFormed(t, 3)
 	early := c.nodes[:3]
 	for _, n := range early {
 		if err := n.Rooms.Join("session"); err != nil {
@@ -486,7 +486,7 @@ func TestRoomMessagesSealedTamperAndReplay(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 3)
 	a, b, x := c.nodes[0], c.nodes[1], c.nodes[2]
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
+	c.waitFormed(t, 2)
 	for _, n := range []*Node{a, b} {
 		if err := n.Rooms.Join("secret"); err != nil {
 			t.Fatal(err)
@@ -570,7 +570,7 @@ func (r *roomEvents) index(match func(room.Event) bool) int {
 func TestRoomRotation(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 3)
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(2) })
+	c.waitFormed(t, 2)
 	for _, n := range c.nodes {
 		if err := n.Rooms.Join("ops"); err != nil {
 			t.Fatal(err)
@@ -607,7 +607,7 @@ func TestRoomTeardownOnLeaseLapseAndRemint(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 2)
 	a, b := c.nodes[0], c.nodes[1]
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	c.waitFormed(t, 1)
 	// b is present only through a lease it wrote and does not renew.
 	lapse := time.Now().Add(3 * time.Second)
 	if _, err := b.Doc.Update("lease", func(tx *crdt.Tx) error {
@@ -673,7 +673,7 @@ func TestRoomStuckLinkSweptAndRetried(t *testing.T) {
 	c.add()
 	t.Cleanup(c.close)
 	a, b := c.nodes[0], c.nodes[1]
-	waitFor(t, 60*time.Second, "fleet formed", func() bool { return c.allAuthenticated(1) })
+	c.waitFormed(t, 1)
 	if _, err := b.Doc.Update("lease", func(tx *crdt.Tx) error {
 		tx.SetPresence("stuck", b.ID().String(), time.Now().Add(time.Minute).UnixMilli())
 		return nil
