@@ -20,11 +20,12 @@ import (
 // may be left. A per-test check cannot tell whose goroutine it sees while
 // other tests run beside it; this one can, and still names the leak.
 //
-// Unless -test.parallel is given, two tests run at once: they spend most
-// of their time waiting on heartbeats, timers and the network rather than
-// the CPU; more at once overloaded two cores beside the other packages.
+// Unless -test.parallel is given, one test runs at a time: each starts
+// real nodes whose checks, signatures and timers compete for two cores
+// with the other packages, and two at once made timing-bound room and
+// fleet tests miss their deadlines now and then.
 func TestMain(m *testing.M) {
-	defaultParallel(2)
+	defaultParallel(1)
 	RouteLibp2pLogs(zerolog.New(os.Stderr).Level(zerolog.ErrorLevel))
 	code := m.Run()
 	if code == 0 {

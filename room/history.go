@@ -200,7 +200,7 @@ func (c *core) historyFor(id ID) (*sealer, []Message) {
 }
 
 // fetchReq asks participants for a room's recent messages: a joiner's
-// catch-up (the first that answers), or a refill (until every gap in
+// catch-up (the first that answers with messages), or a refill (until every gap in
 // want is filled, or every candidate asked).
 type fetchReq struct {
 	topic  string
@@ -244,7 +244,10 @@ func (m *Manager) fetch(ctx context.Context, r fetchReq) fetchResult {
 				res.msgs = append(res.msgs, msg)
 			}
 		}
-		if !r.refill || filled(r.want, seen) {
+		// A catch-up takes the first answer that has messages: a
+		// participant whose own sends have not come back signed yet, or
+		// that joined late itself, may answer with none.
+		if !r.refill && len(res.msgs) > 0 || r.refill && filled(r.want, seen) {
 			break
 		}
 	}
