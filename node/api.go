@@ -136,6 +136,7 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("GET /v1/transfers", n.handleTransfers)
 	mux.HandleFunc("GET /v1/transfers/{id}", n.handleTransfer)
 	mux.HandleFunc("DELETE /v1/transfers/{id}", n.handleCancel)
+	mux.HandleFunc("POST /v1/debug/stream-test", n.handleStreamTest)
 	mux.HandleFunc("GET /v1/rooms/{topic}/state", withTopic(n.handleRoomState))
 	mux.HandleFunc("GET /v1/rooms/{topic}/state/{key}", withTopic(n.handleRoomStateKey))
 	mux.HandleFunc("PUT /v1/rooms/{topic}/state/{key}", withTopic(n.handlePutRoomState))

@@ -245,6 +245,7 @@ func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 	}
 	n.Rooms = room.NewManager(n.roomConfig)
 	n.Auth.Handle(n.Fleet.Protocol("room/1"), func(s network.Stream) { n.Rooms.HandleHistory(s) })
+	n.registerStreamTest()
 	n.Doc.Watch(func(ev crdt.Event) {
 		n.Events.Publish(EventDocChanged, map[string]any{"local": ev.Local, "heads": crdt.HashStrings(ev.Heads)})
 	})
