@@ -2,10 +2,16 @@
 
 package transfer
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
 // preallocate sets f's size (no block reservation on this system).
 func preallocate(f *os.File, size int64) error { return f.Truncate(size) }
 
 // startWriteback does nothing here: the final sync writes everything.
 func startWriteback(*os.File, int64, int64) {}
+
+// syncFS is not available here: finish syncs file by file.
+func syncFS(string) error { return errors.ErrUnsupported }

@@ -186,7 +186,7 @@ func Download(ctx context.Context, cfg DownloadConfig) (*Manifest, error) {
 	}
 	if cfg.Serve != nil {
 		enc := d.m.Encode()
-		cfg.Serve(&Served{Root: d.data, Manifest: d.m, Hash: cfg.Manifest, Encoded: enc, partial: d.have, firsts: d.m.firstChunks()})
+		cfg.Serve(&Served{Root: d.data, Manifest: d.m, Hash: cfg.Manifest, Encoded: enc, partial: d.have})
 	}
 	if need, err = d.reuse(need); err != nil {
 		return nil, err
@@ -384,14 +384,62 @@ func (d *download) reuse(need []int) ([]int, error) {
 	return rest, nil
 }
 
-// write stores a verified chunk, logs it, and only then counts it held
+// verifyRun checks the chunks first, first+1, ... laid end to end in b
+// against the manifest and returns how many verify before the first that
+// does not (or b runs out), and their length.
+func (d *download) verifyRun(first, count int, b []byte) (good, n int) {
+	for g := first; g < first+count; g++ {
+		f, want := d.hashOf(g)
+		l := ChunkLen(f.Size, d.refs[g].idx)
+		if n+l > len(b) || Hash(blake3.Sum256(b[n:n+l])) != want {
+			break
+		}
+		good++
+		n += l
+	}
+	return good, n
+}
+
+// write stores one verified chunk; see writeRun.
+func (d *download) write(g int, b []byte) error { return d.writeRun(g, 1, b) }
+
+// writeRun stores the verified chunks first .. first+count-1, laid end
+// to end in b, logs them in one write, and only then counts them held
 // (and servable to others).
-func (d *download) write(g int, b []byte) error {
+func (d *download) writeRun(first, count int, b []byte) error {
+	off := 0
+	for g := first; g < first+count; g++ {
+		f, _ := d.hashOf(g)
+		l := ChunkLen(f.Size, d.refs[g].idx)
+		if err := d.writeChunk(g, b[off:off+l]); err != nil {
+			return err
+		}
+		off += l
+	}
+	rec := make([]byte, 4*count)
+	for k := range count {
+		binary.LittleEndian.PutUint32(rec[4*k:], uint32(first+k))
+	}
+	d.logMu.Lock()
+	_, err := d.haveLog.Write(rec)
+	d.logMu.Unlock()
+	if err != nil {
+		return fmt.Errorf("transfer: log chunk: %w", err)
+	}
+	for g := first; g < first+count; g++ {
+		d.have.add(g)
+	}
+	d.cfg.Progress.Done.Add(int64(off))
+	return nil
+}
+
+// writeChunk writes chunk g into its staged file.
+func (d *download) writeChunk(g int, b []byte) error {
 	f, _ := d.hashOf(g)
 	fh, done, err := d.files.open(d.refs[g].file, filepath.Join(d.data, filepath.FromSlash(f.Path)))
 	if err == nil {
 		off := int64(d.refs[g].idx) * ChunkSize
-		if _, err = d.cfg.writeAt(fh, b, off); err == nil {
+		if _, err = d.cfg.writeAt(fh, b, off); err == nil && len(b) == ChunkSize {
 			startWriteback(fh, off, int64(len(b)))
 		}
 		done()
@@ -402,16 +450,6 @@ func (d *download) write(g int, b []byte) error {
 	if err != nil {
 		return fmt.Errorf("transfer: write %s: %w", f.Path, err)
 	}
-	var rec [4]byte
-	binary.LittleEndian.PutUint32(rec[:], uint32(g))
-	d.logMu.Lock()
-	_, err = d.haveLog.Write(rec[:])
-	d.logMu.Unlock()
-	if err != nil {
-		return fmt.Errorf("transfer: log chunk: %w", err)
-	}
-	d.have.add(g)
-	d.cfg.Progress.Done.Add(int64(len(b)))
 	return nil
 }
 
@@ -479,9 +517,20 @@ func (d *download) bad(p peer.ID, why string) {
 	d.cfg.OnBadPeer(p, why)
 }
 
-// finish sets modes and syncs every file and folder of the staged item.
+// finish sets modes and makes every file and folder of the staged item
+// durable: with one syncfs of the file system where the platform has it,
+// else file by file and folder by folder.
 func (d *download) finish() error {
 	d.files.close()
+	for _, f := range d.m.Files {
+		if err := os.Chmod(filepath.Join(d.data, filepath.FromSlash(f.Path)), os.FileMode(f.Mode)); err != nil {
+			return err
+		}
+	}
+	err := syncFS(d.cfg.Staging)
+	if !errors.Is(err, errors.ErrUnsupported) {
+		return err
+	}
 	if err := d.haveLog.Sync(); err != nil {
 		return err
 	}
@@ -489,9 +538,6 @@ func (d *download) finish() error {
 	for _, f := range d.m.Files {
 		p := filepath.Join(d.data, filepath.FromSlash(f.Path))
 		if err := syncPath(p); err != nil {
-			return err
-		}
-		if err := os.Chmod(p, os.FileMode(f.Mode)); err != nil {
 			return err
 		}
 		for dir := filepath.Dir(p); len(dir) >= len(d.data); dir = filepath.Dir(dir) {

@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/zeebo/blake3"
 
 	"github.com/meshnode/meshnode/internal/frame"
 )
@@ -56,12 +56,15 @@ type fetcher struct {
 type source struct {
 	running bool
 	bad     bool
+	noRuns  bool // an earlier version: one chunk per request
 	ended   time.Time
 }
 
-// received is a chunk read from a source, waiting to be verified.
+// received is a run of chunks (one, or several small ones) read from a
+// source, waiting to be verified.
 type received struct {
-	g      int
+	g      int // the first chunk
+	count  int
 	buf    *[]byte
 	n      int
 	src    peer.ID
@@ -189,30 +192,45 @@ func isRefusal(err error) bool {
 	return errors.As(err, &se) && se.Status == StatusRefused
 }
 
-// store verifies a received chunk and writes it. Bad data stops its
-// source and puts the chunk back for the others.
+// store verifies a received run chunk by chunk and writes the chunks
+// that verify. Bad data stops its source and puts the rest of the run
+// back for the others.
 func (f *fetcher) store(r received) {
 	d := f.d
-	fl, want := d.hashOf(r.g)
 	b := (*r.buf)[:r.n]
-	if len(b) != ChunkLen(fl.Size, d.refs[r.g].idx) || Hash(blake3.Sum256(b)) != want {
+	good, n := d.verifyRun(r.g, r.count, b)
+	if good > 0 {
+		if err := d.writeRun(r.g, good, b[:n]); err != nil {
+			f.releaseRun(r.g, r.g+r.count)
+			f.mu.Lock()
+			f.setFatal(err)
+			f.mu.Unlock()
+			return
+		}
+		d.cfg.Progress.Fetched.Add(int64(n))
+		d.cfg.Progress.addSource(r.src, int64(n))
+		for g := r.g; g < r.g+good; g++ {
+			if f.sc.finish(g) {
+				close(f.allDone)
+			}
+		}
+	}
+	if good < r.count || n != len(b) {
 		d.cfg.Progress.BadChunks.Add(1)
-		d.bad(r.src, fmt.Sprintf("chunk %d of %s does not match the manifest", d.refs[r.g].idx, fl.Path))
-		f.sc.release(r.g)
+		why := fmt.Sprintf("answered a run of %d chunks with %d bytes", r.count, len(b))
+		if good < r.count {
+			fl, _ := d.hashOf(r.g + good)
+			why = fmt.Sprintf("chunk %d of %s does not match the manifest", d.refs[r.g+good].idx, fl.Path)
+		}
+		d.bad(r.src, why)
+		f.releaseRun(r.g+good, r.g+r.count)
 		r.srcBad(errBadData)
-		return
 	}
-	if err := d.write(r.g, b); err != nil {
-		f.sc.release(r.g)
-		f.mu.Lock()
-		f.setFatal(err)
-		f.mu.Unlock()
-		return
-	}
-	d.cfg.Progress.Fetched.Add(int64(len(b)))
-	d.cfg.Progress.addSource(r.src, int64(len(b)))
-	if f.sc.finish(r.g) {
-		close(f.allDone)
+}
+
+func (f *fetcher) releaseRun(from, to int) {
+	for g := from; g < to; g++ {
+		f.sc.release(g)
 	}
 }
 
@@ -292,22 +310,21 @@ func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p
 	if err := ask(); err != nil {
 		return false, err
 	}
-	var inflight []int
+	var inflight []received
 	defer func() {
-		for _, g := range inflight {
-			f.sc.release(g)
+		for _, r := range inflight {
+			f.releaseRun(r.g, r.g+r.count)
 		}
 	}()
 	for {
 		wake := f.sc.changed() // before take: a release after it wakes us
 		for len(inflight) < d.cfg.Window {
-			g, ok := f.sc.take(has)
+			req, g, n, ok := f.next(has, p)
 			if !ok {
 				break
 			}
-			inflight = append(inflight, g)
-			fl, _ := d.hashOf(g)
-			if err := frame.Write(s, Request{Kind: ReqChunk, Manifest: d.cfg.Manifest, Path: fl.Path, Chunk: uint64(d.refs[g].idx)}.Encode()); err != nil {
+			inflight = append(inflight, received{g: g, count: n})
+			if err := frame.Write(s, req.Encode()); err != nil {
 				return progressed, err
 			}
 		}
@@ -335,18 +352,70 @@ func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p
 		b, err := readChunkResponse(br, *buf)
 		if err != nil {
 			chunkPool.Put(buf)
+			if inflight[0].count > 1 && oldServer(err) {
+				f.noRuns(p)
+				err = fmt.Errorf("%s; asking it for one chunk at a time", err) // not a refusal: retried
+			}
 			return progressed, err
 		}
-		g := inflight[0]
+		r := inflight[0]
 		inflight = inflight[1:]
 		progressed = true
+		r.buf, r.n, r.src, r.srcBad = buf, len(b), p, srcBad
 		select {
-		case f.work <- received{g: g, buf: buf, n: len(b), src: p, srcBad: srcBad}:
+		case f.work <- r:
 		case <-ctx.Done():
 			chunkPool.Put(buf)
-			f.sc.release(g)
+			f.releaseRun(r.g, r.g+r.count)
 			return progressed, nil
 		}
+	}
+}
+
+// next takes the next request for source p: a run of small chunks where
+// they follow each other, one chunk otherwise (or for a source that does
+// not know runs).
+func (f *fetcher) next(has func(int) bool, p peer.ID) (req Request, g, n int, ok bool) {
+	d := f.d
+	size := func(g int) int {
+		fl, _ := d.hashOf(g)
+		return ChunkLen(fl.Size, d.refs[g].idx)
+	}
+	if f.runsOK(p) {
+		g, n, ok = f.sc.takeRun(has, size)
+	} else {
+		g, ok = f.sc.take(has)
+		n = 1
+	}
+	switch {
+	case !ok:
+		return Request{}, 0, 0, false
+	case n > 1:
+		return Request{Kind: ReqRun, Manifest: d.cfg.Manifest, Chunk: uint64(g), Count: uint64(n)}, g, n, true
+	}
+	fl, _ := d.hashOf(g)
+	return Request{Kind: ReqChunk, Manifest: d.cfg.Manifest, Path: fl.Path, Chunk: uint64(d.refs[g].idx)}, g, 1, true
+}
+
+// oldServer reports whether err is a server's refusal of a run request
+// as a request kind it does not know (a node of an earlier version).
+func oldServer(err error) bool {
+	var se *ServerError
+	return errors.As(err, &se) && se.Status == StatusRefused && strings.Contains(se.Msg, "unknown request kind")
+}
+
+func (f *fetcher) runsOK(p peer.ID) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	src := f.srcs[p]
+	return src == nil || !src.noRuns
+}
+
+func (f *fetcher) noRuns(p peer.ID) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if src := f.srcs[p]; src != nil {
+		src.noRuns = true
 	}
 }
 

@@ -97,6 +97,8 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add(Request{Kind: ReqManifest}.Encode())
 	f.Add(Request{Kind: ReqChunk, Path: "a/b", Chunk: 7}.Encode())
 	f.Add(Request{Kind: ReqChunk, Path: "../../etc/passwd"}.Encode())
+	f.Add(Request{Kind: ReqRun, Chunk: 3, Count: 200}.Encode())
+	f.Add(Request{Kind: ReqRun, Chunk: 1 << 40, Count: maxRunChunks + 1}.Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := DecodeRequest(b)
 		if err != nil {

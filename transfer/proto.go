@@ -12,7 +12,12 @@ const (
 	ReqManifest = 1
 	ReqChunk    = 2
 	ReqHave     = 3 // which chunks the server holds
+	ReqRun      = 4 // consecutive chunks, across files: small files travel together
 )
+
+// A run request names at most maxRunChunks chunks whose lengths add up to
+// at most ChunkSize, so its answer fits the buffer of one chunk.
+const maxRunChunks = 1024
 
 // Response statuses.
 const (
@@ -25,7 +30,7 @@ const (
 
 // Frame limits.
 const (
-	maxRequest      = 1 + 32 + 10 + MaxPathLen + 10
+	maxRequest      = 1 + 32 + 10 + MaxPathLen + 10 // the longest: a chunk request
 	maxManifestSize = 64 << 20
 	maxResponse     = 1 + maxManifestSize
 	// respHeader is room for a response's frame length and status in
@@ -81,22 +86,28 @@ func readUvarint(r *bytes.Reader) (uint64, error) {
 	return v, nil
 }
 
-// Request asks for a manifest, or for one chunk of one file of it.
+// Request asks for a manifest, for one chunk of one file of it, or for a
+// run of consecutive chunks.
 type Request struct {
 	Kind     byte
 	Manifest Hash
 	Path     string // ReqChunk only
-	Chunk    uint64 // ReqChunk only
+	Chunk    uint64 // ReqChunk: index in the file; ReqRun: manifest-wide index of the first
+	Count    uint64 // ReqRun only: chunks in the run
 }
 
 // Encode: kind | manifest hash (32) | for a chunk: uvarint len(path) |
-// path | uvarint chunk index.
+// path | uvarint chunk index; for a run: uvarint first | uvarint count.
 func (r Request) Encode() []byte {
 	b := append([]byte{r.Kind}, r.Manifest[:]...)
-	if r.Kind == ReqChunk {
+	switch r.Kind {
+	case ReqChunk:
 		b = binary.AppendUvarint(b, uint64(len(r.Path)))
 		b = append(b, r.Path...)
 		b = binary.AppendUvarint(b, r.Chunk)
+	case ReqRun:
+		b = binary.AppendUvarint(b, r.Chunk)
+		b = binary.AppendUvarint(b, r.Count)
 	}
 	return b
 }
@@ -123,6 +134,14 @@ func DecodeRequest(b []byte) (Request, error) {
 		r.Path = string(p)
 		if r.Chunk, err = readUvarint(rd); err != nil {
 			return r, fmt.Errorf("%w: bad chunk index", ErrBadFrame)
+		}
+	case ReqRun:
+		var err error
+		if r.Chunk, err = readUvarint(rd); err != nil {
+			return r, fmt.Errorf("%w: bad first chunk", ErrBadFrame)
+		}
+		if r.Count, err = readUvarint(rd); err != nil || r.Count == 0 || r.Count > maxRunChunks {
+			return r, fmt.Errorf("%w: a run of 1 to %d chunks", ErrBadFrame, maxRunChunks)
 		}
 	default:
 		return r, fmt.Errorf("%w: unknown request kind %d", ErrBadFrame, r.Kind)

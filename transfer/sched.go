@@ -54,6 +54,33 @@ func newScheduler(n int, need []int, start int) *scheduler {
 func (s *scheduler) take(has func(g int) bool) (int, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.takeLocked(has)
+}
+
+// takeRun takes a chunk as take does, then the chunks that follow it in
+// manifest order while they are needed, has accepts them, there are at
+// most maxRunChunks, and their lengths (size(g)) add up to at most
+// ChunkSize: a run of small files goes out as one request.
+func (s *scheduler) takeRun(has func(g int) bool, size func(g int) int) (first, count int, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	first, ok = s.takeLocked(has)
+	if !ok {
+		return 0, 0, false
+	}
+	count, n := 1, size(first)
+	for g := first + 1; g < len(s.state) && count < maxRunChunks; g++ {
+		if s.state[g] != chunkNeeded || (has != nil && !has(g)) || n+size(g) > ChunkSize {
+			break
+		}
+		s.state[g] = chunkTaken
+		n += size(g)
+		count++
+	}
+	return first, count, true
+}
+
+func (s *scheduler) takeLocked(has func(g int) bool) (int, bool) {
 	for i, g := range s.returned {
 		if s.state[g] == chunkNeeded && (has == nil || has(g)) {
 			s.returned = append(s.returned[:i], s.returned[i+1:]...)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"sync"
 	"time"
 
@@ -28,7 +29,20 @@ type Served struct {
 	Ignore   *Ignore
 
 	partial *chunkSet // nil for a complete item
-	firsts  []int     // Manifest.firstChunks(), for partial
+
+	firstsOnce sync.Once
+	firsts     []int // Manifest.firstChunks()
+}
+
+// chunkFirsts returns, per file, the manifest-wide index of its first
+// chunk, computed once.
+func (sv *Served) chunkFirsts() []int {
+	sv.firstsOnce.Do(func() {
+		if sv.firsts == nil {
+			sv.firsts = sv.Manifest.firstChunks()
+		}
+	})
+	return sv.firsts
 }
 
 // Partial reports whether the item is still downloading.
@@ -156,7 +170,13 @@ func (s *Server) respond(w io.Writer, p peer.ID, b []byte) error {
 	}
 	buf := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(buf)
-	data, status, err := readChunk(sv, req.Path, req.Chunk, (*buf)[respHeader:])
+	var data []byte
+	var status byte
+	if req.Kind == ReqRun {
+		data, status, err = readRun(sv, req.Chunk, req.Count, (*buf)[respHeader:])
+	} else {
+		data, status, err = readChunk(sv, req.Path, req.Chunk, (*buf)[respHeader:])
+	}
 	if err != nil {
 		return frame.Write(w, s.refuse(p, status, err.Error()).Encode())
 	}
@@ -182,44 +202,127 @@ func (s *Server) refuse(p peer.ID, status byte, msg string) Response {
 }
 
 // readChunk reads chunk i of the file at rel inside the served item into
-// buf (ChunkSize bytes). The path must be clean and relative, listed in
-// the manifest, not user-owned, and resolve to a regular file inside the
-// root: os.Root refuses ".." and symlinks that lead out. A partial item
-// serves only the chunks it holds verified.
+// buf (ChunkSize bytes). The path must be clean and relative, and listed
+// in the manifest; openFile checks the rest.
 func readChunk(sv *Served, rel string, i uint64, buf []byte) ([]byte, byte, error) {
 	if err := CheckPath(rel); err != nil {
 		return nil, StatusRefused, err
 	}
-	if sv.Ignore != nil && sv.Ignore.Ignored(rel) {
-		return nil, StatusRefused, fmt.Errorf("path %q is in the user-owned part of the item", rel)
-	}
 	idx, ok := sv.Manifest.fileIndex(rel)
 	if !ok {
+		if sv.Ignore != nil && sv.Ignore.Ignored(rel) {
+			return nil, StatusRefused, fmt.Errorf("path %q is in the user-owned part of the item", rel)
+		}
 		return nil, StatusNotFound, fmt.Errorf("path %q is not in the manifest", rel)
 	}
 	f := sv.Manifest.Files[idx]
 	if i >= uint64(len(f.Chunks)) {
 		return nil, StatusNotFound, fmt.Errorf("%s has %d chunks, not %d", rel, len(f.Chunks), i+1)
 	}
-	if sv.partial != nil && !sv.partial.has(sv.firsts[idx]+int(i)) {
-		return nil, StatusNotFound, fmt.Errorf("chunk %d of %s is not downloaded here yet", i, rel)
+	if status, err := sv.servable(idx, int(i)); err != nil {
+		return nil, status, err
 	}
 	root, err := os.OpenRoot(sv.Root)
 	if err != nil {
 		return nil, StatusError, fmt.Errorf("open item: %v", err)
 	}
 	defer root.Close()
+	fh, status, err := sv.openFile(root, idx)
+	if err != nil {
+		return nil, status, err
+	}
+	defer fh.Close()
+	return readPiece(fh, f, int(i), buf)
+}
+
+// readRun reads the chunks first .. first+count-1, numbered through the
+// files in manifest order, one after the other into buf: a run of small
+// files travels as one response. Their lengths must add up to at most
+// len(buf); each is checked as readChunk checks one.
+func readRun(sv *Served, first, count uint64, buf []byte) ([]byte, byte, error) {
+	total := uint64(sv.Manifest.Chunks())
+	if first >= total || count > total-first {
+		return nil, StatusNotFound, fmt.Errorf("the manifest has %d chunks, not %d", total, first+count)
+	}
+	firsts := sv.chunkFirsts()
+	fi := sort.Search(len(firsts), func(i int) bool { return firsts[i] > int(first) }) - 1
+	root, err := os.OpenRoot(sv.Root)
+	if err != nil {
+		return nil, StatusError, fmt.Errorf("open item: %v", err)
+	}
+	defer root.Close()
+	var fh *os.File
+	open := -1
+	defer func() {
+		if fh != nil {
+			fh.Close()
+		}
+	}()
+	n := 0
+	for g := int(first); g < int(first+count); g++ {
+		for g >= firsts[fi]+len(sv.Manifest.Files[fi].Chunks) {
+			fi++
+		}
+		f, idx := sv.Manifest.Files[fi], g-firsts[fi]
+		if n+ChunkLen(f.Size, idx) > len(buf) {
+			return nil, StatusRefused, fmt.Errorf("a run of %d chunks from %d is longer than %d bytes", count, first, len(buf))
+		}
+		if status, err := sv.servable(fi, idx); err != nil {
+			return nil, status, err
+		}
+		if open != fi {
+			if fh != nil {
+				fh.Close()
+				fh = nil
+			}
+			var status byte
+			if fh, status, err = sv.openFile(root, fi); err != nil {
+				return nil, status, err
+			}
+			open = fi
+		}
+		b, status, err := readPiece(fh, f, idx, buf[n:])
+		if err != nil {
+			return nil, status, err
+		}
+		n += len(b)
+	}
+	return buf[:n], StatusOK, nil
+}
+
+// servable refuses chunk idx of file fi when its path is user-owned, and
+// when a partial item does not hold it verified yet.
+func (sv *Served) servable(fi, idx int) (byte, error) {
+	rel := sv.Manifest.Files[fi].Path
+	if sv.Ignore != nil && sv.Ignore.Ignored(rel) {
+		return StatusRefused, fmt.Errorf("path %q is in the user-owned part of the item", rel)
+	}
+	if sv.partial != nil && !sv.partial.has(sv.chunkFirsts()[fi]+idx) {
+		return StatusNotFound, fmt.Errorf("chunk %d of %s is not downloaded here yet", idx, rel)
+	}
+	return StatusOK, nil
+}
+
+// openFile opens file fi of the manifest inside root, which refuses ".."
+// and symlinks that lead out; it must be a regular file.
+func (sv *Served) openFile(root *os.Root, fi int) (*os.File, byte, error) {
+	rel := sv.Manifest.Files[fi].Path
 	fh, err := root.Open(rel)
 	if err != nil {
 		return nil, StatusRefused, fmt.Errorf("open %s: %v", rel, err)
 	}
-	defer fh.Close()
-	if fi, err := fh.Stat(); err != nil || !fi.Mode().IsRegular() {
+	if st, err := fh.Stat(); err != nil || !st.Mode().IsRegular() {
+		fh.Close()
 		return nil, StatusRefused, fmt.Errorf("%s is not a regular file", rel)
 	}
-	buf = buf[:ChunkLen(f.Size, int(i))]
-	if _, err := fh.ReadAt(buf, int64(i)*ChunkSize); err != nil {
-		return nil, StatusError, fmt.Errorf("read %s: %v", rel, err)
+	return fh, StatusOK, nil
+}
+
+// readPiece reads chunk idx of f from fh into the start of buf.
+func readPiece(fh *os.File, f File, idx int, buf []byte) ([]byte, byte, error) {
+	buf = buf[:ChunkLen(f.Size, idx)]
+	if _, err := fh.ReadAt(buf, int64(idx)*ChunkSize); err != nil {
+		return nil, StatusError, fmt.Errorf("read %s: %v", f.Path, err)
 	}
 	return buf, StatusOK, nil
 }
