@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -446,8 +447,26 @@ func (n *Node) handleTransfers(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, n.Library.Transfers())
 }
 
+// maxTransferWait bounds GET /v1/transfers/{id}?wait=D.
+const maxTransferWait = 30 * time.Second
+
+// handleTransfer answers GET /v1/transfers/{id}; with ?wait=D (a Go
+// duration, at most 30s) it answers as soon as the transfer ends, or
+// after D with its figures then, so a client follows it without polling
+// behind its end.
 func (n *Node) handleTransfer(w http.ResponseWriter, r *http.Request) {
-	t, ok := n.Library.TransferByID(r.PathValue("id"))
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > maxTransferWait {
+			writeError(w, http.StatusBadRequest, "bad_wait", fmt.Sprintf("wait=%q: want a duration from 0 to %v, such as 500ms", v, maxTransferWait))
+			return
+		}
+		wait = d
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	t, ok := n.Library.WaitTransfer(ctx, r.PathValue("id"))
 	if !ok {
 		writeError(w, http.StatusNotFound, "no_such_transfer", "no transfer "+r.PathValue("id"))
 		return

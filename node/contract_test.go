@@ -129,6 +129,12 @@ func TestAPIContract(t *testing.T) {
 			wantError(t, "cancel unknown transfer", http.StatusNotFound, "no_such_transfer")
 		contractDo(t, n, "GET", "/v1/transfers/nope", nil).
 			wantError(t, "get unknown transfer", http.StatusNotFound, "no_such_transfer")
+		contractDo(t, n, "GET", "/v1/transfers/nope?wait=1s", nil).
+			wantError(t, "wait on unknown transfer", http.StatusNotFound, "no_such_transfer")
+		for _, w := range []string{"1h", "-1s", "soon"} {
+			contractDo(t, n, "GET", "/v1/transfers/nope?wait="+w, nil).
+				wantError(t, "wait="+w, http.StatusBadRequest, "bad_wait")
+		}
 	})
 
 	t.Run("download body over the limit", func(t *testing.T) {

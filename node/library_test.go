@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -132,6 +134,15 @@ func download(t *testing.T, n *Node, id string) transfer.TransferStatus {
 	st, err := n.Library.StartDownload(id, "")
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The API's long poll answers once the download has ended.
+	var got transfer.TransferStatus
+	call := contractDo(t, n, "GET", "/v1/transfers/"+st.ID+"?wait=8s", nil)
+	if err := json.Unmarshal(call.body, &got); call.status != http.StatusOK || err != nil {
+		t.Fatalf("GET ?wait=8s: %d %s", call.status, call.body)
+	}
+	if got.State == transfer.TransferRunning && got.ElapsedSec < 7.9 {
+		t.Fatalf("GET ?wait=8s answered while the download ran, after %.1fs", got.ElapsedSec)
 	}
 	var last transfer.TransferStatus
 	waitFor(t, 60*time.Second, "download of "+id, func() bool {

@@ -74,6 +74,7 @@ type Library struct {
 	pending   map[string]bool
 	dropped   int // watch events dropped because their item was busy
 	scans     int
+	hashed    int64 // bytes hashed by scans
 	transfers map[string]*Transfer
 }
 
@@ -122,8 +123,8 @@ func ValidItemID(id string) error {
 	return nil
 }
 
-// Run recovers interrupted swaps, resumes interrupted downloads, scans the
-// share folder, serves the transfer protocol, and rescans on watch events
+// Run recovers interrupted swaps, serves the transfer protocol, scans the
+// share folder, resumes interrupted downloads, and rescans on watch events
 // and every ScanInterval until ctx ends; then it waits for its work.
 func (l *Library) Run(ctx context.Context) error {
 	for _, d := range []string{l.cfg.Share, filepath.Join(l.cfg.Dir, dirIndex), filepath.Join(l.cfg.Dir, dirManifests), filepath.Join(l.cfg.Dir, dirStaging)} {
@@ -136,9 +137,10 @@ func (l *Library) Run(ctx context.Context) error {
 	l.mu.Unlock()
 	defer l.wait()
 	l.recoverSwaps()
+	// Served from the start: each item as soon as its own scan is done.
+	l.cfg.Handle(l.cfg.Protocol, l.server.Handle)
 	l.ScanAll()
 	l.resumeDownloads()
-	l.cfg.Handle(l.cfg.Protocol, l.server.Handle)
 	l.watch(ctx)
 	return nil
 }
@@ -197,10 +199,12 @@ func (l *Library) lookup(h Hash) (*Served, bool) {
 	return sv, ok
 }
 
+func (l *Library) stagingDir() string { return filepath.Join(l.cfg.Dir, dirStaging) }
+
 // stagingDirs lists the folders in staging: downloads and swaps that a
 // stop or crash interrupted.
 func (l *Library) stagingDirs() []string {
-	dir := filepath.Join(l.cfg.Dir, dirStaging)
+	dir := l.stagingDir()
 	ents, _ := os.ReadDir(dir)
 	var out []string
 	for _, e := range ents {

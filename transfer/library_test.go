@@ -26,8 +26,16 @@ type testLibrary struct {
 }
 
 // newTestLibrary starts a Library that is stopped, and waited for, when
-// the test ends.
-func newTestLibrary(t *testing.T, dir string) *testLibrary {
+// the test ends, and waits for its first scan.
+func newTestLibrary(t *testing.T, dir string, opts ...func(*LibraryConfig)) *testLibrary {
+	t.Helper()
+	tl := startTestLibrary(t, dir, opts...)
+	waitUntil(t, "the library's first scan", func() bool { return tl.ScanStatus().Scans > 0 })
+	return tl
+}
+
+// startTestLibrary is newTestLibrary without the wait.
+func startTestLibrary(t *testing.T, dir string, opts ...func(*LibraryConfig)) *testLibrary {
 	t.Helper()
 	h := testHost(t, "tcp")
 	doc, err := crdt.Open(crdt.Config{Dir: filepath.Join(dir, "doc"), Logger: zerolog.Nop(), Key: h.Peerstore().PrivKey(h.ID())})
@@ -35,8 +43,12 @@ func newTestLibrary(t *testing.T, dir string) *testLibrary {
 		t.Fatal(err)
 	}
 	tl := &testLibrary{host: h, doc: doc, share: filepath.Join(dir, "share"), dir: filepath.Join(dir, "library")}
-	tl.Library = NewLibrary(LibraryConfig{Share: tl.share, Dir: tl.dir, Doc: doc, Host: h, Protocol: benchProto,
-		Handle: h.SetStreamHandler, Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	cfg := LibraryConfig{Share: tl.share, Dir: tl.dir, Doc: doc, Host: h, Protocol: benchProto,
+		Handle: h.SetStreamHandler, Logger: zerolog.New(zerolog.NewTestWriter(t))}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	tl.Library = NewLibrary(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- tl.Run(ctx) }()
@@ -47,7 +59,6 @@ func newTestLibrary(t *testing.T, dir string) *testLibrary {
 		}
 		_ = doc.Close()
 	})
-	waitUntil(t, "the library's first scan", func() bool { return tl.ScanStatus().Scans > 0 })
 	return tl
 }
 

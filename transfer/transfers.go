@@ -36,6 +36,7 @@ type Transfer struct {
 	cancel   context.CancelFunc
 	swapping bool // past the point of no return (beginSwap): Cancel refuses
 	ended    time.Time
+	done     chan struct{} // closed once the transfer has ended
 }
 
 // TransferStatus is a transfer with its live figures.
@@ -130,7 +131,7 @@ func (l *Library) holdersOf(it crdt.Item, version string, extra []peer.ID) []pee
 // Its context exists before the goroutine does, so that a Cancel that
 // comes first is not lost.
 func (l *Library) start(id string, mh Hash, sources []peer.ID) (TransferStatus, error) {
-	t := &Transfer{ID: newTransferID(), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), progress: &Progress{}}
+	t := &Transfer{ID: newTransferID(), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), progress: &Progress{}, done: make(chan struct{})}
 	for _, s := range sources {
 		t.Sources = append(t.Sources, s.String())
 	}
@@ -148,6 +149,7 @@ func (l *Library) start(id string, mh Hash, sources []peer.ID) (TransferStatus, 
 	l.transfers[t.ID] = t
 	if run := l.runningLocked(); run == nil {
 		t.State, t.Error, t.ended = TransferFailed, "the node is stopping", t.Started
+		close(t.done)
 	} else {
 		ctx, cancel := context.WithCancel(run)
 		t.cancel = cancel
@@ -235,8 +237,12 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	delete(l.busy, t.Item)
 	l.mu.Unlock()
 	if err == nil {
-		// Known to the library and published before it is reported done.
-		l.scanAndPublish([]string{t.Item})
+		// Known to the library and published before it is reported done,
+		// from the manifest it was verified against: no second hashing.
+		if aerr := l.adopt(t.Item, m); aerr != nil {
+			l.lg.Warn().Str("item", t.Item).Err(aerr).Msg("the downloaded item is not as its manifest says; scanning it")
+			l.scanAndPublish([]string{t.Item})
+		}
 	}
 	l.mu.Lock()
 	t.ended = l.cfg.Now()
@@ -250,6 +256,7 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 		t.State, t.Error = TransferFailed, err.Error()
 	}
 	state := t.State
+	close(t.done)
 	l.mu.Unlock()
 	switch state {
 	case TransferDone:
@@ -445,6 +452,22 @@ func (l *Library) Transfers() []TransferStatus {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Started.After(out[j].Started) })
 	return out
+}
+
+// WaitTransfer returns transfer id once it has ended, or as it is when
+// ctx ends first.
+func (l *Library) WaitTransfer(ctx context.Context, id string) (TransferStatus, bool) {
+	l.mu.Lock()
+	t, ok := l.transfers[id]
+	l.mu.Unlock()
+	if !ok {
+		return TransferStatus{}, false
+	}
+	select {
+	case <-t.done:
+	case <-ctx.Done():
+	}
+	return l.status(t), true
 }
 
 // TransferByID returns one transfer.

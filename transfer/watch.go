@@ -2,6 +2,8 @@ package transfer
 
 import (
 	"context"
+	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -24,6 +26,12 @@ func (l *Library) watch(ctx context.Context) {
 	} else {
 		defer w.Close()
 		l.watchTree(w, l.cfg.Share)
+		// The removal of a staging folder ends a download's swap: it
+		// comes after the swap's own events for its item in the same
+		// queue, so those can be told from a user's.
+		if err := w.Add(l.stagingDir()); err != nil {
+			l.lg.Debug().Err(err).Msg("cannot watch the staging folder")
+		}
 	}
 	var events <-chan fsnotify.Event
 	var werrs <-chan error
@@ -43,6 +51,12 @@ func (l *Library) watch(ctx context.Context) {
 		case err := <-werrs:
 			l.lg.Warn().Err(err).Msg("share folder watch error; the periodic scan repairs what it missed")
 		case ev := <-events:
+			if filepath.Dir(ev.Name) == l.stagingDir() {
+				if id, ok := stagingItem(filepath.Base(ev.Name)); ok && ev.Op&fsnotify.Remove != 0 {
+					delete(due, id) // the events of its swap, not a user's change
+				}
+				continue
+			}
 			rel, err := filepath.Rel(l.cfg.Share, ev.Name)
 			if err != nil || rel == "." {
 				continue
@@ -71,6 +85,18 @@ func (l *Library) watch(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// stagingItem returns the item of a staging folder named <item>-<hash16>.
+func stagingItem(name string) (string, bool) {
+	i := len(name) - 17
+	if i < 1 || name[i] != '-' {
+		return "", false
+	}
+	if _, err := hex.DecodeString(name[i+1:]); err != nil {
+		return "", false
+	}
+	return name[:i], true
 }
 
 // watchTree adds dir and its subfolders to the watcher (fsnotify is not
@@ -115,7 +141,8 @@ func (l *Library) RequestScan(id string) {
 	started := l.goFunc(func(ctx context.Context) {
 		retries := 0
 		for {
-			failed := len(l.scanAndPublish([]string{id})) > 0
+			_, f := l.scanAndPublish([]string{id})
+			failed := len(f) > 0
 			l.mu.Lock()
 			again := l.pending[id]
 			delete(l.pending, id)
@@ -151,22 +178,24 @@ func (l *Library) RequestScan(id string) {
 type ScanStatus struct {
 	Scans, DroppedEvents int
 	Scanning             []string
+	HashedBytes          int64 // read and hashed by scans since the start
 }
 
 // ScanStatus returns the scan counters.
 func (l *Library) ScanStatus() ScanStatus {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	st := ScanStatus{Scans: l.scans, DroppedEvents: l.dropped}
+	st := ScanStatus{Scans: l.scans, DroppedEvents: l.dropped, HashedBytes: l.hashed}
 	for id := range l.scanning {
 		st.Scanning = append(st.Scanning, id)
 	}
 	return st
 }
 
-// ScanAll scans every item of the share folder and publishes the result
-// in one document change.
+// ScanAll scans every item of the share folder and publishes the
+// results as it goes (see scanAndPublish).
 func (l *Library) ScanAll() {
+	start := time.Now()
 	ents, err := os.ReadDir(l.cfg.Share)
 	if err != nil {
 		l.lg.Warn().Err(err).Msg("cannot read the share folder")
@@ -180,6 +209,7 @@ func (l *Library) ScanAll() {
 	for id := range l.local {
 		ids[id] = true // gone items are unpublished
 	}
+	first := l.scans == 0
 	l.mu.Unlock()
 	// So are entries left from an earlier run: an item deleted while the
 	// node was down, a partial entry of a download that is not resumed.
@@ -196,17 +226,56 @@ func (l *Library) ScanAll() {
 		list = append(list, id)
 	}
 	sort.Strings(list)
-	l.scanAndPublish(list)
+	st, _ := l.scanAndPublish(list)
+	ev := l.lg.Debug()
+	if first {
+		ev = l.lg.Info()
+	}
+	ev.Int("items", len(list)).Int("files", st.Files).Int("hashed_files", st.Hashed).Int64("hashed_bytes", st.BytesHashed).
+		Float64("took_ms", float64(time.Since(start).Microseconds())/1000).Msg("share folder scanned")
+}
+
+// publishEvery: a scanned item is published at most this long after its
+// own scan ended, while the scan goes on with the next items; the items
+// scanned meanwhile go in the same document change.
+const publishEvery = 200 * time.Millisecond
+
+// scanned is one item's scan result; a nil sv means the item is gone.
+type scanned struct {
+	id string
+	sv *Served
 }
 
 // scanAndPublish scans the given items (skipping busy ones) and writes
-// this node's holder entries for them in one document change.
-func (l *Library) scanAndPublish(ids []string) (failed []string) {
-	type result struct {
-		id string
-		sv *Served // nil: gone
-	}
-	var results []result
+// this node's holder entries for them: a publisher goroutine that it
+// waits for writes what has been scanned every publishEvery, so that an
+// item can be downloaded as soon as its own scan is done, not after the
+// whole share folder's. It returns the scan's figures and the items
+// whose scan failed.
+func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string) {
+	results := make(chan scanned)
+	published := make(chan struct{})
+	go func() {
+		defer close(published)
+		var batch []scanned
+		var due <-chan time.Time
+		for {
+			select {
+			case r, ok := <-results:
+				if !ok {
+					l.publish(batch)
+					return
+				}
+				batch = append(batch, r)
+				if due == nil {
+					due = time.After(publishEvery)
+				}
+			case <-due:
+				l.publish(batch)
+				batch, due = nil, nil
+			}
+		}
+	}()
 	for _, id := range ids {
 		l.mu.Lock()
 		busy := l.busy[id] != ""
@@ -217,7 +286,7 @@ func (l *Library) scanAndPublish(ids []string) (failed []string) {
 		root := filepath.Join(l.cfg.Share, id)
 		fi, err := os.Lstat(root)
 		if err != nil || !fi.IsDir() {
-			results = append(results, result{id: id})
+			results <- scanned{id: id}
 			continue
 		}
 		if err := ValidItemID(id); err != nil {
@@ -230,9 +299,38 @@ func (l *Library) scanAndPublish(ids []string) (failed []string) {
 			failed = append(failed, id)
 			continue
 		}
+		total.Files += st.Files
+		total.Hashed += st.Hashed
+		total.Skipped += st.Skipped
+		total.BytesHashed += st.BytesHashed
 		l.lg.Debug().Str("item", id).Int("files", st.Files).Int("hashed", st.Hashed).Int64("bytes_hashed", st.BytesHashed).Msg("item scanned")
-		results = append(results, result{id: id, sv: sv})
+		results <- scanned{id: id, sv: sv}
 	}
+	close(results)
+	<-published
+	l.mu.Lock()
+	l.scans++
+	l.hashed += total.BytesHashed
+	l.mu.Unlock()
+	return total, failed
+}
+
+// publish makes scanned items served (and gone ones not), then writes
+// this node's holder entries for them in one document change, only where
+// they changed.
+func (l *Library) publish(results []scanned) {
+	if len(results) == 0 {
+		return
+	}
+	l.mu.Lock()
+	for _, r := range results {
+		if r.sv == nil {
+			delete(l.local, r.id)
+		} else {
+			l.local[r.id] = r.sv
+		}
+	}
+	l.mu.Unlock()
 	self := l.cfg.Host.ID().String()
 	now := l.cfg.Now().UnixMilli()
 	// One read of the library: Doc.Item scans every root key, so reading
@@ -268,45 +366,68 @@ func (l *Library) scanAndPublish(ids []string) (failed []string) {
 	})
 	if err != nil {
 		l.lg.Warn().Err(err).Msg("publishing the library failed")
+		return
 	}
-	l.mu.Lock()
-	l.scans++
-	for _, r := range results {
-		if r.sv == nil {
-			delete(l.local, r.id)
-		} else {
-			l.local[r.id] = r.sv
-		}
-	}
-	l.mu.Unlock()
 	for _, id := range changed {
 		l.cfg.OnEvent("item.scanned", map[string]any{"item": id})
 	}
-	return failed
+}
+
+// adopt makes a downloaded item known and published without hashing it
+// again: its index comes from the manifest its chunks were verified
+// against, with each file's fingerprint as written. It fails, for the
+// caller to scan instead, if a file is not as the manifest says.
+func (l *Library) adopt(id string, m *Manifest) error {
+	root := filepath.Join(l.cfg.Share, id)
+	ix := &Index{Files: make(map[string]indexEntry, len(m.Files)), Manifest: m.Hash(), dirty: true}
+	for _, f := range m.Files {
+		fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(f.Path)))
+		if err != nil {
+			return err
+		}
+		fp := fingerprintOf(fi)
+		if !fi.Mode().IsRegular() || fp.Size != f.Size || fp.Mode != f.Mode {
+			return fmt.Errorf("%s is not as its manifest says", f.Path)
+		}
+		ix.Files[f.Path] = indexEntry{FP: fp, Chunks: f.Chunks}
+	}
+	sv, err := l.keep(id, root, ix, m)
+	if err != nil {
+		return err
+	}
+	l.publish([]scanned{{id: id, sv: sv}})
+	return nil
 }
 
 // scanItem scans one item with its persisted index and keeps its manifest.
 func (l *Library) scanItem(id, root string) (*Served, ScanStats, error) {
-	ixFile := filepath.Join(l.cfg.Dir, dirIndex, id+".json")
-	ix := LoadIndex(ixFile)
+	ix := LoadIndex(l.indexFile(id))
 	m, st, err := Scan(root, ix)
 	if err != nil {
 		return nil, st, err
 	}
-	if err := ix.Save(ixFile); err != nil {
-		return nil, st, err
+	sv, err := l.keep(id, root, ix, m)
+	return sv, st, err
+}
+
+func (l *Library) indexFile(id string) string { return filepath.Join(l.cfg.Dir, dirIndex, id+".json") }
+
+// keep saves an item's index and manifest and returns what serves it.
+func (l *Library) keep(id, root string, ix *Index, m *Manifest) (*Served, error) {
+	if err := ix.Save(l.indexFile(id)); err != nil {
+		return nil, err
 	}
 	enc := m.Encode()
 	h := m.Hash()
 	mf := filepath.Join(l.cfg.Dir, dirManifests, h.String())
 	if _, err := os.Stat(mf); err != nil {
 		if err := atomicfile.WriteFile(mf, enc, 0o644); err != nil {
-			return nil, st, err
+			return nil, err
 		}
 	}
 	ig, err := LoadIgnore(root)
 	if err != nil {
-		return nil, st, err
+		return nil, err
 	}
-	return &Served{Root: root, Manifest: m, Hash: h, Encoded: enc, Ignore: ig}, st, nil
+	return &Served{Root: root, Manifest: m, Hash: h, Encoded: enc, Ignore: ig}, nil
 }

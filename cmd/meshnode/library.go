@@ -72,8 +72,15 @@ func runGet(args []string, out, errOut io.Writer) error {
 	tty := isTerminal(errOut)
 	last := ""
 	for {
-		if err := c.get("/v1/transfers/"+st.ID, &st); err != nil {
+		// Answered at once when the download ends, else after 250ms
+		// with the figures for the progress line (a daemon of an earlier
+		// version answers at once: then wait here).
+		asked := time.Now()
+		if err := c.get("/v1/transfers/"+st.ID+"?wait=250ms", &st); err != nil {
 			return err
+		}
+		if st.State == transfer.TransferRunning && time.Since(asked) < 100*time.Millisecond {
+			time.Sleep(250*time.Millisecond - time.Since(asked))
 		}
 		line := progressLine(st)
 		if tty {
@@ -96,7 +103,6 @@ func runGet(args []string, out, errOut io.Writer) error {
 			}
 			return fmt.Errorf("%s %s: %s", st.Item, st.State, st.Error)
 		}
-		time.Sleep(250 * time.Millisecond)
 	}
 }
 
