@@ -12,7 +12,11 @@
 # Cases: small (20,000 x 4 KiB), medium (2,000 x 256 KiB), big-tcp and
 # big-quic (one 1 GiB file), scan (the holder's first scan of the 20,000
 # files). The work dir must be on the disk to measure (default: under
-# $TMPDIR or /tmp); it needs about 3.5 GB free.
+# $TMPDIR or /tmp); it needs about 2 GB for the trees, 1 GB for a received
+# big tree, and 1.2 GB per run of small and medium together (their copies
+# are deleted only at the end: on ext4 without a journal, creating files
+# right after deleting many is several times slower, so give the disk a
+# few minutes after deleting large trees before measuring).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
