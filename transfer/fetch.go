@@ -284,7 +284,13 @@ func (d *download) prepare() error {
 		if err != nil {
 			return err
 		}
-		err = preallocate(fh, f.Size)
+		// A file of less than a chunk is written whole by one write:
+		// reserving its blocks first only adds an extent to convert.
+		if f.Size >= ChunkSize {
+			err = preallocate(fh, f.Size)
+		} else if fi, serr := fh.Stat(); serr == nil && fi.Size() > f.Size {
+			err = fh.Truncate(f.Size)
+		}
 		fh.Close()
 		if errors.Is(err, syscall.ENOSPC) {
 			return fmt.Errorf("%w: reserving %d bytes for %s: %v", ErrNoSpace, f.Size, f.Path, err)
