@@ -10,6 +10,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +25,10 @@ import (
 // libp2p stream between two running daemons, carrying N bytes and nothing
 // else (no files, no hashing, no framing). Wire format: the client sends N
 // as 8 bytes big-endian; the server writes N bytes and closes the stream.
+//
+// The receiver drops the bytes, or with to_disk writes them to a file in
+// its data dir and fsyncs it: a download has to reach the disk, so on a
+// disk slower than the stream that is the rate a download can hope for.
 const (
 	streamTestProto = "stream-test/1"
 	// StreamTestDefault is the size of a stream test when the request
@@ -33,6 +39,11 @@ const (
 	// streamTestBuf is the size of the sender's block of data and of the
 	// receiver's read buffer.
 	streamTestBuf = 1 << 20
+	// dirStreamTest is the folder of the data dir holding a to_disk
+	// test's file while it runs.
+	dirStreamTest = "tmp"
+	// streamTestFilePattern names those files (os.CreateTemp).
+	streamTestFilePattern = "stream-test-*"
 )
 
 // streamTestData is 1 MiB of pseudo-random bytes the server sends over
@@ -79,6 +90,9 @@ func (n *Node) serveStreamTest(s network.Stream) {
 type StreamTestRequest struct {
 	Peer  string `json:"peer"`
 	Bytes int64  `json:"bytes"`
+	// ToDisk writes the bytes to a file in the receiver's data dir and
+	// fsyncs it before the clock stops, instead of dropping them.
+	ToDisk bool `json:"to_disk,omitempty"`
 }
 
 // StreamTestResult is the answer of POST /v1/debug/stream-test.
@@ -88,15 +102,29 @@ type StreamTestResult struct {
 	Seconds   float64 `json:"seconds"`
 	MBPerSec  float64 `json:"mb_per_s"` // 10^6 bytes per second
 	Transport string  `json:"transport"`
+	ToDisk    bool    `json:"to_disk,omitempty"`
 }
 
 // errStreamTestShort is a stream test that ended before its last byte.
 var errStreamTestShort = errors.New("stream ended early")
 
 // StreamTest pulls size bytes from peer p over one raw stream on the
-// existing connection and reports how long it took.
-func (n *Node) StreamTest(ctx context.Context, p peer.ID, size int64) (StreamTestResult, error) {
-	res := StreamTestResult{Peer: p.String(), Bytes: size}
+// existing connection and reports how long it took. With toDisk the bytes
+// go to a new file in the data dir's tmp folder, written as they are read
+// (through the same 1 MiB buffer), and the file is fsynced before the
+// clock stops; it is created before the clock starts and removed after.
+func (n *Node) StreamTest(ctx context.Context, p peer.ID, size int64, toDisk bool) (StreamTestResult, error) {
+	res := StreamTestResult{Peer: p.String(), Bytes: size, ToDisk: toDisk}
+	var dst io.Writer = io.Discard
+	var file *os.File
+	if toDisk {
+		f, err := n.streamTestFile()
+		if err != nil {
+			return res, err
+		}
+		defer n.removeStreamTestFile(f)
+		dst, file = f, f
+	}
 	start := time.Now()
 	s, err := n.Host.NewStream(ctx, p, n.Fleet.Protocol(streamTestProto))
 	if err != nil {
@@ -121,35 +149,90 @@ func (n *Node) StreamTest(ctx context.Context, p peer.ID, size int64) (StreamTes
 		return res, fmt.Errorf("send the size: %w", err)
 	}
 	_ = s.CloseWrite()
+	// The wrappers hide *os.File's ReadFrom and io.Discard's, which
+	// would each copy through a buffer of their own (32 KiB, 8 KiB)
+	// instead of this one; the limit lets one byte too many show.
 	buf := make([]byte, streamTestBuf)
-	var got int64
-	for {
-		k, err := s.Read(buf)
-		got += int64(k)
-		if errors.Is(err, io.EOF) {
-			break
+	got, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{io.LimitReader(s, size+1)}, buf)
+	if err != nil {
+		s.Reset()
+		if ctx.Err() != nil {
+			return res, ctx.Err()
 		}
-		if err != nil {
-			s.Reset()
-			if ctx.Err() != nil {
-				return res, ctx.Err()
-			}
-			return res, fmt.Errorf("after %d of %d bytes: %w", got, size, err)
-		}
-		if got > size {
-			s.Reset()
-			return res, fmt.Errorf("peer sent more than the %d bytes asked for", size)
-		}
+		return res, fmt.Errorf("after %d of %d bytes: %w", got, size, err)
+	}
+	if got > size {
+		s.Reset()
+		return res, fmt.Errorf("peer sent more than the %d bytes asked for", size)
 	}
 	_ = s.Close()
 	if got != size {
 		return res, fmt.Errorf("%w: %d of %d bytes", errStreamTestShort, got, size)
 	}
+	if file != nil {
+		if err := file.Sync(); err != nil {
+			return res, fmt.Errorf("fsync %s: %w", file.Name(), err)
+		}
+	}
 	res.Seconds = time.Since(start).Seconds()
+	if file != nil && streamTestWritten != nil {
+		streamTestWritten(file.Name())
+	}
 	if res.Seconds > 0 {
 		res.MBPerSec = float64(size) / 1e6 / res.Seconds
 	}
 	return res, nil
+}
+
+// streamTestWritten, if set (by tests), sees a to_disk test's file after
+// the fsync, before it is removed.
+var streamTestWritten func(path string)
+
+// streamTestFiles counts the to_disk tests running, by folder, so that
+// the first of them can delete what a killed daemon left behind.
+var streamTestFiles = struct {
+	sync.Mutex
+	running map[string]int
+}{running: map[string]int{}}
+
+// streamTestFile creates a to_disk test's file (mode 0600) in the data
+// dir's tmp folder.
+func (n *Node) streamTestFile() (*os.File, error) {
+	dir := filepath.Join(n.cfg.DataDir, dirStreamTest)
+	streamTestFiles.Lock()
+	defer streamTestFiles.Unlock()
+	if streamTestFiles.running[dir] == 0 {
+		// No test runs: any such file is a leftover.
+		old, _ := filepath.Glob(filepath.Join(dir, streamTestFilePattern))
+		for _, p := range old {
+			_ = os.Remove(p)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("stream test file: %w", err)
+	}
+	f, err := os.CreateTemp(dir, streamTestFilePattern)
+	if err != nil {
+		return nil, fmt.Errorf("stream test file: %w", err)
+	}
+	streamTestFiles.running[dir]++
+	return f, nil
+}
+
+// removeStreamTestFile closes and removes a to_disk test's file, and its
+// folder once empty.
+func (n *Node) removeStreamTestFile(f *os.File) {
+	dir := filepath.Dir(f.Name())
+	_ = f.Close()
+	if err := os.Remove(f.Name()); err != nil {
+		n.lg.Warn().Err(err).Msg("stream test file not removed")
+	}
+	streamTestFiles.Lock()
+	defer streamTestFiles.Unlock()
+	if streamTestFiles.running[dir]--; streamTestFiles.running[dir] <= 0 {
+		delete(streamTestFiles.running, dir)
+		_ = os.Remove(dir) // only if empty
+	}
 }
 
 // streamTransport names a connection's transport: "quic" or "tcp", or
@@ -168,7 +251,7 @@ func streamTransport(a ma.Multiaddr) string {
 }
 
 func (n *Node) handleStreamTest(w http.ResponseWriter, r *http.Request) {
-	const usage = `body must be JSON like {"peer": "<peer id>", "bytes": 1073741824} (bytes optional, default 1 GiB)`
+	const usage = `body must be JSON like {"peer": "<peer id>", "bytes": 1073741824, "to_disk": false} (bytes optional, default 1 GiB; to_disk writes them to a file in this node's data dir and fsyncs it)`
 	b, ok := readBody(w, r, 4096, "stream test request")
 	if !ok {
 		return
@@ -216,7 +299,7 @@ func (n *Node) handleStreamTest(w http.ResponseWriter, r *http.Request) {
 		case <-ctx.Done():
 		}
 	}()
-	res, err := n.StreamTest(ctx, p, req.Bytes)
+	res, err := n.StreamTest(ctx, p, req.Bytes, req.ToDisk)
 	if err != nil {
 		writeError(w, http.StatusBadGateway, "stream_failed", fmt.Sprintf("stream test from %s: %v", req.Peer, err))
 		return

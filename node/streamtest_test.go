@@ -1,8 +1,11 @@
 package node
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +17,8 @@ import (
 // POST /v1/debug/stream-test pulls exactly the bytes asked for from
 // another member over a raw stream and names the transport; bad bodies and
 // peers it cannot test against get 400; a peer refuses a test over the cap.
+// With to_disk the bytes go through a file in the receiver's data dir,
+// which is gone after (and so is a file a killed daemon left there).
 func TestStreamTest(t *testing.T) {
 	c := newCluster(t, 2)
 	c.waitFormed(t, 1)
@@ -34,6 +39,61 @@ func TestStreamTest(t *testing.T) {
 	}
 	if res.Transport != "quic" && res.Transport != "tcp" {
 		t.Errorf("transport %q, want quic or tcp", res.Transport)
+	}
+	if res.ToDisk {
+		t.Errorf("answer %s: to_disk without asking", call.body)
+	}
+
+	// to_disk: the file holds exactly the bytes sent (seen after the
+	// fsync), mode 0600, and is gone after with its folder; so is a file
+	// a killed daemon left there.
+	tmp := filepath.Join(a.cfg.DataDir, dirStreamTest)
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "stream-test-123"), []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var written []string
+	streamTestWritten = func(path string) {
+		written = append(written, path)
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Errorf("stream test file: %v", err)
+			return
+		}
+		if filepath.Dir(path) != tmp || fi.Mode().Perm() != 0o600 {
+			t.Errorf("stream test file %s mode %v, want one in %s, 0600", path, fi.Mode().Perm(), tmp)
+		}
+		got, err := os.ReadFile(path)
+		if err != nil {
+			t.Errorf("stream test file: %v", err)
+			return
+		}
+		data := streamTestData()
+		want := bytes.Repeat(data, len(got)/len(data)+1)[:size]
+		if !bytes.Equal(got, want) {
+			t.Errorf("stream test file holds %d bytes, want the %d sent", len(got), size)
+		}
+	}
+	t.Cleanup(func() { streamTestWritten = nil })
+	call = contractDo(t, a, "POST", "/v1/debug/stream-test", strings.NewReader(fmt.Sprintf(`{"peer": %q, "bytes": %d, "to_disk": true}`, b.ID(), size)))
+	if call.status != 200 {
+		t.Fatalf("stream test to disk answered %d %s", call.status, call.body)
+	}
+	res = StreamTestResult{}
+	if err := json.Unmarshal(call.body, &res); err != nil {
+		t.Fatalf("answer %s: %v", call.body, err)
+	}
+	if res.Peer != b.ID().String() || res.Bytes != size || res.Seconds <= 0 || res.MBPerSec <= 0 || !res.ToDisk {
+		t.Errorf("answer %s: want peer %s, %d bytes, a time, a rate and to_disk", call.body, b.ID(), size)
+	}
+	if len(written) != 1 {
+		t.Errorf("%d stream test files seen, want 1", len(written))
+	}
+	if _, err := os.Stat(tmp); !os.IsNotExist(err) {
+		ents, _ := os.ReadDir(tmp)
+		t.Errorf("%s after the test: %v, entries %v; want it gone", tmp, err, ents)
 	}
 
 	key, _, err := crypto.GenerateEd25519Key(nil)
@@ -60,7 +120,7 @@ func TestStreamTest(t *testing.T) {
 	}
 
 	// The server side checks the cap too: a test over it is reset, not served.
-	if res, err := a.StreamTest(t.Context(), b.ID(), StreamTestMax+1); err == nil {
+	if res, err := a.StreamTest(t.Context(), b.ID(), StreamTestMax+1, false); err == nil {
 		t.Errorf("a stream test over the cap was served: %+v", res)
 	}
 }

@@ -2,7 +2,8 @@
 # Two-process transfer benchmark (issue 14): `meshnode get` between two real
 # daemons on 127.0.0.1, each figure beside a baseline measured in the same
 # run (tar | tar; sync, a raw libp2p stream between the same two daemons,
-# find | xargs cat). Builds meshnode from this tree, then runs
+# into nothing and to a file on the receiver's disk, fsynced, find | xargs
+# cat). Builds meshnode from this tree, then runs
 # scripts/xferbench; its flags pass through:
 #
 #   scripts/xfer-bench.sh                              # every case, 3 runs
@@ -13,7 +14,8 @@
 # big-quic (one 1 GiB file), scan (the holder's first scan of the 20,000
 # files). The work dir must be on the disk to measure (default: under
 # $TMPDIR or /tmp); it needs about 2 GB for the trees, 1 GB for a received
-# big tree, and 1.2 GB per run of small and medium together (their copies
+# big tree, 1 GB for a raw stream's file (-raw-bytes), and 1.2 GB per run
+# of small and medium together (their copies
 # are deleted only at the end: on ext4 without a journal, creating files
 # right after deleting many is several times slower, so give the disk a
 # few minutes after deleting large trees before measuring).

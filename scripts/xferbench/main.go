@@ -16,19 +16,28 @@
 //	small     20,000 x 4 KiB files (100 folders of 200) over TCP; baseline:
 //	          `tar c | tar x` of the same tree on the same disk, then `sync`
 //	medium    2,000 x 256 KiB files (20 folders of 100) over TCP; baselines:
-//	          the same tar, and a raw libp2p stream between the two daemons
-//	big-tcp   one 1 GiB file over TCP; baseline: a raw libp2p stream of 1 GiB
-//	          between the same two daemons (POST /v1/debug/stream-test), run
-//	          right before and right after the get, the mean
+//	          the same tar, and the raw streams of big-tcp
+//	big-tcp   one 1 GiB file over TCP; baselines: a raw libp2p stream of 1 GiB
+//	          between the same two daemons (POST /v1/debug/stream-test) into
+//	          nothing, and the same stream written to a file on the
+//	          receiver's disk and fsynced ("to_disk"), which is what a
+//	          download has to do: each run right before and right after the
+//	          get (raw, to disk; get; to disk, raw), the mean of the two
+//	          (the run line's raw_disk_extra_s is the longer time a to-disk
+//	          call took beyond the daemon's clock: creating and removing
+//	          the file)
 //	big-quic  the same over QUIC
 //	scan      the holder's first scan of the 20,000 files (from its "share
 //	          folder scanned" log line, else start to published); baseline:
 //	          `find | xargs cat > /dev/null` with a warm cache
 //
 // Receiver figures: wall time of the get, CPU seconds of the receiver daemon
-// over the get (utime+stime from /proc) and until it is idle again after it
-// (what it does after the download, a rescan say, counts there), and its
-// peak RSS (VmHWM; the receiver is fresh each run). Linux only (/proc).
+// over the get (utime+stime from /proc, and each apart) and until it is idle
+// again after it (what it does after the download, a rescan say, counts
+// there), and its peak RSS (VmHWM; the receiver is fresh each run). The tar
+// baseline's CPU is that of its shell with the tars and sync it waited for
+// (the rusage wait4 returns); neither side counts the kernel's write-back
+// threads. Linux only (/proc).
 package main
 
 import (
@@ -87,7 +96,7 @@ type benchCase struct {
 	transport string // tcp or quic
 	scan      bool   // the holder's first scan instead of a get
 	tar       bool   // tar baseline
-	raw       bool   // raw stream baseline
+	raw       bool   // raw stream baselines, into nothing and to disk
 	what      string
 	goals     map[string]string // issue 14's goal for a figure, by key
 }
@@ -406,11 +415,19 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 		if err := os.MkdirAll(tarDir, 0o755); err != nil {
 			return nil, err
 		}
-		d, err := timeShell(ctx, fmt.Sprintf("set -o pipefail; tar c -C %s %s | tar x -C %s && sync", shellQuote(share), shellQuote(t.name), shellQuote(tarDir)))
+		d, ps, err := runShell(ctx, fmt.Sprintf("set -o pipefail; tar c -C %s %s | tar x -C %s && sync", shellQuote(share), shellQuote(t.name), shellQuote(tarDir)))
 		if err != nil {
 			return nil, fmt.Errorf("tar baseline: %w", err)
 		}
 		f["tar_s"] = d.Seconds()
+		// The shell's rusage from wait4 holds the tars and sync it
+		// waited for (Linux: the child's and its reaped children's).
+		f["tar_cpu_user_s"] = ps.UserTime().Seconds()
+		f["tar_cpu_sys_s"] = ps.SystemTime().Seconds()
+		f["tar_cpu_s"] = f["tar_cpu_user_s"] + f["tar_cpu_sys_s"]
+		if f["tar_cpu_s"] == 0 {
+			fmt.Fprintf(os.Stderr, "xferbench: %s run %d: the tar baseline's rusage shows no CPU (children not counted?)\n", c.name, r)
+		}
 		// The copy stays until the end (see above): deleting it would slow
 		// the get's file creation.
 	}
@@ -449,19 +466,44 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 		return nil, fmt.Errorf("receiver reaches the holder over %s, not %s", transport, want)
 	}
 
-	var raws []float64
-	if c.raw {
-		res, err := recv.streamTest(ctx, holder.id, b.o.rawBytes)
+	// Raw streams before the get: into nothing, then to disk; after it
+	// the other way round, so that each mean is as near the get.
+	var raws, disks, diskExtra []float64
+	rawStream := func(when string, toDisk bool) error {
+		what := "raw stream"
+		if toDisk {
+			what = "raw stream to disk"
+		}
+		start := time.Now()
+		res, err := recv.streamTest(ctx, holder.id, b.o.rawBytes, toDisk)
 		if err != nil {
-			return nil, fmt.Errorf("raw stream before the get: %w", err)
+			return fmt.Errorf("%s %s the get: %w", what, when, err)
 		}
 		if res.Transport != c.transport {
-			return nil, fmt.Errorf("raw stream went over %s, not %s", res.Transport, c.transport)
+			return fmt.Errorf("%s went over %s, not %s", what, res.Transport, c.transport)
 		}
-		raws = append(raws, res.MBPerSec)
+		if res.ToDisk != toDisk {
+			return fmt.Errorf("%s: the receiver answered to_disk=%v", what, res.ToDisk)
+		}
+		if toDisk {
+			disks = append(disks, res.MBPerSec)
+			// Creating and removing the file, outside the daemon's clock.
+			diskExtra = append(diskExtra, time.Since(start).Seconds()-res.Seconds)
+		} else {
+			raws = append(raws, res.MBPerSec)
+		}
+		return nil
+	}
+	if c.raw {
+		if err := rawStream("before", false); err != nil {
+			return nil, err
+		}
+		if err := rawStream("before", true); err != nil {
+			return nil, err
+		}
 	}
 
-	cpu0, err := cpuSeconds(recv.pid)
+	cpu0, err := cpuTimes(recv.pid)
 	if err != nil {
 		return nil, err
 	}
@@ -472,7 +514,7 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 	out, err := get.CombinedOutput()
 	cancel()
 	wall := time.Since(start)
-	cpu1, cerr := cpuSeconds(recv.pid)
+	cpu1, cerr := cpuTimes(recv.pid)
 	_ = os.WriteFile(logBase+"-get.log", out, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("meshnode get: %v: %s", err, tail(out, 600))
@@ -482,7 +524,9 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 	}
 	f["get_s"] = wall.Seconds()
 	f["get_mbps"] = float64(t.files) * float64(t.size) / 1e6 / wall.Seconds()
-	f["rx_cpu_s"] = cpu1 - cpu0
+	f["rx_cpu_s"] = cpu1.total() - cpu0.total()
+	f["rx_cpu_user_s"] = cpu1.user - cpu0.user
+	f["rx_cpu_sys_s"] = cpu1.sys - cpu0.sys
 	if el, ok := recv.transferElapsed(ctx, t.name); ok {
 		f["xfer_s"] = el
 	}
@@ -490,20 +534,25 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 	if err != nil {
 		return nil, err
 	}
-	f["rx_cpu_idle_s"] = cpu2 - cpu0
+	f["rx_cpu_idle_s"] = cpu2 - cpu0.total()
 	if v, err := peakRSS(recv.pid); err == nil {
 		f["rx_rss_mib"] = v
 	}
 
 	if c.raw {
-		res, err := recv.streamTest(ctx, holder.id, b.o.rawBytes)
-		if err != nil {
-			return nil, fmt.Errorf("raw stream after the get: %w", err)
+		if err := rawStream("after", true); err != nil {
+			return nil, err
 		}
-		raws = append(raws, res.MBPerSec)
+		if err := rawStream("after", false); err != nil {
+			return nil, err
+		}
 		f["raw_mbps"] = (raws[0] + raws[1]) / 2
 		f["raw_before_mbps"], f["raw_after_mbps"] = raws[0], raws[1]
 		f["ratio_raw"] = f["get_mbps"] / f["raw_mbps"]
+		f["raw_disk_mbps"] = (disks[0] + disks[1]) / 2
+		f["raw_disk_before_mbps"], f["raw_disk_after_mbps"] = disks[0], disks[1]
+		f["ratio_raw_disk"] = f["get_mbps"] / f["raw_disk_mbps"]
+		f["raw_disk_extra_s"] = max(diskExtra[0], diskExtra[1])
 	}
 	if c.tar {
 		f["ratio_tar"] = f["get_s"] / f["tar_s"]
@@ -811,12 +860,18 @@ type streamResult struct {
 	Seconds   float64 `json:"seconds"`
 	MBPerSec  float64 `json:"mb_per_s"`
 	Transport string  `json:"transport"`
+	ToDisk    bool    `json:"to_disk"`
 }
 
-// streamTest pulls n raw bytes from peer p through the daemon.
-func (d *daemon) streamTest(ctx context.Context, p string, n int64) (streamResult, error) {
+// streamTest pulls n raw bytes from peer p through the daemon, into
+// nothing or (toDisk) into a file on its disk, fsynced.
+func (d *daemon) streamTest(ctx context.Context, p string, n int64, toDisk bool) (streamResult, error) {
 	var res streamResult
-	err := d.call(ctx, "POST", "/v1/debug/stream-test", map[string]any{"peer": p, "bytes": n}, &res, 10*time.Minute)
+	body := map[string]any{"peer": p, "bytes": n}
+	if toDisk {
+		body["to_disk"] = true
+	}
+	err := d.call(ctx, "POST", "/v1/debug/stream-test", body, &res, 10*time.Minute)
 	if err == nil && res.Bytes != n {
 		err = fmt.Errorf("stream test moved %d bytes, not %d", res.Bytes, n)
 	}
@@ -842,28 +897,39 @@ func (d *daemon) transferElapsed(ctx context.Context, item string) (float64, boo
 	return 0, false
 }
 
+// cpuTime is a process's CPU seconds in user and in system mode.
+type cpuTime struct{ user, sys float64 }
+
+func (c cpuTime) total() float64 { return c.user + c.sys }
+
 // cpuSeconds is a process's utime+stime.
 func cpuSeconds(pid int) (float64, error) {
+	c, err := cpuTimes(pid)
+	return c.total(), err
+}
+
+// cpuTimes is a process's utime and stime.
+func cpuTimes(pid int) (cpuTime, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return cpuTime{}, err
 	}
 	// Fields after the command name, which is in parentheses and may
 	// hold spaces: state is field 3, utime 14, stime 15.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+		return cpuTime{}, fmt.Errorf("/proc/%d/stat: no command name", pid)
 	}
 	fs := strings.Fields(string(b[i+1:]))
 	if len(fs) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(fs))
+		return cpuTime{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(fs))
 	}
 	ut, err1 := strconv.ParseInt(fs[11], 10, 64)
 	st, err2 := strconv.ParseInt(fs[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		return cpuTime{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	return float64(ut+st) / clkTck, nil
+	return cpuTime{user: float64(ut) / clkTck, sys: float64(st) / clkTck}, nil
 }
 
 // peakRSS is a process's VmHWM in MiB.
@@ -946,13 +1012,21 @@ func hashTree(ctx context.Context, root string) (string, error) {
 }
 
 func timeShell(ctx context.Context, script string) (time.Duration, error) {
+	d, _, err := runShell(ctx, script)
+	return d, err
+}
+
+// runShell runs a bash script and returns its wall time and its process
+// state (whose rusage includes the children it waited for).
+func runShell(ctx context.Context, script string) (time.Duration, *os.ProcessState, error) {
 	start := time.Now()
-	out, err := exec.CommandContext(ctx, "bash", "-c", script).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "bash", "-c", script)
+	out, err := cmd.CombinedOutput()
 	d := time.Since(start)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %v: %s", script, err, tail(out, 400))
+		return 0, nil, fmt.Errorf("%s: %v: %s", script, err, tail(out, 400))
 	}
-	return d, nil
+	return d, cmd.ProcessState, nil
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
@@ -1014,20 +1088,30 @@ func figuresOf(c benchCase) []figure {
 		{"get_mbps", "`meshnode get`, rate", "MB/s", 0},
 		{"xfer_s", "transfer time the daemon reports", "s", 2},
 		{"rx_cpu_s", "receiver CPU over the get", "s", 2},
+		{"rx_cpu_user_s", "receiver CPU over the get, user", "s", 2},
+		{"rx_cpu_sys_s", "receiver CPU over the get, system", "s", 2},
 		{"rx_cpu_idle_s", "receiver CPU until idle after it", "s", 2},
 		{"rx_rss_mib", "receiver peak RSS", "MiB", 0},
 	}
 	if c.tar {
-		fs = append(fs, figure{"tar_s", "baseline: tar c | tar x; sync", "s", 2})
+		fs = append(fs,
+			figure{"tar_s", "baseline: tar c | tar x; sync", "s", 2},
+			figure{"tar_cpu_s", "baseline: tar c | tar x; sync, CPU", "s", 2},
+			figure{"tar_cpu_user_s", "baseline: tar c | tar x; sync, CPU user", "s", 2},
+			figure{"tar_cpu_sys_s", "baseline: tar c | tar x; sync, CPU system", "s", 2})
 	}
 	if c.raw {
-		fs = append(fs, figure{"raw_mbps", "baseline: raw libp2p stream (mean of before and after)", "MB/s", 0})
+		fs = append(fs,
+			figure{"raw_mbps", "baseline: raw libp2p stream (mean of before and after)", "MB/s", 0},
+			figure{"raw_disk_mbps", "baseline: raw libp2p stream to a file on disk, fsynced (mean of before and after)", "MB/s", 0})
 	}
 	if c.tar {
 		fs = append(fs, figure{"ratio_tar", "get time / tar time", "x", 1})
 	}
 	if c.raw {
-		fs = append(fs, figure{"ratio_raw", "get rate / raw stream rate", "x", 2})
+		fs = append(fs,
+			figure{"ratio_raw", "get rate / raw stream rate", "x", 2},
+			figure{"ratio_raw_disk", "get rate / raw-to-disk rate", "x", 2})
 	}
 	return fs
 }
@@ -1048,7 +1132,8 @@ func runLine(c benchCase, f figures) string {
 		}
 	}
 	if c.raw {
-		parts = append(parts, fmt.Sprintf("raw_before=%.0f raw_after=%.0f", f["raw_before_mbps"], f["raw_after_mbps"]))
+		parts = append(parts, fmt.Sprintf("raw_before=%.0f raw_after=%.0f raw_disk_before=%.0f raw_disk_after=%.0f raw_disk_extra_s=%.2f",
+			f["raw_before_mbps"], f["raw_after_mbps"], f["raw_disk_before_mbps"], f["raw_disk_after_mbps"], f["raw_disk_extra_s"]))
 	}
 	if c.scan && f["scan_from_log"] == 0 {
 		parts = append(parts, "(scan: start to published; no \"share folder scanned\" log line)")
