@@ -81,12 +81,23 @@ func (s *scheduler) takeRun(has func(g int) bool, size func(g int) int) (first, 
 }
 
 func (s *scheduler) takeLocked(has func(g int) bool) (int, bool) {
-	for i, g := range s.returned {
-		if s.state[g] == chunkNeeded && (has == nil || has(g)) {
-			s.returned = append(s.returned[:i], s.returned[i+1:]...)
-			s.state[g] = chunkTaken
-			return g, true
+	// Chunks given back go out first; entries a run took meanwhile are
+	// dropped on the way.
+	kept := s.returned[:0]
+	took := -1
+	for _, g := range s.returned {
+		switch {
+		case s.state[g] != chunkNeeded:
+		case took < 0 && (has == nil || has(g)):
+			took = g
+		default:
+			kept = append(kept, g)
 		}
+	}
+	s.returned = kept
+	if took >= 0 {
+		s.state[took] = chunkTaken
+		return took, true
 	}
 	for s.head < len(s.queue) && s.state[s.queue[s.head]] != chunkNeeded {
 		s.head++

@@ -77,3 +77,31 @@ func TestSchedulerCompleteSourcePrefersChunksNoPeerOffers(t *testing.T) {
 		t.Fatalf("after the peer left: took %v, want the released order", got)
 	}
 }
+
+// A run takes the chunks that follow the first in manifest order while
+// they are needed, the source has them, and they fit one chunk buffer; a
+// chunk given back and then taken by a run is not handed out again.
+func TestSchedulerRuns(t *testing.T) {
+	small := func(int) int { return ChunkSize / 4 }
+	s := newScheduler(10, []int{0, 1, 2, 3, 4, 5, 7, 8, 9}, 0)
+	if g, n, ok := s.takeRun(nil, small); !ok || g != 0 || n != 4 {
+		t.Fatalf("run %d+%d %v, want 0+4: four quarter chunks fill a buffer", g, n, ok)
+	}
+	if g, n, _ := s.takeRun(nil, small); g != 4 || n != 2 {
+		t.Fatalf("run %d+%d, want 4+2: 6 is not needed", g, n)
+	}
+	if g, n, _ := s.takeRun(func(g int) bool { return g != 8 }, small); g != 7 || n != 1 {
+		t.Fatalf("run %d+%d, want 7+1: the source lacks 8", g, n)
+	}
+	s.release(1)
+	s.release(2)
+	if g, n, _ := s.takeRun(nil, small); g != 1 || n != 2 {
+		t.Fatalf("run %d+%d, want the given back 1+2", g, n)
+	}
+	if g, n, _ := s.takeRun(nil, func(g int) int { return ChunkSize }); g != 8 || n != 1 {
+		t.Fatalf("run %d+%d, want 8+1: whole chunks go one by one", g, n)
+	}
+	if got := takeAll(s, nil); !slices.Equal(got, []int{9}) {
+		t.Fatalf("left %v, want [9]: 2 went out in a run", got)
+	}
+}

@@ -286,6 +286,7 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 		root := filepath.Join(l.cfg.Share, id)
 		fi, err := os.Lstat(root)
 		if err != nil || !fi.IsDir() {
+			l.setLocal(scanned{id: id})
 			results <- scanned{id: id}
 			continue
 		}
@@ -304,6 +305,7 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 		total.Skipped += st.Skipped
 		total.BytesHashed += st.BytesHashed
 		l.lg.Debug().Str("item", id).Int("files", st.Files).Int("hashed", st.Hashed).Int64("bytes_hashed", st.BytesHashed).Msg("item scanned")
+		l.setLocal(scanned{id: id, sv: sv}) // served at once, published soon
 		results <- scanned{id: id, sv: sv}
 	}
 	close(results)
@@ -315,22 +317,23 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 	return total, failed
 }
 
-// publish makes scanned items served (and gone ones not), then writes
-// this node's holder entries for them in one document change, only where
-// they changed.
+// setLocal makes a scanned item served, or a gone one not.
+func (l *Library) setLocal(r scanned) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r.sv == nil {
+		delete(l.local, r.id)
+	} else {
+		l.local[r.id] = r.sv
+	}
+}
+
+// publish writes this node's holder entries for scanned items in one
+// document change, only where they changed.
 func (l *Library) publish(results []scanned) {
 	if len(results) == 0 {
 		return
 	}
-	l.mu.Lock()
-	for _, r := range results {
-		if r.sv == nil {
-			delete(l.local, r.id)
-		} else {
-			l.local[r.id] = r.sv
-		}
-	}
-	l.mu.Unlock()
 	self := l.cfg.Host.ID().String()
 	now := l.cfg.Now().UnixMilli()
 	// One read of the library: Doc.Item scans every root key, so reading
@@ -395,6 +398,7 @@ func (l *Library) adopt(id string, m *Manifest) error {
 	if err != nil {
 		return err
 	}
+	l.setLocal(scanned{id: id, sv: sv})
 	l.publish([]scanned{{id: id, sv: sv}})
 	return nil
 }
