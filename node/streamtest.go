@@ -111,8 +111,10 @@ var errStreamTestShort = errors.New("stream ended early")
 // StreamTest pulls size bytes from peer p over one raw stream on the
 // existing connection and reports how long it took. With toDisk the bytes
 // go to a new file in the data dir's tmp folder, written as they are read
-// (through the same 1 MiB buffer), and the file is fsynced before the
-// clock stops; it is created before the clock starts and removed after.
+// (through the same 1 MiB buffer, so each write is what one read returned:
+// one frame of the stream, some 64 KiB over TCP), and the file is fsynced
+// before the clock stops; it is created before the clock starts and
+// removed after. Reading and writing take turns, never overlap.
 func (n *Node) StreamTest(ctx context.Context, p peer.ID, size int64, toDisk bool) (StreamTestResult, error) {
 	res := StreamTestResult{Peer: p.String(), Bytes: size, ToDisk: toDisk}
 	var dst io.Writer = io.Discard
