@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"sort"
@@ -138,6 +139,12 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("GET /v1/transfers/{id}", n.handleTransfer)
 	mux.HandleFunc("DELETE /v1/transfers/{id}", n.handleCancel)
 	mux.HandleFunc("POST /v1/debug/stream-test", n.handleStreamTest)
+	// Go's profiles, behind the token like every route: CPU
+	// (?seconds=N), heap, allocs, goroutine, block, mutex.
+	mux.HandleFunc("GET /v1/debug/pprof/profile", pprof.Profile)
+	for _, name := range []string{"heap", "allocs", "goroutine", "block", "mutex"} {
+		mux.Handle("GET /v1/debug/pprof/"+name, pprof.Handler(name))
+	}
 	mux.HandleFunc("GET /v1/rooms/{topic}/state", withTopic(n.handleRoomState))
 	mux.HandleFunc("GET /v1/rooms/{topic}/state/{key}", withTopic(n.handleRoomStateKey))
 	mux.HandleFunc("PUT /v1/rooms/{topic}/state/{key}", withTopic(n.handlePutRoomState))

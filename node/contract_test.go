@@ -155,6 +155,25 @@ func TestAPIContract(t *testing.T) {
 		}
 		contractDo(t, n, "GET", "/v1/rooms/lobby/state/nope", nil).wantError(t, "unset key", http.StatusNotFound, "no_such_key")
 	})
+
+	t.Run("profiles behind the token", func(t *testing.T) {
+		c := contractDo(t, n, "GET", "/v1/debug/pprof/heap", nil)
+		if c.status != http.StatusOK || len(c.body) == 0 {
+			t.Fatalf("GET heap profile: %d, %d bytes", c.status, len(c.body))
+		}
+		c = contractDo(t, n, "GET", "/v1/debug/pprof/profile?seconds=1", nil)
+		if c.status != http.StatusOK || len(c.body) == 0 {
+			t.Fatalf("GET CPU profile: %d, %d bytes", c.status, len(c.body))
+		}
+		resp, err := http.Get("http://" + n.APIAddr() + "/v1/debug/pprof/heap")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("a profile without the token: %d", resp.StatusCode)
+		}
+	})
 }
 
 func (n *Node) roomStateOf(t *testing.T, topic string) (map[string]string, bool) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,4 +52,15 @@ func syncFS(dir string) error {
 	}
 	defer f.Close()
 	return unix.Syncfs(int(f.Fd()))
+}
+
+// oDirect opens a file for writes that bypass the page cache.
+const oDirect = syscall.O_DIRECT
+
+// directAligned reports whether b can be written with O_DIRECT: its
+// address aligned to 4096 bytes (its length, a whole chunk, and the
+// offset, a multiple of it, are). Go places buffers of a chunk on page
+// boundaries, but that is checked rather than assumed.
+func directAligned(b []byte) bool {
+	return len(b) > 0 && uintptr(unsafe.Pointer(&b[0]))%4096 == 0
 }

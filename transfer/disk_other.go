@@ -15,3 +15,9 @@ func startWriteback(*os.File, int64, int64) {}
 
 // syncFS is not available here: finish syncs file by file.
 func syncFS(string) error { return errors.ErrUnsupported }
+
+// oDirect is 0 here: writes go through the page cache.
+const oDirect = 0
+
+// directAligned is false here: no write bypasses the page cache.
+func directAligned([]byte) bool { return false }

@@ -132,7 +132,10 @@ type download struct {
 	logMu   sync.Mutex
 	haveLog *os.File
 	have    *chunkSet
-	files   fileCache
+	files   fileCache // buffered
+	direct  fileCache // O_DIRECT, for whole aligned chunks
+	// noDirect is set once the file system refuses O_DIRECT.
+	noDirect atomic.Bool
 }
 
 // Download fetches the item with manifest cfg.Manifest into
@@ -180,6 +183,7 @@ func Download(ctx context.Context, cfg DownloadConfig) (*Manifest, error) {
 	}
 	defer d.haveLog.Close()
 	defer d.files.close()
+	defer d.direct.close()
 	need, err := d.resume()
 	if err != nil {
 		return nil, err
@@ -439,22 +443,48 @@ func (d *download) writeRun(first, count int, b []byte) error {
 	return nil
 }
 
-// writeChunk writes chunk g into its staged file.
+// writeChunk writes chunk g into its staged file. A whole chunk in an
+// aligned buffer goes straight to the disk (O_DIRECT): no copy into the
+// page cache, which cost a fifth of a receiver's CPU. Others, and every
+// chunk on a file system that refuses O_DIRECT, go through the page
+// cache, with their write-back started at once.
 func (d *download) writeChunk(g int, b []byte) error {
 	f, _ := d.hashOf(g)
-	fh, done, err := d.files.open(d.refs[g].file, filepath.Join(d.data, filepath.FromSlash(f.Path)))
+	path := filepath.Join(d.data, filepath.FromSlash(f.Path))
+	off := int64(d.refs[g].idx) * ChunkSize
+	if len(b) == ChunkSize && directAligned(b) && !d.noDirect.Load() {
+		fh, done, err := d.direct.open(d.refs[g].file, path, os.O_WRONLY|oDirect)
+		if err == nil {
+			_, err = d.cfg.writeAt(fh, b, off)
+			done()
+		}
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, syscall.EINVAL):
+			d.noDirect.Store(true)
+		default:
+			return writeError(f.Path, err)
+		}
+	}
+	fh, done, err := d.files.open(d.refs[g].file, path, os.O_WRONLY)
 	if err == nil {
-		off := int64(d.refs[g].idx) * ChunkSize
 		if _, err = d.cfg.writeAt(fh, b, off); err == nil && len(b) == ChunkSize {
 			startWriteback(fh, off, int64(len(b)))
 		}
 		done()
 	}
+	return writeError(f.Path, err)
+}
+
+// writeError names the file a chunk write failed on, as ErrNoSpace when
+// the disk is full; nil stays nil.
+func writeError(path string, err error) error {
 	if errors.Is(err, syscall.ENOSPC) {
-		return fmt.Errorf("%w: writing %s: %v; free space and download again: verified chunks are kept", ErrNoSpace, f.Path, err)
+		return fmt.Errorf("%w: writing %s: %v; free space and download again: verified chunks are kept", ErrNoSpace, path, err)
 	}
 	if err != nil {
-		return fmt.Errorf("transfer: write %s: %w", f.Path, err)
+		return fmt.Errorf("transfer: write %s: %w", path, err)
 	}
 	return nil
 }
@@ -473,9 +503,9 @@ type cachedFile struct {
 
 const fileCacheMax = 64
 
-// open returns file i open for writing and a function to call when done
-// with it.
-func (c *fileCache) open(i int, path string) (*os.File, func(), error) {
+// open returns file i open for writing (with flag) and a function to
+// call when done with it.
+func (c *fileCache) open(i int, path string, flag int) (*os.File, func(), error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.files == nil {
@@ -486,7 +516,7 @@ func (c *fileCache) open(i int, path string) (*os.File, func(), error) {
 		if len(c.files) >= fileCacheMax {
 			c.closeIdle()
 		}
-		fh, err := os.OpenFile(path, os.O_WRONLY, 0)
+		fh, err := os.OpenFile(path, flag, 0)
 		if err != nil {
 			return nil, nil, err
 		}
