@@ -507,6 +507,10 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 	if err != nil {
 		return nil, err
 	}
+	tx0, err := cpuTimes(holder.pid)
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	gctx, cancel := context.WithTimeout(ctx, b.o.timeout)
 	get := exec.CommandContext(gctx, b.o.bin, "get", t.name, "--data", rdir)
@@ -515,6 +519,9 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 	cancel()
 	wall := time.Since(start)
 	cpu1, cerr := cpuTimes(recv.pid)
+	if tx1, err := cpuTimes(holder.pid); err == nil {
+		f["tx_cpu_s"] = tx1.total() - tx0.total()
+	}
 	_ = os.WriteFile(logBase+"-get.log", out, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("meshnode get: %v: %s", err, tail(out, 600))
@@ -1092,6 +1099,7 @@ func figuresOf(c benchCase) []figure {
 		{"rx_cpu_sys_s", "receiver CPU over the get, system", "s", 2},
 		{"rx_cpu_idle_s", "receiver CPU until idle after it", "s", 2},
 		{"rx_rss_mib", "receiver peak RSS", "MiB", 0},
+		{"tx_cpu_s", "holder CPU over the get", "s", 2},
 	}
 	if c.tar {
 		fs = append(fs,
