@@ -454,6 +454,21 @@ func (n *Node) handleTransfers(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, n.Library.Transfers())
 }
 
+// apiContext is a request's context, also ended when the API shuts
+// down, so that a long poll or a long test answers at once. Its
+// goroutine ends with the context: the caller cancels it when done.
+func (n *Node) apiContext(parent context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(parent)
+	go func() {
+		select {
+		case <-n.apiStopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // maxTransferWait bounds GET /v1/transfers/{id}?wait=D.
 const maxTransferWait = 30 * time.Second
 
@@ -471,8 +486,10 @@ func (n *Node) handleTransfer(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = d
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	ctx, cancel := n.apiContext(r.Context())
 	defer cancel()
+	ctx, cancelWait := context.WithTimeout(ctx, wait)
+	defer cancelWait()
 	t, ok := n.Library.WaitTransfer(ctx, r.PathValue("id"))
 	if !ok {
 		writeError(w, http.StatusNotFound, "no_such_transfer", "no transfer "+r.PathValue("id"))

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -33,6 +34,8 @@ type Node struct {
 	cfg     Config
 	lg      zerolog.Logger
 	started time.Time
+	// streamTests is the stream tests this node serves right now.
+	streamTests atomic.Int32
 
 	Fleet        *mesh.Fleet
 	FleetCreated bool

@@ -39,6 +39,8 @@ const (
 	// streamTestBuf is the size of the sender's block of data and of the
 	// receiver's read buffer.
 	streamTestBuf = 1 << 20
+	// maxStreamTests is the stream tests a node serves at once.
+	maxStreamTests = 2
 	// dirStreamTest is the folder of the data dir holding a to_disk
 	// test's file while it runs.
 	dirStreamTest = "tmp"
@@ -74,9 +76,19 @@ func (n *Node) serveStreamTest(s network.Stream) {
 		s.Reset()
 		return
 	}
+	// A baseline for benchmarks, not a service: two at a time, and a
+	// reader that stops reading is cut off.
+	if n.streamTests.Add(1) > maxStreamTests {
+		n.streamTests.Add(-1)
+		n.lg.Debug().Str("peer", s.Conn().RemotePeer().String()).Msg("stream test refused: two already running")
+		s.Reset()
+		return
+	}
+	defer n.streamTests.Add(-1)
 	data := streamTestData()
 	for left := size; left > 0; {
 		k := min(left, int64(len(data)))
+		_ = s.SetWriteDeadline(time.Now().Add(30 * time.Second))
 		if _, err := s.Write(data[:k]); err != nil {
 			s.Reset()
 			return
@@ -292,15 +304,8 @@ func (n *Node) handleStreamTest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_peer", "peer "+req.Peer+" has not authenticated as a fleet member")
 		return
 	}
-	ctx, cancel := context.WithCancel(r.Context())
+	ctx, cancel := n.apiContext(r.Context())
 	defer cancel()
-	go func() {
-		select {
-		case <-n.apiStopping:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	res, err := n.StreamTest(ctx, p, req.Bytes, req.ToDisk)
 	if err != nil {
 		writeError(w, http.StatusBadGateway, "stream_failed", fmt.Sprintf("stream test from %s: %v", req.Peer, err))

@@ -3,6 +3,8 @@ package transfer
 import (
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -78,15 +80,14 @@ func TestDownloadedItemIsNotHashedAgain(t *testing.T) {
 		it, _, _ := dst.doc.Item("item")
 		return it.Holders[dst.host.ID().String()].Manifest != sv2.Hash.String()
 	})
-	if dst.ScanStatus().HashedBytes == 0 {
-		t.Fatal("the edit was published without hashing it")
-	}
+	// The scan's figures are counted once its publisher is done.
+	waitUntil(t, "the edit's scan to count what it hashed", func() bool { return dst.ScanStatus().HashedBytes == int64(len("edited")) })
 }
 
 // The first scan publishes each item soon after its own scan, while the
-// scan goes on, and serves it at once: an item scanned first is in the
-// document, and its manifest is served, while a large item after it is
-// still being hashed.
+// scan goes on, and serves it at once: while the scan of item b is held,
+// item a, scanned before it, is in the document and its manifest is
+// served.
 func TestItemServedBeforeTheWholeFirstScan(t *testing.T) {
 	dir := t.TempDir()
 	share := filepath.Join(dir, "share")
@@ -94,23 +95,24 @@ func TestItemServedBeforeTheWholeFirstScan(t *testing.T) {
 		if err := os.MkdirAll(filepath.Join(share, p), 0o755); err != nil {
 			t.Fatal(err)
 		}
+		if err := os.WriteFile(filepath.Join(share, p, "f"), []byte("small "+p), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := os.WriteFile(filepath.Join(share, "a", "f"), []byte("small"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// A sparse file costs no disk but seconds of hashing.
-	big, err := os.Create(filepath.Join(share, "b", "big"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := big.Truncate(2 << 30); err != nil {
-		t.Fatal(err)
-	}
-	big.Close()
-	tl := startTestLibrary(t, dir)
+	release := make(chan struct{})
+	var once sync.Once
+	tl := startTestLibrary(t, dir, func(c *LibraryConfig) {
+		c.beforeScan = func(id string) {
+			if id == "b" {
+				<-release
+			}
+		}
+	})
+	// Cleanups run last first: this one before the library's stop.
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	waitUntil(t, "item a published", func() bool { return tl.holds("a") })
 	if tl.holds("b") || tl.ScanStatus().Scans > 0 {
-		t.Fatal("item a was published only once the whole first scan was done")
+		t.Fatal("item b was published while its scan was held")
 	}
 	it, _, _ := tl.doc.Item("a")
 	h, err := ParseHash(it.Holders[tl.host.ID().String()].Manifest)
@@ -119,5 +121,51 @@ func TestItemServedBeforeTheWholeFirstScan(t *testing.T) {
 	}
 	if _, ok := tl.lookup(h); !ok {
 		t.Fatal("item a is published but not served")
+	}
+	once.Do(func() { close(release) })
+	waitUntil(t, "item b published", func() bool { return tl.holds("b") })
+}
+
+// adopt indexes a downloaded item from its manifest only while every
+// file still has the fingerprint the download left it with; a file
+// changed since (same size, new bytes) makes it fail, for a scan.
+func TestAdoptRefusesAFileChangedSinceTheDownload(t *testing.T) {
+	tl := newTestLibrary(t, t.TempDir())
+	root := filepath.Join(tl.share, "item")
+	writeBenchItem(t, root, 3, 3<<10)
+	m, _, err := Scan(root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fps := map[string]fingerprint{}
+	for _, f := range m.Files {
+		fi, err := os.Lstat(filepath.Join(root, f.Path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fps[f.Path] = fingerprintOf(fi)
+	}
+	edited := filepath.Join(root, m.Files[1].Path)
+	time.Sleep(10 * time.Millisecond) // a later mtime than the write
+	if err := os.WriteFile(edited, make([]byte, m.Files[1].Size), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := tl.adopt("item", m, fps); err == nil || !strings.Contains(err.Error(), m.Files[1].Path) {
+		t.Fatalf("adopt of an item with a changed file: %v", err)
+	}
+	fi, err := os.Lstat(edited)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fps[m.Files[1].Path] = fingerprintOf(fi)
+	m2, _, err := Scan(root, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tl.adopt("item", m2, fps); err != nil {
+		t.Fatalf("adopt of an unchanged item: %v", err)
+	}
+	if !tl.holds("item") {
+		t.Fatal("the adopted item is not published")
 	}
 }

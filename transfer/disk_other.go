@@ -13,8 +13,11 @@ func preallocate(f *os.File, size int64) error { return f.Truncate(size) }
 // startWriteback does nothing here: the final sync writes everything.
 func startWriteback(*os.File, int64, int64) {}
 
-// syncFS is not available here: finish syncs file by file.
-func syncFS(string) error { return errors.ErrUnsupported }
+// openFSSync returns nil here: finish syncs file by file.
+func openFSSync(string) *os.File { return nil }
+
+// syncFS is not available here.
+func syncFS(*os.File) error { return errors.ErrUnsupported }
 
 // oDirect is 0 here: writes go through the page cache.
 const oDirect = 0

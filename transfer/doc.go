@@ -76,7 +76,7 @@
 // the disk; only then is the chunk served to others. A whole chunk is
 // written with O_DIRECT where the file system takes it (no copy into the
 // page cache: that copy was a fifth of a receiver's CPU), a file's tail
-// and small files through the page cache with write-back started at once. A chunk that fails
+// and small files through the page cache. A chunk that fails
 // is handed out again, and its sender is reported and dropped. Every
 // second the download takes new sources from the document (holders that
 // appeared, partial ones included). A node downloading an item it holds
@@ -86,16 +86,20 @@
 // re-verifying the chunks its log names; a full disk mid-download stops
 // it with ErrNoSpace and keeps what was written. An update copies the
 // chunks it already has from the old version. When all is written, files
-// get their modes and are made durable, with one syncfs(2) of the file
-// system on Linux (an fsync per file costs a journal commit each: 20,000
-// small files took seconds), file by file elsewhere; then a swap,
+// get their modes and are made durable, with one syncfs(2) where the
+// staging folder is on a local file system that honours it (ext4, xfs,
+// btrfs, f2fs; its descriptor is opened before the first write, so it is
+// told of every write-back error since), file by file elsewhere (FUSE,
+// network file systems): an fsync per file costs a journal commit each,
+// and 20,000 small files took seconds. Then a swap,
 // recorded in swap.json
 // first, moves the old item's user-owned entries into the new one, the
 // old item aside, and the new one into place, so an item appears under
 // its name only complete, and a crash mid-swap is finished at start.
 // The item is then indexed from the manifest its chunks were verified
-// against, with each file's fingerprint as written, and published: it is
-// not hashed again. A download can be cancelled until the swap begins: it then stops
+// against, with each file's fingerprint as the download left it, and
+// published: it is not hashed again. A file whose fingerprint changed
+// since (a user's edit during the swap) makes it a scan instead. A download can be cancelled until the swap begins: it then stops
 // between chunks and its staging folder is removed. A cancel always wins
 // over a download that has not reached the swap; once it has, Cancel
 // fails and the download ends done.
@@ -108,8 +112,9 @@
 // through pooled chunk buffers. fsnotify events rescan their item after
 // a 1 s debounce; an event for an item with a download in flight is
 // dropped, and so are the events of a download's own swap: the staging
-// folder is watched too, and its removal, which ends the swap, comes
-// after the swap's events in the same queue. A request while that item's
+// folder is watched too, and the removal of a swapped download's staging
+// folder, which ends the swap, comes after the swap's events in the same
+// queue. A request while that item's
 // scan runs makes exactly one more pass. A full scan every ScanInterval
 // repairs what the watcher missed. The transfer protocol is served from
 // the start: while a scan goes on, what it has scanned is served at once

@@ -136,6 +136,9 @@ type download struct {
 	direct  fileCache // O_DIRECT, for whole aligned chunks
 	// noDirect is set once the file system refuses O_DIRECT.
 	noDirect atomic.Bool
+	// fsync, if set, syncs the staging file system in one call; opened
+	// before the first write, so it sees every write-back error since.
+	fsync *os.File
 }
 
 // Download fetches the item with manifest cfg.Manifest into
@@ -148,6 +151,14 @@ type download struct {
 // cancelling ctx stops it between chunks, leaving the staging folder to
 // resume from.
 func Download(ctx context.Context, cfg DownloadConfig) (*Manifest, error) {
+	m, _, err := download1(ctx, cfg)
+	return m, err
+}
+
+// download1 is Download; it also returns each staged file's fingerprint
+// as finish left it (by slash path), which the library indexes the item
+// by once it is in place.
+func download1(ctx context.Context, cfg DownloadConfig) (*Manifest, map[string]fingerprint, error) {
 	if cfg.Window <= 0 {
 		cfg.Window = 8
 	}
@@ -164,12 +175,12 @@ func Download(ctx context.Context, cfg DownloadConfig) (*Manifest, error) {
 		cfg.writeAt = (*os.File).WriteAt
 	}
 	if err := os.MkdirAll(cfg.Staging, 0o700); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	d := &download{cfg: cfg, data: filepath.Join(cfg.Staging, stagingData)}
 	var err error
 	if d.m, err = d.manifest(ctx); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg.Progress.Total.Store(d.m.Size())
 	for fi, f := range d.m.Files {
@@ -179,28 +190,35 @@ func Download(ctx context.Context, cfg DownloadConfig) (*Manifest, error) {
 	}
 	d.have = newChunkSet(len(d.refs))
 	if err := d.prepare(); err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	if d.fsync != nil {
+		defer d.fsync.Close()
 	}
 	defer d.haveLog.Close()
 	defer d.files.close()
 	defer d.direct.close()
 	need, err := d.resume()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if cfg.Serve != nil {
 		enc := d.m.Encode()
 		cfg.Serve(&Served{Root: d.data, Manifest: d.m, Hash: cfg.Manifest, Encoded: enc, partial: d.have})
 	}
 	if need, err = d.reuse(need); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(need) > 0 {
 		if err := d.fetch(ctx, need); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return d.m, d.finish()
+	fps, err := d.finish()
+	if err != nil {
+		return nil, nil, err
+	}
+	return d.m, fps, nil
 }
 
 // manifest returns the verified manifest: from staging, or from the first
@@ -269,6 +287,7 @@ func readResponse(br *bufio.Reader) ([]byte, error) {
 
 // prepare checks free space and creates every file at its full size.
 func (d *download) prepare() error {
+	d.fsync = openFSSync(d.cfg.Staging)
 	var missing int64
 	for _, f := range d.m.Files {
 		fi, err := os.Stat(filepath.Join(d.data, filepath.FromSlash(f.Path)))
@@ -554,27 +573,34 @@ func (d *download) bad(p peer.ID, why string) {
 }
 
 // finish sets modes and makes every file and folder of the staged item
-// durable: with one syncfs of the file system where the platform has it,
-// else file by file and folder by folder.
-func (d *download) finish() error {
+// durable, then returns each file's fingerprint as it leaves them: with
+// one syncfs of the file system where it is a local one that honours it
+// (see openFSSync), else file by file and folder by folder.
+func (d *download) finish() (map[string]fingerprint, error) {
 	d.files.close()
-	for _, f := range d.m.Files {
-		if err := os.Chmod(filepath.Join(d.data, filepath.FromSlash(f.Path)), os.FileMode(f.Mode)); err != nil {
-			return err
+	d.direct.close()
+	if d.fsync != nil {
+		for _, f := range d.m.Files {
+			if err := os.Chmod(d.staged(f), os.FileMode(f.Mode)); err != nil {
+				return nil, err
+			}
 		}
-	}
-	err := syncFS(d.cfg.Staging)
-	if !errors.Is(err, errors.ErrUnsupported) {
-		return err
+		if err := syncFS(d.fsync); err != nil {
+			return nil, fmt.Errorf("transfer: sync the staged item: %w", err)
+		}
+		return d.fingerprints()
 	}
 	if err := d.haveLog.Sync(); err != nil {
-		return err
+		return nil, err
 	}
 	dirs := map[string]bool{d.data: true}
 	for _, f := range d.m.Files {
-		p := filepath.Join(d.data, filepath.FromSlash(f.Path))
+		p := d.staged(f)
 		if err := syncPath(p); err != nil {
-			return err
+			return nil, err
+		}
+		if err := os.Chmod(p, os.FileMode(f.Mode)); err != nil {
+			return nil, err
 		}
 		for dir := filepath.Dir(p); len(dir) >= len(d.data); dir = filepath.Dir(dir) {
 			dirs[dir] = true
@@ -587,10 +613,27 @@ func (d *download) finish() error {
 	sort.Strings(keys)
 	for _, dir := range keys {
 		if err := syncPath(dir); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return d.fingerprints()
+}
+
+func (d *download) staged(f File) string { return filepath.Join(d.data, filepath.FromSlash(f.Path)) }
+
+// fingerprints stats every staged file. Moving the item into place keeps
+// them (a folder rename changes none of its files' inodes or times), so
+// a file that differs afterwards was changed by someone else.
+func (d *download) fingerprints() (map[string]fingerprint, error) {
+	fps := make(map[string]fingerprint, len(d.m.Files))
+	for _, f := range d.m.Files {
+		fi, err := os.Lstat(d.staged(f))
+		if err != nil {
+			return nil, err
+		}
+		fps[f.Path] = fingerprintOf(fi)
+	}
+	return fps, nil
 }
 
 func syncPath(p string) error {

@@ -53,6 +53,10 @@ type LibraryConfig struct {
 	OnEvent func(typ string, data map[string]any)
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+
+	// beforeScan, if set, is called before each item's scan; tests use
+	// it to hold a scan.
+	beforeScan func(id string)
 }
 
 // Library shares the items of the share folder with the fleet and
@@ -74,7 +78,8 @@ type Library struct {
 	pending   map[string]bool
 	dropped   int // watch events dropped because their item was busy
 	scans     int
-	hashed    int64 // bytes hashed by scans
+	hashed    int64           // bytes hashed by scans
+	swaps     map[string]bool // staging folder names of swaps whose removal the watcher awaits
 	transfers map[string]*Transfer
 }
 
@@ -95,7 +100,7 @@ func NewLibrary(cfg LibraryConfig) *Library {
 	l := &Library{
 		cfg: cfg, lg: cfg.Logger.With().Str("component", "library").Logger(),
 		local: map[string]*Served{}, partial: map[Hash]*Served{}, busy: map[string]string{}, scanning: map[string]bool{},
-		pending: map[string]bool{}, transfers: map[string]*Transfer{},
+		pending: map[string]bool{}, transfers: map[string]*Transfer{}, swaps: map[string]bool{},
 	}
 	l.server = NewServer(l.lookup, cfg.Logger, Limits{})
 	return l

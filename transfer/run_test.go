@@ -79,9 +79,15 @@ func TestReadRun(t *testing.T) {
 	}
 	// A file of the run replaced by a symlink out of the item.
 	outside := filepath.Join(t.TempDir(), "secret")
-	os.WriteFile(outside, []byte("secret"), 0o644)
-	os.Remove(filepath.Join(sv.Root, "c"))
-	os.Symlink(outside, filepath.Join(sv.Root, "c"))
+	if err := os.WriteFile(outside, []byte("secret"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(sv.Root, "c")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, filepath.Join(sv.Root, "c")); err != nil {
+		t.Fatal(err)
+	}
 	if _, st, err := readRun(sv, 0, 2, buf); st != StatusRefused || err == nil {
 		t.Errorf("a run followed a symlink out: status %d, %v", st, err)
 	}

@@ -24,6 +24,9 @@ func (l *Library) swapIn(id, staging string) error {
 	if err := atomicfile.WriteFile(p, b, 0o600); err != nil {
 		return diskError("write", p, err)
 	}
+	l.mu.Lock()
+	l.swaps[filepath.Base(staging)] = true // its removal ends the swap's events
+	l.mu.Unlock()
 	return l.completeSwap(id, staging)
 }
 

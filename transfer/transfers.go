@@ -217,8 +217,9 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	}
 	recorded := err == nil
 	var m *Manifest
+	var fps map[string]fingerprint
 	if recorded {
-		m, err = l.fetchItem(ctx, t, mh, sources, staging, base)
+		m, fps, err = l.fetchItem(ctx, t, mh, sources, staging, base)
 	}
 	if err == nil {
 		err = l.swapIn(t.Item, staging)
@@ -239,7 +240,7 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	if err == nil {
 		// Known to the library and published before it is reported done,
 		// from the manifest it was verified against: no second hashing.
-		if aerr := l.adopt(t.Item, m); aerr != nil {
+		if aerr := l.adopt(t.Item, m, fps); aerr != nil {
 			l.lg.Warn().Str("item", t.Item).Err(aerr).Msg("the downloaded item is not as its manifest says; scanning it")
 			l.scanAndPublish([]string{t.Item})
 		}
@@ -273,7 +274,7 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 // fetchItem downloads t into staging, serving its verified chunks to the
 // fleet meanwhile and reporting progress every second. When all is
 // fetched, unless a cancel came first, it passes beginSwap.
-func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources []peer.ID, staging string, base *Served) (*Manifest, error) {
+func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources []peer.ID, staging string, base *Served) (*Manifest, map[string]fingerprint, error) {
 	var published atomic.Bool
 	cfg := DownloadConfig{
 		Host: l.cfg.Host, Protocol: l.cfg.Protocol, Manifest: mh, Sources: sources, Staging: staging,
@@ -312,14 +313,14 @@ func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources [
 	}()
 	defer pw.Wait()
 	defer close(stopProgress)
-	m, err := Download(ctx, cfg)
+	m, fps, err := download1(ctx, cfg)
 	if err == nil {
 		err = l.beginSwap(t)
 	}
 	// Withdrawn before the staged files move or go; the partial holder
 	// entry stays only for the complete one to replace.
 	l.withdrawPartial(t.Item, mh, err != nil && published.Load())
-	return m, err
+	return m, fps, err
 }
 
 // beginSwap is the point of no return of a download that fetched

@@ -52,7 +52,7 @@ func (l *Library) watch(ctx context.Context) {
 			l.lg.Warn().Err(err).Msg("share folder watch error; the periodic scan repairs what it missed")
 		case ev := <-events:
 			if filepath.Dir(ev.Name) == l.stagingDir() {
-				if id, ok := stagingItem(filepath.Base(ev.Name)); ok && ev.Op&fsnotify.Remove != 0 {
+				if id, ok := l.swapEnded(ev); ok {
 					delete(due, id) // the events of its swap, not a user's change
 				}
 				continue
@@ -85,6 +85,25 @@ func (l *Library) watch(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// swapEnded reports whether ev is the removal of the staging folder of a
+// swap this run made, and its item: the events before it for that item
+// are the swap's own. The removal of a cancelled or failed download's
+// staging folder ends nothing.
+func (l *Library) swapEnded(ev fsnotify.Event) (string, bool) {
+	name := filepath.Base(ev.Name)
+	id, ok := stagingItem(name)
+	if !ok || ev.Op&fsnotify.Remove == 0 {
+		return "", false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.swaps[name] {
+		return "", false
+	}
+	delete(l.swaps, name)
+	return id, true
 }
 
 // stagingItem returns the item of a staging folder named <item>-<hash16>.
@@ -294,6 +313,9 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 			l.lg.Warn().Str("folder", id).Str("why", err.Error()).Msg("share subfolder is not shared: its name cannot be an item ID")
 			continue
 		}
+		if l.cfg.beforeScan != nil {
+			l.cfg.beforeScan(id)
+		}
 		sv, st, err := l.scanItem(id, root)
 		if err != nil {
 			l.lg.Warn().Str("item", id).Err(err).Msg("scan failed")
@@ -331,6 +353,17 @@ func (l *Library) setLocal(r scanned) {
 // publish writes this node's holder entries for scanned items in one
 // document change, only where they changed.
 func (l *Library) publish(results []scanned) {
+	// What is served now, which a download that ended since the scan
+	// may have replaced; items busy again are left to their download.
+	l.mu.Lock()
+	current := results[:0]
+	for _, r := range results {
+		if l.busy[r.id] == "" {
+			current = append(current, scanned{id: r.id, sv: l.local[r.id]})
+		}
+	}
+	results = current
+	l.mu.Unlock()
 	if len(results) == 0 {
 		return
 	}
@@ -378,9 +411,10 @@ func (l *Library) publish(results []scanned) {
 
 // adopt makes a downloaded item known and published without hashing it
 // again: its index comes from the manifest its chunks were verified
-// against, with each file's fingerprint as written. It fails, for the
-// caller to scan instead, if a file is not as the manifest says.
-func (l *Library) adopt(id string, m *Manifest) error {
+// against, with each file's fingerprint as the download left it (fps).
+// It fails, for the caller to scan instead, if any file differs from
+// that fingerprint now: someone changed it since it was written.
+func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint) error {
 	root := filepath.Join(l.cfg.Share, id)
 	ix := &Index{Files: make(map[string]indexEntry, len(m.Files)), Manifest: m.Hash(), dirty: true}
 	for _, f := range m.Files {
@@ -388,9 +422,9 @@ func (l *Library) adopt(id string, m *Manifest) error {
 		if err != nil {
 			return err
 		}
-		fp := fingerprintOf(fi)
-		if !fi.Mode().IsRegular() || fp.Size != f.Size || fp.Mode != f.Mode {
-			return fmt.Errorf("%s is not as its manifest says", f.Path)
+		fp, want := fingerprintOf(fi), fps[f.Path]
+		if !fi.Mode().IsRegular() || fp != want || fp.Size != f.Size || fp.Mode != f.Mode {
+			return fmt.Errorf("%s changed since it was downloaded", f.Path)
 		}
 		ix.Files[f.Path] = indexEntry{FP: fp, Chunks: f.Chunks}
 	}
