@@ -64,7 +64,9 @@
 // The manifest comes from any source and is checked against its hash.
 // Free space is checked first, and every file of a chunk or more is
 // preallocated (fallocate) in the staging folder, so a disk that is too
-// small fails before any fetch. Each source gets one pipelined stream with 8 requests in flight
+// small fails before any fetch; a smaller file is created by its one
+// write, so the writers create a small-file item's files while the
+// network brings the next ones. Each source gets one pipelined stream with 8 requests in flight
 // (a request is one chunk, or a run of small ones);
 // it first asks which chunks the source has. A scheduler hands out the
 // needed chunks from a random start (downloaders of one item start in

@@ -289,32 +289,47 @@ func readResponse(br *bufio.Reader) ([]byte, error) {
 func (d *download) prepare() error {
 	d.fsync = openFSSync(d.cfg.Staging)
 	var missing int64
-	for _, f := range d.m.Files {
-		fi, err := os.Stat(filepath.Join(d.data, filepath.FromSlash(f.Path)))
-		if err != nil || fi.Size() != f.Size {
+	sizes := make([]int64, len(d.m.Files)) // as staged now; -1: absent
+	for i, f := range d.m.Files {
+		sizes[i] = -1
+		if fi, err := os.Stat(d.staged(f)); err == nil {
+			sizes[i] = fi.Size()
+		}
+		if sizes[i] != f.Size {
 			missing += f.Size
 		}
 	}
 	if err := checkSpace(d.cfg.Staging, missing); err != nil {
 		return err
 	}
-	for _, f := range d.m.Files {
-		p := filepath.Join(d.data, filepath.FromSlash(f.Path))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
+	dirs := map[string]bool{}
+	for i, f := range d.m.Files {
+		p := d.staged(f)
+		if dir := filepath.Dir(p); !dirs[dir] {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
+			dirs[dir] = true
 		}
-		fh, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
-		if err != nil {
-			return err
-		}
-		// A file of less than a chunk is written whole by one write:
-		// reserving its blocks first only adds an extent to convert.
-		if f.Size >= ChunkSize {
+		var err error
+		switch {
+		case f.Size > 0 && f.Size < ChunkSize:
+			// Written whole by its one write, which creates it (see
+			// writeChunk): the writers create the files of a small-file
+			// item while the network brings the next ones, instead of
+			// all of them here first. Reserving blocks would only add
+			// an extent to convert.
+			if sizes[i] > f.Size {
+				err = os.Truncate(p, f.Size)
+			}
+		default:
+			var fh *os.File
+			if fh, err = os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+				return err
+			}
 			err = preallocate(fh, f.Size)
-		} else if fi, serr := fh.Stat(); serr == nil && fi.Size() > f.Size {
-			err = fh.Truncate(f.Size)
+			fh.Close()
 		}
-		fh.Close()
 		if errors.Is(err, syscall.ENOSPC) {
 			return fmt.Errorf("%w: reserving %d bytes for %s: %v", ErrNoSpace, f.Size, f.Path, err)
 		}
@@ -486,7 +501,7 @@ func (d *download) writeChunk(g int, b []byte) error {
 			return writeError(f.Path, err)
 		}
 	}
-	fh, done, err := d.files.open(d.refs[g].file, path, os.O_WRONLY)
+	fh, done, err := d.files.open(d.refs[g].file, path, os.O_WRONLY|os.O_CREATE)
 	if err == nil {
 		if _, err = d.cfg.writeAt(fh, b, off); err == nil && len(b) == ChunkSize {
 			startWriteback(fh, off, int64(len(b)))
@@ -523,26 +538,33 @@ type cachedFile struct {
 const fileCacheMax = 64
 
 // open returns file i open for writing (with flag) and a function to
-// call when done with it.
+// call when done with it. The open itself (which may create the file)
+// runs outside the cache's lock, so writers create files side by side.
 func (c *fileCache) open(i int, path string, flag int) (*os.File, func(), error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.files == nil {
-		c.files = map[int]*cachedFile{}
-	}
 	cf := c.files[i]
 	if cf == nil {
-		if len(c.files) >= fileCacheMax {
-			c.closeIdle()
-		}
-		fh, err := os.OpenFile(path, flag, 0)
+		c.mu.Unlock()
+		fh, err := os.OpenFile(path, flag, 0o600)
 		if err != nil {
 			return nil, nil, err
 		}
-		cf = &cachedFile{fh: fh}
-		c.files[i] = cf
+		c.mu.Lock()
+		if cf = c.files[i]; cf != nil {
+			fh.Close() // another writer opened it meanwhile
+		} else {
+			if c.files == nil {
+				c.files = map[int]*cachedFile{}
+			}
+			if len(c.files) >= fileCacheMax {
+				c.closeIdle()
+			}
+			cf = &cachedFile{fh: fh}
+			c.files[i] = cf
+		}
 	}
 	cf.users++
+	c.mu.Unlock()
 	return cf.fh, func() {
 		c.mu.Lock()
 		cf.users--
