@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -167,5 +168,47 @@ func TestAdoptRefusesAFileChangedSinceTheDownload(t *testing.T) {
 	}
 	if !tl.holds("item") {
 		t.Fatal("the adopted item is not published")
+	}
+}
+
+// A node that stops during its first scan does not wait for the rest of
+// it: the item being scanned gives up between files (its index is left
+// as it was) and the items after it are not scanned.
+func TestStopDuringTheFirstScan(t *testing.T) {
+	dir := t.TempDir()
+	share := filepath.Join(dir, "share")
+	for _, id := range []string{"a", "b"} {
+		writeBenchItem(t, filepath.Join(share, id), 20, 20<<10)
+	}
+	var tl *testLibrary
+	started := make(chan struct{})
+	var scannedB atomic.Bool
+	tl = startTestLibrary(t, dir, func(c *LibraryConfig) {
+		c.beforeScan = func(id string) {
+			if id == "b" {
+				scannedB.Store(true)
+				return
+			}
+			<-started
+			go tl.stop()
+			// Not waitUntil: this is the library's goroutine, where a
+			// test may not fail; the test fails below if it is late.
+			for deadline := time.Now().Add(30 * time.Second); !tl.stopping.Load() && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	})
+	close(started)
+	if err := tl.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if scannedB.Load() {
+		t.Fatal("item b was scanned after the node began to stop")
+	}
+	if _, err := os.Stat(tl.indexFile("a")); err == nil {
+		t.Fatal("item a's scan, stopped half way, saved an index")
+	}
+	if tl.holds("a") || tl.holds("b") {
+		t.Fatal("an item was published by a scan that stopped")
 	}
 }

@@ -121,5 +121,7 @@
 // repairs what the watcher missed. The transfer protocol is served from
 // the start: while a scan goes on, what it has scanned is served at once
 // and published within 200 ms, in one document change for all the items
-// scanned meanwhile, only where this node's holder entries changed.
+// scanned meanwhile, only where this node's holder entries changed. A
+// node that stops gives up a scan between files (that item's index is
+// left as it was) and scans no more items.
 package transfer

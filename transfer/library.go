@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -62,10 +63,11 @@ type LibraryConfig struct {
 // Library shares the items of the share folder with the fleet and
 // downloads others' items into it.
 type Library struct {
-	cfg    LibraryConfig
-	lg     zerolog.Logger
-	server *Server
-	wg     sync.WaitGroup // goroutines Run waits for (goLocked)
+	cfg      LibraryConfig
+	lg       zerolog.Logger
+	server   *Server
+	wg       sync.WaitGroup // goroutines Run waits for (goLocked)
+	stopping atomic.Bool    // Run's context ended: scans give up
 
 	// mu guards the fields below. It is never held across disk, network
 	// or document work: take what is needed under it, act after.
@@ -141,6 +143,9 @@ func (l *Library) Run(ctx context.Context) error {
 	l.ctx = ctx
 	l.mu.Unlock()
 	defer l.wait()
+	// A scan in progress gives up between files once ctx ends, so a
+	// long first scan does not hold the node's stop.
+	defer context.AfterFunc(ctx, func() { l.stopping.Store(true) })()
 	l.recoverSwaps()
 	// Served from the start: each item as soon as its own scan is done.
 	l.cfg.Handle(l.cfg.Protocol, l.server.Handle)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +24,9 @@ type testLibrary struct {
 	doc   *crdt.Doc
 	share string
 	dir   string // the library's bookkeeping folder
+	// stop ends Run and returns its error; the test's cleanup calls it
+	// too.
+	stop func() error
 }
 
 // newTestLibrary starts a Library that is stopped, and waited for, when
@@ -52,9 +56,17 @@ func startTestLibrary(t *testing.T, dir string, opts ...func(*LibraryConfig)) *t
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- tl.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	tl.stop = func() error {
+		once.Do(func() {
+			cancel()
+			runErr = <-done
+		})
+		return runErr
+	}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := tl.stop(); err != nil {
 			t.Error(err)
 		}
 		_ = doc.Close()

@@ -150,6 +150,16 @@ type ScanStats struct {
 // ignored paths are skipped (counted in Skipped): they are never served.
 // A nil ix scans without reusing anything.
 func Scan(root string, ix *Index) (*Manifest, ScanStats, error) {
+	return scan(root, ix, nil)
+}
+
+// errScanStopped ends a scan of a node that is stopping; the item's
+// index is left as it was.
+var errScanStopped = errors.New("transfer: scan stopped: the node is stopping")
+
+// scan is Scan; it gives up with errScanStopped between files once stop
+// (if set) reports true.
+func scan(root string, ix *Index, stop func() bool) (*Manifest, ScanStats, error) {
 	var st ScanStats
 	if ix == nil {
 		ix = &Index{dirty: true}
@@ -166,6 +176,9 @@ func Scan(root string, ix *Index) (*Manifest, ScanStats, error) {
 	err = filepath.WalkDir(root, func(full string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if stop != nil && stop() {
+			return errScanStopped
 		}
 		if full == root {
 			return nil

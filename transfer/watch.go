@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -250,7 +251,7 @@ func (l *Library) ScanAll() {
 	if first {
 		ev = l.lg.Info()
 	}
-	ev.Int("items", len(list)).Int("files", st.Files).Int("hashed_files", st.Hashed).Int64("hashed_bytes", st.BytesHashed).
+	ev.Int("items", len(list)).Bool("stopped", l.stopping.Load()).Int("files", st.Files).Int("hashed_files", st.Hashed).Int64("hashed_bytes", st.BytesHashed).
 		Float64("took_ms", float64(time.Since(start).Microseconds())/1000).Msg("share folder scanned")
 }
 
@@ -296,6 +297,9 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 		}
 	}()
 	for _, id := range ids {
+		if l.stopping.Load() {
+			break // what was scanned is still published
+		}
 		l.mu.Lock()
 		busy := l.busy[id] != ""
 		l.mu.Unlock()
@@ -317,6 +321,9 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 			l.cfg.beforeScan(id)
 		}
 		sv, st, err := l.scanItem(id, root)
+		if errors.Is(err, errScanStopped) {
+			break
+		}
 		if err != nil {
 			l.lg.Warn().Str("item", id).Err(err).Msg("scan failed")
 			failed = append(failed, id)
@@ -440,7 +447,7 @@ func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint) erro
 // scanItem scans one item with its persisted index and keeps its manifest.
 func (l *Library) scanItem(id, root string) (*Served, ScanStats, error) {
 	ix := LoadIndex(l.indexFile(id))
-	m, st, err := Scan(root, ix)
+	m, st, err := scan(root, ix, l.stopping.Load)
 	if err != nil {
 		return nil, st, err
 	}
