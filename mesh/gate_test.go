@@ -9,20 +9,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/meshnode/meshnode/internal/testutil"
 )
-
-func randomPeer(t testing.TB) peer.ID {
-	t.Helper()
-	_, pub, err := crypto.GenerateEd25519Key(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := peer.IDFromPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // TestGateBackoffBounded: every failing stranger's peer ID gets a backoff
 // entry; past maxBackoff the map forgets single failures ending soonest,
@@ -32,11 +20,11 @@ func TestGateBackoffBounded(t *testing.T) {
 	g.maxBackoff = 100
 	now := time.Unix(1_000_000, 0)
 	g.now = func() time.Time { return now }
-	repeat := randomPeer(t)
+	repeat := testutil.RandomPeer(t)
 	g.Fail(repeat)
 	var d time.Duration
 	for i := range 1000 {
-		g.Fail(randomPeer(t))
+		g.Fail(testutil.RandomPeer(t))
 		if i%100 == 0 {
 			d = g.Fail(repeat)
 		}
@@ -54,7 +42,7 @@ func TestGateBackoffBounded(t *testing.T) {
 func TestStrangersBudget(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	s := newStrangers(3, 20*time.Second)
-	a, b, c, d, e := randomPeer(t), randomPeer(t), randomPeer(t), randomPeer(t), randomPeer(t)
+	a, b, c, d, e := testutil.RandomPeer(t), testutil.RandomPeer(t), testutil.RandomPeer(t), testutil.RandomPeer(t), testutil.RandomPeer(t)
 	for _, p := range []peer.ID{a, b, c} {
 		if ok, ev := s.admit(p, now); !ok || ev != "" {
 			t.Fatalf("admit within the budget: %v, evict %q", ok, ev)
@@ -89,7 +77,7 @@ func TestStrangersBudget(t *testing.T) {
 	}
 	// An admitted peer whose connection never came up is forgotten after
 	// the ttl when room is needed.
-	f := randomPeer(t)
+	f := testutil.RandomPeer(t)
 	if ok, _ := s.admit(f, now.Add(21*time.Second)); !ok || s.len() != 3 {
 		t.Fatalf("stale admission not forgotten: %d counted", s.len())
 	}

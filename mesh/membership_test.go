@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/meshnode/meshnode/internal/testutil"
 	"github.com/rs/zerolog"
 )
 
@@ -18,12 +19,12 @@ func TestMembershipForgets(t *testing.T) {
 		ForgetAfter: time.Minute, MaxMembers: 40, Now: func() time.Time { return now }})
 	var gone []peer.ID
 	for range 10 {
-		p := randomPeer(t)
+		p := testutil.RandomPeer(t)
 		m.heard(p, Heartbeat{Peer: p.String(), Name: "gone"})
 		gone = append(gone, p)
 	}
 	now = now.Add(30 * time.Second)
-	stay := randomPeer(t)
+	stay := testutil.RandomPeer(t)
 	m.heard(stay, Heartbeat{Peer: stay.String(), Name: "stays"})
 	now = now.Add(31 * time.Second)
 	m.sweep()
@@ -38,7 +39,7 @@ func TestMembershipForgets(t *testing.T) {
 	}
 	// Past MaxMembers, those heard longest ago go first.
 	for i := range 200 {
-		p := randomPeer(t)
+		p := testutil.RandomPeer(t)
 		m.heard(p, Heartbeat{Peer: p.String()})
 		now = now.Add(time.Millisecond)
 		if n := len(m.Members()); n > 40 {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/meshnode/meshnode/internal/testutil"
 )
 
 // TestStrikesWindow: the limit-th strike inside the window strikes a peer
@@ -13,7 +14,7 @@ import (
 func TestStrikesWindow(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	s := newStrikes(3, 10*time.Minute, 30*time.Second, 100)
-	a, b := randomPeer(t), randomPeer(t)
+	a, b := testutil.RandomPeer(t), testutil.RandomPeer(t)
 	step := func(p peer.ID, after time.Duration, wantCount int, wantOut bool) {
 		t.Helper()
 		now = now.Add(after)
@@ -38,7 +39,7 @@ func TestStrikesWindow(t *testing.T) {
 		t.Fatalf("b: %d strikes inside the window, want 1", c)
 	}
 	// Spread wider than the window, strikes never add up to the limit.
-	c := randomPeer(t)
+	c := testutil.RandomPeer(t)
 	step(c, 0, 1, false)
 	for range 20 {
 		step(c, 5*time.Minute+time.Second, 2, false)
@@ -50,7 +51,7 @@ func TestStrikesWindow(t *testing.T) {
 func TestStrikesPause(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	s := newStrikes(2, time.Minute, 30*time.Second, 100)
-	p := randomPeer(t)
+	p := testutil.RandomPeer(t)
 	if s.paused(p, now) {
 		t.Fatal("a peer without strikes is paused")
 	}
@@ -73,12 +74,12 @@ func TestStrikesPause(t *testing.T) {
 func TestStrikesBounded(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	s := newStrikes(1000, 10*time.Minute, 30*time.Second, 50)
-	repeat := randomPeer(t)
+	repeat := testutil.RandomPeer(t)
 	for i := range 1000 {
 		if i%10 == 0 {
 			s.strike(repeat, now)
 		}
-		s.strike(randomPeer(t), now)
+		s.strike(testutil.RandomPeer(t), now)
 		now = now.Add(time.Millisecond)
 		if len(s.peers) > s.max {
 			t.Fatalf("after %d peers, %d remembered; want at most %d", i+1, len(s.peers), s.max)
@@ -92,7 +93,7 @@ func TestStrikesBounded(t *testing.T) {
 	now = now.Add(11 * time.Minute)
 	var fresh []peer.ID
 	for range s.max {
-		p := randomPeer(t)
+		p := testutil.RandomPeer(t)
 		fresh = append(fresh, p)
 		s.strike(p, now)
 	}
@@ -114,7 +115,7 @@ func TestGateBan(t *testing.T) {
 	g := NewGate()
 	now := time.Unix(1_000_000, 0)
 	g.now = func() time.Time { return now }
-	p := randomPeer(t)
+	p := testutil.RandomPeer(t)
 	want := []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute}
 	for i, w := range want {
 		if d := g.Ban(p); d != w {
@@ -139,7 +140,7 @@ func TestGateBan(t *testing.T) {
 	if d := g.Ban(p); d != banBase {
 		t.Fatalf("a ban an hour after the last one ended: %v, want %v", d, banBase)
 	}
-	q := randomPeer(t)
+	q := testutil.RandomPeer(t)
 	g.Fail(q)
 	if g.Allowed(q) || g.Banned(q) {
 		t.Fatal("an authentication failure reads as a ban")
@@ -153,10 +154,10 @@ func TestGateBansBounded(t *testing.T) {
 	g.maxBackoff = 100
 	now := time.Unix(1_000_000, 0)
 	g.now = func() time.Time { return now }
-	repeat := randomPeer(t)
+	repeat := testutil.RandomPeer(t)
 	g.Ban(repeat)
 	for i := range 1000 {
-		g.Ban(randomPeer(t))
+		g.Ban(testutil.RandomPeer(t))
 		if i%100 == 0 {
 			g.Ban(repeat)
 		}

@@ -2,32 +2,18 @@ package node
 
 import (
 	"bytes"
-	"crypto/rand"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/rs/zerolog"
 
 	"github.com/meshnode/meshnode/crdt"
+	"github.com/meshnode/meshnode/internal/testutil"
 	"github.com/meshnode/meshnode/mesh"
 )
-
-func randomPeerID(t *testing.T) peer.ID {
-	t.Helper()
-	_, pub, err := crypto.GenerateEd25519Key(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := peer.IDFromPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 // TestBadChangeLines: a peer's first refusal gets a line, then one a
 // minute at most, counting the refusals since; a disconnect always gets
@@ -36,7 +22,7 @@ func TestBadChangeLines(t *testing.T) {
 	t.Parallel()
 	now := time.Unix(1_000_000, 0)
 	l := newBadChangeLines(time.Minute, func() time.Time { return now })
-	a, b := randomPeerID(t), randomPeerID(t)
+	a, b := testutil.RandomPeer(t), testutil.RandomPeer(t)
 	step := func(p peer.ID, after time.Duration, force bool, wantCount int, wantOK bool) {
 		t.Helper()
 		now = now.Add(after)
@@ -54,7 +40,7 @@ func TestBadChangeLines(t *testing.T) {
 
 	for range 3 * maxBadChangePeers {
 		now = now.Add(time.Millisecond)
-		l.take(randomPeerID(t), false)
+		l.take(testutil.RandomPeer(t), false)
 		if len(l.peers) > maxBadChangePeers {
 			t.Fatalf("%d peers remembered, want at most %d", len(l.peers), maxBadChangePeers)
 		}
@@ -70,7 +56,7 @@ func TestBadChangeEvent(t *testing.T) {
 	ch, cancel := n.Events.Subscribe(8)
 	defer cancel()
 	hook := n.badChangeHook()
-	p := randomPeerID(t)
+	p := testutil.RandomPeer(t)
 	hash := crdt.Hash{1, 2, 3}
 	hook(mesh.BadChange{Peer: p, Via: mesh.ViaGossip, Strikes: 1,
 		Refused: &crdt.RefusedError{Change: hash, Rule: crdt.RuleSchema, Key: "evil/key", Detail: "a key outside the schema"}})

@@ -35,6 +35,7 @@ import (
 
 	"github.com/meshnode/meshnode/crdt"
 	"github.com/meshnode/meshnode/internal/frame"
+	"github.com/meshnode/meshnode/internal/testutil"
 	"github.com/meshnode/meshnode/mesh"
 )
 
@@ -506,24 +507,6 @@ func raceDetector() bool {
 	return false
 }
 
-// syncBuffer is a bytes.Buffer safe for a child process's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // startAttacker runs the attacker process on plan; its reports arrive on
 // the channel, which closes when the process closes its end.
 func startAttacker(t *testing.T, plan attackPlan) (<-chan attackReport, func() error) {
@@ -543,7 +526,7 @@ func startAttacker(t *testing.T, plan attackPlan) (<-chan attackReport, func() e
 	cmd := exec.Command(os.Args[0], "-test.run=^TestMaliciousMemberProcess$", "-test.count=1", "-test.timeout=60s")
 	cmd.Env = append(os.Environ(), attackerEnv+"="+planPath)
 	cmd.ExtraFiles = []*os.File{w}
-	var output syncBuffer
+	var output testutil.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &output, &output
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/meshnode/meshnode/internal/testutil"
 	"github.com/rs/zerolog"
 )
 
@@ -21,7 +22,7 @@ type coreRig struct {
 }
 
 func newCoreRig(t *testing.T, history bool) *coreRig {
-	cfg := Config{Self: testPeer(t), TopicName: func(id ID) string { return "room/" + id.String() }, GapWait: 2 * time.Second}
+	cfg := Config{Self: testutil.RandomPeer(t), TopicName: func(id ID) string { return "room/" + id.String() }, GapWait: 2 * time.Second}
 	cfg.defaults()
 	c := newCore(&cfg, zerolog.New(zerolog.NewTestWriter(t)))
 	c.history = history
@@ -112,7 +113,7 @@ func (r *coreRig) receive(topic string, l *link, m Message) {
 // once the answer has it: nothing is reported.
 func TestCoreRefillsGapFromHistory(t *testing.T) {
 	r := newCoreRig(t, true)
-	s, other := testPeer(t), testPeer(t)
+	s, other := testutil.RandomPeer(t), testutil.RandomPeer(t)
 	l := r.joined("t", NewCreds(t0, time.Hour), other)
 	r.c.peerEvent("t", l.gen, s, true, r.now)
 	msg := func(seq uint64) Message { return Message{Sender: s, Epoch: uint64(r.now.UnixMilli()) + 1, Seq: seq} }
@@ -155,7 +156,7 @@ func TestCoreRefillsGapFromHistory(t *testing.T) {
 // follows it is delivered.
 func TestCoreReportsGapNobodyFills(t *testing.T) {
 	r := newCoreRig(t, true)
-	s, other := testPeer(t), testPeer(t)
+	s, other := testutil.RandomPeer(t), testutil.RandomPeer(t)
 	l := r.joined("t", NewCreds(t0, time.Hour), other)
 	epoch := uint64(r.now.UnixMilli()) + 1
 	for _, q := range []uint64{1, 4} {
@@ -186,7 +187,7 @@ func TestCoreReportsGapNobodyFills(t *testing.T) {
 // Without a host to ask with, a gap is reported after GapWait, as before.
 func TestCoreReportsGapWithoutHistory(t *testing.T) {
 	r := newCoreRig(t, false)
-	s, other := testPeer(t), testPeer(t)
+	s, other := testutil.RandomPeer(t), testutil.RandomPeer(t)
 	l := r.joined("t", NewCreds(t0, time.Hour), other)
 	epoch := uint64(r.now.UnixMilli()) + 1
 	r.receive("t", l, Message{Sender: s, Epoch: epoch, Seq: 2})
@@ -206,7 +207,7 @@ func TestCoreReportsGapWithoutHistory(t *testing.T) {
 // write does not make it mint again.
 func TestCoreMintedCredsOutliveStaleReads(t *testing.T) {
 	r := newCoreRig(t, false)
-	other := testPeer(t)
+	other := testutil.RandomPeer(t)
 	r.c.open("t", true, r.now)
 	r.step()
 	empty := map[string]roomView{"t": {present: true, leases: []peer.ID{other}}}
@@ -232,7 +233,7 @@ func TestCoreMintedCredsOutliveStaleReads(t *testing.T) {
 // a late result of a link already dropped is ignored.
 func TestCoreLinkResults(t *testing.T) {
 	r := newCoreRig(t, false)
-	other := testPeer(t)
+	other := testutil.RandomPeer(t)
 	cr := NewCreds(t0, time.Hour)
 	r.c.open("t", false, r.now)
 	r.step()
@@ -260,7 +261,7 @@ func TestCoreLinkResults(t *testing.T) {
 // sender first), and what it has is delivered.
 func TestCoreTailCheck(t *testing.T) {
 	r := newCoreRig(t, true)
-	s, other := testPeer(t), testPeer(t)
+	s, other := testutil.RandomPeer(t), testutil.RandomPeer(t)
 	l := r.joined("t", NewCreds(t0, time.Hour), other)
 	r.c.peerEvent("t", l.gen, s, true, r.now)
 	// s appearing in the room makes a tail check due: s may have sent
@@ -301,7 +302,7 @@ func TestCoreTailCheck(t *testing.T) {
 // The since list of a ranged history request round-trips, and the
 // responder's filter keeps what comes at or after each position.
 func TestSinceRoundTripAndFilter(t *testing.T) {
-	a, b := testPeer(t), testPeer(t)
+	a, b := testutil.RandomPeer(t), testutil.RandomPeer(t)
 	pos := map[peer.ID]position{a: {epoch: 5, next: 3}, b: {epoch: 1, next: 1}}
 	got, err := decodeSince(encodeSince(pos))
 	if err != nil || len(got) != 2 || got[a] != pos[a] || got[b] != pos[b] {
@@ -315,7 +316,7 @@ func TestSinceRoundTripAndFilter(t *testing.T) {
 		{Message{Sender: a, Epoch: 5, Seq: 3}, true},
 		{Message{Sender: a, Epoch: 4, Seq: 9}, false},
 		{Message{Sender: a, Epoch: 6, Seq: 1}, true},
-		{Message{Sender: testPeer(t), Epoch: 6, Seq: 1}, false}, // not listed
+		{Message{Sender: testutil.RandomPeer(t), Epoch: 6, Seq: 1}, false}, // not listed
 	} {
 		if g := got[tc.m.Sender].before(tc.m); g != tc.want {
 			t.Errorf("%+v: sent %v, want %v", tc.m, g, tc.want)

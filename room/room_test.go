@@ -13,22 +13,10 @@ import (
 	pb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/meshnode/meshnode/internal/testutil"
 )
 
 var t0 = time.UnixMilli(1_800_000_000_000)
-
-func testPeer(t testing.TB) peer.ID {
-	t.Helper()
-	_, pub, err := crypto.GenerateEd25519Key(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := peer.IDFromPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
-}
 
 func TestCredsRoundTripAndRejects(t *testing.T) {
 	c := NewCreds(t0, time.Hour)
@@ -82,7 +70,7 @@ func FuzzDecodeCreds(f *testing.F) {
 func TestSealOpen(t *testing.T) {
 	c := NewCreds(t0, time.Hour)
 	s := newSealer(c)
-	m := Message{Sender: testPeer(t), Epoch: 7, Seq: 3, Type: "chat", Payload: []byte("hello room")}
+	m := Message{Sender: testutil.RandomPeer(t), Epoch: 7, Seq: 3, Type: "chat", Payload: []byte("hello room")}
 	b, err := s.seal(m)
 	if err != nil {
 		t.Fatal(err)
@@ -153,7 +141,7 @@ func seqs(ms []Message) []uint64 {
 func TestInboxOrdersDropsAndReportsGaps(t *testing.T) {
 	in := newInbox(time.Second)
 	in.joined = 1 // this node joined at epoch 1: senders of epoch 1 and 2 joined with or after it
-	p := testPeer(t)
+	p := testutil.RandomPeer(t)
 	msg := func(epoch, seq uint64) Message { return Message{Sender: p, Epoch: epoch, Seq: seq} }
 	var got []uint64
 	add := func(m Message, now time.Time) (dup bool) {
@@ -199,7 +187,7 @@ func TestInboxOrdersDropsAndReportsGaps(t *testing.T) {
 	// the lowest sequence number of its first settle period; one that
 	// joined after starts at 1. Either way an early message overtaken by
 	// a later one is not lost.
-	old, late := testPeer(t), testPeer(t)
+	old, late := testutil.RandomPeer(t), testutil.RandomPeer(t)
 	in.joined = 10
 	for _, q := range []uint64{41, 40} {
 		if d, _, _ := in.add(Message{Sender: old, Epoch: 9, Seq: q}, t0); len(d) != 0 {
@@ -216,7 +204,7 @@ func TestInboxOrdersDropsAndReportsGaps(t *testing.T) {
 		t.Fatalf("after seq 1 arrived: delivered %v", seqs(d))
 	}
 	// A late joiner's history sets where a sender stands.
-	q := testPeer(t)
+	q := testutil.RandomPeer(t)
 	in.start(q, 3, 10)
 	if _, _, dup := in.add(Message{Sender: q, Epoch: 3, Seq: 10}, t0); !dup {
 		t.Fatal("a message the history covered was delivered again")
@@ -316,7 +304,7 @@ func encodeRaw(b []byte) string { return base64.RawURLEncoding.EncodeToString(b)
 // past maxHeld the gap is reported at once and the held messages go out.
 func TestInboxBoundsHeldMessages(t *testing.T) {
 	in := newInbox(time.Hour)
-	p := testPeer(t)
+	p := testutil.RandomPeer(t)
 	in.start(p, 1, 0)
 	var delivered, gaps int
 	for q := uint64(2); q <= maxHeld+2; q++ {

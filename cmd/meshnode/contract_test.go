@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnode/meshnode/internal/testutil"
 	"github.com/meshnode/meshnode/mesh"
 	"github.com/meshnode/meshnode/node"
 )
@@ -126,7 +127,7 @@ func TestClientWaitsForStartingDaemon(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "run", "--data", dir, "--mdns=false", "--api", "127.0.0.1:0",
 		"--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--name", "starting")
 	cmd.Env = append(os.Environ(), "MN_TEST_AS_MAIN=1")
-	out := &syncBuffer{}
+	out := &testutil.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

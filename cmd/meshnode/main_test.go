@@ -9,11 +9,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/meshnode/meshnode/internal/testutil"
 	"github.com/meshnode/meshnode/mesh"
 	"github.com/meshnode/meshnode/node"
 )
@@ -42,27 +42,9 @@ func cli(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	return o.String(), e.String(), code
 }
 
-// syncBuffer is written by the child's output copier and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type daemon struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *testutil.SyncBuffer
 	exited chan error
 }
 
@@ -73,7 +55,7 @@ func startDaemon(t *testing.T, dir string, extra ...string) *daemon {
 		"--listen", "/ip4/127.0.0.1/tcp/0,/ip4/127.0.0.1/udp/0/quic-v1", "--name", "cli-test"}, extra...)
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), "MN_TEST_AS_MAIN=1")
-	d := &daemon{cmd: cmd, out: &syncBuffer{}, exited: make(chan error, 1)}
+	d := &daemon{cmd: cmd, out: &testutil.SyncBuffer{}, exited: make(chan error, 1)}
 	cmd.Stdout = d.out
 	cmd.Stderr = d.out
 	if err := cmd.Start(); err != nil {
@@ -211,7 +193,7 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 	// meshnode events follows the stream in its own process.
 	ev := exec.Command(os.Args[0], "events", "--data", dir)
 	ev.Env = append(os.Environ(), "MN_TEST_AS_MAIN=1")
-	evOut := &syncBuffer{}
+	evOut := &testutil.SyncBuffer{}
 	ev.Stdout, ev.Stderr = evOut, evOut
 	if err := ev.Start(); err != nil {
 		t.Fatal(err)
@@ -262,7 +244,7 @@ func TestCLIAgainstRunningDaemon(t *testing.T) {
 	}
 	tail := exec.Command(os.Args[0], "room", "tail", "lobby", "--data", dir)
 	tail.Env = append(os.Environ(), "MN_TEST_AS_MAIN=1")
-	tailOut := &syncBuffer{}
+	tailOut := &testutil.SyncBuffer{}
 	tail.Stdout, tail.Stderr = tailOut, tailOut
 	if err := tail.Start(); err != nil {
 		t.Fatal(err)
