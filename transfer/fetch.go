@@ -151,14 +151,14 @@ type download struct {
 // cancelling ctx stops it between chunks, leaving the staging folder to
 // resume from.
 func Download(ctx context.Context, cfg DownloadConfig) (*Manifest, error) {
-	m, _, err := download1(ctx, cfg)
+	m, _, err := fetchStaged(ctx, cfg)
 	return m, err
 }
 
-// download1 is Download; it also returns each staged file's fingerprint
+// fetchStaged is Download; it also returns each staged file's fingerprint
 // as finish left it (by slash path), which the library indexes the item
 // by once it is in place.
-func download1(ctx context.Context, cfg DownloadConfig) (*Manifest, map[string]fingerprint, error) {
+func fetchStaged(ctx context.Context, cfg DownloadConfig) (*Manifest, map[string]fingerprint, error) {
 	if cfg.Window <= 0 {
 		cfg.Window = 8
 	}

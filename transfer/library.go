@@ -80,8 +80,8 @@ type Library struct {
 	pending   map[string]bool
 	dropped   int // watch events dropped because their item was busy
 	scans     int
-	hashed    int64           // bytes hashed by scans
-	swaps     map[string]bool // staging folder names of swaps whose removal the watcher awaits
+	hashed    int64             // bytes hashed by scans
+	swaps     map[string]string // staging folder name -> item, of swaps whose removal the watcher awaits
 	transfers map[string]*Transfer
 }
 
@@ -102,7 +102,7 @@ func NewLibrary(cfg LibraryConfig) *Library {
 	l := &Library{
 		cfg: cfg, lg: cfg.Logger.With().Str("component", "library").Logger(),
 		local: map[string]*Served{}, partial: map[Hash]*Served{}, busy: map[string]string{}, scanning: map[string]bool{},
-		pending: map[string]bool{}, transfers: map[string]*Transfer{}, swaps: map[string]bool{},
+		pending: map[string]bool{}, transfers: map[string]*Transfer{}, swaps: map[string]string{},
 	}
 	l.server = NewServer(l.lookup, cfg.Logger, Limits{})
 	return l

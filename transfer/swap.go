@@ -25,7 +25,7 @@ func (l *Library) swapIn(id, staging string) error {
 		return diskError("write", p, err)
 	}
 	l.mu.Lock()
-	l.swaps[filepath.Base(staging)] = true // its removal ends the swap's events
+	l.swaps[filepath.Base(staging)] = id // its removal ends the swap's events
 	l.mu.Unlock()
 	return l.completeSwap(id, staging)
 }

@@ -313,7 +313,7 @@ func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources [
 	}()
 	defer pw.Wait()
 	defer close(stopProgress)
-	m, fps, err := download1(ctx, cfg)
+	m, fps, err := fetchStaged(ctx, cfg)
 	if err == nil {
 		err = l.beginSwap(t)
 	}

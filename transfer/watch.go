@@ -2,7 +2,6 @@ package transfer
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -93,30 +92,15 @@ func (l *Library) watch(ctx context.Context) {
 // are the swap's own. The removal of a cancelled or failed download's
 // staging folder ends nothing.
 func (l *Library) swapEnded(ev fsnotify.Event) (string, bool) {
-	name := filepath.Base(ev.Name)
-	id, ok := stagingItem(name)
-	if !ok || ev.Op&fsnotify.Remove == 0 {
+	if ev.Op&fsnotify.Remove == 0 {
 		return "", false
 	}
+	name := filepath.Base(ev.Name)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.swaps[name] {
-		return "", false
-	}
+	id, ok := l.swaps[name]
 	delete(l.swaps, name)
-	return id, true
-}
-
-// stagingItem returns the item of a staging folder named <item>-<hash16>.
-func stagingItem(name string) (string, bool) {
-	i := len(name) - 17
-	if i < 1 || name[i] != '-' {
-		return "", false
-	}
-	if _, err := hex.DecodeString(name[i+1:]); err != nil {
-		return "", false
-	}
-	return name[:i], true
+	return id, ok
 }
 
 // watchTree adds dir and its subfolders to the watcher (fsnotify is not
@@ -260,12 +244,6 @@ func (l *Library) ScanAll() {
 // scanned meanwhile go in the same document change.
 const publishEvery = 200 * time.Millisecond
 
-// scanned is one item's scan result; a nil sv means the item is gone.
-type scanned struct {
-	id string
-	sv *Served
-}
-
 // scanAndPublish scans the given items (skipping busy ones) and writes
 // this node's holder entries for them: a publisher goroutine that it
 // waits for writes what has been scanned every publishEvery, so that an
@@ -273,11 +251,11 @@ type scanned struct {
 // whole share folder's. It returns the scan's figures and the items
 // whose scan failed.
 func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string) {
-	results := make(chan scanned)
+	results := make(chan string) // items scanned (or found gone)
 	published := make(chan struct{})
 	go func() {
 		defer close(published)
-		var batch []scanned
+		var batch []string
 		var due <-chan time.Time
 		for {
 			select {
@@ -309,8 +287,8 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 		root := filepath.Join(l.cfg.Share, id)
 		fi, err := os.Lstat(root)
 		if err != nil || !fi.IsDir() {
-			l.setLocal(scanned{id: id})
-			results <- scanned{id: id}
+			l.setLocal(id, nil)
+			results <- id
 			continue
 		}
 		if err := ValidItemID(id); err != nil {
@@ -334,8 +312,8 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 		total.Skipped += st.Skipped
 		total.BytesHashed += st.BytesHashed
 		l.lg.Debug().Str("item", id).Int("files", st.Files).Int("hashed", st.Hashed).Int64("bytes_hashed", st.BytesHashed).Msg("item scanned")
-		l.setLocal(scanned{id: id, sv: sv}) // served at once, published soon
-		results <- scanned{id: id, sv: sv}
+		l.setLocal(id, sv) // served at once, published soon
+		results <- id
 	}
 	close(results)
 	<-published
@@ -346,30 +324,33 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 	return total, failed
 }
 
-// setLocal makes a scanned item served, or a gone one not.
-func (l *Library) setLocal(r scanned) {
+// setLocal makes a scanned item served, or a gone one (nil) not.
+func (l *Library) setLocal(id string, sv *Served) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if r.sv == nil {
-		delete(l.local, r.id)
+	if sv == nil {
+		delete(l.local, id)
 	} else {
-		l.local[r.id] = r.sv
+		l.local[id] = sv
 	}
 }
 
-// publish writes this node's holder entries for scanned items in one
-// document change, only where they changed.
-func (l *Library) publish(results []scanned) {
-	// What is served now, which a download that ended since the scan
-	// may have replaced; items busy again are left to their download.
+// publish writes this node's holder entries for the given items in one
+// document change, only where they changed: what is served now (a
+// download that ended since their scan may have replaced it), or their
+// removal where nothing is; items busy again are left to their download.
+func (l *Library) publish(ids []string) {
+	type served struct {
+		id string
+		sv *Served // nil: gone
+	}
 	l.mu.Lock()
-	current := results[:0]
-	for _, r := range results {
-		if l.busy[r.id] == "" {
-			current = append(current, scanned{id: r.id, sv: l.local[r.id]})
+	var results []served
+	for _, id := range ids {
+		if l.busy[id] == "" {
+			results = append(results, served{id, l.local[id]})
 		}
 	}
-	results = current
 	l.mu.Unlock()
 	if len(results) == 0 {
 		return
@@ -439,8 +420,8 @@ func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint) erro
 	if err != nil {
 		return err
 	}
-	l.setLocal(scanned{id: id, sv: sv})
-	l.publish([]scanned{{id: id, sv: sv}})
+	l.setLocal(id, sv)
+	l.publish([]string{id})
 	return nil
 }
 
@@ -463,7 +444,7 @@ func (l *Library) keep(id, root string, ix *Index, m *Manifest) (*Served, error)
 		return nil, err
 	}
 	enc := m.Encode()
-	h := m.Hash()
+	h := ix.Manifest // the scan or the download computed it
 	mf := filepath.Join(l.cfg.Dir, dirManifests, h.String())
 	if _, err := os.Stat(mf); err != nil {
 		if err := atomicfile.WriteFile(mf, enc, 0o644); err != nil {
