@@ -166,6 +166,7 @@ func (d *Doc) swapLocked(doc *am.Doc, x *recIndex) {
 	if x == nil {
 		x = d.indexOf(doc)
 	}
+	x.refresh(doc) // x is not live yet: no reader sees its view
 	d.view.Lock()
 	d.amp.Store(doc)
 	d.recs = x
@@ -222,6 +223,7 @@ func (d *Doc) replay(records [][]byte) (unreadable [][]byte, refused []*RefusedE
 	if err := in.flush(); err != nil {
 		d.lg.Error().Err(err).Msg("change log records do not apply")
 	}
+	d.recs.refresh(d.doc())
 	d.refreshHeads()
 	d.settleWaitingLocked()
 	return unreadable, refused, refusedRecs

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/meshnode/meshnode/internal/atomicfile"
+	"github.com/meshnode/meshnode/internal/cmem"
 )
 
 // Hash identifies one change (a document head).
@@ -125,15 +127,6 @@ type Doc struct {
 	// heartbeats and gossip ask about heads far more often than they
 	// change, and each automerge call crosses cgo.
 	heads atomic.Pointer[[]Hash]
-	// nodesGen counts finished mutations that may have changed a node
-	// record: every remote change, rollback and swap, and local commits
-	// that wrote one. It keys the Nodes cache, which heads cannot (a
-	// rollback brings earlier heads back), and lets a stream of local
-	// writes elsewhere (room state, holders) keep the cache.
-	nodesGen atomic.Uint64
-	// nodes caches Nodes by nodesGen: the node list is read on every mesh
-	// pass and API call, and decoding it crosses cgo per field.
-	nodes atomic.Pointer[nodesCache]
 	// view keeps readers that decode several automerge values (a record,
 	// a scan of the root) from seeing an Update half applied: Update
 	// holds it while it applies its writes and commits, readers share it.
@@ -392,7 +385,7 @@ func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 		d.rollbackLocked(before)
 		return Hash{}, 0, err
 	}
-	heads := d.refreshHeadsAfter(tx.w.nodes)
+	heads := d.refreshHeads()
 	d.localCommits.Add(1)
 	d.enqueueLocked(Event{Local: true, Change: raw, Hash: h, Deps: ch.Dependencies(), Heads: heads}, end)
 	d.kickCompactionLocked()
@@ -437,6 +430,7 @@ func (d *Doc) apply(tx *Tx, msg string) (Hash, *am.Change, error) {
 		return Hash{}, nil, fmt.Errorf("%w: peers would refuse this write: %v", ErrInvalidValue, ref)
 	}
 	d.recs.applyChange(co)
+	d.recs.refresh(d.doc())
 	return h, ch, nil
 }
 
@@ -531,21 +525,36 @@ func (d *Doc) saveLocked() []byte {
 // peer's bytes as its snapshot; otherwise the snapshot is appended to the
 // change log as one record.
 func (d *Doc) MergeSnapshot(b []byte) error {
-	// Check every operation before automerge sees the bytes: a snapshot
-	// with a text bomb or a forged record never loads.
-	x, needsSync, ref := d.checkDocument(b)
+	// Automerge sees the bytes only once the decoder has found nothing
+	// but sets and deletes of scalars (a text bomb or a nested object is
+	// refused from the action column, before any op is read). It then
+	// loads them on another core while every operation and signature is
+	// checked, and a snapshot that fails the checks is dropped unused:
+	// the load is most of a join's time, and its memory is bounded by
+	// the ops the decoder has counted.
+	doc, err := decodeDocumentOnly(b, rootScalar)
+	if err != nil {
+		return decodeRefusal(Hash{}, err)
+	}
+	loadc := make(chan loadResult, 1)
+	go func() {
+		// A scratch doc: LoadIncremental of a damaged snapshot must not
+		// leave half of it in the live document.
+		l, err := am.Load(b)
+		loadc <- loadResult{l, err}
+	}()
+	x, needsSync, ref := d.checkDecoded(doc)
+	lr := <-loadc
 	if ref != nil {
 		return ref
 	}
 	if needsSync {
 		return ErrSnapshotNeedsSync
 	}
-	// Load the bytes in a scratch doc first: LoadIncremental of a damaged
-	// snapshot must not leave half of it in the live document.
-	loaded, err := am.Load(b)
-	if err != nil {
-		return fmt.Errorf("%w: snapshot from peer: %v", ErrCorrupt, err)
+	if lr.err != nil {
+		return fmt.Errorf("%w: snapshot from peer: %v", ErrCorrupt, lr.err)
 	}
+	loaded := lr.doc
 	// syncMu first: an adopted snapshot is written outside mu, and no
 	// local commit may be acknowledged before it is on disk.
 	d.syncMu.Lock()
@@ -559,7 +568,8 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 	beforeHeads := *d.heads.Load()
 	before := hashKey(beforeHeads)
 	cur := d.doc()
-	if d.st.snapSize == 0 && int64(len(b)) > d.st.logSize {
+	adopted := d.st.snapSize == 0 && int64(len(b)) > d.st.logSize
+	if adopted {
 		// A new node: everything it has is in its change log, and the
 		// peer's document is bigger. Adopt the loaded document and merge
 		// ours into it: one Load, instead of Load + LoadIncremental + Save
@@ -594,6 +604,7 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 		err := cur.LoadIncremental(b)
 		if err == nil {
 			d.recs.merge(x)
+			d.recs.refresh(cur)
 		}
 		d.view.Unlock()
 		if err != nil {
@@ -625,7 +636,20 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 		// not roll the document back to before it.
 		d.syncedHeads = heads
 	}
+	if adopted {
+		// A join's check leaves tens of MiB of Go garbage and automerge's
+		// load frees as much C heap: hand both back now rather than keep
+		// them resident (the Go scavenger takes minutes; glibc never
+		// returns the middle of its heap by itself).
+		debug.FreeOSMemory()
+		cmem.Trim()
+	}
 	return nil
+}
+
+type loadResult struct {
+	doc *am.Doc
+	err error
 }
 
 // doc returns the current automerge document.
@@ -635,16 +659,9 @@ func (d *Doc) doc() *am.Doc { return d.amp.Load() }
 func (d *Doc) Heads() []Hash { return slices.Clone(*d.heads.Load()) }
 
 // refreshHeads re-reads the heads after a mutation; call it with mu held.
-func (d *Doc) refreshHeads() []Hash { return d.refreshHeadsAfter(true) }
-
-// refreshHeadsAfter re-reads the heads after a mutation that may (nodes)
-// or cannot have changed a node record; call it with mu held.
-func (d *Doc) refreshHeadsAfter(nodes bool) []Hash {
+func (d *Doc) refreshHeads() []Hash {
 	h := d.doc().Heads()
 	d.heads.Store(&h)
-	if nodes {
-		d.nodesGen.Add(1)
-	}
 	return slices.Clone(h)
 }
 
@@ -692,6 +709,16 @@ func (d *Doc) Empty() bool { return len(*d.heads.Load()) == 0 }
 // SavedSize returns the byte size of the document in automerge's compact
 // Save format, cached per heads.
 func (d *Doc) SavedSize() int { return len(d.Snapshot()) }
+
+// DiskBytes returns the bytes the document takes on disk: its snapshot
+// and its change log. Unlike SavedSize it encodes nothing, so status and
+// metrics can ask for it on every call (a Save of a 100,000-record
+// document costs about 0.2 s).
+func (d *Doc) DiskBytes() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.st.snapSize + d.st.logSize
+}
 
 // Stats returns cumulative counters.
 func (d *Doc) Stats() Stats {

@@ -127,6 +127,7 @@ func (in *intake) flush() error {
 		for _, co := range ops {
 			d.recs.applyChange(co)
 		}
+		d.recs.refresh(d.doc())
 	}
 	d.view.Unlock()
 	if err != nil {

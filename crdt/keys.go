@@ -82,8 +82,16 @@ func (k schemaKey) signed() (byte, bool) {
 // the rule it breaks: RuleSize for a part longer than maxKeyLen,
 // RuleSchema for anything else.
 func parseKey(key string) (schemaKey, string, error) {
-	parts := strings.Split(key, "/")
-	for _, p := range parts {
+	// Split into a fixed array (the schema's keys have at most four
+	// parts): a join parses 100,000 keys twice, and a slice per key was a
+	// tenth of its check.
+	var parts [4]string
+	n := 0
+	for p := range strings.SplitSeq(key, "/") {
+		if n < len(parts) {
+			parts[n] = p
+		}
+		n++
 		switch {
 		case len(p) > maxKeyLen:
 			return schemaKey{}, RuleSize, fmt.Errorf("a key part of %d bytes (max %d)", len(p), maxKeyLen)
@@ -93,7 +101,6 @@ func parseKey(key string) (schemaKey, string, error) {
 			return schemaKey{}, RuleSchema, errors.New("a NUL in the key")
 		}
 	}
-	n := len(parts)
 	switch {
 	case n == 2 && parts[0] == "nodes":
 		return schemaKey{kind: kNode, writer: parts[1]}, "", nil

@@ -1,8 +1,6 @@
 package crdt
 
 import (
-	"strings"
-
 	am "github.com/automerge/automerge-go"
 )
 
@@ -40,12 +38,26 @@ type recValue struct {
 	rec *record
 }
 
-// recIndex maps each single-writer key to the record in force.
+// recIndex maps each single-writer key to the record in force, holds the
+// value of each shared key, and keeps the view (view.go) that readers use.
 type recIndex struct {
 	keys map[string]recValue
+	// shared holds the value automerge shows at each shared (last-writer-
+	// wins) key: a string, as the checks let in nothing else.
+	shared map[string]*string
+	// reread marks shared keys that changes wrote, to read from automerge
+	// at the next refresh; touched marks keys whose view entry is stale.
+	reread, touched map[string]struct{}
+	view            *view
 }
 
-func newRecIndex() *recIndex { return &recIndex{keys: map[string]recValue{}} }
+func newRecIndex() *recIndex { return newRecIndexFor(0) }
+
+// newRecIndexFor makes an index sized for about n records.
+func newRecIndexFor(n int) *recIndex {
+	return &recIndex{keys: make(map[string]recValue, n), shared: map[string]*string{},
+		reread: map[string]struct{}{}, touched: make(map[string]struct{}, n), view: newView()}
+}
 
 // best returns the record in force at key.
 func (x *recIndex) best(key string) (*record, bool) {
@@ -58,6 +70,7 @@ func (x *recIndex) offer(key string, id opKey, r *record) {
 	cur, ok := x.keys[key]
 	if !ok || r.counter > cur.rec.counter || r.counter == cur.rec.counter && laterOp(id, cur.id) {
 		x.keys[key] = recValue{id, r}
+		x.touched[key] = struct{}{}
 	}
 }
 
@@ -88,11 +101,26 @@ func recordOp(op *Op) (*record, bool) {
 	return r, true
 }
 
-// applyChange follows one applied change.
+// markShared marks a root op's key for a re-read if it is a shared key.
+func (x *recIndex) markShared(op *Op) {
+	if !op.Root || !op.KeyIsStr {
+		return
+	}
+	if sk, _, err := parseKey(op.Key); err == nil {
+		if _, signed := sk.signed(); !signed {
+			x.reread[op.Key] = struct{}{}
+		}
+	}
+}
+
+// applyChange follows one applied change; refresh brings the view up to
+// date once the change is in the automerge document.
 func (x *recIndex) applyChange(c *ChangeOps) {
 	for i := range c.Ops {
 		if r, ok := recordOp(&c.Ops[i]); ok {
 			x.offer(c.Ops[i].Key, opKey{string(c.Actors[0]), c.Ops[i].ID.Counter}, r)
+		} else {
+			x.markShared(&c.Ops[i])
 		}
 	}
 }
@@ -108,11 +136,13 @@ func indexDocument(b []byte) (*recIndex, error) {
 
 // indexOps builds the index of a decoded document chunk.
 func indexOps(doc *DocOps) *recIndex {
-	x := newRecIndex()
+	x := newRecIndexFor(len(doc.Ops))
 	for i := range doc.Ops {
 		op := &doc.Ops[i]
 		if r, ok := recordOp(op); ok {
 			x.offer(op.Key, opKey{string(doc.Actors[op.ID.Actor]), op.ID.Counter}, r)
+		} else {
+			x.markShared(op)
 		}
 	}
 	return x
@@ -120,30 +150,29 @@ func indexOps(doc *DocOps) *recIndex {
 
 // merge adds y's records: the index of a document merged into another is
 // the two indexes merged, since the record in force is the highest
-// counter either holds.
+// counter either holds. y's shared keys are read again from the merged
+// document at the next refresh.
 func (x *recIndex) merge(y *recIndex) {
 	for k, v := range y.keys {
 		x.offer(k, v.id, v.rec)
 	}
-}
-
-// each calls fn for the record in force at every key with the prefix.
-func (x *recIndex) each(prefix string, fn func(key string, r *record)) {
-	for k, v := range x.keys {
-		if strings.HasPrefix(k, prefix) {
-			fn(k, v.rec)
-		}
+	for k := range y.shared {
+		x.reread[k] = struct{}{}
+	}
+	for k := range y.reread {
+		x.reread[k] = struct{}{}
 	}
 }
 
-// indexOf builds the index of doc from its Save output.
+// indexOf builds the index of doc from its Save output; its view is built
+// by the next refresh.
 func (d *Doc) indexOf(doc *am.Doc) *recIndex {
 	x, err := indexDocument(doc.Save())
 	if err != nil {
 		// The document is this node's own, every change checked: a
 		// failure here is a bug, and an empty index hides records.
 		d.lg.Error().Err(err).Msg("cannot index the document's records")
-		return newRecIndex()
+		x = newRecIndex()
 	}
 	return x
 }

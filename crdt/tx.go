@@ -30,8 +30,6 @@ type Tx struct {
 type txWrites struct {
 	ops  []func(d *am.Doc) error
 	errs []error
-	// nodes is set when the Tx writes a node record.
-	nodes bool
 	// signed lists the record writes, in operation order, for the
 	// change's signatures; counters their counters, for a second write of
 	// a key in the same Update.
@@ -132,7 +130,6 @@ func sameFields(a, b *record) bool {
 
 // SetNode writes the node record at nodes/<id>; id must be the signer's.
 func (tx *Tx) SetNode(id string, r NodeRecord) {
-	tx.w.nodes = true
 	tx.putRecord("node id", nodeKey(id), id, &record{kind: recNode, node: r})
 }
 

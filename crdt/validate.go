@@ -345,6 +345,15 @@ func (d *Doc) checkDocument(b []byte) (_ *recIndex, needsSync bool, _ *RefusedEr
 	if err != nil {
 		return nil, false, decodeRefusal(Hash{}, err)
 	}
+	return d.checkDecoded(doc)
+}
+
+// checkDecoded is checkDocument on a decoded chunk, which the decoder
+// has already limited to sets and deletes: nested objects, text and list
+// operations are refused from the action column, before any operation
+// is read.
+func (d *Doc) checkDecoded(doc *DocOps) (_ *recIndex, needsSync bool, _ *RefusedError) {
+	x := newRecIndexFor(len(doc.Ops))
 	// Each actor's changes by seq, to find the change an op belongs to.
 	byActor := make([][]int, len(doc.Actors))
 	for i, m := range doc.Meta {
@@ -359,7 +368,7 @@ func (d *Doc) checkDocument(b []byte) (_ *recIndex, needsSync bool, _ *RefusedEr
 		op      sigOp
 		rec     *record
 	}
-	isRecord := map[OpID]bool{}
+	isRecord := make(map[OpID]bool, len(doc.Ops))
 	perChange := make([][]write, len(doc.Meta))
 	for i := range doc.Ops {
 		op := &doc.Ops[i]
@@ -368,8 +377,10 @@ func (d *Doc) checkDocument(b []byte) (_ *recIndex, needsSync bool, _ *RefusedEr
 			return nil, false, ref
 		}
 		if r == nil {
+			x.markShared(op)
 			continue
 		}
+		x.offer(op.Key, opKey{string(doc.Actors[op.ID.Actor]), op.ID.Counter}, r)
 		isRecord[op.ID] = true
 		cs := byActor[op.ID.Actor]
 		j, _ := slices.BinarySearchFunc(cs, op.ID.Counter, func(ci int, c uint64) int { return cmp.Compare(doc.Meta[ci].MaxOp, c) })
@@ -410,7 +421,7 @@ func (d *Doc) checkDocument(b []byte) (_ *recIndex, needsSync bool, _ *RefusedEr
 	if ref := runChecks(jobs); ref != nil {
 		return nil, false, ref
 	}
-	return indexOps(doc), needsSync, nil
+	return x, needsSync, nil
 }
 
 // runChecks runs independent checks on every core and returns a refusal

@@ -34,7 +34,7 @@ type Status struct {
 	Fleet     string   `json:"fleet"`
 	Addrs     []string `json:"addrs"`
 	Heads     []string `json:"heads"`
-	DocBytes  int      `json:"doc_bytes"`
+	DocBytes  int64    `json:"doc_bytes"`
 	UptimeSec float64  `json:"uptime_s"`
 	Peers     int      `json:"peers"`
 	// Document is the state of the document's files on this node.
@@ -236,7 +236,7 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int, what string) ([
 func (n *Node) Status() Status {
 	return Status{
 		ID: n.ID().String(), Name: n.cfg.Name, Fleet: n.Fleet.ID, Addrs: n.Addrs(),
-		Heads: n.Doc.HeadStrings(), DocBytes: n.Doc.SavedSize(),
+		Heads: n.Doc.HeadStrings(), DocBytes: n.Doc.DiskBytes(),
 		UptimeSec: time.Since(n.started).Seconds(), Peers: len(n.Host.Network().Peers()),
 		Document: DocumentStatus{
 			Damage:         append([]crdt.Damage{}, n.Doc.Damage()...),

@@ -103,7 +103,7 @@ func (n *Node) statsSources() statsSources {
 		},
 		auth: func() int { return len(n.Auth.Authenticated()) },
 		doc: func() docFigures {
-			return docFigures{stats: n.Doc.Stats(), bytes: n.Doc.SavedSize(), heads: len(n.Doc.Heads()), waiting: n.Doc.WaitingRecords()}
+			return docFigures{stats: n.Doc.Stats(), bytes: int(n.Doc.DiskBytes()), heads: len(n.Doc.Heads()), waiting: n.Doc.WaitingRecords()}
 		},
 		damage: func() int { return len(n.Doc.Damage()) },
 		membership: func() int {
@@ -165,7 +165,7 @@ func counter[T number](name, help string, f func(*scrape) T) metricDef {
 var metricDefs = []metricDef{
 	gauge("peers", "Connected libp2p peers.", func(s *scrape) int { return s.host.peers }),
 	gauge("peers_authenticated", "Peers that proved the fleet secret.", func(s *scrape) int { return s.authenticated }),
-	gauge("doc_bytes", "Document size in automerge's saved format.", func(s *scrape) int { return s.doc.bytes }),
+	gauge("doc_bytes", "Document size on disk: snapshot and change log.", func(s *scrape) int { return s.doc.bytes }),
 	gauge("doc_heads", "Number of document heads.", func(s *scrape) int { return s.doc.heads }),
 	gauge("members_alive", "Peers whose heartbeats are fresh.", func(s *scrape) int { return s.alive }),
 	gauge("doc_damage_found", "Damage reports (damaged document files) found when the document was opened at this start.", func(s *scrape) int { return s.damage }),

@@ -138,7 +138,7 @@ func TestMetricsNamesAndHelpUnchanged(t *testing.T) {
 	golden := []struct{ name, kind, help string }{
 		{"peers", "gauge", "Connected libp2p peers."},
 		{"peers_authenticated", "gauge", "Peers that proved the fleet secret."},
-		{"doc_bytes", "gauge", "Document size in automerge's saved format."},
+		{"doc_bytes", "gauge", "Document size on disk: snapshot and change log."},
 		{"doc_heads", "gauge", "Number of document heads."},
 		{"members_alive", "gauge", "Peers whose heartbeats are fresh."},
 		{"doc_damage_found", "gauge", "Damage reports (damaged document files) found when the document was opened at this start."},

@@ -1,0 +1,11 @@
+//go:build linux && cgo
+
+package cmem
+
+/*
+#include <malloc.h>
+*/
+import "C"
+
+// Trim returns the C heap's free memory to the operating system.
+func Trim() { C.malloc_trim(0) }
