@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -12,12 +13,12 @@ import (
 	"net/http/pprof"
 	"net/url"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 	"unicode/utf8"
 
-	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/meshnode/meshnode/crdt"
@@ -89,12 +90,27 @@ type APIError struct {
 	} `json:"error"`
 }
 
+// indentMax is the largest answer written indented, for people reading
+// it with curl; larger ones (a library of 100,000 holder entries is
+// 7 MB) are written compact, which halves their cost.
+const indentMax = 256 << 10
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	b, err := json.Marshal(v)
+	if err != nil {
+		w.WriteHeader(http.StatusInternalServerError)
+		fmt.Fprintf(w, `{"error":{"code":"encode","message":%q}}`+"\n", err.Error())
+		return
+	}
+	if len(b) <= indentMax {
+		var ib bytes.Buffer
+		if json.Indent(&ib, b, "", "  ") == nil {
+			b = ib.Bytes()
+		}
+	}
 	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
+	_, _ = w.Write(append(b, '\n'))
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {
@@ -255,7 +271,12 @@ func (n *Node) Nodes() ([]NodeInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	members := n.Membership.Members()
+	// Heard peers by their string form: encoding the few heard is
+	// cheaper than decoding every record's ID.
+	heard := map[string]mesh.Member{}
+	for p, m := range n.Membership.Members() {
+		heard[p.String()] = m
+	}
 	self := n.ID().String()
 	out := make([]NodeInfo, 0, len(recs))
 	for id, rec := range recs {
@@ -263,17 +284,15 @@ func (n *Node) Nodes() ([]NodeInfo, error) {
 		if !rec.Alive {
 			ni.State = mesh.StateLeft
 		}
-		if p, err := peer.Decode(id); err == nil {
-			if m, ok := members[p]; ok {
-				ni.State, ni.LastHeardMs = m.State, m.LastHeard.UnixMilli()
-			}
+		if m, ok := heard[id]; ok {
+			ni.State, ni.LastHeardMs = m.State, m.LastHeard.UnixMilli()
 		}
 		if id == self {
 			ni.State, ni.Self = mesh.StateAlive, true
 		}
 		out = append(out, ni)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name+out[i].ID < out[j].Name+out[j].ID })
+	slices.SortFunc(out, func(a, b NodeInfo) int { return cmp.Or(strings.Compare(a.Name, b.Name), strings.Compare(a.ID, b.ID)) })
 	return out, nil
 }
 
