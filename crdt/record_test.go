@@ -9,8 +9,8 @@ import (
 // whatever decodes re-encodes to the same bytes (canonical).
 func FuzzDecodeRecord(f *testing.F) {
 	for _, r := range []*record{
-		{kind: recNode, counter: 1, node: NodeRecord{Name: "n", Addrs: []string{"/ip4/127.0.0.1/tcp/1"}, Version: 2, Roles: []string{"relay"}, StartedMs: 5, LastSeenMs: 6, Alive: true}},
-		{kind: recHolder, counter: 1 << 40, holder: Holder{Manifest: "ab", Version: "v1", Size: 1 << 40, Files: 3, State: HolderPartial, UpdatedMs: 9}},
+		{kind: recNode, counter: 1, node: &NodeRecord{Name: "n", Addrs: []string{"/ip4/127.0.0.1/tcp/1"}, Version: 2, Roles: []string{"relay"}, StartedMs: 5, LastSeenMs: 6, Alive: true}},
+		{kind: recHolder, counter: 1 << 40, holder: &Holder{Manifest: "ab", Version: "v1", Size: 1 << 40, Files: 3, State: HolderPartial, UpdatedMs: 9}},
 		{kind: recPresence, counter: 3, expiryMs: -1},
 	} {
 		b, err := encodeRecord("k", r)

@@ -130,7 +130,7 @@ func sameFields(a, b *record) bool {
 
 // SetNode writes the node record at nodes/<id>; id must be the signer's.
 func (tx *Tx) SetNode(id string, r NodeRecord) {
-	tx.putRecord("node id", nodeKey(id), id, &record{kind: recNode, node: r})
+	tx.putRecord("node id", nodeKey(id), id, &record{kind: recNode, node: &r})
 }
 
 // SetItemName sets the display name of library/<item> (last writer wins).
@@ -151,7 +151,7 @@ func (tx *Tx) SetHolder(item, peer string, h Holder) {
 		tx.add(err, nil)
 		return
 	}
-	tx.putRecord("peer id", holderKey(item, peer), peer, &record{kind: recHolder, holder: h})
+	tx.putRecord("peer id", holderKey(item, peer), peer, &record{kind: recHolder, holder: &h})
 }
 
 // RemoveHolder withdraws library/<item>/holders/<peer> with a signed
@@ -166,7 +166,7 @@ func (tx *Tx) RemoveHolder(item, peer string) {
 	if _, ok := tx.read.recs.best(key); !ok {
 		return
 	}
-	tx.putRecord("peer id", key, peer, &record{kind: recHolder, holder: Holder{State: holderRemoved}})
+	tx.putRecord("peer id", key, peer, &record{kind: recHolder, holder: &Holder{State: holderRemoved}})
 }
 
 // SetRoomCreds sets rooms/<topic>/creds (last writer wins).

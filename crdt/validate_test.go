@@ -91,7 +91,7 @@ func TestBadChangesRefusedByRule(t *testing.T) {
 	}
 	cur, curMsg := rawValue(t, honest, nodeKey(self)), changeMessage(t, honest, h2)
 	_, evilKey := testIdentity(t)
-	forged, err := encodeRecord(nodeKey(self), &record{kind: recNode, counter: 1 << 62, node: NodeRecord{Name: "forged"}})
+	forged, err := encodeRecord(nodeKey(self), &record{kind: recNode, counter: 1 << 62, node: &NodeRecord{Name: "forged"}})
 	if err != nil {
 		t.Fatal(err)
 	}

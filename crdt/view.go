@@ -61,7 +61,7 @@ func (x *recIndex) refresh(doc *am.Doc) {
 		x.refreshKey(k)
 	}
 	v.ownItems, v.ownRooms = nil, nil
-	clear(x.touched)
+	x.touched = map[string]struct{}{} // a cleared map keeps its size: a join's is 100,000 keys
 }
 
 // sharedValue reads a shared key's value: a string, or nil when the key
@@ -90,7 +90,7 @@ func (x *recIndex) refreshKey(k string) {
 	switch sk.kind {
 	case kNode:
 		if hasRec && r.kind == recNode {
-			v.nodes[sk.writer] = r.node
+			v.nodes[sk.writer] = *r.node
 		} else {
 			delete(v.nodes, sk.writer)
 		}
@@ -104,7 +104,7 @@ func (x *recIndex) refreshKey(k string) {
 	case kHolder:
 		it := v.item(sk.id)
 		if hasRec && r.kind == recHolder && r.holder.State != holderRemoved {
-			it.Holders[sk.writer] = r.holder
+			it.Holders[sk.writer] = *r.holder
 		} else {
 			delete(it.Holders, sk.writer)
 		}

@@ -42,10 +42,10 @@ func fullDecode(t *testing.T, d *Doc) (map[string]NodeRecord, map[string]Item, m
 		sk, _, _ := parseKey(k)
 		switch r := v.rec; {
 		case sk.kind == kNode && r.kind == recNode:
-			nodes[sk.writer] = r.node
+			nodes[sk.writer] = *r.node
 		case sk.kind == kHolder && r.kind == recHolder && r.holder.State != holderRemoved:
 			it := item(sk.id)
-			it.Holders[sk.writer] = r.holder
+			it.Holders[sk.writer] = *r.holder
 			items[sk.id] = it
 		case sk.kind == kPresence && r.kind == recPresence:
 			rm := room(sk.id)
