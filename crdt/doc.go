@@ -42,6 +42,22 @@
 // records as unsigned maps, is moved aside and its shared entries carried
 // over).
 //
+// # Reading at scale
+//
+// Readers never walk the automerge document. The node list, the library
+// and the rooms are Go values (view.go) kept up to date from what each
+// change touched: the record index marks every key whose record in force
+// changed, and every shared key a change sets or deletes is read again
+// from automerge (one call per key) once the change is in. A reader
+// copies a top-level map under a read lock and shares the values, which
+// are replaced, never modified, by later changes; so it encodes JSON with
+// no lock held. At 100,000 holder records, Library takes 0.2 ms where a
+// walk of the document took 0.37 s and tens of MiB of C heap. A peer's
+// snapshot is loaded by automerge on a second core while its ops are
+// checked, once the decoder has found only sets and deletes of scalars in
+// it, and a node that adopted one returns the check's garbage and
+// automerge's free C heap to the system.
+//
 // # Persistence
 //
 // The directory holds doc.snapshot (automerge Save, checksummed) and
