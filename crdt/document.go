@@ -557,6 +557,17 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 	loaded := lr.doc
 	// syncMu first: an adopted snapshot is written outside mu, and no
 	// local commit may be acknowledged before it is on disk.
+	adopted := false
+	defer func() {
+		if adopted {
+			// After the locks: a join's check leaves tens of MiB of Go
+			// garbage and automerge's load frees as much C heap. Hand both
+			// back now rather than keep them resident (the Go scavenger
+			// takes minutes; glibc never returns the middle of its heap).
+			debug.FreeOSMemory()
+			cmem.Trim()
+		}
+	}()
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()
 	defer d.deliver()
@@ -568,8 +579,7 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 	beforeHeads := *d.heads.Load()
 	before := hashKey(beforeHeads)
 	cur := d.doc()
-	adopted := d.st.snapSize == 0 && int64(len(b)) > d.st.logSize
-	if adopted {
+	if d.st.snapSize == 0 && int64(len(b)) > d.st.logSize {
 		// A new node: everything it has is in its change log, and the
 		// peer's document is bigger. Adopt the loaded document and merge
 		// ours into it: one Load, instead of Load + LoadIncremental + Save
@@ -599,6 +609,7 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 		d.st.snapSize = size
 		x.merge(d.recs) // ours came across too
 		d.swapLocked(loaded, x)
+		adopted = true
 	} else {
 		d.view.Lock()
 		err := cur.LoadIncremental(b)
@@ -635,14 +646,6 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 		// An adopted snapshot is durable too: a later failed fsync must
 		// not roll the document back to before it.
 		d.syncedHeads = heads
-	}
-	if adopted {
-		// A join's check leaves tens of MiB of Go garbage and automerge's
-		// load frees as much C heap: hand both back now rather than keep
-		// them resident (the Go scavenger takes minutes; glibc never
-		// returns the middle of its heap by itself).
-		debug.FreeOSMemory()
-		cmem.Trim()
 	}
 	return nil
 }

@@ -98,6 +98,9 @@ func TestLateJoinerBootstrapsFromSnapshot(t *testing.T) {
 	if len(lib) != entries {
 		t.Fatalf("late joiner sees %d entries, want %d", len(lib), entries)
 	}
+	// The count follows MergeSnapshot's return, which can come after
+	// the merged heads are visible.
+	waitFor(t, 10*time.Second, "late joiner to count a snapshot", func() bool { return late.Replicator.Stats().SnapshotsFetched > 0 })
 	if got := late.Replicator.Stats().SnapshotsFetched; got != 1 {
 		t.Fatalf("late joiner fetched %d snapshots, want 1 (bootstrap must not be a full sync)", got)
 	}
