@@ -1,13 +1,17 @@
 package mesh
 
 import (
+	"cmp"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/zeebo/blake3"
 )
 
 var planNow = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
@@ -239,5 +243,35 @@ func BenchmarkReconcile10k(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		Reconcile(in)
+	}
+}
+
+// rankPeers must order peers exactly as the ranking is defined (and as
+// nodes running older versions order them, so an upgrade leaves each
+// node's choice where it was): by the first 8 bytes of
+// BLAKE3(self, 0x00, peer), big-endian, highest first.
+func TestRankPeersOrder(t *testing.T) {
+	score := func(self, p peer.ID) uint64 {
+		h := blake3.New()
+		_, _ = h.Write([]byte(self))
+		_, _ = h.Write([]byte{0})
+		_, _ = h.Write([]byte(p))
+		return binary.BigEndian.Uint64(h.Sum(nil))
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, n := range []int{0, 1, 2, 17, 5000} {
+		self := randomIDs(r, 1)[0]
+		want := randomIDs(r, n)
+		got := slices.Clone(want)
+		slices.SortFunc(want, func(a, b peer.ID) int { return cmp.Compare(score(self, b), score(self, a)) })
+		rankPeers(self, got)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%d peers: rankPeers gives another order than the definition", n)
+		}
+	}
+	ids := []peer.ID{"p0", "p1", "p2", "p3", "p4", "p5"}
+	rankPeers("self", ids)
+	if want := []peer.ID{"p3", "p5", "p1", "p4", "p2", "p0"}; !slices.Equal(ids, want) {
+		t.Fatalf("rankPeers(self, p0..p5) = %v, want %v", ids, want)
 	}
 }
