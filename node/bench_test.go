@@ -417,19 +417,7 @@ func benchBootstrap(b *testing.B, bin string) {
 	if v := os.Getenv("MN_BENCH_SMALL"); v != "" {
 		fleetNodes, entries = 10, 100
 	}
-	for p := range fleetNodes {
-		key, pid := testIdentity(b)
-		if _, err := src.Doc.Update("bench", func(tx *crdt.Tx) error {
-			w := tx.As(key)
-			w.SetNode(pid, crdt.NodeRecord{Name: fmt.Sprintf("agent-%03d", p), Addrs: []string{fmt.Sprintf("/ip4/10.0.%d.%d/udp/4700/quic-v1", p/250, p%250)}, Version: 1, StartedMs: 1, LastSeenMs: 1, Alive: true})
-			for k := range entries {
-				w.SetHolder(fmt.Sprintf("item-%04d", k), pid, crdt.Holder{Manifest: fmt.Sprintf("%064x", k), Version: "v1", Size: int64(k) << 20, Files: int64(k % 50), State: crdt.HolderComplete, UpdatedMs: int64(k)})
-			}
-			return nil
-		}); err != nil {
-			b.Fatal(err)
-		}
-	}
+	fillFleet(b, src, fleetNodes, entries)
 	snap := src.Doc.Snapshot()
 
 	start := time.Now()
