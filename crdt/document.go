@@ -525,13 +525,13 @@ func (d *Doc) saveLocked() []byte {
 // peer's bytes as its snapshot; otherwise the snapshot is appended to the
 // change log as one record.
 func (d *Doc) MergeSnapshot(b []byte) error {
-	// Automerge sees the bytes only once the decoder has found nothing
-	// but sets and deletes of scalars (a text bomb or a nested object is
-	// refused from the action column, before any op is read). It then
-	// loads them on another core while every operation and signature is
-	// checked, and a snapshot that fails the checks is dropped unused:
-	// the load is most of a join's time, and its memory is bounded by
-	// the ops the decoder has counted.
+	// Automerge sees the bytes only once the decoder has found no action
+	// but set and delete (a text bomb or a nested object is refused from
+	// the action column, before any op is read). It then loads them on
+	// another core while every operation and signature is checked (keys,
+	// types, sizes, root only, no inserts), and a snapshot that fails the
+	// checks is dropped unused: the load is most of a join's time, and
+	// its memory is bounded by the ops the decoder has counted.
 	doc, err := decodeDocumentOnly(b, rootScalar)
 	if err != nil {
 		return decodeRefusal(Hash{}, err)

@@ -179,7 +179,8 @@ func decodeRecord(b []byte) (*record, error) {
 		h := &Holder{}
 		r.holder = h
 		// Every holder of one version of an item carries the same
-		// manifest hash and label: keep one copy of each.
+		// manifest hash and label: records decoded together (a join's
+		// check) share one copy of each.
 		h.Manifest = unique.Make(p.str()).Value()
 		h.Version = unique.Make(p.str()).Value()
 		h.Size = p.varint()
