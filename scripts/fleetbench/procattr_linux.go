@@ -1,0 +1,10 @@
+package main
+
+import "syscall"
+
+// daemonAttr puts a daemon in its own process group (a Ctrl-C reaches the
+// benchmark, which stops the daemons itself) and has the kernel kill it
+// should the benchmark die without stopping it.
+func daemonAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
