@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/meshnode/meshnode/scripts/internal/benchproc"
 )
 
 // daemon is one `meshnode run` process.
@@ -47,9 +49,9 @@ func startDaemon(bin, name, dir, logPath string, args []string) (*daemon, error)
 		"--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1",
 		"--api", "127.0.0.1:0", "--mdns=false"}, args...)
 	cmd := exec.Command(bin, all...)
-	cmd.Env = cleanEnv()
+	cmd.Env = benchproc.CleanEnv()
 	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.SysProcAttr = daemonAttr()
+	cmd.SysProcAttr = benchproc.DaemonAttr()
 	if err := cmd.Start(); err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -61,18 +63,6 @@ func startDaemon(bin, name, dir, logPath string, args []string) (*daemon, error)
 		close(d.exited)
 	}()
 	return d, nil
-}
-
-// cleanEnv is the environment without MESHNODE_* settings, so that no
-// stray variable changes a daemon.
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "MESHNODE_") {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
 
 func (d *daemon) running() bool {
@@ -90,7 +80,7 @@ func (d *daemon) dead() error {
 	if d.running() {
 		return nil
 	}
-	return fmt.Errorf("%s (pid %d) exited (%v); its log %s ends: %s", d.name, d.pid, d.exitErr, d.logPath, tailFile(d.logPath, 600))
+	return fmt.Errorf("%s (pid %d) exited (%v); its log %s ends: %s", d.name, d.pid, d.exitErr, d.logPath, benchproc.TailFile(d.logPath, 600))
 }
 
 // kill sends SIGKILL and waits for the exit.
@@ -140,7 +130,7 @@ func (d *daemon) waitAPI(ctx context.Context, hc *http.Client, limit time.Durati
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s: no API after %v (log: %s)", d.name, limit, d.logPath)
 		}
-		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+		if err := benchproc.Sleep(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -192,16 +182,21 @@ func (d *daemon) call(ctx context.Context, hc *http.Client, method, path string,
 	return json.Unmarshal(b, out)
 }
 
-// fetch makes one API request and returns the answer's body.
-func (d *daemon) fetch(ctx context.Context, hc *http.Client, method, path string, body []byte, timeout time.Duration) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
+// do sends one API request with the daemon's token.
+func (d *daemon) do(ctx context.Context, hc *http.Client, method, path string, body []byte) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, method, "http://"+d.api+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+d.token)
-	resp, err := hc.Do(req)
+	return hc.Do(req)
+}
+
+// fetch makes one API request and returns the answer's body.
+func (d *daemon) fetch(ctx context.Context, hc *http.Client, method, path string, body []byte, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := d.do(ctx, hc, method, path, body)
 	if err != nil {
 		return nil, err
 	}
@@ -274,39 +269,10 @@ func (d *daemon) mesh(ctx context.Context, hc *http.Client) (meshView, error) {
 	return m, err
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-func tail(b []byte, n int) string {
-	b = bytes.TrimSpace(b)
-	if len(b) > n {
-		b = append([]byte("..."), b[len(b)-n:]...)
-	}
-	return string(b)
-}
-
-func tailFile(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	return tail(b, n)
-}
-
 // events opens the daemon's event stream (GET /v1/events), which lasts
 // until ctx ends.
 func (d *daemon) events(ctx context.Context, hc *http.Client) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+d.api+"/v1/events", nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+d.token)
-	resp, err := hc.Do(req)
+	resp, err := d.do(ctx, hc, "GET", "/v1/events", nil)
 	if err != nil {
 		return nil, err
 	}

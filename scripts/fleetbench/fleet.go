@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/meshnode/meshnode/scripts/internal/benchproc"
 )
 
 // bench holds what every phase needs and every daemon started, so that
@@ -152,7 +154,7 @@ func (b *bench) awaitJoined(ctx context.Context, ds []*daemon) error {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("%s: has not joined the fleet's document after 1 min (log: %s)", d.name, d.logPath)
 			}
-			if err := sleep(ctx, 100*time.Millisecond); err != nil {
+			if err := benchproc.Sleep(ctx, 100*time.Millisecond); err != nil {
 				return err
 			}
 		}
@@ -206,7 +208,7 @@ func (b *bench) awaitView(ctx context.Context, ds []*daemon, want viewWant, sinc
 		if time.Now().After(deadline) {
 			return 0, fmt.Errorf("after %v, %d of %d nodes still see another fleet: %s", limit, len(pending), len(ds), describeGaps(pending, gaps))
 		}
-		if err := sleep(ctx, time.Second); err != nil {
+		if err := benchproc.Sleep(ctx, time.Second); err != nil {
 			return 0, err
 		}
 	}

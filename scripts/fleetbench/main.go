@@ -70,6 +70,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/meshnode/meshnode/scripts/internal/benchproc"
 )
 
 type options struct {
@@ -210,7 +212,7 @@ func prepare(ctx context.Context, o *options) error {
 		o.bin = filepath.Join(o.dir, "meshnode")
 		out, err := exec.CommandContext(ctx, "go", "build", "-o", o.bin, "./cmd/meshnode").CombinedOutput()
 		if err != nil {
-			return fmt.Errorf("go build ./cmd/meshnode (run from the repository's root, or give -bin): %v: %s", err, tail(out, 600))
+			return fmt.Errorf("go build ./cmd/meshnode (run from the repository's root, or give -bin): %v: %s", err, benchproc.Tail(out, 600))
 		}
 	}
 	o.bin, err = filepath.Abs(o.bin)
@@ -287,7 +289,7 @@ func (b *bench) baseline(ctx context.Context, res *results) error {
 		return fmt.Errorf("baseline fleet did not form: %w", err)
 	}
 	r.formCPU, r.formBusy = cpuOfAll(f.nodes), m.busySince()
-	if err := sleep(ctx, b.o.settle); err != nil {
+	if err := benchproc.Sleep(ctx, b.o.settle); err != nil {
 		return err
 	}
 	progress("baseline: idle window of %v", b.o.idle)
@@ -321,7 +323,7 @@ func (b *bench) bigFleet(ctx context.Context, r *fleetResult) error {
 	}
 	r.formCPU, r.formBusy = cpuOfAll(f.nodes), m.busySince()
 	progress("fleet formed in %.1f s; settling %v, then an idle window of %v", r.formed.Seconds(), b.o.settle, b.o.idle)
-	if err := sleep(ctx, b.o.settle); err != nil {
+	if err := benchproc.Sleep(ctx, b.o.settle); err != nil {
 		return err
 	}
 	if err := b.idle(ctx, f, r); err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,56 +12,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/meshnode/meshnode/scripts/internal/benchproc"
 )
-
-// clkTck is the kernel's USER_HZ: /proc/<pid>/stat counts CPU time in it.
-const clkTck = 100
-
-// cpuSeconds is a process's utime+stime (pid 0: this process).
-func cpuSeconds(pid int) (float64, error) {
-	path := "/proc/self/stat"
-	if pid != 0 {
-		path = fmt.Sprintf("/proc/%d/stat", pid)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the command name, which is in parentheses and may
-	// hold spaces: utime is field 14, stime 15.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("%s: no command name", path)
-	}
-	fs := strings.Fields(string(b[i+1:]))
-	if len(fs) < 13 {
-		return 0, fmt.Errorf("%s: %d fields", path, len(fs))
-	}
-	ut, err1 := strconv.ParseInt(fs[11], 10, 64)
-	st, err2 := strconv.ParseInt(fs[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
-	}
-	return float64(ut+st) / clkTck, nil
-}
-
-// statusMiB is a /proc/<pid>/status memory field (VmRSS, VmHWM) in MiB.
-func statusMiB(pid int, field string) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, field+":"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("/proc/%d/status %s %q: %w", pid, field, v, err)
-			}
-			return float64(kb) / 1024, nil
-		}
-	}
-	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, field)
-}
 
 // usage is one process's CPU over a window and its memory at the end.
 type usage struct {
@@ -78,14 +30,14 @@ type usage struct {
 func measureIdle(ctx context.Context, ds []*daemon, window time.Duration) ([]usage, error) {
 	cpu0 := make([]float64, len(ds))
 	for i, d := range ds {
-		c, err := cpuSeconds(d.pid)
+		c, err := benchproc.CPUSeconds(d.pid)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", d.name, err)
 		}
 		cpu0[i] = c
 	}
 	start := time.Now()
-	if err := sleep(ctx, window); err != nil {
+	if err := benchproc.Sleep(ctx, window); err != nil {
 		return nil, err
 	}
 	el := time.Since(start).Seconds()
@@ -95,7 +47,7 @@ func measureIdle(ctx context.Context, ds []*daemon, window time.Duration) ([]usa
 		if err != nil {
 			return nil, err
 		}
-		c, err := cpuSeconds(d.pid)
+		c, err := benchproc.CPUSeconds(d.pid)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", d.name, err)
 		}
@@ -107,11 +59,11 @@ func measureIdle(ctx context.Context, ds []*daemon, window time.Duration) ([]usa
 
 // memOf is a daemon's VmRSS and VmHWM now.
 func memOf(d *daemon) (usage, error) {
-	rss, err := statusMiB(d.pid, "VmRSS")
+	rss, err := benchproc.StatusMiB(d.pid, "VmRSS")
 	if err != nil {
 		return usage{}, fmt.Errorf("%s: %w", d.name, err)
 	}
-	hwm, err := statusMiB(d.pid, "VmHWM")
+	hwm, err := benchproc.StatusMiB(d.pid, "VmHWM")
 	if err != nil {
 		return usage{}, fmt.Errorf("%s: %w", d.name, err)
 	}
@@ -291,7 +243,7 @@ func (m machine) busySince() float64 {
 func cpuOfAll(ds []*daemon) float64 {
 	t := 0.0
 	for _, d := range ds {
-		c, _ := cpuSeconds(d.pid)
+		c, _ := benchproc.CPUSeconds(d.pid)
 		t += c
 	}
 	return t

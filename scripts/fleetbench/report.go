@@ -6,43 +6,36 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"runtime"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/meshnode/meshnode/scripts/internal/benchproc"
 )
 
 // printHeader: when, where, what and with which settings.
 func printHeader(o options) {
-	commit := strings.TrimSpace(output("git", "rev-parse", "--short", "HEAD"))
+	commit := strings.TrimSpace(benchproc.Output("git", "rev-parse", "--short", "HEAD"))
 	if commit == "" {
 		commit = "unknown"
-	} else if strings.TrimSpace(output("git", "status", "--porcelain", "--untracked-files=no")) != "" {
+	} else if strings.TrimSpace(benchproc.Output("git", "status", "--porcelain", "--untracked-files=no")) != "" {
 		commit += " (with uncommitted changes)"
 	}
-	gover := strings.TrimSpace(output("go", "version"))
+	gover := strings.TrimSpace(benchproc.Output("go", "version"))
 	if gover == "" {
 		gover = runtime.Version()
 	}
 	fmt.Printf("# meshnode fleet benchmark (issue 15), %s\n", time.Now().UTC().Format("2006-01-02T15:04Z"))
-	fmt.Printf("# %s, %d cores, %s, commit %s, load average %s\n", strings.TrimSpace(output("uname", "-srm")), runtime.NumCPU(), gover, commit, loadAvg())
+	fmt.Printf("# %s, %d cores, %s, commit %s, load average %s\n", strings.TrimSpace(benchproc.Output("uname", "-srm")), runtime.NumCPU(), gover, commit, loadAvg())
 	fmt.Printf("# fleet of %d processes; then SIGKILL to the rendezvous and %d others; baseline: a lone node and a fleet of %d\n", o.n, o.kill, o.baseN)
 	fmt.Printf("# %d rounds per phase, bound %v, each node read on its doc.changed events and at least every %v, %d requests in flight at most, batches of %d, settle %v, idle window %v, seed %d\n",
 		o.rounds, o.bound, o.poll, o.par, o.batch, o.settle, o.idle, o.seed)
 	fmt.Printf("# every node: meshnode run --mdns=false --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0/quic-v1 --api 127.0.0.1:0 %s\n", strings.Join(o.node.args(), " "))
 	fmt.Printf("#   joiners also: --join <rendezvous token> --bootstrap <rendezvous 127.0.0.1 TCP address>\n")
 	fmt.Printf("# binary %s, work dir %s\n\n", o.bin, o.dir)
-}
-
-func output(name string, args ...string) string {
-	out, err := exec.Command(name, args...).Output()
-	if err != nil {
-		return ""
-	}
-	return string(out)
 }
 
 // printReport prints the summary table, each phase's rounds and the

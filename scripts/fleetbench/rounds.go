@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/meshnode/meshnode/scripts/internal/benchproc"
 )
 
 // round is one change written on one node and awaited on the others.
@@ -53,7 +55,7 @@ func (b *bench) runPhase(ctx context.Context, name, what string, ds []*daemon, r
 	p := phase{name: name, what: what, nodes: len(ds)}
 	ws, unwatch := b.watchAll(ctx, ds)
 	defer unwatch()
-	cpu0, _ := cpuSeconds(0)
+	cpu0, _ := benchproc.CPUSeconds(0)
 	start := time.Now()
 	perm := b.rng.Perm(len(ds))
 	for i := range rounds {
@@ -64,11 +66,11 @@ func (b *bench) runPhase(ctx context.Context, name, what string, ds []*daemon, r
 		r := b.round(ctx, w, without(ds, w), ws, fmt.Sprintf("%s-%d", name, i+1))
 		p.rounds = append(p.rounds, r)
 		progress("%s round %d/%d: %s", name, i+1, rounds, r.line())
-		if i+1 < rounds && sleep(ctx, b.o.gap) != nil {
+		if i+1 < rounds && benchproc.Sleep(ctx, b.o.gap) != nil {
 			break
 		}
 	}
-	if cpu1, err := cpuSeconds(0); err == nil {
+	if cpu1, err := benchproc.CPUSeconds(0); err == nil {
 		p.proberPct = 100 * (cpu1 - cpu0) / time.Since(start).Seconds()
 	}
 	return p

@@ -47,7 +47,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -65,10 +64,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
-)
 
-// clkTck is the kernel's USER_HZ: /proc/<pid>/stat counts CPU time in it.
-const clkTck = 100
+	"github.com/meshnode/meshnode/scripts/internal/benchproc"
+)
 
 // tree is a generated share folder holding one item of the same name.
 type tree struct {
@@ -240,28 +238,20 @@ func run() int {
 
 // printHeader: when, where and what was measured.
 func printHeader(o options) {
-	uname := strings.TrimSpace(output("uname", "-srm"))
-	gover := strings.TrimSpace(output("go", "version"))
+	uname := strings.TrimSpace(benchproc.Output("uname", "-srm"))
+	gover := strings.TrimSpace(benchproc.Output("go", "version"))
 	if gover == "" {
 		gover = runtime.Version()
 	}
-	commit := strings.TrimSpace(output("git", "rev-parse", "--short", "HEAD"))
+	commit := strings.TrimSpace(benchproc.Output("git", "rev-parse", "--short", "HEAD"))
 	if commit == "" {
 		commit = "unknown"
-	} else if strings.TrimSpace(output("git", "status", "--porcelain", "--untracked-files=no")) != "" {
+	} else if strings.TrimSpace(benchproc.Output("git", "status", "--porcelain", "--untracked-files=no")) != "" {
 		commit += " (with uncommitted changes)"
 	}
 	fmt.Printf("# meshnode two-process transfer benchmark, %s\n", time.Now().UTC().Format("2006-01-02T15:04Z"))
 	fmt.Printf("# %s, %d cores, %s, commit %s\n", uname, runtime.NumCPU(), gover, commit)
 	fmt.Printf("# work dir %s, %d run(s) per case, raw stream %d bytes\n\n", o.dir, o.runs, o.rawBytes)
-}
-
-func output(name string, args ...string) string {
-	out, err := exec.Command(name, args...).Output()
-	if err != nil {
-		return ""
-	}
-	return string(out)
 }
 
 type bench struct {
@@ -403,7 +393,7 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 			f["scan_s"] = published.Sub(holder.started).Seconds()
 			f["scan_cpu_s"] = holder.publishedCPU
 		}
-		if v, err := peakRSS(holder.pid); err == nil {
+		if v, err := benchproc.StatusMiB(holder.pid, "VmHWM"); err == nil {
 			f["holder_rss_mib"] = v
 		}
 		f["ratio_scan"] = f["scan_s"] / f["cat_s"]
@@ -514,7 +504,7 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 	start := time.Now()
 	gctx, cancel := context.WithTimeout(ctx, b.o.timeout)
 	get := exec.CommandContext(gctx, b.o.bin, "get", t.name, "--data", rdir)
-	get.Env = cleanEnv()
+	get.Env = benchproc.CleanEnv()
 	out, err := get.CombinedOutput()
 	cancel()
 	wall := time.Since(start)
@@ -524,7 +514,7 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 	}
 	_ = os.WriteFile(logBase+"-get.log", out, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("meshnode get: %v: %s", err, tail(out, 600))
+		return nil, fmt.Errorf("meshnode get: %v: %s", err, benchproc.Tail(out, 600))
 	}
 	if cerr != nil {
 		return nil, cerr
@@ -542,7 +532,7 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 		return nil, err
 	}
 	f["rx_cpu_idle_s"] = cpu2 - cpu0.total()
-	if v, err := peakRSS(recv.pid); err == nil {
+	if v, err := benchproc.StatusMiB(recv.pid, "VmHWM"); err == nil {
 		f["rx_rss_mib"] = v
 	}
 
@@ -579,7 +569,7 @@ func (b *bench) runCase(ctx context.Context, c benchCase, r int) (figures, error
 	}
 	if got != want {
 		diff, _ := exec.CommandContext(ctx, "diff", "-rq", filepath.Join(share, t.name), filepath.Join(rdir, "share", t.name)).CombinedOutput()
-		return nil, fmt.Errorf("the received tree differs from the holder's (hash %.16s, want %.16s): %s", got, want, tail(diff, 600))
+		return nil, fmt.Errorf("the received tree differs from the holder's (hash %.16s, want %.16s): %s", got, want, benchproc.Tail(diff, 600))
 	}
 	return f, nil
 }
@@ -632,9 +622,9 @@ func startDaemon(ctx context.Context, bin, name, dir, share, listen, join, boot,
 		args = append(args, "--join", join, "--bootstrap", boot)
 	}
 	cmd := exec.Command(bin, args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = benchproc.CleanEnv()
 	cmd.Stdout = lf
-	cmd.SysProcAttr = daemonAttr()
+	cmd.SysProcAttr = benchproc.DaemonAttr()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		lf.Close()
@@ -670,7 +660,7 @@ func (d *daemon) readLog(r io.Reader) {
 		if json.Unmarshal(line, &ev) != nil || ev["message"] != "share folder scanned" {
 			continue
 		}
-		cpu, _ := cpuSeconds(d.pid)
+		cpu, _ := benchproc.CPUSeconds(d.pid)
 		num := func(k string) float64 { v, _ := ev[k].(float64); return v }
 		d.mu.Lock()
 		if d.scanLine == nil {
@@ -704,7 +694,7 @@ func (d *daemon) stop() {
 func (d *daemon) dead() error {
 	select {
 	case <-d.exited:
-		return fmt.Errorf("%s exited (%v); its log %s ends: %s", d.name, d.exitErr, d.log.Name(), tailFile(d.log.Name(), 800))
+		return fmt.Errorf("%s exited (%v); its log %s ends: %s", d.name, d.exitErr, d.log.Name(), benchproc.TailFile(d.log.Name(), 800))
 	default:
 		return nil
 	}
@@ -734,7 +724,7 @@ func (d *daemon) waitAPI(ctx context.Context) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%s: no API after 60 s (log: %s)", d.name, d.log.Name())
 		}
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+		if err := benchproc.Sleep(ctx, 20*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -798,7 +788,7 @@ func (d *daemon) waitItem(ctx context.Context, item, holder string, limit time.D
 				for _, v := range it.Versions {
 					if slices.Contains(v.Holders, holder) {
 						now := time.Now()
-						cpu, _ := cpuSeconds(d.pid)
+						cpu, _ := benchproc.CPUSeconds(d.pid)
 						d.mu.Lock()
 						d.publishedCPU = cpu
 						d.mu.Unlock()
@@ -810,7 +800,7 @@ func (d *daemon) waitItem(ctx context.Context, item, holder string, limit time.D
 		if time.Now().After(deadline) {
 			return time.Time{}, fmt.Errorf("item %s not held by %s after %v (log: %s)", item, holder, limit, d.log.Name())
 		}
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+		if err := benchproc.Sleep(ctx, 20*time.Millisecond); err != nil {
 			return time.Time{}, err
 		}
 	}
@@ -823,7 +813,7 @@ func (d *daemon) waitScanLine(ctx context.Context, limit time.Duration) *scanLin
 		d.mu.Lock()
 		l := d.scanLine
 		d.mu.Unlock()
-		if l != nil || time.Now().After(deadline) || sleep(ctx, 20*time.Millisecond) != nil {
+		if l != nil || time.Now().After(deadline) || benchproc.Sleep(ctx, 20*time.Millisecond) != nil {
 			return l
 		}
 	}
@@ -856,7 +846,7 @@ func (d *daemon) waitAuthenticated(ctx context.Context, p string, limit time.Dur
 		if time.Now().After(deadline) {
 			return "", fmt.Errorf("no authenticated connection to %s after %v", p, limit)
 		}
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+		if err := benchproc.Sleep(ctx, 20*time.Millisecond); err != nil {
 			return "", err
 		}
 	}
@@ -909,67 +899,25 @@ type cpuTime struct{ user, sys float64 }
 
 func (c cpuTime) total() float64 { return c.user + c.sys }
 
-// cpuSeconds is a process's utime+stime.
-func cpuSeconds(pid int) (float64, error) {
-	c, err := cpuTimes(pid)
-	return c.total(), err
-}
-
 // cpuTimes is a process's utime and stime.
 func cpuTimes(pid int) (cpuTime, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return cpuTime{}, err
-	}
-	// Fields after the command name, which is in parentheses and may
-	// hold spaces: state is field 3, utime 14, stime 15.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return cpuTime{}, fmt.Errorf("/proc/%d/stat: no command name", pid)
-	}
-	fs := strings.Fields(string(b[i+1:]))
-	if len(fs) < 13 {
-		return cpuTime{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(fs))
-	}
-	ut, err1 := strconv.ParseInt(fs[11], 10, 64)
-	st, err2 := strconv.ParseInt(fs[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return cpuTime{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-	}
-	return cpuTime{user: float64(ut) / clkTck, sys: float64(st) / clkTck}, nil
-}
-
-// peakRSS is a process's VmHWM in MiB.
-func peakRSS(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("/proc/%d/status VmHWM %q: %w", pid, v, err)
-			}
-			return float64(kb) / 1024, nil
-		}
-	}
-	return 0, fmt.Errorf("/proc/%d/status: no VmHWM", pid)
+	u, sys, err := benchproc.CPU(pid)
+	return cpuTime{user: u, sys: sys}, err
 }
 
 // waitIdle waits until the process uses under a tenth of a core over half a
 // second (or limit passes) and returns its CPU seconds then.
 func waitIdle(ctx context.Context, pid int, limit time.Duration) (float64, error) {
 	deadline := time.Now().Add(limit)
-	prev, err := cpuSeconds(pid)
+	prev, err := benchproc.CPUSeconds(pid)
 	if err != nil {
 		return 0, err
 	}
 	for {
-		if err := sleep(ctx, 500*time.Millisecond); err != nil {
+		if err := benchproc.Sleep(ctx, 500*time.Millisecond); err != nil {
 			return 0, err
 		}
-		cur, err := cpuSeconds(pid)
+		cur, err := benchproc.CPUSeconds(pid)
 		if err != nil {
 			return 0, err
 		}
@@ -1031,48 +979,12 @@ func runShell(ctx context.Context, script string) (time.Duration, *os.ProcessSta
 	out, err := cmd.CombinedOutput()
 	d := time.Since(start)
 	if err != nil {
-		return 0, nil, fmt.Errorf("%s: %v: %s", script, err, tail(out, 400))
+		return 0, nil, fmt.Errorf("%s: %v: %s", script, err, benchproc.Tail(out, 400))
 	}
 	return d, cmd.ProcessState, nil
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
-// cleanEnv is the environment without MESHNODE_* settings, so that no
-// stray variable changes a daemon.
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "MESHNODE_") {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-func tail(b []byte, n int) string {
-	b = bytes.TrimSpace(b)
-	if len(b) > n {
-		b = append([]byte("..."), b[len(b)-n:]...)
-	}
-	return string(b)
-}
-
-func tailFile(path string, n int) string {
-	b, _ := os.ReadFile(path)
-	return tail(b, n)
-}
 
 // figure is one row of a case's summary.
 type figure struct {
