@@ -127,9 +127,9 @@ type Doc struct {
 	// heartbeats and gossip ask about heads far more often than they
 	// change, and each automerge call crosses cgo.
 	heads atomic.Pointer[[]Hash]
-	// view keeps readers that decode several automerge values (a record,
-	// a scan of the root) from seeing an Update half applied: Update
-	// holds it while it applies its writes and commits, readers share it.
+	// view guards the record index and its view (view.go), so readers
+	// never see a change half applied: every mutation holds it while it
+	// applies a change and refreshes the view, readers share it.
 	view   sync.RWMutex
 	st     *store
 	closed bool
@@ -555,8 +555,6 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 		return fmt.Errorf("%w: snapshot from peer: %v", ErrCorrupt, lr.err)
 	}
 	loaded := lr.doc
-	// syncMu first: an adopted snapshot is written outside mu, and no
-	// local commit may be acknowledged before it is on disk.
 	adopted := false
 	defer func() {
 		if adopted {
@@ -568,6 +566,8 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 			cmem.Trim()
 		}
 	}()
+	// syncMu first: an adopted snapshot is written outside mu, and no
+	// local commit may be acknowledged before it is on disk.
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()
 	defer d.deliver()

@@ -342,7 +342,7 @@ func TestSnapshotAdoptionKeepsOwnChanges(t *testing.T) {
 	// A node with its own snapshot merges instead of adopting, and the
 	// merged state is what lands on disk.
 	setName(t, a, "a-late", "v")
-	_ = b2.SavedSize() // a metrics scrape fills the Save cache
+	_ = b2.SavedSize() // serving a snapshot to a peer fills the Save cache
 	if err := b2.MergeSnapshot(a.Snapshot()); err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +353,7 @@ func TestSnapshotAdoptionKeepsOwnChanges(t *testing.T) {
 	}
 }
 
-// Nodes is cached until the document changes: a local write, a merged remote write and a
+// Nodes follows the document's view: a local write, a merged remote write and a
 // caller that edits the returned map must all leave it correct.
 func TestNodesCacheFollowsHeads(t *testing.T) {
 	d := openT(t, t.TempDir())
@@ -425,8 +425,8 @@ func TestReadersNeverSeeHalfAnUpdate(t *testing.T) {
 	}
 }
 
-// A write rolled back after a reader cached the node list must not stay
-// in the cache, although the heads return to what they were.
+// A write rolled back after a reader saw it must leave the node list,
+// although the heads return to what they were.
 func TestNodesCacheForgetsRolledBackWrite(t *testing.T) {
 	t.Parallel()
 	d := openT(t, t.TempDir())

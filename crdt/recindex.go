@@ -44,7 +44,7 @@ type recIndex struct {
 	keys map[string]recValue
 	// shared holds the value automerge shows at each shared (last-writer-
 	// wins) key: a string, as the checks let in nothing else.
-	shared map[string]*string
+	shared map[string]string
 	// reread marks shared keys that changes wrote, to read from automerge
 	// at the next refresh; touched marks keys whose view entry is stale.
 	reread, touched map[string]struct{}
@@ -55,7 +55,7 @@ func newRecIndex() *recIndex { return newRecIndexFor(0) }
 
 // newRecIndexFor makes an index sized for about n records.
 func newRecIndexFor(n int) *recIndex {
-	return &recIndex{keys: make(map[string]recValue, n), shared: map[string]*string{},
+	return &recIndex{keys: make(map[string]recValue, n), shared: map[string]string{},
 		reread: map[string]struct{}{}, touched: make(map[string]struct{}, n), view: newView()}
 }
 

@@ -47,8 +47,9 @@ func (x *recIndex) refresh(doc *am.Doc) {
 	if len(x.reread) > 0 {
 		root := doc.RootMap()
 		for k := range x.reread {
-			x.shared[k] = sharedValue(root, k)
-			if x.shared[k] == nil {
+			if s, ok := sharedValue(root, k); ok {
+				x.shared[k] = s
+			} else {
 				delete(x.shared, k)
 			}
 			x.touched[k] = struct{}{}
@@ -64,18 +65,15 @@ func (x *recIndex) refresh(doc *am.Doc) {
 	x.touched = map[string]struct{}{} // a cleared map keeps its size: a join's is 100,000 keys
 }
 
-// sharedValue reads a shared key's value: a string, or nil when the key
-// is gone or holds anything else (the checks let only strings in).
-func sharedValue(root *am.Map, k string) *string {
+// sharedValue reads a shared key's value: a string, or false when the
+// key is gone or holds anything else (the checks let only strings in).
+func sharedValue(root *am.Map, k string) (string, bool) {
 	v, err := root.Get(k)
 	if err != nil {
-		return nil
+		return "", false
 	}
 	s, err := am.As[string](v)
-	if err != nil {
-		return nil
-	}
-	return &s
+	return s, err == nil
 }
 
 // refreshKey recomputes the view's entry for one key.
@@ -86,7 +84,7 @@ func (x *recIndex) refreshKey(k string) {
 	}
 	v := x.view
 	r, hasRec := x.best(k)
-	s := x.shared[k]
+	s, set := x.shared[k]
 	switch sk.kind {
 	case kNode:
 		if hasRec && r.kind == recNode {
@@ -96,11 +94,8 @@ func (x *recIndex) refreshKey(k string) {
 		}
 	case kItemName:
 		it := v.item(sk.id)
-		it.Name = ""
-		if s != nil {
-			it.Name = *s
-		}
-		v.dropEmptyItem(sk.id, it, s != nil)
+		it.Name = s
+		v.dropEmptyItem(sk.id, it, set)
 	case kHolder:
 		it := v.item(sk.id)
 		if hasRec && r.kind == recHolder && r.holder.State != holderRemoved {
@@ -109,15 +104,12 @@ func (x *recIndex) refreshKey(k string) {
 			delete(it.Holders, sk.writer)
 		}
 		if len(it.Holders) == 0 {
-			v.dropEmptyItem(sk.id, it, x.shared[itemNameKey(sk.id)] != nil)
+			v.dropEmptyItem(sk.id, it, x.has(itemNameKey(sk.id)))
 		}
 	case kCreds:
 		rm := v.room(sk.id)
-		rm.Creds = ""
-		if s != nil {
-			rm.Creds = *s
-		}
-		v.dropEmptyRoom(sk.id, rm, s != nil)
+		rm.Creds = s
+		v.dropEmptyRoom(sk.id, rm, set)
 	case kPresence:
 		rm := v.room(sk.id)
 		if hasRec && r.kind == recPresence {
@@ -125,16 +117,22 @@ func (x *recIndex) refreshKey(k string) {
 		} else {
 			delete(rm.Presence, sk.writer)
 		}
-		v.dropEmptyRoom(sk.id, rm, x.shared[credsKey(sk.id)] != nil)
+		v.dropEmptyRoom(sk.id, rm, x.has(credsKey(sk.id)))
 	case kRoomState:
 		rm := v.room(sk.id)
-		if s != nil {
-			rm.State[sk.sub] = *s
+		if set {
+			rm.State[sk.sub] = s
 		} else {
 			delete(rm.State, sk.sub)
 		}
-		v.dropEmptyRoom(sk.id, rm, x.shared[credsKey(sk.id)] != nil)
+		v.dropEmptyRoom(sk.id, rm, x.has(credsKey(sk.id)))
 	}
+}
+
+// has reports whether a shared key is set.
+func (x *recIndex) has(k string) bool {
+	_, ok := x.shared[k]
+	return ok
 }
 
 // item returns the item to change in place: a copy of the one readers
