@@ -41,8 +41,15 @@ type member struct {
 	skew atomic.Int64
 	mesh meshTracer
 
-	mu  sync.Mutex
-	bad []BadChange
+	mu       sync.Mutex
+	bad      []BadChange
+	staleSet map[peer.ID]bool // what the replicator's Stale reports
+}
+
+func (m *member) stale(p peer.ID) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.staleSet[p]
 }
 
 func (m *member) info() peer.AddrInfo { return peer.AddrInfo{ID: m.h.ID(), Addrs: m.h.Addrs()} }
@@ -62,6 +69,9 @@ func (m *member) reports() []BadChange {
 // testPause is the members' RefusedPause: long enough to check that
 // nothing syncs with a paused peer, short enough for a test to outwait.
 const testPause = 2 * time.Second
+
+// testIdle is the members' SyncIdle.
+const testIdle = time.Second
 
 func newMember(t *testing.T, f *Fleet, bootstrap bool) *member {
 	t.Helper()
@@ -91,7 +101,8 @@ func newMember(t *testing.T, f *Fleet, bootstrap bool) *member {
 		OnUp: func(p peer.ID) { m.repl.PeerUp(p) }, OnDown: func(p peer.ID) { m.repl.PeerDown(p) }})
 	m.repl = NewReplicator(ReplicatorConfig{
 		Host: h, PubSub: m.ps, Fleet: f, Auth: m.auth, Doc: m.doc, Logger: lg, Gate: m.gate,
-		Bootstrap: bootstrap, SyncInterval: 500 * time.Millisecond,
+		Bootstrap: bootstrap, SyncInterval: 500 * time.Millisecond, SyncIdle: testIdle,
+		Stale:       func(p peer.ID) bool { return m.stale(p) },
 		StrikeLimit: 3, StrikeWindow: time.Minute, RefusedPause: testPause,
 		OnBadChange: func(bc BadChange) {
 			m.mu.Lock()

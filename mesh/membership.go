@@ -438,6 +438,20 @@ func (m *Membership) Members() map[peer.ID]Member {
 	return out
 }
 
+// Stale reports whether p was heard from but its heartbeats stopped
+// (stale) or it said goodbye (left). A peer not heard from yet is not
+// stale: it may have just connected.
+func (m *Membership) Stale(p peer.ID) bool {
+	now := m.cfg.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mem, ok := m.members[p]
+	if !ok {
+		return false
+	}
+	return mem.State != StateAlive || now.Sub(mem.LastHeard) > m.cfg.StaleAfter
+}
+
 // ParseAddrs parses multiaddr strings, skipping ones that do not parse.
 func ParseAddrs(ss []string) []ma.Multiaddr {
 	var out []ma.Multiaddr

@@ -26,7 +26,13 @@ func TestMembershipForgets(t *testing.T) {
 	now = now.Add(30 * time.Second)
 	stay := testutil.RandomPeer(t)
 	m.heard(stay, Heartbeat{Peer: stay.String(), Name: "stays"})
+	if m.Stale(stay) || m.Stale(testutil.RandomPeer(t)) {
+		t.Fatal("a peer just heard, or never heard, is stale")
+	}
 	now = now.Add(31 * time.Second)
+	if !m.Stale(stay) {
+		t.Fatal("a peer not heard for StaleAfter is not stale")
+	}
 	m.sweep()
 	got := m.Members()
 	if len(got) != 1 || got[stay].State != StateStale {

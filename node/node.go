@@ -171,6 +171,8 @@ func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 		Host: n.Host, PubSub: n.ps, Fleet: n.Fleet, Auth: n.Auth, Doc: n.Doc, Logger: lg,
 		SyncInterval: n.cfg.SyncInterval, Bootstrap: newDoc,
 		Gate: n.Gate, OnBadChange: n.badChangeHook(),
+		// Membership is made below; the replicator runs only after.
+		Stale: func(p peer.ID) bool { return n.Membership != nil && n.Membership.Stale(p) },
 		OnBootstrapped: func() {
 			if n.Membership != nil {
 				_ = n.Membership.EnsureRecord(true)
