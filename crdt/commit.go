@@ -166,6 +166,11 @@ func (d *Doc) swapLocked(doc *am.Doc, x *recIndex) {
 	if x == nil {
 		x = d.indexOf(doc)
 	}
+	// This node's actor, fresh: a fork or a loaded document gets a
+	// random one, and the carry (carry.go) tells this node's changes by it.
+	if err := doc.SetActorID(newOwnActor(d.self)); err != nil {
+		d.lg.Error().Err(err).Msg("cannot set the document's actor")
+	}
 	x.refresh(doc) // x is not live yet: no reader sees its view
 	d.view.Lock()
 	d.amp.Store(doc)

@@ -77,10 +77,13 @@ func (d *Doc) compact() error {
 	off1, heads1 := d.st.end(), *d.heads.Load()
 	d.mu.Unlock()
 
-	b := []byte(logMagic)
+	b := d.st.logStart()
 	nrec := 0
+	if d.st.marker != nil {
+		nrec = 1
+	}
 	if len(waiting) > 0 {
-		b, nrec = appendRecord(b, waiting), 1
+		b, nrec = appendRecord(b, waiting), nrec+1
 	}
 	mid, err := d.st.readLog(off0, off1)
 	if err != nil {

@@ -39,6 +39,20 @@ type Config struct {
 	// CompactRecords: the log is also folded after this many records, which
 	// bounds start-up replay time. Default 20,000.
 	CompactRecords int
+	// The cut rule (cutrule.go): a cut is due when the document takes at
+	// least CutBytes on disk (default 128 KiB), history is at least
+	// CutShare of it (default 0.5) and the epoch is at least CutMinAge old
+	// (default 30 s). A node switches once it has seen a proposal for
+	// CutGrace (default 10 s), and proposers take turns CutGrace apart.
+	// The rule is checked every CutCheck (default 5 s; negative: never,
+	// and the document is cut only by ProposeCut and SwitchEpoch).
+	CutBytes  int64
+	CutShare  float64
+	CutMinAge time.Duration
+	CutGrace  time.Duration
+	CutCheck  time.Duration
+	// Now is the clock of the cut rule. Default time.Now.
+	Now func() time.Time
 	// Key is this node's identity (its libp2p key): it signs the node's
 	// single-writer records (its node record, holder entries and presence
 	// leases). Nil gives a fresh random identity (tests).
@@ -54,6 +68,24 @@ func (c *Config) validate() error {
 	}
 	if c.CompactRecords <= 0 {
 		c.CompactRecords = 20_000
+	}
+	if c.CutBytes <= 0 {
+		c.CutBytes = 128 << 10
+	}
+	if c.CutShare <= 0 || c.CutShare >= 1 {
+		c.CutShare = 0.5
+	}
+	if c.CutMinAge <= 0 {
+		c.CutMinAge = 30 * time.Second
+	}
+	if c.CutGrace <= 0 {
+		c.CutGrace = 10 * time.Second
+	}
+	if c.CutCheck == 0 {
+		c.CutCheck = 5 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	if c.Key == nil {
 		k, _, err := crypto.GenerateEd25519Key(nil)
@@ -77,6 +109,9 @@ type Event struct {
 	Deps []Hash
 	// Heads are the document heads after the change.
 	Heads []Hash
+	// Epoch is true when the document moved to a new epoch (a cut, or a
+	// peer's snapshot of a later epoch): peers' sync states are stale.
+	Epoch bool
 }
 
 // Stats are cumulative counters of a Doc.
@@ -134,6 +169,14 @@ type Doc struct {
 	st     *store
 	closed bool
 	damage []Damage
+	// epoch is the document's epoch (switch.go); written under syncMu
+	// and mu, read without locks. switching holds off mutations while a
+	// switch writes its files (waitSwitchLocked); under mu, with
+	// switchCond on mu. epochStart is when this node entered the epoch.
+	epoch      atomic.Pointer[Epoch]
+	switching  bool
+	switchCond *sync.Cond
+	epochStart time.Time
 	// waiting holds changes from the change log (or from a sync message)
 	// whose dependencies this node lacks, e.g. after its snapshot was
 	// lost. They apply when the dependencies arrive (settleWaitingLocked
@@ -169,7 +212,7 @@ type Doc struct {
 	wg          sync.WaitGroup
 
 	localCommits, remoteChanges, snapshotMerges, compactions atomic.Uint64
-	logSyncs, rolledBack                                     atomic.Uint64
+	logSyncs, rolledBack, switches                           atomic.Uint64
 }
 
 // Open loads the document from cfg.Dir (creating an empty one if there is
@@ -195,8 +238,11 @@ func Open(cfg Config) (*Doc, error) {
 		return nil, fmt.Errorf("crdt: identity key: %w", err)
 	}
 	d.self = id.String()
+	d.switchCond = sync.NewCond(&d.mu)
+	d.epochStart = cfg.Now()
 	d.amp.Store(am.New())
 	d.recs = newRecIndex()
+	var snapOps *DocOps
 	if ld.snap != nil {
 		doc, err := am.Load(ld.snap)
 		if err != nil {
@@ -211,12 +257,17 @@ func Open(cfg Config) (*Doc, error) {
 			st.snapSize = 0
 		} else {
 			d.amp.Store(doc)
-			if x, err := indexDocument(ld.snap); err == nil {
-				d.recs = x
+			if snapOps, err = decodeDocumentOnly(ld.snap, rootScalar); err == nil {
+				d.recs = indexOps(snapOps)
 			} else {
 				d.recs = d.indexOf(doc)
 			}
 		}
+	}
+	ld.records = d.openEpoch(snapOps, ld.records)
+	if err := d.doc().SetActorID(newOwnActor(d.self)); err != nil {
+		st.close()
+		return nil, fmt.Errorf("crdt: set the document's actor: %w", err)
 	}
 	d.mu.Lock() // replay's helpers expect it; nothing else runs yet
 	unreadable, refused, refusedRecs := d.replay(ld.records)
@@ -248,6 +299,10 @@ func Open(cfg Config) (*Doc, error) {
 	d.syncedHeads = d.Heads()
 	d.wg.Add(1)
 	go d.compactLoop()
+	if cfg.CutCheck > 0 {
+		d.wg.Add(1)
+		go d.epochLoop()
+	}
 	if old != nil {
 		if err := d.carry(old); err == nil {
 			err = old.done(cfg.Dir)
@@ -358,6 +413,7 @@ func (d *Doc) Update(msg string, fn func(*Tx) error) (Hash, error) {
 func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitSwitchLocked()
 	if d.closed {
 		return Hash{}, 0, ErrClosed
 	}
@@ -458,13 +514,17 @@ func (d *Doc) ApplyChange(raw []byte, hash Hash, deps []Hash) (bool, error) {
 // applyChangeLocked is ApplyChange with mu held; it also returns the
 // logical log offset the change's record ends at.
 func (d *Doc) applyChangeLocked(raw []byte, hash Hash, deps []Hash) (int64, bool, error) {
+	d.waitSwitchLocked()
 	if d.closed {
 		return 0, false, ErrClosed
 	}
 	if d.has(hash) {
 		return 0, false, nil
 	}
-	if !d.HasAll(deps) {
+	if !d.HasAll(deps) || len(deps) == 0 && d.Epoch().Num > 0 {
+		// A change with no dependencies in an epoch after the first is
+		// the root of another epoch's document (a node that has not
+		// switched yet): anti-entropy's hello sorts the epochs out.
 		return 0, false, ErrMissingDeps
 	}
 	c, n, err := parseChange(raw)
@@ -474,7 +534,7 @@ func (d *Doc) applyChangeLocked(raw []byte, hash Hash, deps []Hash) (int64, bool
 	if c.hash != hash {
 		return 0, false, fmt.Errorf("%w: change bytes do not hash to the announced %s", ErrCorrupt, hash)
 	}
-	if !d.HasAll(c.deps) {
+	if !d.HasAll(c.deps) || len(c.deps) == 0 && d.Epoch().Num > 0 {
 		return 0, false, ErrMissingDeps
 	}
 	in := d.newIntake(true)
@@ -555,6 +615,7 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 		return fmt.Errorf("%w: snapshot from peer: %v", ErrCorrupt, lr.err)
 	}
 	loaded := lr.doc
+	_, hdr, _ := genesisOf(doc) // checked by checkDecoded
 	adopted := false
 	defer func() {
 		if adopted {
@@ -571,6 +632,18 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()
 	defer d.deliver()
+	if snapEpoch := hdrEpoch(hdr); snapEpoch != d.Epoch() {
+		if !snapEpoch.After(d.Epoch()) {
+			return ErrEpochBehind
+		}
+		gen, _, _ := genesisOf(doc)
+		if err := d.adoptSnapshot(doc, loaded, hdr, gen); err != nil {
+			return err
+		}
+		d.snapshotMerges.Add(1)
+		adopted = true
+		return nil
+	}
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()

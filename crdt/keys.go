@@ -20,6 +20,7 @@ const (
 	pNodes   = "nodes/"
 	pLibrary = "library/"
 	pRooms   = "rooms/"
+	pCut     = "epoch/cut/"
 
 	sName     = "/name"
 	sHolders  = "/holders/"
@@ -34,6 +35,7 @@ func holderKey(item, peer string) string    { return pLibrary + item + sHolders 
 func credsKey(topic string) string          { return pRooms + topic + sCreds }
 func presenceKey(topic, peer string) string { return pRooms + topic + sPresence + peer }
 func roomStateKey(topic, key string) string { return pRooms + topic + sState + key }
+func cutKey(peer string) string             { return pCut + peer }
 
 // splitKey parses a root key into its parts after the prefix, e.g.
 // "library/x/holders/p" with prefix "library/" gives ["x", "holders", "p"].
@@ -54,6 +56,7 @@ const (
 	kCreds                        // rooms/<topic>/creds: encoded room credentials
 	kPresence                     // rooms/<topic>/presence/<peer>: signed lease
 	kRoomState                    // rooms/<topic>/state/<key>: string, last writer wins
+	kCut                          // epoch/cut/<peer>: a cut proposal (epoch.go)
 )
 
 // schemaKey is a root key parsed by the schema.
@@ -112,6 +115,8 @@ func parseKey(key string) (schemaKey, string, error) {
 		return schemaKey{kind: kCreds, id: parts[1]}, "", nil
 	case n == 4 && parts[0] == "rooms" && parts[2] == "presence":
 		return schemaKey{kind: kPresence, id: parts[1], writer: parts[3]}, "", nil
+	case n == 3 && parts[0] == "epoch" && parts[1] == "cut":
+		return schemaKey{kind: kCut, writer: parts[2]}, "", nil
 	case n == 4 && parts[0] == "rooms" && parts[2] == "state":
 		return schemaKey{kind: kRoomState, id: parts[1], sub: parts[3]}, "", nil
 	}

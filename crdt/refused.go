@@ -20,6 +20,7 @@ const (
 	RuleSignature = "signature" // a single-writer record not signed by its writer
 	RuleReplay    = "replay"    // a signed record whose counter does not advance
 	RuleCreds     = "creds"     // room credentials that do not decode
+	RuleEpoch     = "epoch"     // a genesis that does not verify, or a change outside the epoch
 )
 
 // RefusedError says which rule a change broke and where.

@@ -38,6 +38,9 @@ type store struct {
 	// snapSize is the size of the snapshot file; read and written under
 	// Doc.mu.
 	snapSize int64
+	// marker is the epoch marker a new log starts with (switch.go); nil
+	// in epoch 0. Set at Open and by a switch.
+	marker []byte
 }
 
 // loaded is what openStore found on disk.
@@ -149,7 +152,7 @@ func (s *store) openLog(size int) error {
 // rewriteLog atomically replaces the log with one holding records, and
 // opens it for appending.
 func (s *store) rewriteLog(records [][]byte) error {
-	b := []byte(logMagic)
+	b := s.logStart()
 	for _, r := range records {
 		b = appendRecord(b, r)
 	}
@@ -162,6 +165,16 @@ func (s *store) rewriteLog(records [][]byte) error {
 		s.log = nil
 	}
 	return s.openLog(len(b))
+}
+
+// logStart is the start of a new log: the magic, and the epoch marker
+// (switch.go) for an epoch after the first.
+func (s *store) logStart() []byte {
+	b := []byte(logMagic)
+	if s.marker != nil {
+		b = appendRecord(b, s.marker)
+	}
+	return b
 }
 
 // keepDamaged preserves a damaged file next to the original, moving it when

@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -42,6 +43,8 @@ type PeerState struct {
 	mu sync.Mutex
 	ss *am.SyncState
 	on *am.Doc // the document ss was made for
+	// epoch is the epoch both sides named in the session's hello.
+	epoch Epoch
 }
 
 // SyncStats describe one session.
@@ -72,6 +75,9 @@ func (d *Doc) Sync(rw io.ReadWriter, ps *PeerState, initiator bool) (SyncStats, 
 	defer ps.mu.Unlock()
 	var st SyncStats
 	br := bufio.NewReader(rw)
+	if err := d.hello(rw, br, ps, initiator); err != nil {
+		return st, err
+	}
 	// Changes that wait for dependencies no message brought are asked for
 	// in the first message and after each one that brought changes: not
 	// more, or a session with a peer that lacks them too never ends.
@@ -127,11 +133,82 @@ func (d *Doc) Sync(rw io.ReadWriter, ps *PeerState, initiator bool) (SyncStats, 
 	return st, ErrSyncRounds
 }
 
+// hello exchanges the two sides' epochs before anything else: documents
+// of different epochs never merge. The initiator speaks first.
+func (d *Doc) hello(w io.Writer, r *bufio.Reader, ps *PeerState, initiator bool) error {
+	e := d.Epoch()
+	if initiator {
+		if err := frame.Write(w, encodeHello(e)); err != nil {
+			return fmt.Errorf("crdt: sync hello: %w", err)
+		}
+	}
+	b, err := frame.Read(r, 64)
+	if err != nil {
+		return fmt.Errorf("crdt: sync hello: %w", err)
+	}
+	peer, err := decodeHello(b)
+	if err != nil {
+		return &RefusedError{Rule: RuleDecode, Detail: fmt.Sprintf("sync hello: %v", err)}
+	}
+	if !initiator {
+		if err := frame.Write(w, encodeHello(e)); err != nil {
+			return fmt.Errorf("crdt: sync hello: %w", err)
+		}
+	}
+	if peer != e {
+		return &EpochMismatchError{Local: e, Peer: peer}
+	}
+	ps.epoch = e
+	return nil
+}
+
+// The hello frame: helloMagic | epoch number uvarint | epoch ID [32].
+const helloMagic = "MNH1"
+
+func encodeHello(e Epoch) []byte {
+	b := binary.AppendUvarint([]byte(helloMagic), e.Num)
+	return append(b, e.ID[:]...)
+}
+
+func decodeHello(b []byte) (Epoch, error) {
+	if len(b) < len(helloMagic) || string(b[:len(helloMagic)]) != helloMagic {
+		return Epoch{}, errors.New("not a hello frame")
+	}
+	b = b[len(helloMagic):]
+	n, k := binary.Uvarint(b)
+	if k <= 0 || len(b)-k != 32 {
+		return Epoch{}, errors.New("a hello frame of the wrong length")
+	}
+	e := Epoch{Num: n}
+	copy(e.ID[:], b[k:])
+	if (n == 0) != (e.ID == Hash{}) {
+		return Epoch{}, errors.New("a hello frame naming epoch 0 with an ID, or a later one without")
+	}
+	return e, nil
+}
+
+// EpochMismatchError ends a sync session whose two sides are on
+// different epochs. The side whose epoch is behind (Peer.After(Local))
+// moves to the peer's by its snapshot.
+type EpochMismatchError struct{ Local, Peer Epoch }
+
+func (e *EpochMismatchError) Error() string {
+	return fmt.Sprintf("crdt: sync across epochs: this node is on epoch %s, the peer on %s", e.Local, e.Peer)
+}
+
+// ErrEpochChanged ends a sync session when the document switched epochs
+// during it.
+var ErrEpochChanged = errors.New("crdt: the document switched epochs during the session")
+
 func (d *Doc) generateSync(ps *PeerState, askMissing bool) ([]byte, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitSwitchLocked()
 	if d.closed {
 		return nil, ErrClosed
+	}
+	if d.Epoch() != ps.epoch {
+		return nil, ErrEpochChanged
 	}
 	var missing []Hash
 	if askMissing {
@@ -185,8 +262,12 @@ func (d *Doc) receiveSync(ps *PeerState, b []byte) (int, error) {
 	defer d.deliver()
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.waitSwitchLocked()
 	if d.closed {
 		return 0, ErrClosed
+	}
+	if d.Epoch() != ps.epoch {
+		return 0, ErrEpochChanged
 	}
 	in := d.newIntake(true)
 	var takeErr error

@@ -120,6 +120,10 @@ func (d *Doc) checkOp(op *Op) (schemaKey, *record, *RefusedError) {
 		if _, err := DecodeRoomCreds(string(op.Value)); err != nil {
 			return sk, nil, refuse(RuleCreds, key, "room credentials that do not decode: %v", err)
 		}
+	case kCut:
+		if _, err := parseProposal(string(op.Value)); err != nil {
+			return sk, nil, refuse(RuleSchema, key, "%v", err)
+		}
 	}
 	return sk, nil, nil
 }
@@ -401,8 +405,27 @@ func (d *Doc) checkDecoded(doc *DocOps) (_ *recIndex, needsSync bool, _ *Refused
 		}
 	}
 	var jobs []func() *RefusedError
+	gen, hdr, err := genesisOf(doc)
+	if err != nil {
+		return nil, false, refuse(RuleEpoch, "", "%v", err)
+	}
 	top := map[string]uint64{}
 	for ci, ws := range perChange {
+		if ci == gen {
+			// The genesis's records are covered by the signatures its
+			// header carries from the parent epoch (genesis.go).
+			recs := make(map[string][]byte, len(ws))
+			for _, w := range ws {
+				recs[w.op.key] = w.op.value
+				top[w.op.key] = max(top[w.op.key], w.rec.counter)
+			}
+			gj, ref := verifyGenesis(d.keys, hdr, recs)
+			if ref != nil {
+				return nil, false, ref
+			}
+			jobs = append(jobs, gj...)
+			continue
+		}
 		if len(ws) == 0 {
 			continue
 		}

@@ -30,6 +30,8 @@ type view struct {
 	nodes map[string]NodeRecord
 	items map[string]*Item
 	rooms map[string]*Room
+	// cuts holds the cut proposals, by proposer (epoch.go).
+	cuts map[string]string
 	// own holds the items and rooms this refresh copied: it may change
 	// them in place until it ends.
 	ownItems map[*Item]bool
@@ -37,7 +39,7 @@ type view struct {
 }
 
 func newView() *view {
-	return &view{nodes: map[string]NodeRecord{}, items: map[string]*Item{}, rooms: map[string]*Room{}}
+	return &view{nodes: map[string]NodeRecord{}, items: map[string]*Item{}, rooms: map[string]*Room{}, cuts: map[string]string{}}
 }
 
 // refresh reads the marked shared keys from doc and brings the view's
@@ -118,6 +120,12 @@ func (x *recIndex) refreshKey(k string) {
 			delete(rm.Presence, sk.writer)
 		}
 		v.dropEmptyRoom(sk.id, rm, x.has(credsKey(sk.id)))
+	case kCut:
+		if set {
+			v.cuts[sk.writer] = s
+		} else {
+			delete(v.cuts, sk.writer)
+		}
 	case kRoomState:
 		rm := v.room(sk.id)
 		if set {

@@ -230,7 +230,7 @@ var badChangesDesc = prometheus.NewDesc("meshnode_bad_changes_total",
 var badChangeKinds = func() []mesh.BadChangeKind {
 	var out []mesh.BadChangeKind
 	for _, rule := range []string{crdt.RuleDecode, crdt.RuleSchema, crdt.RuleObject, crdt.RuleType,
-		crdt.RuleSize, crdt.RuleSignature, crdt.RuleReplay, crdt.RuleCreds} {
+		crdt.RuleSize, crdt.RuleSignature, crdt.RuleReplay, crdt.RuleCreds, crdt.RuleEpoch} {
 		for _, via := range []string{mesh.ViaGossip, mesh.ViaSync, mesh.ViaSnapshot} {
 			out = append(out, mesh.BadChangeKind{Rule: rule, Via: via})
 		}
