@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"encoding/hex"
 	"slices"
 
 	am "github.com/automerge/automerge-go"
@@ -166,10 +167,13 @@ func (d *Doc) swapLocked(doc *am.Doc, x *recIndex) {
 	if x == nil {
 		x = d.indexOf(doc)
 	}
-	// This node's actor, fresh: a fork or a loaded document gets a
-	// random one, and the carry (carry.go) tells this node's changes by it.
-	if err := doc.SetActorID(newOwnActor(d.self)); err != nil {
-		d.lg.Error().Err(err).Msg("cannot set the document's actor")
+	// A fork (rollback) gets a random actor: give it a fresh one of this
+	// node's, which the carry (carry.go) tells this node's changes by. A
+	// document that has one of ours keeps it.
+	if a, err := hex.DecodeString(doc.ActorID()); err != nil || !isOwnActor(a, ownActorPrefix(d.self)) {
+		if err := doc.SetActorID(newOwnActor(d.self)); err != nil {
+			d.lg.Error().Err(err).Msg("cannot set the document's actor")
+		}
 	}
 	x.refresh(doc) // x is not live yet: no reader sees its view
 	d.view.Lock()

@@ -138,7 +138,7 @@ func (d *Doc) Sync(rw io.ReadWriter, ps *PeerState, initiator bool) (SyncStats, 
 func (d *Doc) hello(w io.Writer, r *bufio.Reader, ps *PeerState, initiator bool) error {
 	e := d.Epoch()
 	if initiator {
-		if err := frame.Write(w, encodeHello(e)); err != nil {
+		if err := frame.Write(w, EncodeSyncHello(e)); err != nil {
 			return fmt.Errorf("crdt: sync hello: %w", err)
 		}
 	}
@@ -146,12 +146,12 @@ func (d *Doc) hello(w io.Writer, r *bufio.Reader, ps *PeerState, initiator bool)
 	if err != nil {
 		return fmt.Errorf("crdt: sync hello: %w", err)
 	}
-	peer, err := decodeHello(b)
+	peer, err := DecodeSyncHello(b)
 	if err != nil {
 		return &RefusedError{Rule: RuleDecode, Detail: fmt.Sprintf("sync hello: %v", err)}
 	}
 	if !initiator {
-		if err := frame.Write(w, encodeHello(e)); err != nil {
+		if err := frame.Write(w, EncodeSyncHello(e)); err != nil {
 			return fmt.Errorf("crdt: sync hello: %w", err)
 		}
 	}
@@ -163,14 +163,16 @@ func (d *Doc) hello(w io.Writer, r *bufio.Reader, ps *PeerState, initiator bool)
 }
 
 // The hello frame: helloMagic | epoch number uvarint | epoch ID [32].
+// EncodeSyncHello and DecodeSyncHello are exported for tools and tests
+// that speak the protocol from outside a Doc.
 const helloMagic = "MNH1"
 
-func encodeHello(e Epoch) []byte {
+func EncodeSyncHello(e Epoch) []byte {
 	b := binary.AppendUvarint([]byte(helloMagic), e.Num)
 	return append(b, e.ID[:]...)
 }
 
-func decodeHello(b []byte) (Epoch, error) {
+func DecodeSyncHello(b []byte) (Epoch, error) {
 	if len(b) < len(helloMagic) || string(b[:len(helloMagic)]) != helloMagic {
 		return Epoch{}, errors.New("not a hello frame")
 	}

@@ -93,7 +93,8 @@ func newMember(t *testing.T, f *Fleet, bootstrap bool) *member {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.doc, err = crdt.Open(crdt.Config{Dir: t.TempDir(), Logger: zerolog.Nop(), Key: key}); err != nil {
+	// The cut rule never runs: tests cut with ProposeCut and SwitchEpoch.
+	if m.doc, err = crdt.Open(crdt.Config{Dir: t.TempDir(), Logger: zerolog.Nop(), Key: key, CutCheck: -1}); err != nil {
 		t.Fatal(err)
 	}
 	lg := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel).With().Str("peer", h.ID().String()[:8]).Logger()
@@ -190,7 +191,7 @@ func newRogue(t *testing.T, f *Fleet) *rogue {
 	r.topic = topic
 	// Straight on the host, not through Auth.Handle: a peer may ask
 	// before this side has read the verdict of the exchange.
-	r.tp.h.SetStreamHandler(f.Protocol("sync/1"), r.serveSync)
+	r.tp.h.SetStreamHandler(f.Protocol("sync/2"), r.serveSync)
 	r.tp.h.SetStreamHandler(f.Protocol("snapshot/1"), func(s network.Stream) {
 		defer s.Close()
 		_ = frame.Write(s, r.serve.Load().Save())
@@ -204,6 +205,10 @@ func (r *rogue) serveSync(s network.Stream) {
 	r.sessions.Add(1)
 	ss := am.NewSyncState(r.serve.Load())
 	br := bufio.NewReader(s)
+	// The hello: the rogue's document is of epoch 0.
+	if _, err := frame.Read(br, 64); err != nil || frame.Write(s, crdt.EncodeSyncHello(crdt.Epoch{})) != nil {
+		return
+	}
 	for {
 		b, err := frame.Read(br, crdt.MaxSyncFrame)
 		if err != nil {

@@ -28,7 +28,7 @@
 // # Protocols
 //
 //	/meshnode/<id>/auth/1      challenge/response proving the secret (auth.go)
-//	/meshnode/<id>/sync/1      automerge sync protocol, anti-entropy (crdt.Doc.Sync)
+//	/meshnode/<id>/sync/2      epoch hello, then automerge's sync protocol: anti-entropy (crdt.Doc.Sync)
 //	/meshnode/<id>/snapshot/1  responder writes one frame: the document's Save()
 //
 // All stream messages are frames: uvarint length, then payload. Only

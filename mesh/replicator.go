@@ -123,6 +123,8 @@ type ReplicatorStats struct {
 	// SyncsPaused counts anti-entropy sessions not run, asked for by us
 	// or by the peer, because the peer was paused after a refusal.
 	SyncsPaused uint64
+	// EpochCatchUps counts moves to a peer's later epoch by its snapshot.
+	EpochCatchUps uint64
 }
 
 // Replicator keeps the document converged with the fleet: every local
@@ -155,7 +157,7 @@ type Replicator struct {
 	changesSent, changesRecv, rejected, dropped   atomic.Uint64
 	sessions, failures, snapsFetched, snapsServed atomic.Uint64
 	bytesIn, bytesOut                             atomic.Uint64
-	syncsPaused, reportsDropped                   atomic.Uint64
+	syncsPaused, reportsDropped, catchUps         atomic.Uint64
 
 	strikeMu  sync.Mutex // guards strikes, bad, struckOut and toClose
 	strikes   *strikes
@@ -214,7 +216,7 @@ func NewReplicator(cfg ReplicatorConfig) *Replicator {
 		cfg:       cfg,
 		lg:        cfg.Logger.With().Str("component", "replicator").Logger(),
 		topicName: cfg.Fleet.Topic("doc/1"),
-		syncProto: cfg.Fleet.Protocol("sync/1"),
+		syncProto: cfg.Fleet.Protocol("sync/2"),
 		snapProto: cfg.Fleet.Protocol("snapshot/1"),
 		outbox:    make(chan crdt.Event, 4096),
 		notice:    make(chan struct{}, 1),
@@ -244,6 +246,7 @@ func (r *Replicator) Stats() ReplicatorStats {
 		SnapshotsFetched: r.snapsFetched.Load(), SnapshotsServed: r.snapsServed.Load(),
 		BytesIn: r.bytesIn.Load(), BytesOut: r.bytesOut.Load(),
 		BadReportsDropped: r.reportsDropped.Load(), SyncsPaused: r.syncsPaused.Load(),
+		EpochCatchUps: r.catchUps.Load(),
 	}
 }
 
@@ -262,6 +265,13 @@ func (r *Replicator) Run(ctx context.Context) error {
 	r.topic = topic
 
 	unwatch := r.cfg.Doc.Watch(func(ev crdt.Event) {
+		if ev.Epoch {
+			// Peers learn of the new epoch from the next session's
+			// hello: start one with each now.
+			for _, p := range r.cfg.Auth.Authenticated() {
+				r.RequestSync(p)
+			}
+		}
 		if !ev.Local {
 			return
 		}
@@ -458,6 +468,13 @@ func (r *Replicator) syncWith(ctx context.Context, p peer.ID) error {
 	st, err := r.cfg.Doc.Sync(idleStream{s, r.cfg.SyncIdle}, r.state(p, true), true)
 	r.sessions.Add(1)
 	r.countSync(st)
+	if mm, ok := errors.AsType[*crdt.EpochMismatchError](err); ok {
+		_ = s.CloseWrite()
+		if mm.Peer.After(mm.Local) {
+			r.catchUp(ctx, p, mm.Peer)
+		}
+		return nil
+	}
 	if err != nil {
 		s.Reset()
 		r.PeerDown(p) // the automerge states may disagree now; start afresh
@@ -516,6 +533,12 @@ func (r *Replicator) serveSync(s network.Stream) {
 	defer limit.Stop()
 	st, err := r.cfg.Doc.Sync(idleStream{s, r.cfg.SyncIdle}, r.state(p, false), false)
 	r.countSync(st)
+	if mm, ok := errors.AsType[*crdt.EpochMismatchError](err); ok {
+		if mm.Peer.After(mm.Local) {
+			r.RequestSync(p) // a worker takes its snapshot
+		}
+		return
+	}
 	if err != nil {
 		s.Reset()
 		r.PeerDown(p)
@@ -543,22 +566,65 @@ func (r *Replicator) maybeBootstrap(ctx context.Context, p peer.ID) {
 // maxSnapshot bounds a snapshot received from a peer.
 const maxSnapshot = 512 << 20
 
+// fetchSnapshot asks p for its snapshot.
+func (r *Replicator) fetchSnapshot(ctx context.Context, p peer.ID) ([]byte, error) {
+	s, release, err := r.openStream(ctx, p, r.snapProto, "snapshot")
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	_ = s.CloseWrite()
+	b, err := frame.Read(bufio.NewReader(s), maxSnapshot)
+	if err != nil {
+		return nil, err
+	}
+	r.bytesIn.Add(uint64(len(b)))
+	return b, nil
+}
+
+// catchUp moves the document to p's later epoch by p's snapshot: a node
+// that missed a cut (offline, partitioned, or on the losing side of two
+// concurrent ones). The document carries this node's writes across.
+func (r *Replicator) catchUp(ctx context.Context, p peer.ID, theirs crdt.Epoch) {
+	r.bootMu.Lock()
+	defer r.bootMu.Unlock()
+	ours := r.cfg.Doc.Epoch()
+	if !theirs.After(ours) {
+		return // another worker got there first
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	b, err := r.fetchSnapshot(ctx, p)
+	if err == nil {
+		err = r.cfg.Doc.MergeSnapshot(b)
+	}
+	if rf, ok := crdt.AsRefused(err); ok {
+		r.refused(p, rf, ViaSnapshot)
+		return
+	}
+	if err != nil {
+		if ctx.Err() == nil && !errors.Is(err, crdt.ErrEpochBehind) {
+			r.lg.Warn().Str("peer", p.String()).Err(err).Msg("moving to the peer's epoch failed; retrying at the next session")
+		}
+		return
+	}
+	r.catchUps.Add(1)
+	r.snapsFetched.Add(1)
+	r.lg.Info().Str("peer", p.String()).Str("from", ours.String()).Str("epoch", r.cfg.Doc.Epoch().String()).
+		Int("bytes", len(b)).Dur("took", time.Since(start)).Msg("document moved to the fleet's epoch")
+	r.RequestSync(p)
+}
+
 func (r *Replicator) bootstrap(ctx context.Context, p peer.ID) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	start := time.Now()
 	err := func() error {
-		s, release, err := r.openStream(ctx, p, r.snapProto, "snapshot")
+		b, err := r.fetchSnapshot(ctx, p)
 		if err != nil {
 			return err
 		}
-		defer release()
-		_ = s.CloseWrite()
-		b, err := frame.Read(bufio.NewReader(s), maxSnapshot)
-		if err != nil {
-			return err
-		}
-		r.bytesIn.Add(uint64(len(b)))
 		if err := r.cfg.Doc.MergeSnapshot(b); err != nil {
 			return err
 		}

@@ -25,7 +25,7 @@ func TestHungPeerDoesNotStallSync(t *testing.T) {
 	var opened atomic.Int64
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	hung.h.SetStreamHandler(f.Protocol("sync/1"), func(s network.Stream) {
+	hung.h.SetStreamHandler(f.Protocol("sync/2"), func(s network.Stream) {
 		opened.Add(1)
 		<-release // reads nothing, answers nothing
 		s.Reset()

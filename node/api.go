@@ -50,6 +50,17 @@ type DocumentStatus struct {
 	// WaitingRecords counts change-log records kept because the changes
 	// they depend on are missing here; they apply once a peer brings them.
 	WaitingRecords int `json:"waiting_records"`
+	// Epoch is how many times the fleet has cut the document's history,
+	// and EpochID the cut's ID (empty for epoch 0). StateBytes is the size
+	// of the keys and values in force; HistoryShare the share of the
+	// document on disk that is history. NextEpoch is the epoch a cut
+	// proposal in the document would start (0: none).
+	Epoch        uint64  `json:"epoch"`
+	EpochID      string  `json:"epoch_id,omitempty"`
+	StateBytes   int64   `json:"state_bytes"`
+	HistoryShare float64 `json:"history_share"`
+	Switches     uint64  `json:"epoch_switches"`
+	NextEpoch    uint64  `json:"next_epoch"`
 }
 
 // damageData is the data of a doc.damaged event: the Damage's fields.
@@ -254,11 +265,22 @@ func (n *Node) Status() Status {
 		ID: n.ID().String(), Name: n.cfg.Name, Fleet: n.Fleet.ID, Addrs: n.Addrs(),
 		Heads: n.Doc.HeadStrings(), DocBytes: n.Doc.DiskBytes(),
 		UptimeSec: time.Since(n.started).Seconds(), Peers: len(n.Host.Network().Peers()),
-		Document: DocumentStatus{
-			Damage:         append([]crdt.Damage{}, n.Doc.Damage()...),
-			WaitingRecords: n.Doc.WaitingRecords(),
-		},
+		Document: documentStatus(n.Doc),
 	}
+}
+
+func documentStatus(d *crdt.Doc) DocumentStatus {
+	ep := d.EpochStatus()
+	s := DocumentStatus{
+		Damage:         append([]crdt.Damage{}, d.Damage()...),
+		WaitingRecords: d.WaitingRecords(),
+		Epoch:          ep.Epoch.Num, StateBytes: ep.StateBytes, HistoryShare: ep.HistoryShare,
+		Switches: ep.Switches, NextEpoch: ep.NextCut.Num,
+	}
+	if ep.Epoch.Num > 0 {
+		s.EpochID = ep.Epoch.ID.String()
+	}
+	return s
 }
 
 func (n *Node) handleStatus(w http.ResponseWriter, _ *http.Request) {

@@ -303,7 +303,7 @@ func attackWith(fleet *mesh.Fleet, honest []peer.AddrInfo, plan *attackPlan, bc 
 	// By sync first: a refusal pauses anti-entropy with the sender, not
 	// gossip.
 	for _, ai := range honest {
-		rep.Sync[ai.ID.String()] = syncBad(ctx, h, ai.ID, fleet.Protocol("sync/1"), doc0, ch0.Hash())
+		rep.Sync[ai.ID.String()] = syncBad(ctx, h, ai.ID, fleet.Protocol("sync/2"), doc0, ch0.Hash())
 	}
 
 	// Then by gossip, to every honest node at once (flood publishing),
@@ -391,6 +391,12 @@ func syncBad(ctx context.Context, h host.Host, p peer.ID, proto protocol.ID, doc
 	ss := am.NewSyncState(doc)
 	br := bufio.NewReader(s)
 	offered := false
+	if err := frame.Write(s, crdt.EncodeSyncHello(crdt.Epoch{})); err != nil {
+		return "failed before the bad change was offered: " + err.Error()
+	}
+	if _, err := frame.Read(br, 64); err != nil {
+		return "failed before the bad change was offered: " + err.Error()
+	}
 	ended := func(err error) string {
 		switch {
 		case !offered && err != nil:

@@ -54,6 +54,7 @@ type hostFigures struct{ peers, relayedOnly int }
 type docFigures struct {
 	stats                 crdt.Stats
 	bytes, heads, waiting int
+	ep                    crdt.EpochStatus
 }
 
 type serverFigures struct{ served, refused, busy uint64 }
@@ -103,7 +104,7 @@ func (n *Node) statsSources() statsSources {
 		},
 		auth: func() int { return len(n.Auth.Authenticated()) },
 		doc: func() docFigures {
-			return docFigures{stats: n.Doc.Stats(), bytes: int(n.Doc.DiskBytes()), heads: len(n.Doc.Heads()), waiting: n.Doc.WaitingRecords()}
+			return docFigures{stats: n.Doc.Stats(), bytes: int(n.Doc.DiskBytes()), heads: len(n.Doc.Heads()), waiting: n.Doc.WaitingRecords(), ep: n.Doc.EpochStatus()}
 		},
 		damage: func() int { return len(n.Doc.Damage()) },
 		membership: func() int {
@@ -175,6 +176,11 @@ var metricDefs = []metricDef{
 	counter("doc_compactions_total", "Change log folds into the snapshot.", func(s *scrape) uint64 { return s.doc.stats.Compactions }),
 	counter("doc_log_syncs_total", "Fsyncs of the change log (concurrent local commits share one).", func(s *scrape) uint64 { return s.doc.stats.LogSyncs }),
 	counter("doc_rollbacks_total", "Document writes rolled back, refused by the disk (full, I/O error) or by automerge.", func(s *scrape) uint64 { return s.doc.stats.RolledBack }),
+	gauge("doc_epoch", "The document's epoch: how many times the fleet has cut its history.", func(s *scrape) uint64 { return s.doc.ep.Epoch.Num }),
+	gauge("doc_state_bytes", "Bytes of the keys and values in force: about the size of a document with no history.", func(s *scrape) int64 { return s.doc.ep.StateBytes }),
+	{"doc_history_share", "Share of the document on disk that is history: 1 - doc_state_bytes / doc_bytes.", prometheus.GaugeValue, func(s *scrape) float64 { return s.doc.ep.HistoryShare }},
+	counter("doc_epoch_switches_total", "Moves of this node's document to a new epoch (its own cut or a peer's snapshot).", func(s *scrape) uint64 { return s.doc.ep.Switches }),
+	counter("epoch_catchups_total", "Moves to a peer's later epoch by its snapshot.", func(s *scrape) uint64 { return s.repl.EpochCatchUps }),
 	counter("changes_sent_total", "Changes published on gossip.", func(s *scrape) uint64 { return s.repl.ChangesSent }),
 	counter("changes_received_total", "New changes received on gossip.", func(s *scrape) uint64 { return s.repl.ChangesReceived }),
 	counter("gossip_rejected_total", "Gossip messages rejected (unauthenticated, unsealed or malformed).", func(s *scrape) uint64 { return s.repl.GossipRejected }),

@@ -30,7 +30,8 @@ func TestMetricsReadEachComponentOncePerScrape(t *testing.T) {
 		auth: func() int { count("auth"); return 3 },
 		doc: func() docFigures {
 			count("doc")
-			return docFigures{stats: crdt.Stats{LocalCommits: 4, RemoteChanges: 5, Compactions: 6, LogSyncs: 7, RolledBack: 8}, bytes: 9, heads: 10, waiting: 11}
+			return docFigures{stats: crdt.Stats{LocalCommits: 4, RemoteChanges: 5, Compactions: 6, LogSyncs: 7, RolledBack: 8}, bytes: 9, heads: 10, waiting: 11,
+				ep: crdt.EpochStatus{Epoch: crdt.Epoch{Num: 56}, StateBytes: 57, HistoryShare: 0.58, Switches: 59}}
 		},
 		damage:     func() int { count("damage"); return 12 },
 		membership: func() int { count("membership"); return 13 },
@@ -39,7 +40,7 @@ func TestMetricsReadEachComponentOncePerScrape(t *testing.T) {
 			return mesh.ReplicatorStats{ChangesSent: 14, ChangesReceived: 15, GossipRejected: 16, GossipDropped: 17,
 				SyncSessions: 18, SyncFailures: 19, SnapshotsFetched: 20, SnapshotsServed: 21, BytesIn: 22, BytesOut: 23,
 				BadChanges:           map[mesh.BadChangeKind]uint64{{Rule: crdt.RuleSchema, Via: mesh.ViaGossip}: 51, {Rule: "novel", Via: mesh.ViaSync}: 52},
-				BadPeersDisconnected: 53, SyncsPaused: 54, BadReportsDropped: 55}
+				BadPeersDisconnected: 53, SyncsPaused: 54, BadReportsDropped: 55, EpochCatchUps: 60}
 		},
 		mesh: func() mesh.MeshStats {
 			count("mesh")
@@ -70,6 +71,7 @@ func TestMetricsReadEachComponentOncePerScrape(t *testing.T) {
 		"room_messages_sent_total": 41, "room_messages_received_total": 42, "room_duplicates_total": 43, "room_gaps_total": 44,
 		"room_rejected_total": 45, "room_mints_total": 46, "rooms_open": 47, "room_links": 48, "events_dropped_total": 49,
 		"room_refills_total": 50, "bad_peers_disconnected_total": 53, "syncs_paused_total": 54, "bad_change_reports_dropped_total": 55,
+		"doc_epoch": 56, "doc_state_bytes": 57, "doc_history_share": 0.58, "doc_epoch_switches_total": 59, "epoch_catchups_total": 60,
 	}
 	// Every known kind of refusal is reported, at 0 until counted, and a
 	// kind not known to the node once counted.
@@ -148,6 +150,11 @@ func TestMetricsNamesAndHelpUnchanged(t *testing.T) {
 		{"doc_compactions_total", "counter", "Change log folds into the snapshot."},
 		{"doc_log_syncs_total", "counter", "Fsyncs of the change log (concurrent local commits share one)."},
 		{"doc_rollbacks_total", "counter", "Document writes rolled back, refused by the disk (full, I/O error) or by automerge."},
+		{"doc_epoch", "gauge", "The document's epoch: how many times the fleet has cut its history."},
+		{"doc_state_bytes", "gauge", "Bytes of the keys and values in force: about the size of a document with no history."},
+		{"doc_history_share", "gauge", "Share of the document on disk that is history: 1 - doc_state_bytes / doc_bytes."},
+		{"doc_epoch_switches_total", "counter", "Moves of this node's document to a new epoch (its own cut or a peer's snapshot)."},
+		{"epoch_catchups_total", "counter", "Moves to a peer's later epoch by its snapshot."},
 		{"changes_sent_total", "counter", "Changes published on gossip."},
 		{"changes_received_total", "counter", "New changes received on gossip."},
 		{"gossip_rejected_total", "counter", "Gossip messages rejected (unauthenticated, unsealed or malformed)."},

@@ -219,6 +219,12 @@ func runClient(cmd string, args []string, out io.Writer) error {
 			}
 			fmt.Fprintf(tw, "%s\t%s\n", label, a)
 		}
+		e := x.Document
+		fmt.Fprintf(tw, "Epoch\t%d (%.0f%% of the document is history, %d bytes in force; %d switches here)\n",
+			e.Epoch, 100*e.HistoryShare, e.StateBytes, e.Switches)
+		if e.NextEpoch > 0 {
+			fmt.Fprintf(tw, "Next epoch\t%d proposed; every node switches once it has seen it for the grace period\n", e.NextEpoch)
+		}
 		if w := x.Document.WaitingRecords; w > 0 {
 			fmt.Fprintf(tw, "Waiting records\t%d (kept until a peer brings the changes they depend on)\n", w)
 		}
