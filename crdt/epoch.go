@@ -234,6 +234,9 @@ func decodeEpochHeader(b []byte) (*epochHeader, error) {
 	if h.num == 0 {
 		return nil, fmt.Errorf("%w: epoch 0 has no genesis", errEpoch)
 	}
+	if !bytes.Equal(h.encode(), b) {
+		return nil, fmt.Errorf("%w: not in canonical form", errEpoch)
+	}
 	return h, nil
 }
 
@@ -348,6 +351,9 @@ func parseProposal(s string) (proposal, error) {
 		if p.cut[i] == p.cut[i-1] {
 			return p, fmt.Errorf("%w: proposal names a head twice", errEpoch)
 		}
+	}
+	if p.String() != s {
+		return p, fmt.Errorf("%w: proposal %q is not in canonical form (lower-case hex, no leading zeros)", errEpoch, clip(s))
 	}
 	return p, nil
 }

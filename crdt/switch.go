@@ -59,7 +59,7 @@ func parseMarker(b []byte) (Epoch, bool) {
 	var e Epoch
 	copy(e.ID[:], b[len(markerMagic):])
 	n, k := binary.Uvarint(b[len(markerMagic)+32:])
-	if k <= 0 || k != len(b)-len(markerMagic)-32 || n == 0 {
+	if k <= 0 || k != len(b)-len(markerMagic)-32 || n == 0 || k != len(binary.AppendUvarint(nil, n)) {
 		return Epoch{}, false
 	}
 	e.Num = n

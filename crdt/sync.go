@@ -186,6 +186,9 @@ func DecodeSyncHello(b []byte) (Epoch, error) {
 	if (n == 0) != (e.ID == Hash{}) {
 		return Epoch{}, errors.New("a hello frame naming epoch 0 with an ID, or a later one without")
 	}
+	if k != len(binary.AppendUvarint(nil, n)) {
+		return Epoch{}, errors.New("a hello frame whose epoch number is not minimally encoded")
+	}
 	return e, nil
 }
 
