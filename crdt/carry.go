@@ -37,17 +37,19 @@ import (
 //     peer saw but that no later change of old builds on is written
 //     again, which is harmless unless a later epoch overwrote it.
 //
-// Others' records are not carried: only their writer can sign them, and
-// every writer carries its own when it switches. So a record a writer
-// made concurrently with the cut reaches the new epoch when that writer
-// switches, not before.
+// Another writer's records in the tail are carried too, as they were
+// written, each change's writes of that writer in a change of their own
+// with its signature (which covers the writes, not the change), when
+// every counter is above the one in force in the new document. So a
+// record a writer made concurrently with the cut reaches the new epoch
+// even if that writer never comes back, and two nodes that carry the
+// same writes make the same records (their counters decide).
 type carryWrites struct {
 	num     uint64
+	groups  []carriedGroup
 	records map[string][]byte
 	shared  map[string]*string // nil: delete
 }
-
-func (c *carryWrites) empty() bool { return len(c.records) == 0 && len(c.shared) == 0 }
 
 // carryAcross works out what this node carries from old into g.
 func (d *Doc) carryAcross(old *am.Doc, oldx *recIndex, oldEpoch Epoch, hdr *epochHeader, g *am.Doc, gx *recIndex, genShared map[string]string) (*carryWrites, error) {
@@ -66,11 +68,20 @@ func (d *Doc) carryAcross(old *am.Doc, oldx *recIndex, oldEpoch Epoch, hdr *epoc
 		}
 		cw.records[k] = b
 	}
-	tail, err := d.tailKeys(old, oldEpoch, hdr)
+	tail, err := d.tail(old, oldEpoch, hdr)
 	if err != nil {
 		return nil, err
 	}
-	for k := range tail {
+	cw.groups = d.foreignGroups(tail, oldx, gx)
+	keys := map[string]bool{}
+	for _, co := range tail {
+		for i := range co.Ops {
+			if co.Ops[i].Root && co.Ops[i].KeyIsStr {
+				keys[co.Ops[i].Key] = true
+			}
+		}
+	}
+	for k := range keys {
 		sk, _, err := parseKey(k)
 		if err != nil || sk.kind == kCut {
 			continue
@@ -94,10 +105,10 @@ func (d *Doc) carryAcross(old *am.Doc, oldx *recIndex, oldEpoch Epoch, hdr *epoc
 	return cw, nil
 }
 
-// tailKeys returns the keys written by the changes of old (and of the
-// kept previous epoch's document) that the new epoch's cut left out.
-func (d *Doc) tailKeys(old *am.Doc, oldEpoch Epoch, hdr *epochHeader) (map[string]bool, error) {
-	keys := map[string]bool{}
+// tail returns the changes of old (and of the kept previous epoch's
+// document) that the new epoch's cut left out, decoded, in causal order.
+func (d *Doc) tail(old *am.Doc, oldEpoch Epoch, hdr *epochHeader) ([]*ChangeOps, error) {
+	var out []*ChangeOps
 	add := func(cs []*am.Change, keep func(*am.Change) bool) error {
 		for _, c := range cs {
 			if !keep(c) {
@@ -107,11 +118,7 @@ func (d *Doc) tailKeys(old *am.Doc, oldEpoch Epoch, hdr *epochHeader) (map[strin
 			if err != nil {
 				return err
 			}
-			for i := range co.Ops {
-				if co.Ops[i].Root && co.Ops[i].KeyIsStr {
-					keys[co.Ops[i].Key] = true
-				}
-			}
+			out = append(out, co)
 		}
 		return nil
 	}
@@ -126,7 +133,7 @@ func (d *Doc) tailKeys(old *am.Doc, oldEpoch Epoch, hdr *epochHeader) (map[strin
 	}
 	switch oldHdr := hdrOf(old, oldEpoch); {
 	case hdr.parent == oldEpoch.ID && hdr.num == oldEpoch.Num+1:
-		return keys, add(all, notIncluded)
+		return out, add(all, notIncluded)
 	case oldHdr != nil && oldHdr.parent == hdr.parent && oldHdr.num == hdr.num:
 		if prev := d.readPrev(); prev != nil {
 			if pe, _ := epochOfDoc(prev); pe.ID == hdr.parent {
@@ -139,9 +146,88 @@ func (d *Doc) tailKeys(old *am.Doc, oldEpoch Epoch, hdr *epochHeader) (map[strin
 				}
 			}
 		}
-		return keys, add(all, afterGenesis)
+		return out, add(all, afterGenesis)
 	}
-	return keys, add(all, unconfirmedOwn(all, ownActorPrefix(d.self)))
+	return out, add(all, unconfirmedOwn(all, ownActorPrefix(d.self)))
+}
+
+// carriedGroup is another writer's record writes in one change of the
+// tail, with that writer's signature over them: written again as they
+// were, in a change of their own, the signature still verifies.
+type carriedGroup struct {
+	writer string
+	sig    []byte
+	ops    []sigOp
+}
+
+// foreignGroups picks from the tail the record writes of other writers
+// to carry with their signatures: a group that holds a record still in
+// force in old (a group every record of which a later write replaced
+// would only add history), and whose every counter is above the one in
+// force in the new document and in the groups carried before it, so
+// that peers' replay check passes.
+func (d *Doc) foreignGroups(tail []*ChangeOps, oldx, gx *recIndex) []carriedGroup {
+	counters := map[string]uint64{}
+	cur := func(k string) uint64 {
+		if v, ok := counters[k]; ok {
+			return v
+		}
+		if r, ok := gx.best(k); ok {
+			return r.counter
+		}
+		return 0
+	}
+	var out []carriedGroup
+	for _, co := range tail {
+		var w writerOps
+		recs := map[string][]*record{}
+		for i := range co.Ops {
+			op := &co.Ops[i]
+			r, ok := recordOp(op)
+			if !ok {
+				continue
+			}
+			if sk, _, _ := parseKey(op.Key); sk.writer != d.self {
+				w.add(sk.writer, op.Key, op.Value)
+				recs[sk.writer] = append(recs[sk.writer], r)
+			}
+		}
+		if len(w.order) == 0 {
+			continue
+		}
+		sigs, err := parseSignatures(co.Message)
+		if err != nil {
+			continue
+		}
+		for _, writer := range w.order {
+			ops, sig := w.byWho[writer], sigs[writer]
+			if sig == nil {
+				continue
+			}
+			above, live := true, false
+			seen := map[string]uint64{}
+			for i, op := range ops {
+				c := recs[writer][i].counter
+				prev, ok := seen[op.key]
+				if !ok {
+					prev = cur(op.key)
+				}
+				above = above && c > prev
+				seen[op.key] = c
+				if r, ok := oldx.best(op.key); ok && r.counter == c {
+					live = true
+				}
+			}
+			if !above || !live {
+				continue
+			}
+			for k, c := range seen {
+				counters[k] = c
+			}
+			out = append(out, carriedGroup{writer, sig, ops})
+		}
+	}
+	return out
 }
 
 // hdrOf returns the genesis header of old, an epoch's document; nil for
@@ -186,9 +272,38 @@ func unconfirmedOwn(all []*am.Change, prefix []byte) func(*am.Change) bool {
 	return func(c *am.Change) bool { return own(c) && !seen[c.Hash()] }
 }
 
-// commit writes the carried values into g as one change of this node,
-// its records signed, and returns it.
-func (cw *carryWrites) commit(d *Doc, g *am.Doc) (*am.Change, error) {
+// commit writes the carried values into g: each carried group of
+// another writer as a change of its own (its signature covers exactly
+// those writes), then this node's records, signed, and the shared values
+// in one change. It returns the changes made.
+func (cw *carryWrites) commit(d *Doc, g *am.Doc) ([]*am.Change, error) {
+	var out []*am.Change
+	put := func(msg string) error {
+		h, err := g.Commit(msg)
+		if err != nil {
+			if err.Error() == "Commit is empty" {
+				return nil
+			}
+			return err
+		}
+		c, err := g.Change(h)
+		if err != nil {
+			return err
+		}
+		out = append(out, c)
+		return nil
+	}
+	for _, gr := range cw.groups {
+		for _, op := range gr.ops {
+			if err := g.Path(op.key).Set(op.value); err != nil {
+				return nil, err
+			}
+		}
+		msg := withSignatures(fmt.Sprintf("carry records of %s into epoch %d", gr.writer, cw.num), []writerSig{{gr.writer, gr.sig}})
+		if err := put(msg); err != nil {
+			return nil, err
+		}
+	}
 	var sig []sigOp
 	for _, k := range slices.Sorted(maps.Keys(cw.records)) {
 		v := cw.records[k]
@@ -216,9 +331,8 @@ func (cw *carryWrites) commit(d *Doc, g *am.Doc) (*am.Change, error) {
 		}
 		msg = withSignatures(msg, []writerSig{{d.self, s}})
 	}
-	h, err := g.Commit(msg)
-	if err != nil {
+	if err := put(msg); err != nil {
 		return nil, err
 	}
-	return g.Change(h)
+	return out, nil
 }

@@ -513,3 +513,44 @@ func netPipe() (halfCloser, net.Conn) {
 	c1, c2 := net.Pipe()
 	return halfCloser{c1}, c2
 }
+
+// TestCarryRecordsOfAWriterThatIsGone: a writer's records made
+// concurrently with the cut reach the new epoch through another node,
+// with the writer's own signature, when the writer never switches.
+func TestCarryRecordsOfAWriterThatIsGone(t *testing.T) {
+	t.Parallel()
+	a, b, c := newManual(t), newManual(t), newManual(t)
+	busy(t, a, 2)
+	busy(t, c, 2)
+	syncAll(t, a, b, c)
+	if err := a.ProposeCut(); err != nil {
+		t.Fatal(err)
+	}
+	syncAll(t, a, b, c)
+	update(t, c, func(tx *Tx) {
+		tx.SetHolder("late", c.Self(), Holder{Manifest: "mc", Version: "v", Size: 1, State: "complete"})
+		tx.SetNode(c.Self(), NodeRecord{Name: "c, renamed", Alive: true})
+	})
+	syncPair(t, c, b, c.NewPeerState(), b.NewPeerState()) // b only
+	c.Close()                                             // gone for good
+	for _, d := range []*Doc{a, b} {
+		if _, err := d.SwitchEpoch(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	syncAll(t, a, b)
+	for _, d := range []*Doc{a, b} {
+		s := stateOf(t, d)
+		if s.Items["late"].Holders[c.Self()].Manifest != "mc" || s.Nodes[c.Self()].Name != "c, renamed" {
+			t.Fatalf("%s: c's records made during the cut are missing: %+v, %+v", d.Self()[:8], s.Items["late"], s.Nodes[c.Self()])
+		}
+	}
+	// A joiner checks them like any record: they carry c's signature.
+	j := newManual(t)
+	if err := j.MergeSnapshot(a.Snapshot()); err != nil {
+		t.Fatal(err)
+	}
+	if stateOf(t, j).Items["late"].Holders[c.Self()].Manifest != "mc" {
+		t.Fatal("joiner lacks c's carried record")
+	}
+}

@@ -12,6 +12,8 @@ import (
 //
 //	snapshot file: "MNSNAP1\n" | crc32c(data) u32 | len(data) u64 | data
 //	log file:      "MNLOG01\n" | record*
+//	               (in epoch 1 and later the first record is the epoch
+//	               marker, switch.go: "MNEPOCH1" | epoch ID [32] | number)
 //	record:        len(payload) u32 | crc32c(payload) u32 | payload
 //
 // data is automerge's Save() output; a log payload is automerge's
@@ -127,6 +129,11 @@ func recordAt(b []byte, off int) ([]byte, string) {
 		return nil, fmt.Sprintf("record claims %d bytes, %d remain (truncated?)", n, len(b)-off-recHeaderLen)
 	}
 	p := b[off+recHeaderLen : off+recHeaderLen+n]
+	if off == len(logMagic) {
+		if _, ok := parseMarker(p); ok && crc32.Checksum(p, castagnoli) == binary.LittleEndian.Uint32(b[off+4:]) {
+			return p, "" // the epoch marker (switch.go)
+		}
+	}
 	if len(p) < len(amMagic) || string(p[:len(amMagic)]) != amMagic {
 		return nil, "record payload is not an automerge chunk"
 	}

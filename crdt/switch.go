@@ -28,6 +28,10 @@ var ErrNoCut = errors.New("crdt: no cut proposal for the next epoch")
 // learns of ours (the sync hello tells it).
 var ErrEpochBehind = errors.New("crdt: snapshot of an older epoch")
 
+// switchHook is called after each file step of a switch ("prev",
+// "snapshot", "log"): tests stop the process there.
+var switchHook = func(step string) {}
+
 // prevFile keeps the document of the epoch before the current one: a
 // node that switched on one side of a partition needs it to carry its
 // side's writes into the other side's epoch (carry.go).
@@ -205,11 +209,9 @@ func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, ol
 	if err := g.SetActorID(newOwnActor(d.self)); err != nil {
 		return err
 	}
-	var carried *am.Change
-	if !cr.empty() {
-		if carried, err = cr.commit(d, g); err != nil {
-			return fmt.Errorf("crdt: carry writes across the cut: %w", err)
-		}
+	carried, err := cr.commit(d, g)
+	if err != nil {
+		return fmt.Errorf("crdt: carry writes across the cut: %w", err)
 	}
 	e := hdr.epoch()
 	// Durable before it is visible: the old document beside the new one
@@ -219,16 +221,19 @@ func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, ol
 	if err := atomicfile.WriteFile(filepath.Join(d.st.dir, prevFile), encodeSnapshot(old.Save()), 0o600); err != nil {
 		return d.st.writeErr("keep the previous epoch's document", prevFile, err)
 	}
+	switchHook("prev")
 	size, err := d.st.replaceSnapshot(g.Save())
 	if err != nil {
 		return err
 	}
+	switchHook("snapshot")
 	// Mutations are held off (switching): the log's end cannot move.
 	prevEnd := d.st.end()
 	d.st.marker = epochMarker(e)
 	if err := d.st.rewriteLog(nil); err != nil {
 		return err
 	}
+	switchHook("log")
 	d.mu.Lock()
 	d.st.snapSize = size
 	// Logical offsets keep rising across the new log, as after a
@@ -246,9 +251,9 @@ func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, ol
 	d.evMu.Lock()
 	d.evq = slices.DeleteFunc(d.evq, func(q queuedEvent) bool { return q.ev.Local })
 	d.evMu.Unlock()
-	if carried != nil {
+	for _, c := range carried {
 		d.localCommits.Add(1)
-		d.enqueueLocked(Event{Local: true, Change: carried.Save(), Hash: carried.Hash(), Deps: carried.Dependencies(), Heads: heads}, 0)
+		d.enqueueLocked(Event{Local: true, Change: c.Save(), Hash: c.Hash(), Deps: c.Dependencies(), Heads: heads}, 0)
 	}
 	d.enqueueLocked(Event{Heads: heads, Epoch: true}, 0)
 	d.epochStart = d.cfg.Now()
