@@ -91,6 +91,15 @@ type Config struct {
 	// it is renewed at half its life while the topic is open. Liveness in
 	// between comes from heartbeats.
 	RoomLease time.Duration
+	// CutBytes, CutMinAge and CutGrace are the document's cut rule
+	// (crdt/cutrule.go): the fleet cuts the document's history into a new
+	// epoch once it takes CutBytes on disk and is at least half history,
+	// and the epoch is CutMinAge old; a node switches CutGrace after it
+	// sees a proposal [cut-bytes, cut-min-age, cut-grace]. Defaults
+	// 128 KiB, 30s, 10s.
+	CutBytes  int64
+	CutMinAge time.Duration
+	CutGrace  time.Duration
 
 	// Logger receives the node's logs (not configurable from outside).
 	Logger zerolog.Logger
@@ -99,6 +108,10 @@ type Config struct {
 	// that trickles it cannot hold the connection and its handler open.
 	// Default 10 s; a knob for tests only.
 	apiBodyTimeout time.Duration
+	// cutCheck (how often the cut rule runs; negative: never) and now
+	// (its clock) are knobs for tests only.
+	cutCheck time.Duration
+	now      func() time.Time
 }
 
 // DefaultConfig returns the defaults described on Config.
@@ -121,6 +134,9 @@ func DefaultConfig() Config {
 		RelayMaxCircuits:     mesh.DefaultRelayLimits().MaxCircuits,
 		ScanInterval:         10 * time.Minute,
 		RoomLease:            10 * time.Minute,
+		CutBytes:             128 << 10,
+		CutMinAge:            30 * time.Second,
+		CutGrace:             10 * time.Second,
 		Logger:               zerolog.Nop(),
 		apiBodyTimeout:       defaultAPIBodyTimeout,
 	}
@@ -195,6 +211,15 @@ func (c *Config) validate() error {
 	}
 	if c.RoomLease < time.Second {
 		errs = append(errs, fmt.Errorf("room-lease: %v is below 1s", c.RoomLease))
+	}
+	if c.CutBytes < 16<<10 {
+		errs = append(errs, fmt.Errorf("cut-bytes: %d is below 16384 (a cut costs a rebuild of the document)", c.CutBytes))
+	}
+	if c.CutMinAge < time.Second {
+		errs = append(errs, fmt.Errorf("cut-min-age: %v is below 1s", c.CutMinAge))
+	}
+	if c.CutGrace < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("cut-grace: %v is below 100ms", c.CutGrace))
 	}
 	if c.LastSeenEvery < time.Second {
 		errs = append(errs, fmt.Errorf("last-seen-every: %v is below 1s", c.LastSeenEvery))
@@ -292,6 +317,9 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Share, "share", c.Share, "share folder: each subfolder is an item (default: share inside the data dir)")
 	fs.DurationVar(&c.ScanInterval, "scan-interval", c.ScanInterval, "time between full rescans of the share folder")
 	fs.DurationVar(&c.RoomLease, "room-lease", c.RoomLease, "lifetime of a room presence lease in the document (renewed at half)")
+	fs.Int64Var(&c.CutBytes, "cut-bytes", c.CutBytes, "cut the document's history into a new epoch once it takes this many bytes on disk and is half history")
+	fs.DurationVar(&c.CutMinAge, "cut-min-age", c.CutMinAge, "an epoch is cut at most this often")
+	fs.DurationVar(&c.CutGrace, "cut-grace", c.CutGrace, "switch to a proposed epoch this long after seeing the proposal")
 }
 
 // EnvPrefix starts every environment variable of meshnode.

@@ -113,7 +113,8 @@ func New(cfg Config) (_ *Node, err error) {
 		}
 		listen = append(listen, a)
 	}
-	if n.Doc, err = crdt.Open(crdt.Config{Dir: filepath.Join(cfg.DataDir, DirDoc), Logger: lg, Key: key}); err != nil {
+	if n.Doc, err = crdt.Open(crdt.Config{Dir: filepath.Join(cfg.DataDir, DirDoc), Logger: lg, Key: key,
+		CutBytes: cfg.CutBytes, CutMinAge: cfg.CutMinAge, CutGrace: cfg.CutGrace, CutCheck: cfg.cutCheck, Now: cfg.now}); err != nil {
 		return nil, err
 	}
 	for _, d := range n.Doc.Damage() {
