@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -228,13 +229,32 @@ func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, ol
 	}
 	switchHook("snapshot")
 	// Mutations are held off (switching): the log's end cannot move.
+	d.mu.Lock()
 	prevEnd := d.st.end()
-	d.st.marker = epochMarker(e)
-	if err := d.st.rewriteLog(nil); err != nil {
-		return err
+	d.mu.Unlock()
+	marker := epochMarker(e)
+	start := []byte(logMagic)
+	if marker != nil {
+		start = appendRecord(start, marker)
+	}
+	logPath := filepath.Join(d.st.dir, logFile)
+	if err := atomicfile.WriteFile(logPath, start, 0o600); err != nil {
+		return d.st.writeErr("write change log", logPath, err)
 	}
 	switchHook("log")
+	f, err := os.OpenFile(logPath, os.O_RDWR, 0o600)
+	if err == nil {
+		if _, err = f.Seek(0, io.SeekEnd); err != nil {
+			f.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("crdt: open change log %s: %w", logPath, err)
+	}
 	d.mu.Lock()
+	d.st.marker = marker
+	d.st.log.Close()
+	d.st.log, d.st.logSize = f, int64(len(start))
 	d.st.snapSize = size
 	// Logical offsets keep rising across the new log, as after a
 	// compaction: a commit waiting for its fsync compares with them.
