@@ -10,9 +10,9 @@ import (
 // node runs it on its own copy of the document; no node is in charge.
 //
 //   - A cut is due when the document takes at least CutBytes on disk,
-//     history is at least CutShare of it (1 - state bytes / disk bytes,
-//     where the state is the keys and values in force), and the epoch is
-//     at least CutMinAge old on this node.
+//     history is at least CutShare of it (1 - bytes right after the last
+//     switch / bytes now), and the epoch is at least CutMinAge old on this
+//     node.
 //   - Proposers take turns: the nodes alive in the node list are ranked
 //     by SHA-256(epoch ID | peer ID), and the node of rank r proposes once
 //     the cut has been due for r x CutGrace (r capped at maxProposerRank,
@@ -31,10 +31,11 @@ const maxProposerRank = 4
 type EpochStatus struct {
 	Epoch Epoch
 	// DiskBytes is the snapshot plus the change log; StateBytes the keys
-	// and values in force, about what a fresh document holding the same
-	// state takes. HistoryShare is 1 - StateBytes/DiskBytes (0 when the
-	// document is empty).
-	DiskBytes, StateBytes int64
+	// and values in force; FreshBytes what the document took right after
+	// its last switch, about what a document with no history takes (0
+	// until known). HistoryShare is 1 - FreshBytes/DiskBytes (with
+	// StateBytes while FreshBytes is unknown; 0 when empty).
+	DiskBytes, StateBytes, FreshBytes int64
 	HistoryShare          float64
 	// Switches counts epoch switches since Open.
 	Switches uint64
@@ -46,13 +47,16 @@ type EpochStatus struct {
 // EpochStatus returns the epoch and how much of the document is history.
 func (d *Doc) EpochStatus() EpochStatus {
 	d.mu.Lock()
-	disk := d.st.snapSize + d.st.logSize
+	disk, base := d.st.snapSize+d.st.logSize, d.cutBase
 	next, _ := d.nextCutLocked()
 	d.mu.Unlock()
 	state := d.stateBytes()
-	s := EpochStatus{Epoch: d.Epoch(), DiskBytes: disk, StateBytes: state, Switches: d.switches.Load(), NextCut: next.epoch}
+	s := EpochStatus{Epoch: d.Epoch(), DiskBytes: disk, StateBytes: state, FreshBytes: base, Switches: d.switches.Load(), NextCut: next.epoch}
+	if base == 0 {
+		base = state // no estimate yet: the keys and values in force
+	}
 	if disk > 0 {
-		s.HistoryShare = max(0, 1-float64(state)/float64(disk))
+		s.HistoryShare = max(0, 1-float64(base)/float64(disk))
 	}
 	return s
 }
@@ -89,6 +93,8 @@ func recordSize(r *record) int {
 		n += len(h.Manifest) + len(h.Version) + len(h.State) + 4*6
 	case recPresence:
 		n += 6
+	case recAttest:
+		n += 65
 	}
 	return n
 }
@@ -145,15 +151,44 @@ func (d *Doc) cutTick(cs *cutState, now time.Time) error {
 	return d.ProposeCut()
 }
 
-// cutDue reports whether the document should be cut at time now.
+// cutDue reports whether the document should be cut at time now: it
+// takes CutBytes on disk, and at least CutShare of that is history, i.e.
+// it is at least 1/(1-CutShare) times what it took right after the last
+// switch (what a document with no history takes, cutBase). A node that
+// has not switched since it started estimates that once, by building the
+// genesis it would cut (stateAt), when the document first reaches
+// CutBytes.
 func (d *Doc) cutDue(now time.Time) bool {
 	d.mu.Lock()
-	disk, age := d.st.snapSize+d.st.logSize, now.Sub(d.epochStart)
+	disk, age, base := d.st.snapSize+d.st.logSize, now.Sub(d.epochStart), d.cutBase
 	d.mu.Unlock()
 	if disk < d.cfg.CutBytes || age < d.cfg.CutMinAge {
 		return false
 	}
-	return 1-float64(d.stateBytes())/float64(disk) >= d.cfg.CutShare
+	if base == 0 {
+		base = d.freshEstimate()
+		d.mu.Lock()
+		if d.cutBase == 0 {
+			d.cutBase = base
+		}
+		d.mu.Unlock()
+	}
+	return float64(disk) >= float64(base)/(1-d.cfg.CutShare)
+}
+
+// freshEstimate returns the bytes a snapshot of the document's state with
+// no history takes: its genesis at the current heads, saved.
+func (d *Doc) freshEstimate() int64 {
+	e := d.Epoch()
+	st, err := stateAt(d.doc(), e, e.Num+1, d.Heads())
+	if err != nil {
+		return 1
+	}
+	g, err := st.build()
+	if err != nil {
+		return 1
+	}
+	return int64(snapHeaderLen + len(g.Save()))
 }
 
 // proposerRank is this node's turn to propose in the current epoch.

@@ -98,10 +98,102 @@
 //     on. Damage reports each problem: the file, what was wrong, what was
 //     lost, where the copy is; WaitingRecords counts the waiting changes.
 //
+// # Bounded history: epochs
+//
+// Automerge keeps every change forever, and a document chunk keeps every
+// op ever written (an overwritten value stays, marked by its successor).
+// So the fleet cuts the document from time to time into a new epoch: a
+// new automerge document whose first change, the genesis, holds the
+// state at the cut and no history. No node is in charge.
+//
+//   - The rule (cutrule.go). A cut is due on a node when its document
+//     takes at least CutBytes on disk (default 128 KiB), at least CutShare
+//     (half) of that is history (1 - bytes of the keys and values in force
+//     / bytes on disk) and the epoch is CutMinAge old (30 s). Proposers
+//     take turns: the alive nodes of the node list are ranked by
+//     SHA-256(epoch ID | peer ID), and rank r proposes once the cut has
+//     been due for r x CutGrace (r at most 4).
+//   - A proposal is a shared value, epoch/cut/<peer> = "<n> <heads>", the
+//     proposer's heads at the time (epoch.go). The change that writes it
+//     depends on those heads, so a node that holds the proposal holds the
+//     cut. The epoch it starts is named by
+//     ID = SHA-256("meshnode/epoch/1" 0 | n | parent ID | sorted heads).
+//     Between two proposals of one epoch the lower ID wins (Epoch.After).
+//   - The switch. A node that has seen a proposal for the next epoch for
+//     CutGrace (10 s, for concurrent proposals to reach it) takes the
+//     winner, forks its document at the cut, and builds the genesis
+//     (genesis.go): one change by the actor ID[:16], time 0, no deps, the
+//     keys set in sorted order: every record in force (recindex.go's
+//     choice) and every shared value automerge shows, proposals dropped.
+//     Every node that holds the cut builds the same change byte for byte,
+//     so nodes that switch on their own share one document and sync as
+//     before. The old document is kept beside the new one (doc.prev).
+//   - The carry (carry.go). Writes the cut left out (made after the
+//     proposal, or on a node that had not seen it) are written again on
+//     top of the genesis, in changes of the node that switches: its own
+//     records whose counter is above the new document's; other writers'
+//     records from the left-out changes, as they were, each change's
+//     writes of one writer in a change of their own under that writer's
+//     original signature (it covers the writes, not the change); and
+//     shared values the left-out changes wrote, where the new document
+//     still shows the genesis's value. Records are idempotent by counter,
+//     so any number of nodes may carry the same writes.
+//   - Signatures across a cut. The genesis's message carries, for each
+//     record it holds, the signature that covered it (record.go): the
+//     writer, the signature, and every record write of that change (a
+//     write the genesis still holds is named by its key; any other comes
+//     with its value). A joiner checks one signature per group, as it
+//     checks one per change of a history; a group the genesis's records do
+//     not exactly match is refused (RuleEpoch). Signatures carried from an
+//     older genesis are carried again.
+//   - Wire. Anti-entropy (sync/2) opens with a hello of each side's epoch
+//     (sync.go); sides on different epochs end the session with
+//     EpochMismatchError, and the side behind fetches the other's snapshot
+//     (MergeSnapshot moves it to the later epoch and carries its writes).
+//     A gossiped change of another epoch lacks its dependencies and is
+//     pulled by sync, which sorts the epochs out the same way; a change
+//     with no dependencies in an epoch after the first is the root of
+//     another epoch's document and is never applied.
+//   - Disk. A switch writes doc.prev (the old document), then the new
+//     snapshot, then a new log whose first record is the epoch marker
+//     ("MNEPOCH1" | ID | number, format.go). Mutations wait while it runs.
+//     At Open the epoch comes from the snapshot's genesis, and a log whose
+//     marker does not name it predates a switch cut short: it is set aside
+//     (doc.log.epoch-<ns>), since the snapshot holds everything of it this
+//     node had acknowledged (the carry ran before the snapshot was written).
+//
+// Failure cases, and what happens:
+//
+//   - Two proposals at once: each node switches to the lower ID after the
+//     grace; a node that switched to the higher one before it saw the
+//     lower moves at its next sync, carrying its writes (a sibling epoch:
+//     the carry also takes the writes of doc.prev the winning cut lacks).
+//   - A partition during the switch: each side cuts on its own; at the
+//     heal the side with the higher ID moves to the other's epoch by
+//     snapshot and carries every write it made since the two sides parted.
+//   - kill -9 in the middle of a switch: before the new snapshot is in
+//     place the node restarts on the old epoch and switches again; after
+//     it, the old log is set aside and the new snapshot holds all.
+//   - A node offline across one cut or more: its first sync hello shows
+//     it behind; it adopts a peer's snapshot and carries its own writes
+//     that no peer saw (changes of its own that no other actor's change
+//     depends on), and its records by counter.
+//   - Writes at full rate during a switch: they wait for it (milliseconds
+//     for a small document), land in the new epoch, or, if they were in
+//     the old document after the cut, are carried.
+//   - A joiner during a switch: it bootstraps from whichever epoch its
+//     peer is on, and moves to the later one like any node behind.
+//
+// Left open: a member can propose cuts as often as the rule lets it
+// (every CutMinAge) and can start a later epoch of its own making; the
+// records in it still verify and every writer carries its own, but the
+// shared values in it are the forger's to choose. Tombstones (withdrawn
+// holders) are kept across cuts so an old record cannot be replayed.
+//
 // # Sync
 //
-// Doc.Sync runs automerge's sync protocol over any stream (see sync.go for
-// the framing); automerge's sync state sees each message with its changes
+// Doc.Sync runs automerge's sync protocol over any stream, after the
+// epoch hello (see sync.go for the framing); automerge's sync state sees each message with its changes
 // stripped, the changes going through intake.go. ApplyChange takes one
 // gossiped change with its announced hash and dependencies and answers
 // ErrMissingDeps for one whose dependencies this node lacks, so the

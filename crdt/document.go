@@ -177,6 +177,9 @@ type Doc struct {
 	switching  bool
 	switchCond *sync.Cond
 	epochStart time.Time
+	// cutBase is what the document took on disk right after the last
+	// switch (cutrule.go); 0 until known. Under mu.
+	cutBase int64
 	// waiting holds changes from the change log (or from a sync message)
 	// whose dependencies this node lacks, e.g. after its snapshot was
 	// lost. They apply when the dependencies arrive (settleWaitingLocked
@@ -458,6 +461,9 @@ func (d *Doc) apply(tx *Tx, msg string) (Hash, *am.Change, error) {
 		if err := op(d.doc()); err != nil {
 			return Hash{}, nil, err
 		}
+	}
+	if err := d.attestLocked(tx, d.doc()); err != nil {
+		return Hash{}, nil, err
 	}
 	msg, err := tx.w.signRecords(msg)
 	if err != nil {

@@ -151,8 +151,14 @@ func stateAt(doc *am.Doc, parent Epoch, num uint64, cut []Hash) (*genesisState, 
 	if pg >= 0 {
 		parentVals = opsOfChange(dops, cx, pg)
 	}
+	// A writer whose records hash to its attestation's root needs only
+	// the attestation's signature (attest.go).
+	att := attested(st.records)
 	for k, ci := range origin {
 		sk, _, _ := parseKey(k)
+		if att[sk.writer] && k != attestKey(sk.writer) {
+			continue
+		}
 		if ci == pg && pg >= 0 {
 			gi := slices.IndexFunc(ph.groups, func(g sigGroup) bool {
 				return slices.ContainsFunc(g.entries, func(e groupEntry) bool { return e.key == k && !e.inline })
@@ -286,9 +292,15 @@ func verifyGenesis(ks *keys, h *epochHeader, records map[string][]byte) ([]func(
 			return nil
 		})
 	}
+	att := attested(records)
 	for k := range records {
-		if !covered[k] {
-			return nil, refuse(RuleEpoch, k, "the genesis holds a record no carried signature covers")
+		if covered[k] {
+			continue
+		}
+		// Covered by its writer's attestation, whose own signature is
+		// carried (and checked above).
+		if sk, _, _ := parseKey(k); !att[sk.writer] || !covered[attestKey(sk.writer)] {
+			return nil, refuse(RuleEpoch, k, "the genesis holds a record neither a carried signature nor its writer's attestation covers")
 		}
 	}
 	return jobs, nil

@@ -36,6 +36,7 @@ func credsKey(topic string) string          { return pRooms + topic + sCreds }
 func presenceKey(topic, peer string) string { return pRooms + topic + sPresence + peer }
 func roomStateKey(topic, key string) string { return pRooms + topic + sState + key }
 func cutKey(peer string) string             { return pCut + peer }
+func attestKey(peer string) string          { return pNodes + peer + "/attest" }
 
 // splitKey parses a root key into its parts after the prefix, e.g.
 // "library/x/holders/p" with prefix "library/" gives ["x", "holders", "p"].
@@ -57,6 +58,7 @@ const (
 	kPresence                     // rooms/<topic>/presence/<peer>: signed lease
 	kRoomState                    // rooms/<topic>/state/<key>: string, last writer wins
 	kCut                          // epoch/cut/<peer>: a cut proposal (epoch.go)
+	kAttest                       // nodes/<peer>/attest: signed attestation of the peer's records (attest.go)
 )
 
 // schemaKey is a root key parsed by the schema.
@@ -77,6 +79,8 @@ func (k schemaKey) signed() (byte, bool) {
 		return recHolder, true
 	case kPresence:
 		return recPresence, true
+	case kAttest:
+		return recAttest, true
 	}
 	return 0, false
 }
@@ -107,6 +111,8 @@ func parseKey(key string) (schemaKey, string, error) {
 	switch {
 	case n == 2 && parts[0] == "nodes":
 		return schemaKey{kind: kNode, writer: parts[1]}, "", nil
+	case n == 3 && parts[0] == "nodes" && parts[2] == "attest":
+		return schemaKey{kind: kAttest, writer: parts[1]}, "", nil
 	case n == 3 && parts[0] == "library" && parts[2] == "name":
 		return schemaKey{kind: kItemName, id: parts[1]}, "", nil
 	case n == 4 && parts[0] == "library" && parts[2] == "holders":

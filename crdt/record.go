@@ -23,13 +23,14 @@ import (
 //
 //	version 1 | kind u8 | counter uvarint | fields
 //
-// kind is 1 (node), 2 (holder) or 3 (presence). Fields, in order, with
+// kind is 1 (node), 2 (holder), 3 (presence) or 4 (attestation). Fields, in order, with
 // strings and lists as uvarint length then bytes (UTF-8) or items, and
 // integers as zig-zag varints:
 //
 //	node:     name, addrs list, version, roles list, started_ms, last_seen_ms, alive u8
 //	holder:   manifest, version, size, files, state, updated_ms
 //	presence: expiry_ms
+//	attest:   root (hex SHA-256 over the writer's other records, attest.go)
 //
 // Encoding is canonical: a record decodes only if re-encoding its fields
 // gives the same bytes. The counter rises with every write of the key
@@ -62,6 +63,7 @@ const (
 	recNode       = 1
 	recHolder     = 2
 	recPresence   = 3
+	recAttest     = 4
 
 	sigLen = 64
 	// MaxRecord bounds one record's bytes.
@@ -85,6 +87,7 @@ type record struct {
 	kind     byte
 	counter  uint64
 	expiryMs int64
+	root     string // attest: hex of the writer's records root (attest.go)
 	node     *NodeRecord
 	holder   *Holder
 }
@@ -112,6 +115,8 @@ func (r *record) appendFields(b []byte) []byte {
 		b = binary.AppendVarint(b, h.UpdatedMs)
 	case recPresence:
 		b = binary.AppendVarint(b, r.expiryMs)
+	case recAttest:
+		b = appendStr(b, r.root)
 	}
 	return b
 }
@@ -189,6 +194,11 @@ func decodeRecord(b []byte) (*record, error) {
 		h.UpdatedMs = p.varint()
 	case recPresence:
 		r.expiryMs = p.varint()
+	case recAttest:
+		r.root = p.str()
+		if len(r.root) != 64 {
+			p.fail("an attestation root of %d characters, not 64", len(r.root))
+		}
 	default:
 		return nil, fmt.Errorf("%w: unknown kind %d", errRecord, r.kind)
 	}

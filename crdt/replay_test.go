@@ -67,7 +67,8 @@ type bHistory struct {
 	h0           []Hash // heads after r0
 	snap0, snap1 []byte // snapshots after r0 and r1
 	r1           []byte // r1's bytes
-	r1Msg        string // and the message of its change (B's signature)
+	r1Attest     []byte // B's attestation written with r1 (attest.go)
+	r1Msg        string // and the message of their change (B's signature)
 }
 
 func newBHistory(t *testing.T) *bHistory {
@@ -91,6 +92,7 @@ func newBHistory(t *testing.T) *bHistory {
 	x.h0, x.snap0 = d.Heads(), d.Snapshot()
 	h1 := write(NodeRecord{Name: "b", Alive: true, Version: 1, StartedMs: 1, LastSeenMs: 2})
 	x.snap1, x.r1, x.r1Msg = d.Snapshot(), rawValue(t, d, nodeKey(B)), changeMessage(t, d, h1)
+	x.r1Attest = rawValue(t, d, attestKey(B))
 	write(NodeRecord{Name: "b", Alive: false, Version: 1, StartedMs: 1, LastSeenMs: 3})
 	return x
 }
@@ -104,6 +106,10 @@ func (x *bHistory) replayAt(t *testing.T, snap []byte) []byte {
 		t.Fatal(err)
 	}
 	if err := f.RootMap().Set(nodeKey(x.b), x.r1); err != nil {
+		t.Fatal(err)
+	}
+	// B's signature covers its attestation written in the same change.
+	if err := f.RootMap().Set(attestKey(x.b), x.r1Attest); err != nil {
 		t.Fatal(err)
 	}
 	h, err := f.Commit(x.r1Msg)

@@ -277,6 +277,7 @@ func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, ol
 	}
 	d.enqueueLocked(Event{Heads: heads, Epoch: true}, 0)
 	d.epochStart = d.cfg.Now()
+	d.cutBase = size + d.st.logSize
 	d.switches.Add(1)
 	d.synced.Store(d.st.end())
 	d.syncedHeads = heads

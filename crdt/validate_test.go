@@ -81,7 +81,7 @@ func TestBadChangesRefusedByRule(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	old, oldMsg := rawValue(t, honest, nodeKey(self)), changeMessage(t, honest, h1)
+	replay, oldMsg := writesOf(t, honest, h1), changeMessage(t, honest, h1)
 	h2, err := honest.Update("own", func(tx *Tx) error {
 		tx.SetNode(self, NodeRecord{Name: "honest", Alive: true, LastSeenMs: 2000})
 		return nil
@@ -126,7 +126,7 @@ func TestBadChangesRefusedByRule(t *testing.T) {
 		{"garbage signature line", RuleSignature, set(nodeKey(self), forged), "evil\nmnsig1:!!"},
 		{"record of the wrong kind", RuleType, set(presenceKey("lobby", self), cur), curMsg},
 		{"record deleted", RuleSignature, func(d *am.Doc) error { return d.Path(nodeKey(self)).Delete() }, ""},
-		{"replayed record", RuleReplay, set(nodeKey(self), old), oldMsg},
+		{"replayed record", RuleReplay, replay, oldMsg},
 		{"garbage creds", RuleCreds, set(credsKey("lobby"), "not base64url!"), ""},
 	}
 	for _, c := range cases {
@@ -218,6 +218,35 @@ func honestSyncWith(t *testing.T, d *Doc, raw []byte) error {
 	return nil
 }
 
+// writesOf returns an edit that writes again every record change h of d
+// wrote, in its order: a record and its writer's attestation, which one
+// signature covers (attest.go).
+func writesOf(t *testing.T, d *Doc, h Hash) func(*am.Doc) error {
+	t.Helper()
+	ch, err := d.doc().Change(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	co, _, err := decodeChange(ch.Save())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []sigOp
+	for i := range co.Ops {
+		if _, ok := recordOp(&co.Ops[i]); ok {
+			ops = append(ops, sigOp{co.Ops[i].Key, bytes.Clone(co.Ops[i].Value)})
+		}
+	}
+	return func(doc *am.Doc) error {
+		for _, o := range ops {
+			if err := doc.Path(o.key).Set(o.value); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
 func changeMessage(t *testing.T, d *Doc, h Hash) string {
 	t.Helper()
 	ch, err := d.doc().Change(h)
@@ -249,7 +278,7 @@ func TestValidForeignChangesAccepted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, recMsg := rawValue(t, other, nodeKey(other.Self())), changeMessage(t, other, h)
+	rec, recMsg := writesOf(t, other, h), changeMessage(t, other, h)
 	a := newAttacker(t, honest)
 	for _, c := range []struct {
 		edit func(d *am.Doc) error
@@ -259,7 +288,7 @@ func TestValidForeignChangesAccepted(t *testing.T) {
 		{set("rooms/lobby/state/k", "v"), "x"},
 		{set(credsKey("lobby"), goodCreds()), "x"},
 		{func(d *am.Doc) error { return d.Path("rooms/lobby/state/k").Delete() }, "x"},
-		{set(nodeKey(other.Self()), rec), recMsg}, // relayed with its signature, once
+		{rec, recMsg}, // relayed with its signature, once
 	} {
 		raw, h, deps := a.changeMsg(c.edit, c.msg)
 		if _, err := honest.ApplyChange(raw, h, deps); err != nil {
@@ -279,7 +308,7 @@ func TestValidForeignChangesAccepted(t *testing.T) {
 func TestReplayVerdictIndependentOfReceiver(t *testing.T) {
 	t.Parallel()
 	b := openT(t, t.TempDir())
-	write := func(seen int64) ([]byte, string) {
+	write := func(seen int64) (func(*am.Doc) error, string) {
 		t.Helper()
 		h, err := b.Update("rec", func(tx *Tx) error {
 			tx.SetNode(b.Self(), NodeRecord{Name: "b", LastSeenMs: seen})
@@ -288,7 +317,7 @@ func TestReplayVerdictIndependentOfReceiver(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return rawValue(t, b, nodeKey(b.Self())), changeMessage(t, b, h)
+		return writesOf(t, b, h), changeMessage(t, b, h)
 	}
 	r1, m1 := write(1)
 	base := b.Snapshot()
@@ -301,7 +330,7 @@ func TestReplayVerdictIndependentOfReceiver(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := &attacker{t: t, doc: m}
-	raw, h, deps := a.changeMsg(set(nodeKey(b.Self()), r2), m2)
+	raw, h, deps := a.changeMsg(r2, m2)
 
 	late := openT(t, t.TempDir()) // holds records 1..3
 	if err := late.MergeSnapshot(b.Snapshot()); err != nil {
@@ -317,7 +346,7 @@ func TestReplayVerdictIndependentOfReceiver(t *testing.T) {
 		t.Fatalf("verdicts differ or refuse: late %v, early %v", errLate, errEarly)
 	}
 	// Writing record 1 again over record 2 is a replay for both.
-	r1raw, h1, deps1 := a.changeMsg(set(nodeKey(b.Self()), r1), m1)
+	r1raw, h1, deps1 := a.changeMsg(r1, m1)
 	for _, d := range []*Doc{late, early} {
 		if _, err := d.ApplyChange(r1raw, h1, deps1); err == nil {
 			t.Fatal("replay over a newer record in its own past accepted")

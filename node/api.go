@@ -52,12 +52,14 @@ type DocumentStatus struct {
 	WaitingRecords int `json:"waiting_records"`
 	// Epoch is how many times the fleet has cut the document's history,
 	// and EpochID the cut's ID (empty for epoch 0). StateBytes is the size
-	// of the keys and values in force; HistoryShare the share of the
-	// document on disk that is history. NextEpoch is the epoch a cut
-	// proposal in the document would start (0: none).
+	// of the keys and values in force, FreshBytes what the document took
+	// on disk right after the last cut (0 until known); HistoryShare the
+	// share of the document on disk that is history. NextEpoch is the
+	// epoch a cut proposal in the document would start (0: none).
 	Epoch        uint64  `json:"epoch"`
 	EpochID      string  `json:"epoch_id,omitempty"`
 	StateBytes   int64   `json:"state_bytes"`
+	FreshBytes   int64   `json:"fresh_bytes"`
 	HistoryShare float64 `json:"history_share"`
 	Switches     uint64  `json:"epoch_switches"`
 	NextEpoch    uint64  `json:"next_epoch"`
@@ -274,7 +276,7 @@ func documentStatus(d *crdt.Doc) DocumentStatus {
 	s := DocumentStatus{
 		Damage:         append([]crdt.Damage{}, d.Damage()...),
 		WaitingRecords: d.WaitingRecords(),
-		Epoch:          ep.Epoch.Num, StateBytes: ep.StateBytes, HistoryShare: ep.HistoryShare,
+		Epoch:          ep.Epoch.Num, StateBytes: ep.StateBytes, FreshBytes: ep.FreshBytes, HistoryShare: ep.HistoryShare,
 		Switches: ep.Switches, NextEpoch: ep.NextCut.Num,
 	}
 	if ep.Epoch.Num > 0 {

@@ -80,9 +80,12 @@ type attackPlan struct {
 	// Victim is honest node B's peer ID. Stale is a record B wrote at
 	// nodes/<B> before the one in Doc, and StaleMsg the message of the
 	// change that wrote it, which carries B's signature over it.
-	Victim   string `json:"victim"`
-	Stale    []byte `json:"stale"`
-	StaleMsg string `json:"stale_msg"`
+	// StaleAttest is B's attestation written in that change: B's
+	// signature covers both, so a replay writes both.
+	Victim      string `json:"victim"`
+	Stale       []byte `json:"stale"`
+	StaleAttest []byte `json:"stale_attest"`
+	StaleMsg    string `json:"stale_msg"`
 }
 
 // attackReport is one attacker identity's account of its attack, one
@@ -131,7 +134,10 @@ var badChanges = []badChange{
 	{"replayed record", crdt.RuleReplay, func(root *am.Map, p *attackPlan, _ crypto.PrivKey, _ int) (string, error) {
 		// B's own record, older than the one in force, under B's own
 		// signature (it signs the key and the value, not the change).
-		return p.StaleMsg, root.Set("nodes/"+p.Victim, p.Stale)
+		if err := root.Set("nodes/"+p.Victim, p.Stale); err != nil {
+			return "", err
+		}
+		return p.StaleMsg, root.Set("nodes/"+p.Victim+"/attest", p.StaleAttest)
 	}},
 	{"oversized key", crdt.RuleSize, func(root *am.Map, _ *attackPlan, _ crypto.PrivKey, v int) (string, error) {
 		return "", root.Set(roomStateKeyOf(malTopic, strings.Repeat("k", 5000+v)), "v")
@@ -650,13 +656,19 @@ func (l *badEventLog) reported(i int, p, rule string) bool {
 // recordAt returns the bytes at nodes/<id> of a saved document.
 func recordAt(t *testing.T, doc []byte, id string) []byte {
 	t.Helper()
+	return bytesAt(t, doc, "nodes/"+id)
+}
+
+// bytesAt returns the bytes value at a root key of a saved document.
+func bytesAt(t *testing.T, doc []byte, key string) []byte {
+	t.Helper()
 	d, err := am.Load(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := d.Path("nodes/" + id).Get()
+	v, err := d.Path(key).Get()
 	if err != nil || v.Kind() != am.KindBytes {
-		t.Fatalf("nodes/%s: %v (%v); want a record's bytes", id, v, err)
+		t.Fatalf("%s: %v (%v); want a record's bytes", key, v, err)
 	}
 	return v.Bytes()
 }
@@ -716,6 +728,7 @@ func TestMaliciousMember(t *testing.T) {
 	docB := docBytes(t, b)
 	stale := recordAt(t, docB, victim)
 	staleMsg := changeMessage(t, docB, first)
+	staleAttest := bytesAt(t, docB, "nodes/"+victim+"/attest")
 	writeB()
 	waitFor(t, 20*time.Second, "B's newer record everywhere", func() bool {
 		for _, n := range c.nodes {
@@ -763,7 +776,7 @@ func TestMaliciousMember(t *testing.T) {
 	events := collectBadEvents(t, c.nodes)
 	mem0 := readMemory(t)
 
-	reports, waitAttacker := startAttacker(t, attackPlan{Token: c.token, Peers: peers, Doc: snapshot, Victim: victim, Stale: stale, StaleMsg: staleMsg})
+	reports, waitAttacker := startAttacker(t, attackPlan{Token: c.token, Peers: peers, Doc: snapshot, Victim: victim, Stale: stale, StaleAttest: staleAttest, StaleMsg: staleMsg})
 	var (
 		got         []attackReport
 		honestWrite crdt.Hash

@@ -178,7 +178,7 @@ var metricDefs = []metricDef{
 	counter("doc_rollbacks_total", "Document writes rolled back, refused by the disk (full, I/O error) or by automerge.", func(s *scrape) uint64 { return s.doc.stats.RolledBack }),
 	gauge("doc_epoch", "The document's epoch: how many times the fleet has cut its history.", func(s *scrape) uint64 { return s.doc.ep.Epoch.Num }),
 	gauge("doc_state_bytes", "Bytes of the keys and values in force: about the size of a document with no history.", func(s *scrape) int64 { return s.doc.ep.StateBytes }),
-	{"doc_history_share", "Share of the document on disk that is history: 1 - doc_state_bytes / doc_bytes.", prometheus.GaugeValue, func(s *scrape) float64 { return s.doc.ep.HistoryShare }},
+	{"doc_history_share", "Share of the document on disk that is history: 1 - (bytes right after the last cut) / doc_bytes.", prometheus.GaugeValue, func(s *scrape) float64 { return s.doc.ep.HistoryShare }},
 	counter("doc_epoch_switches_total", "Moves of this node's document to a new epoch (its own cut or a peer's snapshot).", func(s *scrape) uint64 { return s.doc.ep.Switches }),
 	counter("epoch_catchups_total", "Moves to a peer's later epoch by its snapshot.", func(s *scrape) uint64 { return s.repl.EpochCatchUps }),
 	counter("changes_sent_total", "Changes published on gossip.", func(s *scrape) uint64 { return s.repl.ChangesSent }),

@@ -152,7 +152,7 @@ func TestMetricsNamesAndHelpUnchanged(t *testing.T) {
 		{"doc_rollbacks_total", "counter", "Document writes rolled back, refused by the disk (full, I/O error) or by automerge."},
 		{"doc_epoch", "gauge", "The document's epoch: how many times the fleet has cut its history."},
 		{"doc_state_bytes", "gauge", "Bytes of the keys and values in force: about the size of a document with no history."},
-		{"doc_history_share", "gauge", "Share of the document on disk that is history: 1 - doc_state_bytes / doc_bytes."},
+		{"doc_history_share", "gauge", "Share of the document on disk that is history: 1 - (bytes right after the last cut) / doc_bytes."},
 		{"doc_epoch_switches_total", "counter", "Moves of this node's document to a new epoch (its own cut or a peer's snapshot)."},
 		{"epoch_catchups_total", "counter", "Moves to a peer's later epoch by its snapshot."},
 		{"changes_sent_total", "counter", "Changes published on gossip."},
