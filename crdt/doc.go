@@ -12,6 +12,8 @@
 //	rooms/<topic>/creds              string, room credentials that decode, last writer wins
 //	rooms/<topic>/presence/<peer>    signed record (lease expiry, Unix ms), by that peer
 //	rooms/<topic>/state/<key>        string, at most 16 KiB, last writer wins
+//	nodes/<peer>/attest              signed record: a root over the peer's other records (attest.go)
+//	epoch/cut/<peer>                 string, that peer's proposal to cut the history (epoch.go)
 //
 // Every key part is at most 256 bytes. Keys are flat because automerge
 // identifies a map by the change that made it: two replicas that each
@@ -108,8 +110,10 @@
 //
 //   - The rule (cutrule.go). A cut is due on a node when its document
 //     takes at least CutBytes on disk (default 128 KiB), at least CutShare
-//     (half) of that is history (1 - bytes of the keys and values in force
-//     / bytes on disk) and the epoch is CutMinAge old (30 s). Proposers
+//     (half) of that is history (1 - bytes right after the last switch /
+//     bytes on disk; before its first switch a node builds the genesis it
+//     would cut once to learn that size) and the epoch is CutMinAge old
+//     (30 s). Proposers
 //     take turns: the alive nodes of the node list are ranked by
 //     SHA-256(epoch ID | peer ID), and rank r proposes once the cut has
 //     been due for r x CutGrace (r at most 4).
@@ -138,14 +142,18 @@
 //     shared values the left-out changes wrote, where the new document
 //     still shows the genesis's value. Records are idempotent by counter,
 //     so any number of nodes may carry the same writes.
-//   - Signatures across a cut. The genesis's message carries, for each
-//     record it holds, the signature that covered it (record.go): the
-//     writer, the signature, and every record write of that change (a
-//     write the genesis still holds is named by its key; any other comes
-//     with its value). A joiner checks one signature per group, as it
-//     checks one per change of a history; a group the genesis's records do
-//     not exactly match is refused (RuleEpoch). Signatures carried from an
-//     older genesis are carried again.
+//   - Signatures across a cut. Every change that writes a peer's records
+//     also writes its attestation, a signed root over all of its records
+//     (attest.go). The genesis's message carries, for each writer whose
+//     records hash to its attestation's root, the one signature that
+//     covered the attestation, and for any other record the signature of
+//     the change that wrote it (record.go): the writer, the signature and
+//     every record write of that change (a write the genesis still holds
+//     is named by its key; any other comes with its value). A joiner checks
+//     one signature per group, about one per writer; a genesis whose
+//     records a group or an attestation does not exactly cover is refused
+//     (RuleEpoch). Signatures carried from an older genesis are carried
+//     again.
 //   - Wire. Anti-entropy (sync/2) opens with a hello of each side's epoch
 //     (sync.go); sides on different epochs end the session with
 //     EpochMismatchError, and the side behind fetches the other's snapshot
