@@ -127,12 +127,19 @@ func (d *Doc) tail(old *am.Doc, oldEpoch Epoch, hdr *epochHeader) ([]*ChangeOps,
 		return err != nil || c.ActorSeq() > hdr.includedSeq(a)
 	}
 	afterGenesis := func(c *am.Change) bool { return !isGenesisMessage(c.Message()) }
+	direct := hdr.parent == oldEpoch.ID && hdr.num == oldEpoch.Num+1
+	if direct {
+		// Cut from old itself (a local build): the changes since the cut.
+		if since, err := old.Changes(hdr.cut...); err == nil {
+			return out, add(since, notIncluded)
+		}
+	}
 	all, err := old.Changes()
 	if err != nil {
 		return nil, err
 	}
 	switch oldHdr := hdrOf(old, oldEpoch); {
-	case hdr.parent == oldEpoch.ID && hdr.num == oldEpoch.Num+1:
+	case direct:
 		return out, add(all, notIncluded)
 	case oldHdr != nil && oldHdr.parent == hdr.parent && oldHdr.num == hdr.num:
 		if prev := d.readPrev(); prev != nil {

@@ -145,25 +145,32 @@ func (d *Doc) SwitchEpoch() (Epoch, error) {
 		return Epoch{}, ErrClosed
 	}
 	c, ok := d.nextCutLocked()
+	cur, oldEpoch := d.doc(), d.Epoch()
+	d.mu.Unlock()
 	if !ok {
-		d.mu.Unlock()
 		return Epoch{}, ErrNoCut
 	}
-	d.beginSwitchLocked()
-	old, oldEpoch := d.doc(), d.Epoch()
-	d.mu.Unlock()
-
+	// The genesis is built from a fork at the cut while writes go on:
+	// they are carried below. Only the carry and the files hold them off.
 	start := time.Now()
-	st, err := stateAt(old, oldEpoch, c.p.num, c.p.cut)
+	st, err := stateAt(cur, oldEpoch, c.p.num, c.p.cut)
 	var g *am.Doc
 	if err == nil {
 		g, err = st.build()
 	}
 	if err != nil {
-		d.endSwitch()
 		return Epoch{}, err
 	}
-	if err := d.adopt(g, st.header, st.shared, old, oldEpoch); err != nil {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return Epoch{}, ErrClosed
+	}
+	// syncMu is held: nothing switched meanwhile.
+	d.beginSwitchLocked()
+	old, oldx := d.doc(), d.recs
+	d.mu.Unlock()
+	if err := d.adopt(g, st.header, st.shared, old, oldx, oldEpoch); err != nil {
 		return Epoch{}, err
 	}
 	d.lg.Info().Str("epoch", c.epoch.String()).Str("from", oldEpoch.String()).Dur("took", time.Since(start)).
@@ -197,12 +204,12 @@ func (d *Doc) waitSwitchLocked() {
 // starting with the genesis hdr describes, whose shared values were
 // genShared) the document, carrying this node's writes from old. Call
 // with syncMu held, mu not held, and a switch begun; it ends it.
-func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, old *am.Doc, oldEpoch Epoch) error {
+// oldx is old's record index (the live one: no mutation runs while the
+// switch does).
+func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, old *am.Doc, oldx *recIndex, oldEpoch Epoch) error {
 	defer d.endSwitch()
 	gx := d.indexOf(g)
 	gx.refresh(g)
-	oldx := d.indexOf(old)
-	oldx.refresh(old)
 	cr, err := d.carryAcross(old, oldx, oldEpoch, hdr, g, gx, genShared)
 	if err != nil {
 		return fmt.Errorf("crdt: carry writes across the cut: %w", err)
@@ -310,7 +317,7 @@ func (d *Doc) adoptSnapshot(doc *DocOps, loaded *am.Doc, hdr *epochHeader, gen i
 		return ErrEpochBehind
 	}
 	d.beginSwitchLocked()
-	old := d.doc()
+	old, oldx := d.doc(), d.recs
 	d.mu.Unlock()
 	genShared := map[string]string{}
 	cx := newChangeIndex(doc)
@@ -320,7 +327,7 @@ func (d *Doc) adoptSnapshot(doc *DocOps, loaded *am.Doc, hdr *epochHeader, gen i
 			genShared[op.Key] = string(op.Value)
 		}
 	}
-	if err := d.adopt(loaded, hdr, genShared, old, cur); err != nil {
+	if err := d.adopt(loaded, hdr, genShared, old, oldx, cur); err != nil {
 		return err
 	}
 	d.lg.Info().Str("epoch", hdr.epoch().String()).Str("from", cur.String()).Msg("document moved to a later epoch from a peer's snapshot")
