@@ -36,7 +36,7 @@ type EpochStatus struct {
 	// until known). HistoryShare is 1 - FreshBytes/DiskBytes (with
 	// StateBytes while FreshBytes is unknown; 0 when empty).
 	DiskBytes, StateBytes, FreshBytes int64
-	HistoryShare          float64
+	HistoryShare                      float64
 	// Switches counts epoch switches since Open.
 	Switches uint64
 	// NextCut is the epoch a proposal in the document would start; zero
