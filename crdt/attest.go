@@ -58,12 +58,14 @@ func attestRoot(writer string, recs map[string][]byte) string {
 // (writes not applied yet) taking precedence.
 func recordsOf(x *recIndex, writer string, over map[string][]byte) map[string][]byte {
 	out := map[string][]byte{}
-	for k, v := range x.keys {
-		if sk, _, err := parseKey(k); err == nil && sk.writer == writer && sk.kind != kCut {
-			if _, signed := sk.signed(); signed {
-				if b, err := encodeRecord(k, v.rec); err == nil {
-					out[k] = b
-				}
+	for k := range x.keysOf(writer) {
+		sk, _, err := parseKey(k)
+		if err != nil || sk.writer != writer {
+			continue // a key whose suffix only looks like the writer's
+		}
+		if _, signed := sk.signed(); signed {
+			if b, err := encodeRecord(k, x.keys[k].rec); err == nil {
+				out[k] = b
 			}
 		}
 	}

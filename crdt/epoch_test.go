@@ -136,6 +136,11 @@ func TestCutSwitchesEveryNodeToOneDocument(t *testing.T) {
 	if ga, gb := genesisHash(t, a), genesisHash(t, b); ga != gb {
 		t.Fatalf("the two nodes built different genesis changes: %s and %s", ga, gb)
 	}
+	// Each writer's records are covered by its attestation: one carried
+	// signature per writer, not one per change that wrote a record.
+	if _, h := epochOfDoc(a.doc()); h == nil || len(h.groups) != 2 {
+		t.Fatalf("genesis header %+v; want one signature for each of the 2 writers", h)
+	}
 	syncAll(t, a, b)
 	for _, d := range []*Doc{a, b} {
 		if got := stateOf(t, d); !reflect.DeepEqual(got, want) {
