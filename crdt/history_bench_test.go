@@ -40,6 +40,8 @@ type simFleet struct {
 	cuts   int
 	cutCPU time.Duration
 	writes int
+	// maxDisk is the most the document took on disk at any check.
+	maxDisk int64
 }
 
 func newSimFleet(tb testing.TB, compact bool) *simFleet {
@@ -123,6 +125,7 @@ func (f *simFleet) tick(tb testing.TB) {
 		f.cuts++
 		f.cutCPU += cpuTime() - start
 	}
+	f.maxDisk = max(f.maxDisk, f.d.DiskBytes())
 }
 
 // cpuTime is this process's user and system CPU time.
@@ -188,9 +191,10 @@ func BenchmarkThirtyDays(b *testing.B) {
 				b.ReportMetric(float64(freshSave.Microseconds())/1000, "fresh-save-ms")
 			}
 			b.ReportMetric(float64(saved), name+"-saved-bytes")
+			b.ReportMetric(float64(f.maxDisk), name+"-max-disk-bytes")
 			b.ReportMetric(float64(fresh), "fresh-bytes")
-			b.Logf("%s: %d days, %d writes, %d cuts (%v CPU), saved %d bytes, fresh %d bytes (%.2fx), epoch %v, took %v",
-				name, days, f.writes, f.cuts, f.cutCPU, saved, fresh, float64(saved)/float64(fresh), f.d.Epoch(), time.Since(start).Round(time.Second))
+			b.Logf("%s: %d days, %d writes, %d cuts (%v CPU), saved %d bytes, fresh %d bytes (%.2fx), at most %d bytes on disk, epoch %v, took %v",
+				name, days, f.writes, f.cuts, f.cutCPU, saved, fresh, float64(saved)/float64(fresh), f.maxDisk, f.d.Epoch(), time.Since(start).Round(time.Second))
 		}
 	}
 }
