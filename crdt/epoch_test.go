@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	am "github.com/automerge/automerge-go"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/rs/zerolog"
 )
@@ -557,5 +558,65 @@ func TestCarryRecordsOfAWriterThatIsGone(t *testing.T) {
 	}
 	if stateOf(t, j).Items["late"].Holders[c.Self()].Manifest != "mc" {
 		t.Fatal("joiner lacks c's carried record")
+	}
+}
+
+// TestTwoCarriesOfOneWriteStillJoin: a write made after the proposal is
+// carried by its writer and by a node that saw it, concurrently, with one
+// counter: no replay, and a snapshot holding both still bootstraps a node.
+func TestTwoCarriesOfOneWriteStillJoin(t *testing.T) {
+	t.Parallel()
+	a, w := newManual(t), newManual(t)
+	busy(t, a, 2)
+	busy(t, w, 2)
+	syncAll(t, a, w)
+	if err := a.ProposeCut(); err != nil {
+		t.Fatal(err)
+	}
+	syncAll(t, a, w)
+	update(t, w, func(tx *Tx) { tx.SetNode(w.Self(), NodeRecord{Name: "w after the cut", Alive: true}) })
+	syncPair(t, w, a, w.NewPeerState(), a.NewPeerState())
+	for _, d := range []*Doc{a, w} {
+		if _, err := d.SwitchEpoch(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	syncAll(t, a, w)
+	for _, d := range []*Doc{a, w} {
+		j := newManual(t)
+		if err := j.MergeSnapshot(d.Snapshot()); err != nil {
+			t.Fatalf("bootstrap from %s: %v", d.Self()[:8], err)
+		}
+		if n, _, _ := j.Node(w.Self()); n.Name != "w after the cut" {
+			t.Fatalf("joiner reads w as %+v", n)
+		}
+	}
+}
+
+// TestGenesisMessageRefusedOnChanges: a change that claims to be a
+// genesis is refused on the change paths: it would be unchecked there.
+func TestGenesisMessageRefusedOnChanges(t *testing.T) {
+	t.Parallel()
+	d := newManual(t)
+	h := sampleHeader()
+	h.groups = nil
+	g := am.New()
+	if err := g.SetActorID(epochActor(h.id())); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Path("library/x/name").Set("x"); err != nil {
+		t.Fatal(err)
+	}
+	hash, err := g.Commit(genesisMessage(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := g.Change(hash)
+	_, err = d.ApplyChange(c.Save(), hash, nil)
+	if r, ok := AsRefused(err); !ok || r.Rule != RuleEpoch {
+		t.Fatalf("ApplyChange of a genesis-like change: %v; want refused under %s", err, RuleEpoch)
+	}
+	if d.Epoch().Num != 0 || !d.Empty() {
+		t.Fatal("the document took it")
 	}
 }

@@ -50,10 +50,8 @@ func (ci *changeIndex) of(id OpID) int {
 // change of the actor its header names, whose message is a genesis
 // message. It returns -1 for a document of epoch 0 (no genesis).
 func genesisOf(doc *DocOps) (int, *epochHeader, error) {
+	gen, hdr := -1, (*epochHeader)(nil)
 	for i, m := range doc.Meta {
-		if m.Seq != 1 {
-			continue
-		}
 		h, ok, err := parseGenesisMessage(m.Message)
 		if !ok {
 			continue
@@ -61,12 +59,15 @@ func genesisOf(doc *DocOps) (int, *epochHeader, error) {
 		if err != nil {
 			return -1, nil, err
 		}
-		if actor := doc.Actors[m.Actor]; epochActor(h.id()) != fmt.Sprintf("%x", actor) {
-			return -1, nil, fmt.Errorf("%w: the genesis of epoch %d is by actor %x, not the epoch's", errEpoch, h.num, actor)
+		if actor := doc.Actors[m.Actor]; m.Seq != 1 || epochActor(h.id()) != fmt.Sprintf("%x", actor) {
+			return -1, nil, fmt.Errorf("%w: a genesis of epoch %d by actor %x seq %d, not the epoch's first change", errEpoch, h.num, actor, m.Seq)
 		}
-		return i, h, nil
+		if gen >= 0 {
+			return -1, nil, fmt.Errorf("%w: two genesis changes in one document", errEpoch)
+		}
+		gen, hdr = i, h
 	}
-	return -1, nil, nil
+	return gen, hdr, nil
 }
 
 // opsOfChange returns the root sets that change ci of doc made, by key.

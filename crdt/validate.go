@@ -1,6 +1,7 @@
 package crdt
 
 import (
+	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -174,6 +175,12 @@ func (w *writerOps) verify(ks *keys, message string) *RefusedError {
 func (d *Doc) checkBytes(c *ChangeOps, sigs bool) ([]recordWrite, *RefusedError) {
 	if size := max(c.Size, c.BodySize); size > MaxChange {
 		return nil, d.stamp(c, refuse(RuleSize, "", "a change of %d bytes (max %d)", size, MaxChange))
+	}
+	if isGenesisMessage(c.Message) {
+		// Every node builds a genesis itself, or takes it in a snapshot
+		// whose check verifies it (genesis.go); as a change it would be
+		// unchecked, and would change what epoch a document is in.
+		return nil, d.stamp(c, refuse(RuleEpoch, "", "a genesis message on a change; a genesis travels only in snapshots"))
 	}
 	var (
 		signed writerOps
@@ -409,15 +416,30 @@ func (d *Doc) checkDecoded(doc *DocOps) (_ *recIndex, needsSync bool, _ *Refused
 	if err != nil {
 		return nil, false, refuse(RuleEpoch, "", "%v", err)
 	}
-	top := map[string]uint64{}
+	// top is the highest counter written at each key so far, in causal
+	// order, and topVal its bytes: the same record written again (two
+	// nodes carrying one write across a cut, carry.go) is no replay.
+	top, topVal := map[string]uint64{}, map[string][]byte{}
+	raise := func(w write) {
+		if c := w.rec.counter; c > top[w.op.key] {
+			top[w.op.key], topVal[w.op.key] = c, w.op.value
+		} else if c < top[w.op.key] || !bytes.Equal(w.op.value, topVal[w.op.key]) {
+			needsSync = true
+		}
+	}
 	for ci, ws := range perChange {
 		if ci == gen {
 			// The genesis's records are covered by the signatures its
-			// header carries from the parent epoch (genesis.go).
+			// header carries from the parent epoch (genesis.go). It sets
+			// each key once: a second value at a key would be one no
+			// signature is checked for.
 			recs := make(map[string][]byte, len(ws))
 			for _, w := range ws {
+				if _, dup := recs[w.op.key]; dup {
+					return nil, false, refuse(RuleEpoch, w.op.key, "the genesis sets a key twice")
+				}
 				recs[w.op.key] = w.op.value
-				top[w.op.key] = max(top[w.op.key], w.rec.counter)
+				raise(w)
 			}
 			gj, ref := verifyGenesis(d.keys, hdr, recs)
 			if ref != nil {
@@ -433,10 +455,7 @@ func (d *Doc) checkDecoded(doc *DocOps) (_ *recIndex, needsSync bool, _ *Refused
 		var g writerOps
 		for _, w := range ws {
 			g.add(w.writer, w.op.key, w.op.value)
-			if w.rec.counter <= top[w.op.key] {
-				needsSync = true
-			}
-			top[w.op.key] = max(top[w.op.key], w.rec.counter)
+			raise(w)
 		}
 		msg := doc.Meta[ci].Message
 		jobs = append(jobs, func() *RefusedError { return g.verify(d.keys, msg) })
