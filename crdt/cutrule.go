@@ -2,6 +2,7 @@ package crdt
 
 import (
 	"bytes"
+	"errors"
 	"crypto/sha256"
 	"time"
 )
@@ -131,11 +132,18 @@ func (d *Doc) cutTick(cs *cutState, now time.Time) error {
 		if next != cs.seen {
 			cs.seen, cs.seenAt = next, now
 		}
-		if now.Sub(cs.seenAt) < d.cfg.CutGrace {
+		d.mu.Lock()
+		age := now.Sub(d.epochStart)
+		d.mu.Unlock()
+		// Not before the epoch is CutMinAge old here either: a member
+		// that proposes at every chance cuts no more often than the rule.
+		if now.Sub(cs.seenAt) < d.cfg.CutGrace || age < d.cfg.CutMinAge {
 			return nil
 		}
-		_, err := d.SwitchEpoch()
-		return err
+		if _, err := d.SwitchEpoch(); err != nil && !errors.Is(err, ErrNoCut) {
+			return err
+		}
+		return nil
 	}
 	if !d.cutDue(now) {
 		cs.dueSince = time.Time{}

@@ -136,9 +136,6 @@ func (d *Doc) NextCut() (Epoch, bool) {
 // switches to it, carrying across every write of this document that the
 // cut left out. It returns ErrNoCut when there is no proposal to build.
 func (d *Doc) SwitchEpoch() (Epoch, error) {
-	d.syncMu.Lock()
-	defer d.syncMu.Unlock()
-	defer d.deliver()
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
@@ -150,8 +147,9 @@ func (d *Doc) SwitchEpoch() (Epoch, error) {
 	if !ok {
 		return Epoch{}, ErrNoCut
 	}
-	// The genesis is built from a fork at the cut while writes go on:
-	// they are carried below. Only the carry and the files hold them off.
+	// The genesis is built from a fork at the cut with no lock held:
+	// writes go on, and are carried below. Only the carry and the files
+	// hold them off.
 	start := time.Now()
 	st, err := stateAt(cur, oldEpoch, c.p.num, c.p.cut)
 	var g *am.Doc
@@ -161,12 +159,18 @@ func (d *Doc) SwitchEpoch() (Epoch, error) {
 	if err != nil {
 		return Epoch{}, err
 	}
+	d.syncMu.Lock()
+	defer d.syncMu.Unlock()
+	defer d.deliver()
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()
 		return Epoch{}, ErrClosed
 	}
-	// syncMu is held: nothing switched meanwhile.
+	if d.Epoch() != oldEpoch {
+		d.mu.Unlock()
+		return Epoch{}, ErrNoCut // switched meanwhile, by another path
+	}
 	d.beginSwitchLocked()
 	old, oldx := d.doc(), d.recs
 	d.mu.Unlock()

@@ -8,9 +8,9 @@ import (
 	"github.com/meshnode/meshnode/crdt"
 )
 
-// TestEpochCatchUpOverTheNetwork: two members cut the document; the
-// third, which wrote meanwhile and never switched on its own, learns of
-// the new epoch from a sync hello, takes a snapshot, and its write
+// TestEpochCatchUpOverTheNetwork: two members cut the document while the
+// third is cut off and writes; back, it learns of the new epoch from a
+// sync hello, takes a snapshot (it never saw the proposal), and its write
 // reaches the others in the new epoch.
 func TestEpochCatchUpOverTheNetwork(t *testing.T) {
 	t.Parallel()
@@ -35,8 +35,11 @@ func TestEpochCatchUpOverTheNetwork(t *testing.T) {
 	waitFor(t, 10*time.Second, "the three writes everywhere", func() bool {
 		return has(a, "item2", "before") && has(c, "item0", "before") && has(b, "item2", "before")
 	})
-	// Members' documents never cut on their own (newMember): a proposes,
-	// a and b switch, c does not.
+	// c is cut off; members' documents never cut on their own
+	// (newMember): a proposes, a and b switch, c writes meanwhile.
+	a.gate.Block(c.h.ID())
+	c.gate.Block(a.h.ID())
+	a.h.Network().ClosePeer(c.h.ID())
 	if err := a.doc.ProposeCut(); err != nil {
 		t.Fatal(err)
 	}
@@ -48,6 +51,9 @@ func TestEpochCatchUpOverTheNetwork(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	a.gate.Unblock(c.h.ID())
+	c.gate.Unblock(a.h.ID())
+	connect(t, c.h, a.info(), func() bool { return a.auth.IsAuthenticated(c.h.ID()) })
 	waitFor(t, 20*time.Second, "every member on one epoch after 0, c by a snapshot", func() bool {
 		e := a.doc.Epoch()
 		return e.Num == 1 && b.doc.Epoch() == e && c.doc.Epoch() == e && c.repl.Stats().EpochCatchUps > 0

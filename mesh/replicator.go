@@ -470,9 +470,18 @@ func (r *Replicator) syncWith(ctx context.Context, p peer.ID) error {
 	r.countSync(st)
 	if mm, ok := errors.AsType[*crdt.EpochMismatchError](err); ok {
 		_ = s.CloseWrite()
-		if mm.Peer.After(mm.Local) {
-			r.catchUp(ctx, p, mm.Peer)
+		if !mm.Peer.After(mm.Local) {
+			return nil // the peer is behind: it moves when it syncs with us
 		}
+		if next, ok := r.cfg.Doc.NextCut(); ok && next == mm.Peer {
+			// The peer took the cut this node holds too: build it here,
+			// as the peer did, rather than download it.
+			if _, err := r.cfg.Doc.SwitchEpoch(); err == nil || errors.Is(err, crdt.ErrNoCut) {
+				r.RequestSync(p)
+				return nil
+			}
+		}
+		r.catchUp(ctx, p, mm.Peer)
 		return nil
 	}
 	if err != nil {
