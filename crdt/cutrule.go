@@ -2,8 +2,8 @@ package crdt
 
 import (
 	"bytes"
-	"errors"
 	"crypto/sha256"
+	"errors"
 	"time"
 )
 
