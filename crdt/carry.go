@@ -1,25 +1,38 @@
 package crdt
 
 import (
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	am "github.com/automerge/automerge-go"
 )
 
 // Carrying writes across a cut. When this node moves from its document
 // old (epoch oldEpoch) to a document of a new epoch, the writes old holds
-// that the cut left out are written again, as one change of this node:
+// that the cut left out (the tail) are written again on top of it:
 //
-//   - its own records (nodes/<self>, holders and presence leases it
-//     wrote) whose counter is above the one in force in the new document:
-//     always, whatever the path, since a counter says which is newer;
-//   - shared values (item names, room creds and state) written by
-//     changes of old that the cut left out (the tail), where the new
-//     document still shows the genesis's value at that key (nobody wrote
-//     it in the new epoch yet): old's value is written.
+//   - its own records whose counter is above the one in force in the new
+//     document, always, whatever the path, since a counter says which is
+//     newer;
+//   - other writers' records from the tail, as they were written: each
+//     change's writes of one writer in a change of their own under that
+//     writer's signature (which covers the writes, not the change), when
+//     every counter is above the one in force in the new document. So a
+//     record a writer made concurrently with the cut reaches the new
+//     epoch even if that writer never comes back, and two nodes that carry
+//     the same writes make the same records;
+//   - its own shared values (item names, room creds and state) that the
+//     tail wrote last, where the new document still shows the genesis's
+//     value or a carry of an older write of the same old epoch (the carry
+//     change names the write it carries, carryLine). Shared values are
+//     carried by their writer only: a node that carried another's value
+//     could not order it with what that writer wrote next. A shared value
+//     written after the cut by a node that never comes back is lost.
 //
 // Which changes of old the cut left out depends on how old relates to
 // the new epoch:
@@ -33,27 +46,25 @@ import (
 //   - anything else (a node offline across two cuts or more, or a new
 //     node whose fleet cut before it joined): this node's own changes
 //     that no change of another actor depends on, i.e. the writes no
-//     peer is known to have seen. A shared write of this node that a
-//     peer saw but that no later change of old builds on is written
-//     again, which is harmless unless a later epoch overwrote it.
-//
-// Another writer's records in the tail are carried too, as they were
-// written, each change's writes of that writer in a change of their own
-// with its signature (which covers the writes, not the change), when
-// every counter is above the one in force in the new document. So a
-// record a writer made concurrently with the cut reaches the new epoch
-// even if that writer never comes back, and two nodes that carry the
-// same writes make the same records (their counters decide).
+//     peer is known to have seen. A write a peer saw but built nothing
+//     on is written again; one a peer built on but that was then lost
+//     with that peer's epoch is not (doc.go lists this case).
 type carryWrites struct {
 	num     uint64
 	groups  []carriedGroup
 	records map[string][]byte
 	shared  map[string]*string // nil: delete
+	// sources are the old epoch's writes the shared values carry, named
+	// in the change (carryLine) when from, the old epoch, is the new
+	// one's parent (zero otherwise: nothing to compare with).
+	sources map[string]srcOp
+	from    Epoch
+	direct  bool
 }
 
 // carryAcross works out what this node carries from old into g.
 func (d *Doc) carryAcross(old *am.Doc, oldx *recIndex, oldEpoch Epoch, hdr *epochHeader, g *am.Doc, gx *recIndex, genShared map[string]string) (*carryWrites, error) {
-	cw := &carryWrites{num: hdr.num, records: map[string][]byte{}, shared: map[string]*string{}}
+	cw := &carryWrites{num: hdr.num, records: map[string][]byte{}, shared: map[string]*string{}, sources: map[string]srcOp{}}
 	for k, v := range oldx.keys {
 		sk, _, err := parseKey(k)
 		if err != nil || sk.writer != d.self {
@@ -73,36 +84,180 @@ func (d *Doc) carryAcross(old *am.Doc, oldx *recIndex, oldEpoch Epoch, hdr *epoc
 		return nil, err
 	}
 	cw.groups = d.foreignGroups(tail, oldx, gx)
-	keys := map[string]bool{}
+	// For each shared key the tail wrote, its last write there: the op
+	// with the highest ID, as automerge orders concurrent writes (a later
+	// write always has a higher counter).
+	src := map[string]srcOp{}
 	for _, co := range tail {
 		for i := range co.Ops {
-			if co.Ops[i].Root && co.Ops[i].KeyIsStr {
-				keys[co.Ops[i].Key] = true
+			op := &co.Ops[i]
+			if !op.Root || !op.KeyIsStr {
+				continue
+			}
+			o := srcOp{op.ID.Counter, string(co.Actors[0])}
+			if cur, ok := src[op.Key]; !ok || o.after(cur) {
+				src[op.Key] = o
 			}
 		}
 	}
-	for k := range keys {
+	// Carries into g made by other nodes from the same old epoch: which
+	// write of the old epoch each one carried, per key.
+	direct := hdr.parent == oldEpoch.ID && hdr.num == oldEpoch.Num+1
+	cw.from, cw.direct = oldEpoch, direct
+	inNew, err := newEpochWrites(g)
+	if err != nil {
+		return nil, err
+	}
+	own := ownActorPrefix(d.self)
+	for k, mine := range src {
 		sk, _, err := parseKey(k)
 		if err != nil || sk.kind == kCut {
+			continue
+		}
+		// Shared values are carried by their writer only: a node that
+		// saw another's write carries it as that writer's, unordered with
+		// what the writer itself wrote next.
+		if !isOwnActor([]byte(mine.actor), own) {
 			continue
 		}
 		if _, signed := sk.signed(); signed {
 			continue
 		}
 		cur, cok := gx.shared[k]
-		gen, gok := genShared[k]
-		if cok != gok || cur != gen {
-			continue // written in the new epoch already: that write is newer
-		}
 		want, wok := oldx.shared[k]
+		if w, ok := inNew[k]; ok {
+			// Written in the new epoch already. A write made there is
+			// newer than anything of the old epoch; a carry of an old
+			// write is newer only if that write is.
+			if !w.carried || w.from != oldEpoch || !direct || !mine.after(w.src) {
+				continue
+			}
+		} else if gen, gok := genShared[k]; cok != gok || cur != gen {
+			continue // not the genesis's value: a write we cannot place
+		}
 		switch {
 		case wok && (!cok || want != cur):
 			cw.shared[k] = &want
 		case !wok && cok:
 			cw.shared[k] = nil
+		default:
+			continue
 		}
+		cw.sources[k] = mine
 	}
 	return cw, nil
+}
+
+// srcOp is an operation of the old epoch: its counter and actor.
+type srcOp struct {
+	counter uint64
+	actor   string
+}
+
+// after orders ops as automerge orders concurrent writes to one key.
+func (o srcOp) after(p srcOp) bool {
+	if o.counter != p.counter {
+		return o.counter > p.counter
+	}
+	return o.actor > p.actor
+}
+
+// newWrite is the write in force at a shared key among the changes of a
+// new epoch's document after its genesis.
+type newWrite struct {
+	op      srcOp // in the new epoch
+	carried bool  // by a carry change (carryLine), of
+	from    Epoch // a write of this epoch,
+	src     srcOp // this one
+}
+
+// newEpochWrites returns, per shared key, the last write of g after its
+// genesis, and whether it carried a write of an older epoch.
+func newEpochWrites(g *am.Doc) (map[string]newWrite, error) {
+	cs, err := g.Changes()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]newWrite{}
+	for _, c := range cs {
+		if isGenesisMessage(c.Message()) {
+			continue
+		}
+		co, _, err := decodeChange(c.Save())
+		if err != nil {
+			return nil, err
+		}
+		from, carried, isCarry := parseCarryLine(co.Message)
+		for i := range co.Ops {
+			op := &co.Ops[i]
+			if !op.Root || !op.KeyIsStr {
+				continue
+			}
+			w := newWrite{op: srcOp{op.ID.Counter, string(co.Actors[0])}}
+			if s, ok := carried[op.Key]; ok && isCarry {
+				w.carried, w.from, w.src = true, from, s
+			}
+			if cur, ok := out[op.Key]; !ok || w.op.after(cur.op) {
+				out[op.Key] = w
+			}
+		}
+	}
+	return out, nil
+}
+
+// The carry line of a carry change's message, before its signature line:
+//
+//	mncarry1:<base64url of: epoch ID [32] | epoch number uvarint |
+//	          count uvarint | { key str | counter uvarint | actor str }*>
+//
+// names, for each shared value the change carries, the write of that
+// epoch it carries, so that a node that switches later can tell whether
+// its own last write there is newer.
+const carryPrefix = "mncarry1:"
+
+func carryLine(from Epoch, src map[string]srcOp) string {
+	b := append([]byte{}, from.ID[:]...)
+	b = binary.AppendUvarint(b, from.Num)
+	b = binary.AppendUvarint(b, uint64(len(src)))
+	for _, k := range slices.Sorted(maps.Keys(src)) {
+		b = appendStr(b, k)
+		b = binary.AppendUvarint(b, src[k].counter)
+		b = appendStr(b, src[k].actor)
+	}
+	return carryPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// parseCarryLine reads the carry line of a change message; ok is false
+// when it has none or it does not decode.
+func parseCarryLine(msg string) (Epoch, map[string]srcOp, bool) {
+	var line string
+	for l := range strings.SplitSeq(msg, "\n") {
+		if strings.HasPrefix(l, carryPrefix) {
+			line = l[len(carryPrefix):]
+		}
+	}
+	if line == "" {
+		return Epoch{}, nil, false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(line)
+	if err != nil {
+		return Epoch{}, nil, false
+	}
+	p := recReader{b: b}
+	var e Epoch
+	e.ID = p.hash()
+	e.Num = p.uvarint()
+	n := p.count(3)
+	out := make(map[string]srcOp, n)
+	for range n {
+		k := p.str()
+		o := srcOp{counter: p.uvarint(), actor: string(p.raw())}
+		out[k] = o
+	}
+	if p.err != nil || len(p.b) > 0 {
+		return Epoch{}, nil, false
+	}
+	return e, out, true
 }
 
 // tail returns the changes of old (and of the kept previous epoch's
@@ -331,6 +486,9 @@ func (cw *carryWrites) commit(d *Doc, g *am.Doc) ([]*am.Change, error) {
 		}
 	}
 	msg := fmt.Sprintf("carry writes into epoch %d", cw.num)
+	if len(cw.shared) > 0 && cw.direct {
+		msg += "\n" + carryLine(cw.from, cw.sources)
+	}
 	if len(sig) > 0 {
 		s, err := sign(d.key, d.self, sig)
 		if err != nil {

@@ -620,3 +620,40 @@ func TestGenesisMessageRefusedOnChanges(t *testing.T) {
 		t.Fatal("the document took it")
 	}
 }
+
+// TestCarryKeepsTheWritersOrder: a shared value written after the cut,
+// seen by a node that switches first, then overwritten by its writer
+// before that writer switches: the writer's newer value wins, whether it
+// builds the cut itself or takes the other's snapshot.
+func TestCarryKeepsTheWritersOrder(t *testing.T) {
+	t.Parallel()
+	for _, bySnapshot := range []bool{false, true} {
+		a, x := newManual(t), newManual(t)
+		busy(t, a, 2)
+		busy(t, x, 2)
+		syncAll(t, a, x)
+		if err := a.ProposeCut(); err != nil {
+			t.Fatal(err)
+		}
+		syncAll(t, a, x)
+		update(t, x, func(tx *Tx) { tx.SetRoomState("topic", "k", "v1") })
+		syncPair(t, x, a, x.NewPeerState(), a.NewPeerState())
+		if _, err := a.SwitchEpoch(); err != nil {
+			t.Fatal(err)
+		}
+		update(t, x, func(tx *Tx) { tx.SetRoomState("topic", "k", "v2") })
+		if bySnapshot {
+			if err := x.MergeSnapshot(a.Snapshot()); err != nil {
+				t.Fatal(err)
+			}
+		} else if _, err := x.SwitchEpoch(); err != nil {
+			t.Fatal(err)
+		}
+		syncAll(t, a, x)
+		for _, d := range []*Doc{a, x} {
+			if v := stateOf(t, d).Rooms["topic"].State["k"]; v != "v2" {
+				t.Fatalf("by snapshot %v: %s reads k = %q, want the writer's last value v2", bySnapshot, d.Self()[:8], v)
+			}
+		}
+	}
+}
