@@ -187,8 +187,12 @@ func (d *Doc) cutDue(now time.Time) bool {
 // freshEstimate returns the bytes a snapshot of the document's state with
 // no history takes: its genesis at the current heads, saved.
 func (d *Doc) freshEstimate() int64 {
-	e := d.Epoch()
-	st, err := stateAt(d.doc(), e, e.Num+1, d.Heads())
+	e, heads := d.Epoch(), d.Heads()
+	f, err := d.forkAt(heads)
+	if err != nil {
+		return 1
+	}
+	st, err := stateAt(f, e, e.Num+1, heads)
 	if err != nil {
 		return 1
 	}

@@ -527,7 +527,7 @@ func (d *Doc) applyChangeLocked(raw []byte, hash Hash, deps []Hash) (int64, bool
 	if d.has(hash) {
 		return 0, false, nil
 	}
-	if !d.HasAll(deps) || len(deps) == 0 && d.Epoch().Num > 0 {
+	if !d.hasAllLocked(deps) || len(deps) == 0 && d.Epoch().Num > 0 {
 		// A change with no dependencies in an epoch after the first is
 		// the root of another epoch's document (a node that has not
 		// switched yet): anti-entropy's hello sorts the epochs out.
@@ -540,7 +540,7 @@ func (d *Doc) applyChangeLocked(raw []byte, hash Hash, deps []Hash) (int64, bool
 	if c.hash != hash {
 		return 0, false, fmt.Errorf("%w: change bytes do not hash to the announced %s", ErrCorrupt, hash)
 	}
-	if !d.HasAll(c.deps) || len(c.deps) == 0 && d.Epoch().Num > 0 {
+	if !d.hasAllLocked(c.deps) || len(c.deps) == 0 && d.Epoch().Num > 0 {
 		return 0, false, ErrMissingDeps
 	}
 	in := d.newIntake(true)
@@ -772,10 +772,23 @@ func ParseHash(s string) (Hash, error) {
 // It checks the cached heads first: the hashes asked about (a heartbeat's
 // heads, a gossiped change's deps) are usually among them, and that is far
 // cheaper than fetching changes by hash across cgo.
+//
+// It takes mu when it must ask automerge: automerge commits the writes an
+// Update has made so far on any question about the history, so none may
+// be asked beside one (it would split the Update's change from its
+// signature).
 func (d *Doc) HasAll(hs []Hash) bool {
-	if len(hs) == 0 {
+	heads := *d.heads.Load()
+	if !slices.ContainsFunc(hs, func(h Hash) bool { return !slices.Contains(heads, h) }) {
 		return true
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.hasAllLocked(hs)
+}
+
+// hasAllLocked is HasAll with mu held.
+func (d *Doc) hasAllLocked(hs []Hash) bool {
 	heads := *d.heads.Load()
 	for _, h := range hs {
 		if !slices.Contains(heads, h) && !d.has(h) {

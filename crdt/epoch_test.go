@@ -201,7 +201,11 @@ func TestForgedGenesisRefused(t *testing.T) {
 	}
 	forge := func(edit func(st *genesisState)) []byte {
 		p, _ := a.nextCutLocked()
-		st, err := stateAt(a.doc(), Epoch{}, p.p.num, p.p.cut)
+		f, err := a.forkAt(p.p.cut)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := stateAt(f, Epoch{}, p.p.num, p.p.cut)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -90,13 +90,23 @@ type genesisState struct {
 	header  *epochHeader
 }
 
-// stateAt reads the state of doc as of cut (heads doc holds) and the
-// signatures that cover its records, for the genesis of epoch num.
-func stateAt(doc *am.Doc, parent Epoch, num uint64, cut []Hash) (*genesisState, error) {
-	f, err := doc.Fork(cut...)
+// forkAt returns a copy of the document as of heads. It takes mu: any
+// call on the live automerge document commits the writes an Update has
+// made on it so far, so none may run beside one.
+func (d *Doc) forkAt(heads []Hash) (*am.Doc, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	f, err := d.doc().Fork(heads...)
 	if err != nil {
 		return nil, fmt.Errorf("crdt: fork at the cut: %w", err)
 	}
+	return f, nil
+}
+
+// stateAt reads the state of f, a copy of the document as of cut
+// (forkAt), and the signatures that cover its records, for the genesis
+// of epoch num.
+func stateAt(f *am.Doc, parent Epoch, num uint64, cut []Hash) (*genesisState, error) {
 	dops, err := decodeDocumentOnly(f.Save(), rootScalar)
 	if err != nil {
 		return nil, fmt.Errorf("crdt: read the document at the cut: %w", err)

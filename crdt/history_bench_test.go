@@ -138,7 +138,11 @@ func cpuTime() time.Duration {
 // freshSize saves a document with the same keys and values as d and no
 // history: the baseline a compacted document is held against.
 func freshSize(tb testing.TB, d *Doc) (int, time.Duration) {
-	st, err := stateAt(d.doc(), d.Epoch(), d.Epoch().Num+1, d.Heads())
+	f, err := d.forkAt(d.Heads())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	st, err := stateAt(f, d.Epoch(), d.Epoch().Num+1, d.Heads())
 	if err != nil {
 		tb.Fatal(err)
 	}

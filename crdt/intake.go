@@ -167,7 +167,7 @@ func (d *Doc) settleWaitingLocked() {
 			if d.has(c.hash) {
 				return true
 			}
-			if !d.HasAll(c.deps) {
+			if !d.hasAllLocked(c.deps) {
 				return false
 			}
 			in := d.newIntake(false)

@@ -111,7 +111,7 @@ func (d *Doc) nextCutLocked() (cutCandidate, bool) {
 	d.view.RUnlock()
 	for _, v := range vals {
 		p, err := parseProposal(v)
-		if err != nil || p.num != cur.Num+1 || !d.HasAll(p.cut) {
+		if err != nil || p.num != cur.Num+1 || !d.hasAllLocked(p.cut) {
 			continue
 		}
 		c := cutCandidate{p, Epoch{Num: p.num, ID: epochID(p.num, cur.ID, p.cut)}}
@@ -142,10 +142,14 @@ func (d *Doc) SwitchEpoch() (Epoch, error) {
 		return Epoch{}, ErrClosed
 	}
 	c, ok := d.nextCutLocked()
-	cur, oldEpoch := d.doc(), d.Epoch()
+	oldEpoch := d.Epoch()
 	d.mu.Unlock()
 	if !ok {
 		return Epoch{}, ErrNoCut
+	}
+	cur, err := d.forkAt(c.p.cut)
+	if err != nil {
+		return Epoch{}, err
 	}
 	// The genesis is built from a fork at the cut with no lock held:
 	// writes go on, and are carried below. Only the carry and the files
@@ -227,41 +231,67 @@ func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, ol
 	}
 	e := hdr.epoch()
 	// Durable before it is visible: the old document beside the new one
-	// (for a later carry from a losing side), the new snapshot, then a
-	// log of the new epoch. A crash between the last two leaves a log
-	// that Open sets aside: what it held is carried in the snapshot.
+	// (for a later carry from a losing side); then the new snapshot and a
+	// log of the new epoch, both written and fsynced under temporary
+	// names; then the snapshot renamed into place (the commit point) and
+	// the log. A crash between the two renames leaves a log that Open sets
+	// aside: what it held is carried in the snapshot. Nothing that can
+	// run out of space comes after the commit point.
 	if err := atomicfile.WriteFile(filepath.Join(d.st.dir, prevFile), encodeSnapshot(old.Save()), 0o600); err != nil {
 		return d.st.writeErr("keep the previous epoch's document", prevFile, err)
 	}
 	switchHook("prev")
-	size, err := d.st.replaceSnapshot(g.Save())
-	if err != nil {
-		return err
-	}
-	switchHook("snapshot")
-	// Mutations are held off (switching): the log's end cannot move.
-	d.mu.Lock()
-	prevEnd := d.st.end()
-	d.mu.Unlock()
 	marker := epochMarker(e)
 	start := []byte(logMagic)
 	if marker != nil {
 		start = appendRecord(start, marker)
 	}
-	logPath := filepath.Join(d.st.dir, logFile)
-	if err := atomicfile.WriteFile(logPath, start, 0o600); err != nil {
-		return d.st.writeErr("write change log", logPath, err)
+	snapEnc := encodeSnapshot(g.Save())
+	snapTmp, err := writeTemp(d.st.dir, snapFile, snapEnc)
+	if err != nil {
+		return d.st.writeErr("write snapshot", snapFile, err)
 	}
-	switchHook("log")
-	f, err := os.OpenFile(logPath, os.O_RDWR, 0o600)
+	defer os.Remove(snapTmp)
+	logTmp, err := writeTemp(d.st.dir, logFile, start)
+	if err != nil {
+		return d.st.writeErr("write change log", logFile, err)
+	}
+	defer os.Remove(logTmp)
+	f, err := os.OpenFile(logTmp, os.O_RDWR, 0o600)
 	if err == nil {
 		if _, err = f.Seek(0, io.SeekEnd); err != nil {
 			f.Close()
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("crdt: open change log %s: %w", logPath, err)
+		return fmt.Errorf("crdt: open change log %s: %w", logTmp, err)
 	}
+	snapPath, logPath := filepath.Join(d.st.dir, snapFile), filepath.Join(d.st.dir, logFile)
+	if err := os.Rename(snapTmp, snapPath); err != nil {
+		f.Close()
+		return d.st.writeErr("replace snapshot", snapPath, err)
+	}
+	switchHook("snapshot")
+	size := int64(len(snapEnc))
+	if err := os.Rename(logTmp, logPath); err != nil {
+		// The new snapshot is in place and the log is the old epoch's: a
+		// write acknowledged now would be set aside at the next start.
+		// Stop taking writes; a restart finds the state in the snapshot.
+		f.Close()
+		d.mu.Lock()
+		d.closed = true
+		d.mu.Unlock()
+		d.lg.Error().Err(err).Msg("epoch switch cut short after its snapshot; the document takes no more writes: restart the node")
+		return d.st.writeErr("replace change log", logPath, err)
+	}
+	if err := syncDir(d.st.dir); err != nil {
+		d.lg.Warn().Err(err).Msg("syncing the document dir after an epoch switch failed; a power loss may bring the old epoch back, which the fleet's snapshot repairs")
+	}
+	switchHook("log")
+	// Mutations are held off (switching): the log's end cannot move.
+	d.mu.Lock()
+	prevEnd := d.st.end()
+	d.mu.Unlock()
 	d.mu.Lock()
 	d.st.marker = marker
 	d.st.log.Close()
@@ -377,6 +407,30 @@ func (d *Doc) openEpoch(doc *DocOps, records [][]byte) [][]byte {
 		}
 	}
 	return records
+}
+
+// writeTemp writes b to a new temporary file beside name in dir (one that
+// Open removes if a crash leaves it) and fsyncs it.
+func writeTemp(dir, name string, b []byte) (string, error) {
+	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	if err != nil {
+		return "", err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
 }
 
 // readPrev loads the previous epoch's document kept by the last switch,

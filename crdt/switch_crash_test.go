@@ -121,6 +121,7 @@ func TestKill9MidSwitchKeepsAcknowledgedWrites(t *testing.T) {
 		for _, item := range acked {
 			it, ok := lib[item]
 			if !ok || len(it.Holders) != 1 { // by the child's identity
+				exec.Command("cp", "-r", dir, "/tmp/zzdebug").Run()
 				t.Fatalf("round %d (killed after %s): acknowledged write %s lost: %v %+v (%d acknowledged, %d items, epoch %v)", round, at, item, ok, it, len(acked), len(lib), d.Epoch())
 			}
 		}
