@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -105,7 +106,13 @@ type cutState struct {
 	dueSince time.Time // zero when no cut is due
 	seen     Epoch     // the next cut last seen
 	seenAt   time.Time
+	// failedAt is when the last cut failed (a genesis that could not be
+	// built, say): the next try waits cutRetry, not one check.
+	failedAt time.Time
 }
+
+// cutRetry is how long the rule waits after a failed cut.
+const cutRetry = 5 * time.Minute
 
 // epochLoop runs the cut rule every CutCheck until Close.
 func (d *Doc) epochLoop() {
@@ -127,6 +134,19 @@ func (d *Doc) epochLoop() {
 
 // cutTick applies the cut rule once, at time now.
 func (d *Doc) cutTick(cs *cutState, now time.Time) error {
+	if !cs.failedAt.IsZero() && now.Sub(cs.failedAt) < cutRetry {
+		return nil
+	}
+	err := d.cutStep(cs, now)
+	if err != nil && !errors.Is(err, ErrClosed) {
+		cs.failedAt = now
+	}
+	return err
+}
+
+// cutStep is one step of the rule: switch to a proposal seen long
+// enough, or propose when a cut is due and it is this node's turn.
+func (d *Doc) cutStep(cs *cutState, now time.Time) error {
 	if next, ok := d.NextCut(); ok {
 		cs.dueSince = time.Time{}
 		if next != cs.seen {
@@ -145,9 +165,10 @@ func (d *Doc) cutTick(cs *cutState, now time.Time) error {
 		}
 		return nil
 	}
-	if !d.cutDue(now) {
+	due, err := d.cutDue(now)
+	if err != nil || !due {
 		cs.dueSince = time.Time{}
-		return nil
+		return err
 	}
 	if cs.dueSince.IsZero() {
 		cs.dueSince = now
@@ -166,41 +187,44 @@ func (d *Doc) cutTick(cs *cutState, now time.Time) error {
 // has not switched since it started estimates that once, by building the
 // genesis it would cut (stateAt), when the document first reaches
 // CutBytes.
-func (d *Doc) cutDue(now time.Time) bool {
+func (d *Doc) cutDue(now time.Time) (bool, error) {
 	d.mu.Lock()
 	disk, age, base := d.st.snapSize+d.st.logSize, now.Sub(d.epochStart), d.cutBase
 	d.mu.Unlock()
 	if disk < d.cfg.CutBytes || age < d.cfg.CutMinAge {
-		return false
+		return false, nil
 	}
 	if base == 0 {
-		base = d.freshEstimate()
+		var err error
+		if base, err = d.freshEstimate(); err != nil {
+			return false, fmt.Errorf("crdt: estimate the document's size without history: %w", err)
+		}
 		d.mu.Lock()
 		if d.cutBase == 0 {
 			d.cutBase = base
 		}
 		d.mu.Unlock()
 	}
-	return float64(disk) >= float64(base)/(1-d.cfg.CutShare)
+	return float64(disk) >= float64(base)/(1-d.cfg.CutShare), nil
 }
 
 // freshEstimate returns the bytes a snapshot of the document's state with
 // no history takes: its genesis at the current heads, saved.
-func (d *Doc) freshEstimate() int64 {
+func (d *Doc) freshEstimate() (int64, error) {
 	e, heads := d.Epoch(), d.Heads()
 	f, err := d.forkAt(heads)
 	if err != nil {
-		return 1
+		return 0, err
 	}
 	st, err := stateAt(f, e, e.Num+1, heads)
 	if err != nil {
-		return 1
+		return 0, err
 	}
 	g, err := st.build()
 	if err != nil {
-		return 1
+		return 0, err
 	}
-	return int64(snapHeaderLen + len(g.Save()))
+	return int64(snapHeaderLen + len(g.Save())), nil
 }
 
 // proposerRank is this node's turn to propose in the current epoch.

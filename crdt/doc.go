@@ -138,10 +138,12 @@
 //     records whose counter is above the new document's; other writers'
 //     records from the left-out changes, as they were, each change's
 //     writes of one writer in a change of their own under that writer's
-//     original signature (it covers the writes, not the change); and
-//     shared values the left-out changes wrote, where the new document
-//     still shows the genesis's value. Records are idempotent by counter,
-//     so any number of nodes may carry the same writes.
+//     original signature (it covers the writes, not the change); and its
+//     own shared values the left-out changes wrote last, where the new
+//     document still shows the genesis's value or another node's carry
+//     of an older write (a carry change names the write it carries).
+//     Records are idempotent by counter, so any number of nodes may carry
+//     the same writes; shared values are carried by their writer only.
 //   - Signatures across a cut. Every change that writes a peer's records
 //     also writes its attestation, a signed root over all of its records
 //     (attest.go). The genesis's message carries, for each writer whose
@@ -192,11 +194,33 @@
 //   - A joiner during a switch: it bootstraps from whichever epoch its
 //     peer is on, and moves to the later one like any node behind.
 //
-// Left open: a member can propose cuts as often as the rule lets it
-// (every CutMinAge) and can start a later epoch of its own making; the
-// records in it still verify and every writer carries its own, but the
-// shared values in it are the forger's to choose. Tombstones (withdrawn
-// holders) are kept across cuts so an old record cannot be replayed.
+// Left open (each a known gap, not a silent one):
+//
+//   - A shared value written after the cut by a node that never switches
+//     (gone for good) is lost; its records are not (others carry them).
+//   - A node behind by two cuts or more carries its own writes that no
+//     other actor's change depends on. A write of its that a peer built
+//     on, whose epoch was then lost with that peer (a partition that
+//     outlived two cuts), is not carried; a write a peer saw but built
+//     nothing on is written again, over a newer value if there is one.
+//     The genesis keeps the version vector of its own cut only.
+//   - A writer whose records stop matching its attestation (a tool
+//     writing them with its key but no attestation) makes the next
+//     genesis fall back to a signature per change; if one of its records
+//     came from the parent genesis under the old attestation alone, no
+//     genesis can be built until it writes again. The rule then retries
+//     every 5 minutes and says why in the log.
+//   - The epoch ID names the cut, not the genesis's bytes: a member can
+//     serve a snapshot whose genesis has the right header but other
+//     shared values (its records still verify). A node that takes it
+//     stays apart from the fleet until it is reset.
+//   - A member can propose a cut at every chance; nodes switch no sooner
+//     than CutMinAge into an epoch, so the fleet cuts at most that often.
+//   - A node whose snapshot of an epoch after 0 is lost restarts on epoch
+//     0 with its log's changes waiting; the next snapshot it adopts drops
+//     them, except what its records and its carry rule bring across.
+//   - Tombstones (withdrawn holders) are kept across cuts so an old record
+//     cannot be replayed; they are never dropped.
 //
 // # Sync
 //

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"sync"
 	"sync/atomic"
@@ -611,6 +612,15 @@ func (r *Replicator) catchUp(ctx context.Context, p peer.ID, theirs crdt.Epoch) 
 	if rf, ok := crdt.AsRefused(err); ok {
 		r.refused(p, rf, ViaSnapshot)
 		return
+	}
+	if err == nil || errors.Is(err, crdt.ErrEpochBehind) {
+		if now := r.cfg.Doc.Epoch(); now != theirs && !now.After(theirs) {
+			// Its hello named a later epoch than its snapshot holds:
+			// without this a peer could make us fetch snapshots forever.
+			r.refused(p, &crdt.RefusedError{Rule: crdt.RuleEpoch,
+				Detail: fmt.Sprintf("its sync hello named epoch %s, its snapshot did not take us there (we are on %s)", theirs, now)}, ViaSnapshot)
+			return
+		}
 	}
 	if err != nil {
 		if ctx.Err() == nil && !errors.Is(err, crdt.ErrEpochBehind) {
