@@ -36,7 +36,7 @@ type EpochStatus struct {
 	// and values in force; FreshBytes what the document took right after
 	// its last switch, about what a document with no history takes (0
 	// until known). HistoryShare is 1 - FreshBytes/DiskBytes (with
-	// StateBytes while FreshBytes is unknown; 0 when empty).
+	// StateBytes while FreshBytes is unknown; 0 for an empty document).
 	DiskBytes, StateBytes, FreshBytes int64
 	HistoryShare                      float64
 	// Switches counts epoch switches since Open.
@@ -57,7 +57,7 @@ func (d *Doc) EpochStatus() EpochStatus {
 	if base == 0 {
 		base = state // no estimate yet: the keys and values in force
 	}
-	if disk > 0 {
+	if disk > 0 && base > 0 {
 		s.HistoryShare = max(0, 1-float64(base)/float64(disk))
 	}
 	return s
