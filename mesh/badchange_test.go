@@ -73,7 +73,7 @@ const testPause = 2 * time.Second
 // testIdle is the members' SyncIdle.
 const testIdle = time.Second
 
-func newMember(t *testing.T, f *Fleet, bootstrap bool) *member {
+func newMember(t *testing.T, f *Fleet, bootstrap bool, opts ...func(*ReplicatorConfig)) *member {
 	t.Helper()
 	key, _, err := crypto.GenerateEd25519Key(nil)
 	if err != nil {
@@ -100,7 +100,7 @@ func newMember(t *testing.T, f *Fleet, bootstrap bool) *member {
 	lg := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel).With().Str("peer", h.ID().String()[:8]).Logger()
 	m.auth = NewAuth(AuthConfig{Host: h, Fleet: f, Gate: m.gate, Logger: lg, Timeout: 5 * time.Second,
 		OnUp: func(p peer.ID) { m.repl.PeerUp(p) }, OnDown: func(p peer.ID) { m.repl.PeerDown(p) }})
-	m.repl = NewReplicator(ReplicatorConfig{
+	rc := ReplicatorConfig{
 		Host: h, PubSub: m.ps, Fleet: f, Auth: m.auth, Doc: m.doc, Logger: lg, Gate: m.gate,
 		Bootstrap: bootstrap, SyncInterval: 500 * time.Millisecond, SyncIdle: testIdle,
 		Stale:       func(p peer.ID) bool { return m.stale(p) },
@@ -110,7 +110,11 @@ func newMember(t *testing.T, f *Fleet, bootstrap bool) *member {
 			m.bad = append(m.bad, bc)
 			m.mu.Unlock()
 		},
-	})
+	}
+	for _, o := range opts {
+		o(&rc)
+	}
+	m.repl = NewReplicator(rc)
 	var wg sync.WaitGroup
 	for _, run := range []func(context.Context) error{m.auth.Run, m.repl.Run} {
 		wg.Add(1)

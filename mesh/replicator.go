@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -153,6 +154,7 @@ type Replicator struct {
 	mu      sync.Mutex
 	pending map[peer.ID]bool
 	order   []peer.ID
+	running map[peer.ID]bool // peers a worker is syncing with (next, done)
 	states  map[stateKey]*crdt.PeerState
 
 	changesSent, changesRecv, rejected, dropped   atomic.Uint64
@@ -226,6 +228,7 @@ func NewReplicator(cfg ReplicatorConfig) *Replicator {
 		closeWake: make(chan struct{}, 1),
 		toClose:   map[peer.ID]struct{}{},
 		pending:   map[peer.ID]bool{},
+		running:   map[peer.ID]bool{},
 		states:    map[stateKey]*crdt.PeerState{},
 		strikes:   newStrikes(cfg.StrikeLimit, cfg.StrikeWindow, cfg.RefusedPause, defaultMaxStrikes),
 		bad:       map[BadChangeKind]uint64{},
@@ -350,22 +353,42 @@ func (r *Replicator) RequestSync(p peer.ID) {
 	}
 }
 
+// next takes the first queued peer that no worker is syncing with: a
+// peer that stopped answering holds one worker (for SyncIdle), never all
+// of them, however often the periodic pass asks for it. done releases it.
 func (r *Replicator) next() (peer.ID, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.order) == 0 {
-		return "", false
+	for i, p := range r.order {
+		if r.running[p] {
+			continue
+		}
+		r.order = slices.Delete(r.order, i, i+1)
+		delete(r.pending, p)
+		r.running[p] = true
+		if len(r.order) > 0 {
+			select {
+			case r.wake <- struct{}{}:
+			default:
+			}
+		}
+		return p, true
 	}
-	p := r.order[0]
-	r.order = r.order[1:]
-	delete(r.pending, p)
-	if len(r.order) > 0 {
+	return "", false
+}
+
+// done ends a worker's turn with p; a request queued meanwhile runs next.
+func (r *Replicator) done(p peer.ID) {
+	r.mu.Lock()
+	delete(r.running, p)
+	again := r.pending[p]
+	r.mu.Unlock()
+	if again {
 		select {
 		case r.wake <- struct{}{}:
 		default:
 		}
 	}
-	return p, true
 }
 
 func (r *Replicator) state(p peer.ID, initiator bool) *crdt.PeerState {
@@ -390,25 +413,35 @@ func (r *Replicator) syncWorker(ctx context.Context) {
 		for {
 			p, ok := r.next()
 			if !ok || ctx.Err() != nil {
+				if ok {
+					r.done(p)
+				}
 				break
 			}
-			if !r.cfg.Auth.IsAuthenticated(p) {
-				continue
-			}
-			if r.skipPaused(p) {
-				// A paused peer's requests are dropped, not deferred:
-				// heartbeats and the periodic pass ask again later.
-				continue
-			}
-			r.maybeBootstrap(ctx, p)
-			if r.skipPaused(p) {
-				continue // its snapshot was refused
-			}
-			if err := r.syncWith(ctx, p); err != nil && ctx.Err() == nil {
-				r.failures.Add(1)
-				r.lg.Debug().Str("peer", p.String()).Err(err).Msg("anti-entropy failed")
-			}
+			r.turn(ctx, p)
+			r.done(p)
 		}
+	}
+}
+
+// turn is one worker's session with p: bootstrap if the document still
+// needs it, then anti-entropy.
+func (r *Replicator) turn(ctx context.Context, p peer.ID) {
+	if !r.cfg.Auth.IsAuthenticated(p) {
+		return
+	}
+	if r.skipPaused(p) {
+		// A paused peer's requests are dropped, not deferred:
+		// heartbeats and the periodic pass ask again later.
+		return
+	}
+	r.maybeBootstrap(ctx, p)
+	if r.skipPaused(p) {
+		return // its snapshot was refused
+	}
+	if err := r.syncWith(ctx, p); err != nil && ctx.Err() == nil {
+		r.failures.Add(1)
+		r.lg.Debug().Str("peer", p.String()).Err(err).Msg("anti-entropy failed")
 	}
 }
 

@@ -65,3 +65,42 @@ func TestHungPeerDoesNotStallSync(t *testing.T) {
 		t.Fatalf("%d sync sessions opened with a stale peer over four periodic passes, want 0", n)
 	}
 }
+
+// TestHungPeerHoldsOneWorker: however often the periodic pass asks for a
+// peer that stopped answering, only one sync worker waits on it; an
+// honest peer's changes keep arriving by anti-entropy on the others.
+func TestHungPeerHoldsOneWorker(t *testing.T) {
+	t.Parallel()
+	f, _ := NewFleet()
+	// Sessions with the hung peer outlast the test: only the other
+	// workers can serve b.
+	a := newMember(t, f, false, func(c *ReplicatorConfig) { c.SyncIdle = time.Minute })
+	// b never starts a session itself: its changes reach a only by a's
+	// own workers.
+	b := newMember(t, f, false, func(c *ReplicatorConfig) { c.SyncInterval = time.Hour })
+	a.repl.DropGossip(true)
+	hung := newTestPeerTimeout(t, f, 5*time.Second)
+	var opened atomic.Int64
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	hung.h.SetStreamHandler(f.Protocol("sync/2"), func(s network.Stream) {
+		opened.Add(1)
+		<-release
+		s.Reset()
+	})
+	connect(t, hung.h, a.info(), func() bool { return a.auth.IsAuthenticated(hung.h.ID()) })
+	connect(t, b.h, a.info(), func() bool { return a.auth.IsAuthenticated(b.h.ID()) })
+	// Ten periodic passes: without the limit every worker would be
+	// waiting on the hung peer by now.
+	time.Sleep(5 * time.Second)
+	if n := opened.Load(); n != 1 {
+		t.Fatalf("%d sessions open with the hung peer at once, want 1", n)
+	}
+	if _, err := b.doc.Update("b", func(tx *crdt.Tx) error { tx.SetItemName("later", "x"); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "b's change on a by anti-entropy", func() bool {
+		lib, _ := a.doc.Library()
+		return lib["later"].Name == "x"
+	})
+}
