@@ -56,7 +56,9 @@ func (d *Doc) compactLoop() {
 // records it partly holds already, which replay ignores.
 func (d *Doc) compact() error {
 	d.mu.Lock()
-	if d.st.log == nil {
+	if d.st.log == nil || d.broken != nil {
+		// After a switch cut short the snapshot on disk is ahead of the
+		// document in memory: it must not be replaced by this one.
 		d.mu.Unlock()
 		return nil
 	}

@@ -164,13 +164,17 @@
 //     pulled by sync, which sorts the epochs out the same way; a change
 //     with no dependencies in an epoch after the first is the root of
 //     another epoch's document and is never applied.
-//   - Disk. A switch writes doc.prev (the old document), then the new
-//     snapshot, then a new log whose first record is the epoch marker
-//     ("MNEPOCH1" | ID | number, format.go). Mutations wait while it runs.
-//     At Open the epoch comes from the snapshot's genesis, and a log whose
-//     marker does not name it predates a switch cut short: it is set aside
-//     (doc.log.epoch-<ns>), since the snapshot holds everything of it this
-//     node had acknowledged (the carry ran before the snapshot was written).
+//   - Disk. A switch writes the old document (doc.prev), the new
+//     snapshot and a new log whose first record is the epoch marker
+//     ("MNEPOCH1" | ID | number, format.go) under temporary names, fsynced;
+//     then renames the snapshot into place (the commit point) and syncs
+//     the directory, then renames doc.prev and the log and syncs again.
+//     Mutations wait while it runs; a failure after the commit point
+//     stops the document taking changes until a restart. At Open the
+//     epoch comes from the snapshot's genesis, and a log whose marker
+//     does not name it predates a switch cut short: it is set aside
+//     (doc.log.epoch-<ns>), since the snapshot holds everything of it
+//     this node had acknowledged (the carry ran before it was written).
 //
 // Failure cases, and what happens:
 //
@@ -198,6 +202,17 @@
 //
 //   - A shared value written after the cut by a node that never switches
 //     (gone for good) is lost; its records are not (others carry them).
+//   - Shared values carried by two nodes that each built the cut before
+//     seeing the other's carry merge as concurrent writes do (automerge's
+//     order of the new epoch's ops), even when one old write followed the
+//     other; a value written natively in the new epoch can lose the same
+//     way to a carry made concurrently with it. Across sibling epochs the
+//     carry compares the two documents' op counters, which are not one
+//     order. Changes a tool sent by ApplyChanges are carried for their
+//     records, not for their shared values (their actor is the tool's).
+//   - A snapshot of a later epoch is adopted even when a record in it is
+//     below a higher one at its key in stored order (two carries of one
+//     writer's records make that): readers take the highest anyway.
 //   - A node behind by two cuts or more carries its own writes that no
 //     other actor's change depends on. A write of its that a peer built
 //     on, whose epoch was then lost with that peer (a partition that

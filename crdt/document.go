@@ -177,6 +177,9 @@ type Doc struct {
 	switching  bool
 	switchCond *sync.Cond
 	epochStart time.Time
+	// broken is set when a switch failed after its commit point: no
+	// mutation runs after it (waitSwitchLocked). Under mu.
+	broken error
 	// cutBase is what the document took on disk right after the last
 	// switch (cutrule.go); 0 until known. Under mu.
 	cutBase int64
@@ -416,7 +419,9 @@ func (d *Doc) Update(msg string, fn func(*Tx) error) (Hash, error) {
 func (d *Doc) commit(msg string, fn func(*Tx) error) (Hash, int64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.waitSwitchLocked()
+	if err := d.waitSwitchLocked(); err != nil {
+		return Hash{}, 0, err
+	}
 	if d.closed {
 		return Hash{}, 0, ErrClosed
 	}
@@ -520,7 +525,9 @@ func (d *Doc) ApplyChange(raw []byte, hash Hash, deps []Hash) (bool, error) {
 // applyChangeLocked is ApplyChange with mu held; it also returns the
 // logical log offset the change's record ends at.
 func (d *Doc) applyChangeLocked(raw []byte, hash Hash, deps []Hash) (int64, bool, error) {
-	d.waitSwitchLocked()
+	if err := d.waitSwitchLocked(); err != nil {
+		return 0, false, err
+	}
 	if d.closed {
 		return 0, false, ErrClosed
 	}
@@ -614,14 +621,19 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 	if ref != nil {
 		return ref
 	}
-	if needsSync {
+	_, hdr, _ := genesisOf(doc) // checked by checkDecoded
+	if needsSync && !hdrEpoch(hdr).After(d.Epoch()) {
 		return ErrSnapshotNeedsSync
 	}
+	// A snapshot of a later epoch cannot be replaced by a sync (epochs
+	// never sync), and a record below a higher one at its key, which is
+	// what needsSync flags, is one readers never read (recindex.go): two
+	// nodes carrying one writer's records across a cut make that in
+	// honest histories.
 	if lr.err != nil {
 		return fmt.Errorf("%w: snapshot from peer: %v", ErrCorrupt, lr.err)
 	}
 	loaded := lr.doc
-	_, hdr, _ := genesisOf(doc) // checked by checkDecoded
 	adopted := false
 	defer func() {
 		if adopted {

@@ -201,11 +201,14 @@ func (d *Doc) endSwitch() {
 	d.mu.Unlock()
 }
 
-// waitSwitchLocked waits while an epoch switch runs. Call with mu held.
-func (d *Doc) waitSwitchLocked() {
+// waitSwitchLocked waits while an epoch switch runs, and returns the
+// error of one that was cut short after its commit point (the document
+// then takes no more changes). Call with mu held.
+func (d *Doc) waitSwitchLocked() error {
 	for d.switching {
 		d.switchCond.Wait()
 	}
+	return d.broken
 }
 
 // adopt makes g (a genesis, or a peer's document of a later epoch,
@@ -237,9 +240,11 @@ func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, ol
 	// the log. A crash between the two renames leaves a log that Open sets
 	// aside: what it held is carried in the snapshot. Nothing that can
 	// run out of space comes after the commit point.
-	if err := atomicfile.WriteFile(filepath.Join(d.st.dir, prevFile), encodeSnapshot(old.Save()), 0o600); err != nil {
+	prevTmp, err := writeTemp(d.st.dir, prevFile, encodeSnapshot(old.Save()))
+	if err != nil {
 		return d.st.writeErr("keep the previous epoch's document", prevFile, err)
 	}
+	defer os.Remove(prevTmp)
 	switchHook("prev")
 	marker := epochMarker(e)
 	start := []byte(logMagic)
@@ -271,21 +276,34 @@ func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, ol
 		f.Close()
 		return d.st.writeErr("replace snapshot", snapPath, err)
 	}
+	// The commit point: the new snapshot is in place. It is made durable
+	// before the log names the new epoch, or a power loss could keep the
+	// new log and lose the snapshot it belongs to.
 	switchHook("snapshot")
 	size := int64(len(snapEnc))
-	if err := os.Rename(logTmp, logPath); err != nil {
-		// The new snapshot is in place and the log is the old epoch's: a
-		// write acknowledged now would be set aside at the next start.
-		// Stop taking writes; a restart finds the state in the snapshot.
+	broken := func(op, path string, err error) error {
+		// The new snapshot is in place and the log may be the old
+		// epoch's: a write acknowledged now could be set aside at the
+		// next start. Stop taking writes; a restart finds the state in
+		// the snapshot.
 		f.Close()
 		d.mu.Lock()
-		d.closed = true
+		d.broken = fmt.Errorf("crdt: an epoch switch was cut short (%s %s: %v); restart the node", op, path, err)
 		d.mu.Unlock()
-		d.lg.Error().Err(err).Msg("epoch switch cut short after its snapshot; the document takes no more writes: restart the node")
-		return d.st.writeErr("replace change log", logPath, err)
+		d.lg.Error().Err(err).Str("op", op).Msg("epoch switch cut short after its snapshot; the document takes no more writes: restart the node")
+		return d.st.writeErr(op, path, err)
 	}
 	if err := syncDir(d.st.dir); err != nil {
-		d.lg.Warn().Err(err).Msg("syncing the document dir after an epoch switch failed; a power loss may bring the old epoch back, which the fleet's snapshot repairs")
+		return broken("sync document dir", d.st.dir, err)
+	}
+	if err := os.Rename(prevTmp, filepath.Join(d.st.dir, prevFile)); err != nil {
+		d.lg.Warn().Err(err).Msg("cannot keep the previous epoch's document; a later move to a sibling epoch carries less")
+	}
+	if err := os.Rename(logTmp, logPath); err != nil {
+		return broken("replace change log", logPath, err)
+	}
+	if err := syncDir(d.st.dir); err != nil {
+		return broken("sync document dir", d.st.dir, err)
 	}
 	switchHook("log")
 	// Mutations are held off (switching): the log's end cannot move.

@@ -208,7 +208,9 @@ var ErrEpochChanged = errors.New("crdt: the document switched epochs during the 
 func (d *Doc) generateSync(ps *PeerState, askMissing bool) ([]byte, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.waitSwitchLocked()
+	if err := d.waitSwitchLocked(); err != nil {
+		return nil, err
+	}
 	if d.closed {
 		return nil, ErrClosed
 	}
@@ -267,7 +269,9 @@ func (d *Doc) receiveSync(ps *PeerState, b []byte) (int, error) {
 	defer d.deliver()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.waitSwitchLocked()
+	if err := d.waitSwitchLocked(); err != nil {
+		return 0, err
+	}
 	if d.closed {
 		return 0, ErrClosed
 	}
