@@ -66,6 +66,20 @@
 // connection, every SyncInterval, and whenever gossip or a heartbeat shows
 // a change we lack is what guarantees convergence.
 //
+// # Anti-entropy and epochs
+//
+// A session opens with each side's document epoch (crdt's hello). Sides
+// on different epochs stop there: the side behind builds the cut itself
+// when it holds the same proposal, and otherwise takes the other's
+// snapshot (Replicator.catchUp), which moves its document to the later
+// epoch and carries its writes; a peer whose snapshot does not bring the
+// epoch its hello named is refused like a bad change. Every step of a
+// session must progress within SyncIdle, a worker never takes a peer
+// another worker is syncing with, and the periodic pass skips peers that
+// membership sees as stale, so a peer that died without closing its
+// connections holds one worker for SyncIdle, not every worker until the
+// transport's idle timeout.
+//
 // # Membership
 //
 // A peer is alive while its heartbeats are fresh (StaleAfter); a Goodbye
