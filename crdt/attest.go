@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"maps"
 	"slices"
-	"time"
 
 	am "github.com/automerge/automerge-go"
 )
@@ -92,20 +91,9 @@ func (d *Doc) attestLocked(tx *Tx, doc *am.Doc) error {
 		if cur, ok := d.recs.best(key); ok && cur.root == root {
 			continue
 		}
-		if tx.w.counters == nil {
-			tx.w.counters = map[string]uint64{}
-		}
-		r := &record{kind: recAttest, root: root}
-		r.counter = max(d.counterLocked(key, tx.w.counters)+1, uint64(time.Now().UnixMilli()))
-		b, err := encodeRecord(key, r)
-		if err != nil {
+		if err := tx.w.writeRecord(d, doc, key, w, keys[w].key, &record{kind: recAttest, root: root}); err != nil {
 			return err
 		}
-		if err := doc.Path(key).Set(b); err != nil {
-			return err
-		}
-		tx.w.counters[key] = r.counter
-		tx.w.signed = append(tx.w.signed, pendingSig{writer: w, key: keys[w].key, op: sigOp{key, b}})
 	}
 	return nil
 }

@@ -91,9 +91,8 @@ func (tx *Tx) As(k crypto.PrivKey) *Tx {
 }
 
 // putRecord writes a record at key for writer, unless the record in
-// force already has the same fields. The counter is above the one in
-// force and at least the time in Unix ms, so it rises even across a lost
-// data dir. The write is signed with the change (signRecords).
+// force already has the same fields (writeRecord). The write is signed
+// with the change (signRecords).
 func (tx *Tx) putRecord(what, key, writer string, r *record) {
 	var err error
 	if writer != tx.self {
@@ -104,21 +103,29 @@ func (tx *Tx) putRecord(what, key, writer string, r *record) {
 		if cur, ok := d.recs.best(key); ok && cur.kind == r.kind && sameFields(cur, r) {
 			return nil
 		}
-		if tx.w.counters == nil {
-			tx.w.counters = map[string]uint64{}
-		}
-		r.counter = max(d.counterLocked(key, tx.w.counters)+1, uint64(time.Now().UnixMilli()))
-		b, err := encodeRecord(key, r)
-		if err != nil {
-			return err
-		}
-		if err := doc.Path(key).Set(b); err != nil {
-			return err
-		}
-		tx.w.counters[key] = r.counter
-		tx.w.signed = append(tx.w.signed, pendingSig{writer: writer, key: k, op: sigOp{key, b}})
-		return nil
+		return tx.w.writeRecord(d, doc, key, writer, k, r)
 	})
+}
+
+// writeRecord writes r at key in doc with the next counter (above the one
+// in force and at least the time in Unix ms, so it rises even across a
+// lost data dir) and queues it to be signed by writer's key k. Call with
+// d.mu held.
+func (w *txWrites) writeRecord(d *Doc, doc *am.Doc, key, writer string, k crypto.PrivKey, r *record) error {
+	if w.counters == nil {
+		w.counters = map[string]uint64{}
+	}
+	r.counter = max(d.counterLocked(key, w.counters)+1, uint64(time.Now().UnixMilli()))
+	b, err := encodeRecord(key, r)
+	if err != nil {
+		return err
+	}
+	if err := doc.Path(key).Set(b); err != nil {
+		return err
+	}
+	w.counters[key] = r.counter
+	w.signed = append(w.signed, pendingSig{writer: writer, key: k, op: sigOp{key, b}})
+	return nil
 }
 
 // sameFields compares two records of one kind, counters aside.

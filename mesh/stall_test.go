@@ -21,15 +21,7 @@ func TestHungPeerDoesNotStallSync(t *testing.T) {
 	f, _ := NewFleet()
 	a, b := newMember(t, f, false), newMember(t, f, false)
 	a.repl.DropGossip(true) // b's changes must come by anti-entropy
-	hung := newTestPeerTimeout(t, f, 5*time.Second)
-	var opened atomic.Int64
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
-	hung.h.SetStreamHandler(f.Protocol("sync/2"), func(s network.Stream) {
-		opened.Add(1)
-		<-release // reads nothing, answers nothing
-		s.Reset()
-	})
+	hung, opened := newHungPeer(t, f)
 	hungID := hung.h.ID()
 	connect(t, hung.h, a.info(), func() bool { return a.auth.IsAuthenticated(hungID) })
 	connect(t, b.h, a.info(), func() bool { return a.auth.IsAuthenticated(b.h.ID()) })
@@ -79,15 +71,7 @@ func TestHungPeerHoldsOneWorker(t *testing.T) {
 	// own workers.
 	b := newMember(t, f, false, func(c *ReplicatorConfig) { c.SyncInterval = time.Hour })
 	a.repl.DropGossip(true)
-	hung := newTestPeerTimeout(t, f, 5*time.Second)
-	var opened atomic.Int64
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
-	hung.h.SetStreamHandler(f.Protocol("sync/2"), func(s network.Stream) {
-		opened.Add(1)
-		<-release
-		s.Reset()
-	})
+	hung, opened := newHungPeer(t, f)
 	connect(t, hung.h, a.info(), func() bool { return a.auth.IsAuthenticated(hung.h.ID()) })
 	connect(t, b.h, a.info(), func() bool { return a.auth.IsAuthenticated(b.h.ID()) })
 	// Ten periodic passes: without the limit every worker would be
@@ -103,4 +87,20 @@ func TestHungPeerHoldsOneWorker(t *testing.T) {
 		lib, _ := a.doc.Library()
 		return lib["later"].Name == "x"
 	})
+}
+
+// newHungPeer is a fleet member whose sync handler takes every session
+// and never answers (a process killed while its connections live on);
+// opened counts the sessions it took.
+func newHungPeer(t *testing.T, f *Fleet) (testPeer, *atomic.Int64) {
+	hung := newTestPeerTimeout(t, f, 5*time.Second)
+	opened := new(atomic.Int64)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	hung.h.SetStreamHandler(f.Protocol("sync/2"), func(s network.Stream) {
+		opened.Add(1)
+		<-release // reads nothing, answers nothing
+		s.Reset()
+	})
+	return hung, opened
 }
