@@ -233,13 +233,14 @@ func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, ol
 		return fmt.Errorf("crdt: carry writes across the cut: %w", err)
 	}
 	e := hdr.epoch()
-	// Durable before it is visible: the old document beside the new one
-	// (for a later carry from a losing side); then the new snapshot and a
-	// log of the new epoch, both written and fsynced under temporary
-	// names; then the snapshot renamed into place (the commit point) and
-	// the log. A crash between the two renames leaves a log that Open sets
-	// aside: what it held is carried in the snapshot. Nothing that can
-	// run out of space comes after the commit point.
+	// Durable before it is visible. The old document (kept for a later
+	// carry from a losing side), the new snapshot and a log of the new
+	// epoch are written and fsynced under temporary names; then the
+	// snapshot is renamed into place (the commit point) and the directory
+	// synced; then the old document and the log. A crash between the
+	// snapshot and the log leaves a log that Open sets aside: what it
+	// held is carried in the snapshot. Nothing that can run out of space
+	// comes after the commit point.
 	prevTmp, err := writeTemp(d.st.dir, prevFile, encodeSnapshot(old.Save()))
 	if err != nil {
 		return d.st.writeErr("keep the previous epoch's document", prevFile, err)
@@ -306,11 +307,9 @@ func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, ol
 		return broken("sync document dir", d.st.dir, err)
 	}
 	switchHook("log")
-	// Mutations are held off (switching): the log's end cannot move.
 	d.mu.Lock()
+	// Mutations are held off (switching): the log's end has not moved.
 	prevEnd := d.st.end()
-	d.mu.Unlock()
-	d.mu.Lock()
 	d.st.marker = marker
 	d.st.log.Close()
 	d.st.log, d.st.logSize = f, int64(len(start))
