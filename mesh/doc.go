@@ -69,10 +69,9 @@
 // # Anti-entropy and epochs
 //
 // A session opens with each side's document epoch (crdt's hello). Sides
-// on different epochs stop there: the side behind builds the cut itself
-// when it holds the same proposal, and otherwise takes the other's
+// on different epochs stop there: the side behind takes the other's
 // snapshot (Replicator.catchUp), which moves its document to the later
-// epoch and carries its writes; a peer whose snapshot does not bring the
+// epoch and carries its writes over what the peer already wrote there; a peer whose snapshot does not bring the
 // epoch its hello named is refused like a bad change. Every step of a
 // session must progress within SyncIdle, a worker never takes a peer
 // another worker is syncing with, and the periodic pass skips peers that

@@ -504,19 +504,14 @@ func (r *Replicator) syncWith(ctx context.Context, p peer.ID) error {
 	r.countSync(st)
 	if mm, ok := errors.AsType[*crdt.EpochMismatchError](err); ok {
 		_ = s.CloseWrite()
-		if !mm.Peer.After(mm.Local) {
-			return nil // the peer is behind: it moves when it syncs with us
+		if mm.Peer.After(mm.Local) {
+			// Even when this node holds the same cut, the peer's snapshot
+			// is taken rather than the cut built here: the carry then sees
+			// what the peer wrote and carried in the new epoch, and does
+			// not write an older value over it (carry.go).
+			r.catchUp(ctx, p, mm.Peer)
 		}
-		if next, ok := r.cfg.Doc.NextCut(); ok && next == mm.Peer {
-			// The peer took the cut this node holds too: build it here,
-			// as the peer did, rather than download it.
-			if _, err := r.cfg.Doc.SwitchEpoch(); err == nil || errors.Is(err, crdt.ErrNoCut) {
-				r.RequestSync(p)
-				return nil
-			}
-		}
-		r.catchUp(ctx, p, mm.Peer)
-		return nil
+		return nil // a peer behind moves when it syncs with us
 	}
 	if err != nil {
 		s.Reset()
