@@ -501,3 +501,83 @@ func (cw *carryWrites) commit(d *Doc, g *am.Doc) ([]*am.Change, error) {
 	}
 	return out, nil
 }
+
+// Repairs: two nodes that each build the cut before seeing the other's
+// carry merge their carried values as concurrent writes, in the new
+// epoch's op order, which need not be the old epoch's. So a node keeps,
+// for the epoch it carried into, the shared values it carried and the old
+// write each carries (carriedValue). When a change from a peer writes one
+// of those keys, the node decides who should win: a native write of the
+// new epoch beats a carry; between two carries of one old epoch, the
+// later old write wins. If that is this node's value, or the native one,
+// it queues it to be written again (repairs), causally after both, where
+// the merge may have picked the other. The cut rule's tick writes them.
+
+// carriedValue is a shared value this node carried, with the old write.
+type carriedValue struct {
+	src   srcOp
+	value *string // nil: deleted
+}
+
+// noteCarryConflictsLocked queues repairs for changes just applied. Call
+// with mu held.
+func (d *Doc) noteCarryConflictsLocked(ops []*ChangeOps) {
+	if len(d.carried) == 0 {
+		return
+	}
+	for _, co := range ops {
+		from, line, isCarry := parseCarryLine(co.Message)
+		for i := range co.Ops {
+			op := &co.Ops[i]
+			if !op.Root || !op.KeyIsStr {
+				continue
+			}
+			mine, ok := d.carried[op.Key]
+			if !ok {
+				continue
+			}
+			switch s, named := line[op.Key]; {
+			case !isCarry:
+				// A write of this epoch: newer than any carry. Write it
+				// again only if the merge kept ours.
+				var v *string
+				if op.Action == ActSet {
+					x := string(op.Value)
+					v = &x
+				}
+				d.repairs[op.Key] = v
+				delete(d.carried, op.Key)
+			case named && from == d.carriedFrom && mine.src.after(s):
+				d.repairs[op.Key] = mine.value
+			}
+		}
+	}
+}
+
+// RepairCarries writes again the values noteCarryConflictsLocked queued
+// whose key does not show them. The cut rule's tick calls it.
+func (d *Doc) RepairCarries() error {
+	d.mu.Lock()
+	todo := d.repairs
+	d.repairs = map[string]*string{}
+	d.mu.Unlock()
+	if len(todo) == 0 {
+		return nil
+	}
+	_, err := d.Update("repair carried values", func(tx *Tx) error {
+		for k, v := range todo {
+			cur, ok := d.recs.shared[k]
+			if (v == nil && !ok) || (v != nil && ok && cur == *v) {
+				continue
+			}
+			tx.add(nil, func(doc *am.Doc) error {
+				if v == nil {
+					return doc.RootMap().Delete(k)
+				}
+				return doc.Path(k).Set(*v)
+			})
+		}
+		return nil
+	})
+	return err
+}
