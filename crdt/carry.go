@@ -79,24 +79,30 @@ func (d *Doc) carryAcross(old *am.Doc, oldx *recIndex, oldEpoch Epoch, hdr *epoc
 		}
 		cw.records[k] = b
 	}
-	tail, err := d.tail(old, oldEpoch, hdr)
+	tail, split, err := d.tail(old, oldEpoch, hdr)
 	if err != nil {
 		return nil, err
 	}
 	cw.groups = d.foreignGroups(tail, oldx, gx)
 	// For each shared key the tail wrote, its last write there: the op
 	// with the highest ID, as automerge orders concurrent writes (a later
-	// write always has a higher counter).
+	// write always has a higher counter). Op IDs of two documents are not
+	// one order: a write of old's own (after split) beats any of the
+	// parent's kept document (before it).
 	src := map[string]srcOp{}
-	for _, co := range tail {
-		for i := range co.Ops {
-			op := &co.Ops[i]
-			if !op.Root || !op.KeyIsStr {
-				continue
-			}
-			o := srcOp{op.ID.Counter, string(co.Actors[0])}
-			if cur, ok := src[op.Key]; !ok || o.after(cur) {
-				src[op.Key] = o
+	for part, cs := range [][]*ChangeOps{tail[:split], tail[split:]} {
+		seen := map[string]bool{}
+		for _, co := range cs {
+			for i := range co.Ops {
+				op := &co.Ops[i]
+				if !op.Root || !op.KeyIsStr {
+					continue
+				}
+				o := srcOp{op.ID.Counter, string(co.Actors[0])}
+				if cur, ok := src[op.Key]; !ok || o.after(cur) || part == 1 && !seen[op.Key] {
+					src[op.Key] = o
+				}
+				seen[op.Key] = true
 			}
 		}
 	}
@@ -261,8 +267,9 @@ func parseCarryLine(msg string) (Epoch, map[string]srcOp, bool) {
 }
 
 // tail returns the changes of old (and of the kept previous epoch's
-// document) that the new epoch's cut left out, decoded, in causal order.
-func (d *Doc) tail(old *am.Doc, oldEpoch Epoch, hdr *epochHeader) ([]*ChangeOps, error) {
+// document) that the new epoch's cut left out, decoded, in causal order:
+// those of the previous epoch's document first, then from split on old's.
+func (d *Doc) tail(old *am.Doc, oldEpoch Epoch, hdr *epochHeader) (_ []*ChangeOps, split int, _ error) {
 	var out []*ChangeOps
 	add := func(cs []*am.Change, keep func(*am.Change) bool) error {
 		for _, c := range cs {
@@ -286,31 +293,36 @@ func (d *Doc) tail(old *am.Doc, oldEpoch Epoch, hdr *epochHeader) ([]*ChangeOps,
 	if direct {
 		// Cut from old itself (a local build): the changes since the cut.
 		if since, err := old.Changes(hdr.cut...); err == nil {
-			return out, add(since, notIncluded)
+			err = add(since, notIncluded)
+			return out, 0, err
 		}
 	}
 	all, err := old.Changes()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	switch oldHdr := hdrOf(old, oldEpoch); {
 	case direct:
-		return out, add(all, notIncluded)
+		err := add(all, notIncluded)
+		return out, 0, err
 	case oldHdr != nil && oldHdr.parent == hdr.parent && oldHdr.num == hdr.num:
 		if prev := d.readPrev(); prev != nil {
 			if pe, _ := epochOfDoc(prev); pe.ID == hdr.parent {
 				pcs, err := prev.Changes()
 				if err != nil {
-					return nil, err
+					return nil, 0, err
 				}
 				if err := add(pcs, notIncluded); err != nil {
-					return nil, err
+					return nil, 0, err
 				}
 			}
 		}
-		return out, add(all, afterGenesis)
+		split := len(out)
+		err := add(all, afterGenesis)
+		return out, split, err
 	}
-	return out, add(all, unconfirmedOwn(all, ownActorPrefix(d.self)))
+	err = add(all, unconfirmedOwn(all, ownActorPrefix(d.self)))
+	return out, 0, err
 }
 
 // carriedGroup is another writer's record writes in one change of the
