@@ -134,9 +134,6 @@ func (d *Doc) epochLoop() {
 
 // cutTick applies the cut rule once, at time now.
 func (d *Doc) cutTick(cs *cutState, now time.Time) error {
-	if err := d.RepairCarries(); err != nil {
-		return err
-	}
 	if !cs.failedAt.IsZero() && now.Sub(cs.failedAt) < cutRetry {
 		return nil
 	}

@@ -203,16 +203,13 @@
 //   - A shared value written after the cut by a node that never switches
 //     (gone for good) is lost; its records are not (others carry them).
 //   - Shared values carried by two nodes that each built the cut before
-//     seeing the other's carry merge in the new epoch's op order, which
-//     need not be the old one's; a native write of the new epoch can lose
-//     the same way to a concurrent carry. The carrying node repairs that
-//     at its next rule tick (carry.go, RepairCarries: a native write
-//     beats a carry, the later old write beats an earlier one), so for a
-//     few seconds readers may see the older value. Across sibling epochs
-//     the carry compares the two documents' op counters, which are not
-//     one order, and does not repair. Changes a tool sent by ApplyChanges
-//     are carried for their records, not for their shared values (their
-//     actor is the tool's).
+//     seeing the other's carry merge as concurrent writes do (automerge's
+//     order of the new epoch's ops), even when one old write followed the
+//     other; a value written natively in the new epoch can lose the same
+//     way to a carry made concurrently with it. Across sibling epochs the
+//     carry compares the two documents' op counters, which are not one
+//     order. Changes a tool sent by ApplyChanges are carried for their
+//     records, not for their shared values (their actor is the tool's).
 //   - A snapshot of a later epoch is adopted even when a record in it is
 //     below a higher one at its key in stored order (two carries of one
 //     writer's records make that): readers take the highest anyway.

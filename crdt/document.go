@@ -180,12 +180,6 @@ type Doc struct {
 	// broken is set when a switch failed after its commit point: no
 	// mutation runs after it (waitSwitchLocked). Under mu.
 	broken error
-	// carried and repairs are the carry's repairs (carry.go): the shared
-	// values this node carried into the current epoch (from carriedFrom),
-	// and values to write again. Under mu.
-	carried     map[string]carriedValue
-	carriedFrom Epoch
-	repairs     map[string]*string
 	// cutBase is what the document took on disk right after the last
 	// switch (cutrule.go); 0 until known. Under mu.
 	cutBase int64
@@ -252,7 +246,6 @@ func Open(cfg Config) (*Doc, error) {
 	d.self = id.String()
 	d.switchCond = sync.NewCond(&d.mu)
 	d.epochStart = cfg.Now()
-	d.repairs = map[string]*string{}
 	d.amp.Store(am.New())
 	d.recs = newRecIndex()
 	var snapOps *DocOps

@@ -662,46 +662,6 @@ func TestCarryKeepsTheWritersOrder(t *testing.T) {
 	}
 }
 
-// TestConcurrentCarriesKeepTheOldOrder: two nodes build the cut before
-// seeing each other's carry. b's value followed a's in the old epoch, so
-// it wins in the new one whatever order the merge picked; and a native
-// write of the new epoch beats a carry made concurrently with it.
-func TestConcurrentCarriesKeepTheOldOrder(t *testing.T) {
-	t.Parallel()
-	for range 4 { // the merge's own order is a coin toss: try both sides
-		a, b := newManual(t), newManual(t)
-		busy(t, a, 1)
-		busy(t, b, 1)
-		syncAll(t, a, b)
-		if err := a.ProposeCut(); err != nil {
-			t.Fatal(err)
-		}
-		syncAll(t, a, b)
-		update(t, a, func(tx *Tx) { tx.SetRoomState("topic", "k", "v1"); tx.SetRoomState("topic", "n", "carried") })
-		syncPair(t, a, b, a.NewPeerState(), b.NewPeerState())
-		update(t, b, func(tx *Tx) { tx.SetRoomState("topic", "k", "v2") })
-		for _, d := range []*Doc{a, b} {
-			if _, err := d.SwitchEpoch(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		update(t, b, func(tx *Tx) { tx.SetRoomState("topic", "n", "native") })
-		syncAll(t, a, b)
-		for _, d := range []*Doc{a, b} {
-			if err := d.RepairCarries(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		syncAll(t, a, b)
-		for _, d := range []*Doc{a, b} {
-			st := stateOf(t, d).Rooms["topic"].State
-			if st["k"] != "v2" || st["n"] != "native" {
-				t.Fatalf("%s reads k = %q, n = %q; want v2 (the later old write) and native (the new epoch's)", d.Self()[:8], st["k"], st["n"])
-			}
-		}
-	}
-}
-
 // TestSiblingCarryPrefersTheSidesOwnWrites: on the side of a partition
 // whose cut loses, a value written after its cut beats the value it
 // overwrote in the parent epoch, though op counters of the two documents

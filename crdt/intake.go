@@ -128,7 +128,6 @@ func (in *intake) flush() error {
 			d.recs.applyChange(co)
 		}
 		d.recs.refresh(d.doc())
-		d.noteCarryConflictsLocked(ops)
 	}
 	d.view.Unlock()
 	if err != nil {

@@ -336,12 +336,6 @@ func (d *Doc) adopt(g *am.Doc, hdr *epochHeader, genShared map[string]string, ol
 	d.enqueueLocked(Event{Heads: heads, Epoch: true}, 0)
 	d.epochStart = d.cfg.Now()
 	d.cutBase = size + d.st.logSize
-	d.carried, d.carriedFrom, d.repairs = map[string]carriedValue{}, cr.from, map[string]*string{}
-	if cr.direct {
-		for k, v := range cr.shared {
-			d.carried[k] = carriedValue{cr.sources[k], v}
-		}
-	}
 	d.switches.Add(1)
 	d.synced.Store(d.st.end())
 	d.syncedHeads = heads
