@@ -206,10 +206,11 @@
 //     seeing the other's carry merge as concurrent writes do (automerge's
 //     order of the new epoch's ops), even when one old write followed the
 //     other; a value written natively in the new epoch can lose the same
-//     way to a carry made concurrently with it. Across sibling epochs the
-//     carry compares the two documents' op counters, which are not one
-//     order. Changes a tool sent by ApplyChanges are carried for their
-//     records, not for their shared values (their actor is the tool's).
+//     way to a carry made concurrently with it. (Repairing that by writing
+//     the rightful value again needs each write named by its op, not its
+//     value, or a repair can undo a newer write.) Changes a tool sent by
+//     ApplyChanges are carried for their records, not for their shared
+//     values (their actor is the tool's).
 //   - A snapshot of a later epoch is adopted even when a record in it is
 //     below a higher one at its key in stored order (two carries of one
 //     writer's records make that): readers take the highest anyway.

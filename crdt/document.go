@@ -650,6 +650,12 @@ func (d *Doc) MergeSnapshot(b []byte) error {
 	d.syncMu.Lock()
 	defer d.syncMu.Unlock()
 	defer d.deliver()
+	d.mu.Lock()
+	broken := d.broken
+	d.mu.Unlock()
+	if broken != nil {
+		return broken
+	}
 	if snapEpoch := hdrEpoch(hdr); snapEpoch != d.Epoch() {
 		if !snapEpoch.After(d.Epoch()) {
 			return ErrEpochBehind
