@@ -70,16 +70,7 @@ func TestKill9KeepsAcknowledgedChanges(t *testing.T) {
 			dir := t.TempDir()
 			var acked []string
 			for round := range 3 {
-				cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
-				cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, crashWritersEnv+"="+strconv.Itoa(writers))
-				out, err := cmd.StdoutPipe()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				sc := bufio.NewScanner(out)
+				cmd, sc := startChild(t, "TestCrashChild", crashChildEnv+"="+dir, crashWritersEnv+"="+strconv.Itoa(writers))
 				target := len(acked) + 150 + 37*round
 				for sc.Scan() {
 					line := sc.Text()
@@ -111,4 +102,20 @@ func TestKill9KeepsAcknowledgedChanges(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startChild runs test in a child process of this test binary, with env
+// added to the environment, and returns it and a scanner of its stdout.
+func startChild(t *testing.T, test string, env ...string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.v")
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, bufio.NewScanner(out)
 }

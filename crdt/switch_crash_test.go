@@ -86,16 +86,7 @@ func TestKill9MidSwitchKeepsAcknowledgedWrites(t *testing.T) {
 	dir := t.TempDir()
 	var acked []string
 	for round, at := range []string{"snapshot", "prev", "log", "snapshot", "log"} {
-		cmd := exec.Command(os.Args[0], "-test.run=^TestSwitchCrashChild$", "-test.v")
-		cmd.Env = append(os.Environ(), switchChildEnv+"="+dir)
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(out)
+		cmd, sc := startChild(t, "TestSwitchCrashChild", switchChildEnv+"="+dir)
 		steps := 0
 		for sc.Scan() {
 			line := sc.Text()
