@@ -34,7 +34,8 @@
 //	request:  kind (1 manifest, 2 chunk, 3 have, 4 run) | manifest hash (32)
 //	          [chunk: uvarint len(path) | path | uvarint chunk index]
 //	          [run: uvarint first chunk | uvarint count (1..1024)]
-//	response: status (0 ok, 1 not found, 2 refused, 3 error, 4 busy)
+//	response: status (0 ok, 1 not found, 2 refused, 3 error, 4 busy,
+//	          5 changed)
 //	          | payload: the manifest encoding, the chunk bytes, the run's
 //	          chunks end to end, or the have answer; for another status,
 //	          a reason
@@ -54,7 +55,12 @@
 // chunk path must be clean, in that manifest, not user-owned, and resolve
 // to a regular file inside the item (os.Root: no "..", no symlink out). A
 // peer may hold 8 streams at once and all peers together 256; a stream
-// beyond that is answered busy, with the reason.
+// beyond that is answered busy, with the reason. A holder never sends
+// bytes that no longer match its manifest: a file whose size,
+// modification time or inode moved on since the scan (checked when it is
+// opened and after each chunk is read) is answered "changed", and the
+// holder rescans the item and publishes its new version. The downloader
+// stops asking that holder, without reporting it for bad data.
 //
 // # Download
 //

@@ -192,6 +192,14 @@ func isRefusal(err error) bool {
 	return errors.As(err, &se) && se.Status == StatusRefused
 }
 
+// isChanged reports a holder whose file changed since its scan: an honest
+// holder of an older version, not a liar. Its worker stops; it is not
+// reported for bad data.
+func isChanged(err error) bool {
+	var se *ServerError
+	return errors.As(err, &se) && se.Status == StatusChanged
+}
+
 // store verifies a received run chunk by chunk and writes the chunks
 // that verify. Bad data stops its source and puts the rest of the run
 // back for the others.
@@ -260,7 +268,7 @@ func (f *fetcher) worker(p peer.ID) error {
 		if err == nil || ctx.Err() != nil {
 			return nil
 		}
-		if isRefusal(err) {
+		if isRefusal(err) || isChanged(err) {
 			return err
 		}
 		if progressed {
@@ -455,7 +463,7 @@ func readChunkResponse(br *bufio.Reader, buf []byte) ([]byte, error) {
 		return nil, err
 	}
 	switch {
-	case status[0] > StatusBusy:
+	case status[0] > StatusChanged:
 		return nil, fmt.Errorf("%w: unknown status %d", ErrBadFrame, status[0])
 	case status[0] != StatusOK:
 		return nil, &ServerError{Status: status[0], Msg: string(b)}

@@ -26,6 +26,7 @@ const (
 	StatusRefused  = 2 // the request is not allowed (a path outside the item, ...)
 	StatusError    = 3 // the server failed (I/O)
 	StatusBusy     = 4 // too many streams from this peer
+	StatusChanged  = 5 // the file changed on the holder since it was scanned: a new version is on its way
 )
 
 // Frame limits.
@@ -167,7 +168,7 @@ func DecodeResponse(b []byte) (Response, error) {
 	if len(b) == 0 {
 		return Response{}, fmt.Errorf("%w: empty response", ErrBadFrame)
 	}
-	if b[0] > StatusBusy {
+	if b[0] > StatusChanged {
 		return Response{}, fmt.Errorf("%w: unknown status %d", ErrBadFrame, b[0])
 	}
 	return Response{Status: b[0], Payload: b[1:]}, nil
@@ -180,6 +181,6 @@ type ServerError struct {
 }
 
 func (e *ServerError) Error() string {
-	what := map[byte]string{StatusNotFound: "not found", StatusRefused: "refused", StatusError: "server error", StatusBusy: "busy"}[e.Status]
+	what := map[byte]string{StatusNotFound: "not found", StatusRefused: "refused", StatusError: "server error", StatusBusy: "busy", StatusChanged: "changed"}[e.Status]
 	return fmt.Sprintf("peer answered %s: %s", what, e.Msg)
 }

@@ -111,6 +111,21 @@ type Index struct {
 	dirty    bool                  // changed since loaded: Save writes it
 }
 
+// fingerprints returns the fingerprint of each of m's files as this
+// index last saw it, in m's order; nil when one is missing (nothing is
+// then checked before serving).
+func (ix *Index) fingerprints(m *Manifest) []fingerprint {
+	out := make([]fingerprint, len(m.Files))
+	for i, f := range m.Files {
+		e, ok := ix.Files[f.Path]
+		if !ok {
+			return nil
+		}
+		out[i] = e.FP
+	}
+	return out
+}
+
 // LoadIndex reads an index file; a missing or unreadable one is empty (the
 // next scan rebuilds it).
 func LoadIndex(file string) *Index {

@@ -30,6 +30,14 @@ type Served struct {
 
 	partial *chunkSet // nil for a complete item
 
+	// fps are the files' fingerprints at the scan that made Manifest, in
+	// its order (nil: not checked, as for a download's staging, which
+	// only this node writes). A file whose fingerprint moved on is not
+	// served (StatusChanged), and changed is called, once, to rescan.
+	fps         []fingerprint
+	changed     func()
+	changedOnce sync.Once
+
 	firstsOnce sync.Once
 	firsts     []int // Manifest.firstChunks()
 }
@@ -232,7 +240,14 @@ func readChunk(sv *Served, rel string, i uint64, buf []byte) ([]byte, byte, erro
 		return nil, status, err
 	}
 	defer fh.Close()
-	return readPiece(fh, f, int(i), buf)
+	b, status, err := readPiece(fh, f, int(i), buf)
+	if err != nil {
+		return nil, status, err
+	}
+	if status, err := sv.unchangedSince(fh, idx); err != nil {
+		return nil, status, err
+	}
+	return b, StatusOK, nil
 }
 
 // readRun reads the chunks first .. first+count-1, numbered through the
@@ -285,6 +300,9 @@ func readRun(sv *Served, first, count uint64, buf []byte) ([]byte, byte, error) 
 		if err != nil {
 			return nil, status, err
 		}
+		if status, err := sv.unchangedSince(fh, fi); err != nil {
+			return nil, status, err
+		}
 		n += len(b)
 	}
 	return buf[:n], StatusOK, nil
@@ -304,18 +322,54 @@ func (sv *Served) servable(fi, idx int) (byte, error) {
 }
 
 // openFile opens file fi of the manifest inside root, which refuses ".."
-// and symlinks that lead out; it must be a regular file.
+// and symlinks that lead out; it must be a regular file, unchanged since
+// the scan (unchangedSince).
 func (sv *Served) openFile(root *os.Root, fi int) (*os.File, byte, error) {
 	rel := sv.Manifest.Files[fi].Path
 	fh, err := root.Open(rel)
 	if err != nil {
+		if sv.fps != nil && errors.Is(err, os.ErrNotExist) {
+			return nil, StatusChanged, sv.noteChanged(rel)
+		}
 		return nil, StatusRefused, fmt.Errorf("open %s: %v", rel, err)
 	}
 	if st, err := fh.Stat(); err != nil || !st.Mode().IsRegular() {
 		fh.Close()
 		return nil, StatusRefused, fmt.Errorf("%s is not a regular file", rel)
 	}
+	if status, err := sv.unchangedSince(fh, fi); err != nil {
+		fh.Close()
+		return nil, status, err
+	}
 	return fh, StatusOK, nil
+}
+
+// unchangedSince checks that the open file fi still has the fingerprint
+// of the scan: its size, modification time and inode. It is checked when
+// the file is opened and again after a chunk is read from it, so bytes
+// written while they were read are not sent either.
+func (sv *Served) unchangedSince(fh *os.File, fi int) (byte, error) {
+	if sv.fps == nil {
+		return StatusOK, nil
+	}
+	st, err := fh.Stat()
+	if err != nil {
+		return StatusError, fmt.Errorf("stat %s: %v", sv.Manifest.Files[fi].Path, err)
+	}
+	now, was := fingerprintOf(st), sv.fps[fi]
+	if now.Size == was.Size && now.MtimeNs == was.MtimeNs && now.Ino == was.Ino {
+		return StatusOK, nil
+	}
+	return StatusChanged, sv.noteChanged(sv.Manifest.Files[fi].Path)
+}
+
+// noteChanged asks, once, for the item to be scanned again, and returns
+// the refusal that tells the downloader why.
+func (sv *Served) noteChanged(rel string) error {
+	if sv.changed != nil {
+		sv.changedOnce.Do(sv.changed)
+	}
+	return fmt.Errorf("%s changed here since it was scanned; this node is publishing its new version", rel)
 }
 
 // readPiece reads chunk idx of f from fh into the start of buf.

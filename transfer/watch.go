@@ -455,5 +455,7 @@ func (l *Library) keep(id, root string, ix *Index, m *Manifest) (*Served, error)
 	if err != nil {
 		return nil, err
 	}
-	return &Served{Root: root, Manifest: m, Hash: h, Encoded: enc, Ignore: ig}, nil
+	sv := &Served{Root: root, Manifest: m, Hash: h, Encoded: enc, Ignore: ig, fps: ix.fingerprints(m),
+		changed: func() { l.RequestScan(id) }}
+	return sv, nil
 }
