@@ -590,3 +590,57 @@ func TestDownloadersSwarm(t *testing.T) {
 		})
 	}
 }
+
+// The sequence with real nodes: A holds an item of three files;
+// B downloads it from A, slowly; one of A's files changes in the middle.
+// A answers "changed" and is not reported for bad data; B's download
+// stops for want of a source; B's second download of the item brings the
+// new version, reusing the chunks the first one verified.
+func TestChangeMidDownloadReusesVerifiedChunks(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 2)
+	a, b := c.nodes[0], c.nodes[1]
+	c.waitFormed(t, 1)
+	files := map[string]testFile{"a.bin": {randBytes(8 << 20), 0o644}, "b.bin": {randBytes(8 << 20), 0o644}, "c.bin": {randBytes(8 << 20), 0o644}}
+	v1 := shareItem(t, c, a, "game", files)
+	replaceXferHandler(t, a, func(s network.Stream) {
+		a.Library.Server().Handle(slowStream{Stream: s, delay: 20 * time.Millisecond})
+	})
+	st, err := b.Library.StartDownload("game", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "B halfway", func() bool {
+		s, _ := b.Library.TransferByID(st.ID)
+		return s.Done >= 8<<20
+	})
+	// The patch: the middle of one file changes in place, size kept.
+	patched := slices.Clone(files["c.bin"].data)
+	patched[len(patched)/2] ^= 0xff
+	if err := os.WriteFile(filepath.Join(shareDir(a), "game", "c.bin"), patched, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var first transfer.TransferStatus
+	waitFor(t, 60*time.Second, "B's first download to end", func() bool {
+		first, _ = b.Library.TransferByID(st.ID)
+		return first.State != transfer.TransferRunning
+	})
+	if first.State == transfer.TransferDone {
+		t.Skip("the first download finished before the file changed")
+	}
+	if len(first.BadSources) != 0 {
+		t.Fatalf("A was reported for bad data: %v", first.BadSources)
+	}
+	waitFor(t, 30*time.Second, "A's new version on B", func() bool {
+		it, _, _ := b.Doc.Item("game")
+		h := it.Holders[a.ID().String()]
+		return h.Manifest != "" && h.Manifest != v1
+	})
+	replaceXferHandler(t, a, a.Library.Server().Handle)
+	second := download(t, b, "game")
+	t.Logf("first download: %d bytes verified; second: reused %d, fetched %d of %d", first.Done, second.Reused, second.Fetched, second.Total)
+	if second.Reused < first.Done-(1<<20) {
+		t.Fatalf("the second download reused %d bytes of the %d the first verified", second.Reused, first.Done)
+	}
+	sameTree(t, treeOf(t, filepath.Join(shareDir(a), "game")), treeOf(t, filepath.Join(shareDir(b), "game")))
+}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/rs/zerolog"
@@ -85,5 +86,70 @@ func TestChangedFileIsRefusedNotSent(t *testing.T) {
 	}
 	if len(pr2.BadSources()) != 0 {
 		t.Fatalf("the changed holder was reported: %v", pr2.BadSources())
+	}
+}
+
+// A download of an item's new version reuses, by hash, the chunks an
+// earlier download of its old version verified before it stopped: only
+// what changed, and what the first download had not reached, is fetched.
+func TestNewVersionReusesAnEarlierDownloadsChunks(t *testing.T) {
+	t.Parallel()
+	root := filepath.Join(t.TempDir(), "item")
+	writeBenchItem(t, root, 3, 12<<20) // three files of 4 MiB
+	v1 := servedOf(t, root)
+	holder, dst := testHost(t, "tcp"), testHost(t, "tcp")
+	connect(t, dst, holder)
+	cur := atomic.Pointer[Served]{}
+	cur.Store(v1)
+	srv := NewServer(func(h Hash) (*Served, bool) { sv := cur.Load(); return sv, h == sv.Hash }, zerolog.Nop(), Limits{})
+	holder.SetStreamHandler(benchProto, srv.Handle)
+
+	// The first download stops halfway (cancelled).
+	first := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	pr1 := &Progress{}
+	go func() {
+		for pr1.Done.Load() < 6<<20 {
+			if ctx.Err() != nil {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	_, err := Download(ctx, DownloadConfig{Host: dst, Protocol: benchProto, Manifest: v1.Hash,
+		Sources: []peer.ID{holder.ID()}, Staging: first, Progress: pr1, Logger: zerolog.Nop()})
+	cancel()
+	if err == nil {
+		t.Skip("the first download finished before it could be stopped")
+	}
+	held := pr1.Done.Load()
+
+	// The holder's last file changes: version 2.
+	last := filepath.Join(root, v1.Manifest.Files[2].Path)
+	b, err := os.ReadFile(last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(last, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v2 := servedOf(t, root)
+	cur.Store(v2)
+	pr2 := &Progress{}
+	out := t.TempDir()
+	if _, err := Download(context.Background(), DownloadConfig{Host: dst, Protocol: benchProto, Manifest: v2.Hash,
+		Sources: []peer.ID{holder.ID()}, Staging: out, Progress: pr2, Logger: zerolog.Nop(),
+		Local: stagedChunks(first)}); err != nil {
+		t.Fatal(err)
+	}
+	sameStaged(t, v2, out)
+	reused, fetched := pr2.Reused.Load(), pr2.Fetched.Load()
+	t.Logf("first download held %d bytes; the second reused %d and fetched %d of %d", held, reused, fetched, v2.Manifest.Size())
+	// Every chunk of the first download is reused except those of the
+	// changed file's changed chunk (at most one chunk of it).
+	if reused < held-ChunkSize || reused+fetched != v2.Manifest.Size() {
+		t.Fatalf("reused %d bytes of the %d the first download held (fetched %d of %d)", reused, held, fetched, v2.Manifest.Size())
 	}
 }

@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -291,9 +292,7 @@ func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources [
 		},
 		Serve: func(sv *Served) { published.Store(l.servePartial(t.Item, sv)) },
 	}
-	if base != nil {
-		cfg.Local = localChunks(base)
-	}
+	cfg.Local = l.reusable(t.Item, staging, base)
 	stopProgress := make(chan struct{})
 	var pw sync.WaitGroup
 	pw.Add(1)
@@ -335,6 +334,94 @@ func (l *Library) beginSwap(t *Transfer) error {
 	t.swapping = true
 	l.busy[t.Item] = "swap"
 	return nil
+}
+
+// reusable supplies, for a download of item id into staging, the chunks
+// the node already has: those of the item's current local version (base,
+// if any), then the verified chunks of the item's other staging folders
+// (a download of another version that failed, was interrupted or was
+// replaced), so that a second try at an item whose version moved on
+// fetches only what changed. The download checks every chunk's hash.
+func (l *Library) reusable(id, staging string, base *Served) ChunkSource {
+	var srcs []ChunkSource
+	if base != nil {
+		srcs = append(srcs, localChunks(base))
+	}
+	for _, dir := range l.stagingDirs() {
+		if dir == staging {
+			continue
+		}
+		if job, _, err := readJob(dir); err == nil && job.Item == id {
+			if src := stagedChunks(dir); src != nil {
+				srcs = append(srcs, src)
+			}
+		}
+	}
+	if len(srcs) == 0 {
+		return nil
+	}
+	return func(h Hash, buf []byte) bool {
+		for _, src := range srcs {
+			if src(h, buf) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// stagedChunks supplies the chunks a staging folder holds written and
+// verified (its have log), or nil when it holds none.
+func stagedChunks(staging string) ChunkSource {
+	mb, err := os.ReadFile(filepath.Join(staging, stagingManifest))
+	if err != nil {
+		return nil
+	}
+	m, err := DecodeManifest(mb)
+	if err != nil {
+		return nil
+	}
+	log, err := os.ReadFile(filepath.Join(staging, stagingHave))
+	if err != nil {
+		return nil
+	}
+	firsts := m.firstChunks()
+	type loc struct {
+		path string
+		idx  int
+	}
+	where := map[Hash]loc{}
+	for i := 0; i+4 <= len(log); i += 4 {
+		g := int(binary.LittleEndian.Uint32(log[i:]))
+		fi := sort.SearchInts(firsts, g+1) - 1
+		if g < 0 || fi < 0 || fi >= len(m.Files) || g-firsts[fi] >= len(m.Files[fi].Chunks) {
+			continue
+		}
+		f := m.Files[fi]
+		where[f.Chunks[g-firsts[fi]]] = loc{f.Path, g - firsts[fi]}
+	}
+	if len(where) == 0 {
+		return nil
+	}
+	data := filepath.Join(staging, stagingData)
+	return func(h Hash, buf []byte) bool {
+		lc, ok := where[h]
+		if !ok {
+			return false
+		}
+		root, err := os.OpenRoot(data)
+		if err != nil {
+			return false
+		}
+		defer root.Close()
+		f, err := root.Open(lc.path)
+		if err != nil {
+			return false
+		}
+		defer f.Close()
+		n, _ := f.ReadAt(buf, int64(lc.idx)*ChunkSize)
+		return n == len(buf)
+	}
 }
 
 // localChunks supplies chunks from the item's current local version.
