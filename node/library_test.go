@@ -643,4 +643,17 @@ func TestChangeMidDownloadReusesVerifiedChunks(t *testing.T) {
 		t.Fatalf("the second download reused %d bytes of the %d the first verified", second.Reused, first.Done)
 	}
 	sameTree(t, treeOf(t, filepath.Join(shareDir(a), "game")), treeOf(t, filepath.Join(shareDir(b), "game")))
+	// Cleanup: the first download's staging and v1's manifest are gone;
+	// only what the version held now needs is left.
+	lib := filepath.Join(b.cfg.DataDir, DirLibrary)
+	if left, _ := os.ReadDir(filepath.Join(lib, "staging")); len(left) != 0 {
+		t.Fatalf("staging folders left after the new version arrived: %v", left)
+	}
+	for _, n := range []*Node{a, b} {
+		dir := filepath.Join(n.cfg.DataDir, DirLibrary, "manifests")
+		waitFor(t, 10*time.Second, "only the held version's manifest on "+n.cfg.Name, func() bool {
+			ms, _ := os.ReadDir(dir)
+			return len(ms) == 1 && ms[0].Name() == second.Manifest
+		})
+	}
 }

@@ -95,7 +95,10 @@
 // it with ErrNoSpace and keeps what was written. An update copies the
 // chunks it already has from the old version, and from the staging
 // folders of the item's other downloads (another version's, failed or
-// stopped: the chunks their logs name, checked by hash). When all is written, files
+// stopped: the chunks their logs name, checked by hash). Once a download
+// has put its version in place, the item's other staging folders are
+// removed, and after every scan and download the manifest files of
+// versions the node no longer holds. When all is written, files
 // get their modes and are made durable, with one syncfs(2) where the
 // staging folder is on a local file system that honours it (ext4, xfs,
 // btrfs, f2fs; its descriptor is opened before the first write, so it is

@@ -317,6 +317,7 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 	}
 	close(results)
 	<-published
+	l.prune("")
 	l.mu.Lock()
 	l.scans++
 	l.hashed += total.BytesHashed
@@ -422,7 +423,50 @@ func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint) erro
 	}
 	l.setLocal(id, sv)
 	l.publish([]string{id})
+	l.prune(id)
 	return nil
+}
+
+// prune removes what no version this node holds or fetches needs: the
+// manifest files of versions it no longer holds and, for item done (an
+// item whose download just ended; "" for none), the staging folders of
+// its other downloads, which the version now held makes useless (it has
+// every chunk of its own, and a later version reuses from it).
+func (l *Library) prune(done string) {
+	l.mu.Lock()
+	held := map[string]bool{}
+	for _, sv := range l.local {
+		held[sv.Hash.String()] = true
+	}
+	fetching := map[string]bool{}
+	for _, t := range l.transfers {
+		if t.State == TransferRunning {
+			fetching[t.Item+"-"+t.Manifest[:min(16, len(t.Manifest))]] = true
+		}
+	}
+	l.mu.Unlock()
+	dir := filepath.Join(l.cfg.Dir, dirManifests)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if !held[e.Name()] && !strings.HasPrefix(e.Name(), ".") {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				l.lg.Debug().Str("manifest", e.Name()).Err(err).Msg("cannot remove an old manifest")
+			}
+		}
+	}
+	if done == "" {
+		return
+	}
+	for _, staging := range l.stagingDirs() {
+		if job, _, err := readJob(staging); err != nil || job.Item != done || fetching[filepath.Base(staging)] {
+			continue
+		}
+		if err := os.RemoveAll(staging); err != nil {
+			l.lg.Warn().Str("staging", staging).Err(err).Msg("cannot remove an old download's staging folder")
+		} else {
+			l.lg.Info().Str("item", done).Str("staging", staging).Msg("old download's staging folder removed: the item's new version is held")
+		}
+	}
 }
 
 // scanItem scans one item with its persisted index and keeps its manifest.
