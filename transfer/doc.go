@@ -95,12 +95,7 @@
 // it with ErrNoSpace and keeps what was written. An update copies the
 // chunks it already has from the old version, and from the staging
 // folders of the item's other downloads (another version's, failed or
-// stopped: the chunks their logs name, checked by hash). A download asked
-// for the item rather than a version moves to the item's new version when
-// no holder serves its own any more (they answer "changed", then publish
-// the new one): it waits up to 10 s for the new version, records a new
-// job, and fetches what the new manifest needs that the old staging folder
-// does not hold (Transfer.MovedFrom; at most 3 moves). Once a download
+// stopped: the chunks their logs name, checked by hash). Once a download
 // has put its version in place, the item's other staging folders are
 // removed, and after every scan and download the manifest files of
 // versions the node no longer holds. When all is written, files

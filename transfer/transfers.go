@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -33,13 +32,7 @@ type Transfer struct {
 	Error    string    `json:"error,omitempty"`
 	Started  time.Time `json:"started"`
 	Sources  []string  `json:"sources"`
-	// MovedFrom lists the versions this download was fetching before
-	// their holders replaced them; it asked for the item, not a version,
-	// so it moved to the item's new version, keeping what it had verified.
-	MovedFrom []string `json:"moved_from,omitempty"`
 
-	// follow: the user asked for the item, not a pinned version.
-	follow   bool
 	progress *Progress
 	cancel   context.CancelFunc
 	swapping bool // past the point of no return (beginSwap): Cancel refuses
@@ -90,9 +83,14 @@ func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
 	if !ok {
 		return TransferStatus{}, fmt.Errorf("transfer: no item %q in the library", id)
 	}
-	follow := version == ""
-	if follow {
-		version = l.latestVersion(it)
+	self := l.cfg.Host.ID().String()
+	if version == "" {
+		var best int64 = -1
+		for p, h := range it.Holders {
+			if p != self && h.State == crdt.HolderComplete && h.UpdatedMs > best {
+				best, version = h.UpdatedMs, h.Manifest
+			}
+		}
 	}
 	mh, err := ParseHash(version)
 	if err != nil {
@@ -105,21 +103,7 @@ func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
 	if len(sources) == 0 {
 		return TransferStatus{}, fmt.Errorf("%w (version %s)", ErrNoHolder, version)
 	}
-	return l.start(id, mh, sources, follow)
-}
-
-// latestVersion is the version held complete by the most recently
-// updated holder other than this node; "" when none holds one.
-func (l *Library) latestVersion(it crdt.Item) string {
-	self := l.cfg.Host.ID().String()
-	var best int64 = -1
-	version := ""
-	for p, h := range it.Holders {
-		if p != self && h.State == crdt.HolderComplete && h.UpdatedMs > best {
-			best, version = h.UpdatedMs, h.Manifest
-		}
-	}
-	return version
+	return l.start(id, mh, sources)
 }
 
 // holdersOf returns the other nodes holding version of it, complete or
@@ -147,8 +131,8 @@ func (l *Library) holdersOf(it crdt.Item, version string, extra []peer.ID) []pee
 // start records a transfer of item id at mh and runs it on a goroutine.
 // Its context exists before the goroutine does, so that a Cancel that
 // comes first is not lost.
-func (l *Library) start(id string, mh Hash, sources []peer.ID, follow bool) (TransferStatus, error) {
-	t := &Transfer{ID: newTransferID(), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), progress: &Progress{}, done: make(chan struct{}), follow: follow}
+func (l *Library) start(id string, mh Hash, sources []peer.ID) (TransferStatus, error) {
+	t := &Transfer{ID: newTransferID(), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), progress: &Progress{}, done: make(chan struct{})}
 	for _, s := range sources {
 		t.Sources = append(t.Sources, s.String())
 	}
@@ -192,9 +176,6 @@ type jobInfo struct {
 	Item     string   `json:"item"`
 	Manifest string   `json:"manifest"`
 	Sources  []string `json:"sources"`
-	// Follow: the user asked for the item, not this version; the
-	// download moves to the item's new version if this one goes away.
-	Follow bool `json:"follow,omitempty"`
 }
 
 // recordJob creates the staging folder and writes its job.json, so that
@@ -233,34 +214,13 @@ func diskError(op, path string, err error) error {
 func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources []peer.ID, staging string, base *Served) {
 	err := ctx.Err()
 	if err == nil {
-		err = recordJob(staging, jobInfo{Item: t.Item, Manifest: t.Manifest, Sources: t.Sources, Follow: t.follow})
+		err = recordJob(staging, jobInfo{Item: t.Item, Manifest: t.Manifest, Sources: t.Sources})
 	}
 	recorded := err == nil
 	var m *Manifest
 	var fps map[string]fingerprint
-	for moves := 0; recorded; moves++ {
+	if recorded {
 		m, fps, err = l.fetchItem(ctx, t, mh, sources, staging, base)
-		if err == nil || !t.follow || ctx.Err() != nil || moves == maxMoves {
-			break
-		}
-		// The version's holders may have replaced it (a file changed
-		// under them): move to the item's new version. What was verified
-		// here is reused from this staging folder.
-		next, nsrc := l.awaitNewVersion(ctx, t.Item, mh)
-		if len(nsrc) == 0 {
-			break
-		}
-		nstaging := filepath.Join(l.cfg.Dir, dirStaging, t.Item+"-"+next.String()[:16])
-		if err = recordJob(nstaging, jobInfo{Item: t.Item, Manifest: next.String(), Sources: peerStrings(nsrc), Follow: true}); err != nil {
-			break
-		}
-		l.lg.Info().Str("item", t.Item).Str("from", mh.String()).Str("to", next.String()).Msg("download moved to the item's new version")
-		l.cfg.OnEvent("transfer.moved", map[string]any{"id": t.ID, "item": t.Item, "from": mh.String(), "to": next.String()})
-		l.mu.Lock()
-		t.MovedFrom = append(t.MovedFrom, t.Manifest)
-		t.Manifest, t.Sources, t.progress = next.String(), peerStrings(nsrc), &Progress{}
-		l.mu.Unlock()
-		mh, sources, staging = next, nsrc, nstaging
 	}
 	if err == nil {
 		err = l.swapIn(t.Item, staging)
@@ -464,46 +424,6 @@ func stagedChunks(staging string) ChunkSource {
 	}
 }
 
-// maxMoves bounds how often one download moves to a newer version.
-const maxMoves = 3
-
-// awaitNewVersion waits, up to newVersionWait, for the item's latest
-// version to be another than mh, and returns it with its holders.
-func (l *Library) awaitNewVersion(ctx context.Context, id string, mh Hash) (Hash, []peer.ID) {
-	deadline := time.Now().Add(newVersionWait)
-	for {
-		if it, ok, err := l.cfg.Doc.Item(id); err == nil && ok {
-			if v := l.latestVersion(it); v != "" && v != mh.String() {
-				if next, err := ParseHash(v); err == nil {
-					if src := l.holdersOf(it, v, nil); len(src) > 0 {
-						return next, src
-					}
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			return Hash{}, nil
-		}
-		select {
-		case <-ctx.Done():
-			return Hash{}, nil
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// newVersionWait is how long a download whose version's holders all went
-// away waits for the item's new version to be published.
-const newVersionWait = 10 * time.Second
-
-func peerStrings(ps []peer.ID) []string {
-	out := make([]string, len(ps))
-	for i, p := range ps {
-		out[i] = p.String()
-	}
-	return out
-}
-
 // localChunks supplies chunks from the item's current local version.
 func localChunks(sv *Served) ChunkSource {
 	type loc struct {
@@ -554,7 +474,7 @@ func (l *Library) resumeDownloads() {
 		it, _, _ := l.cfg.Doc.Item(job.Item)
 		list := l.holdersOf(it, job.Manifest, old)
 		l.lg.Info().Str("item", job.Item).Int("sources", len(list)).Msg("resuming an interrupted download")
-		if _, err := l.start(job.Item, mh, list, job.Follow); err != nil {
+		if _, err := l.start(job.Item, mh, list); err != nil {
 			l.lg.Warn().Str("item", job.Item).Err(err).Msg("cannot resume download")
 		}
 	}
@@ -653,10 +573,9 @@ func (l *Library) status(t *Transfer) TransferStatus {
 	l.mu.Lock()
 	st := TransferStatus{Transfer: *t}
 	st.Sources = append([]string{}, t.Sources...)
-	st.MovedFrom = slices.Clone(t.MovedFrom)
 	end := t.ended
-	p := t.progress
 	l.mu.Unlock()
+	p := t.progress
 	st.Total, st.Done, st.Fetched = p.Total.Load(), p.Done.Load(), p.Fetched.Load()
 	st.Reused, st.Resumed, st.BadChunks = p.Reused.Load(), p.Resumed.Load(), p.BadChunks.Load()
 	st.BySource, st.BadSources = map[string]int64{}, map[string]string{}
