@@ -153,3 +153,41 @@ func TestNewVersionReusesAnEarlierDownloadsChunks(t *testing.T) {
 		t.Fatalf("reused %d bytes of the %d the first download held (fetched %d of %d)", reused, held, fetched, v2.Manifest.Size())
 	}
 }
+
+// A file touched on the only holder (its times change, its bytes do
+// not) pauses a download instead of failing it: the holder answers
+// "changed", rescans to the same manifest, and serves again.
+func TestTouchedFilePausesTheDownload(t *testing.T) {
+	t.Parallel()
+	root := filepath.Join(t.TempDir(), "item")
+	writeBenchItem(t, root, 2, 8<<20)
+	holder, dst := testHost(t, "tcp"), testHost(t, "tcp")
+	connect(t, dst, holder)
+	cur := atomic.Pointer[Served]{}
+	sv, _ := servedScanned(t, root)
+	cur.Store(sv)
+	rescans := atomic.Int32{}
+	sv.changed = func() {
+		rescans.Add(1)
+		next, _ := servedScanned(t, root) // the library's rescan: same manifest, new fingerprints
+		cur.Store(next)
+	}
+	srv := NewServer(func(h Hash) (*Served, bool) { s := cur.Load(); return s, h == s.Hash }, zerolog.Nop(), Limits{})
+	holder.SetStreamHandler(benchProto, srv.Handle)
+	touched := filepath.Join(root, sv.Manifest.Files[1].Path)
+	later := time.Now().Add(time.Hour)
+	if err := os.Chtimes(touched, later, later); err != nil {
+		t.Fatal(err)
+	}
+	pr := &Progress{}
+	out := t.TempDir()
+	if _, err := Download(context.Background(), DownloadConfig{Host: dst, Protocol: benchProto, Manifest: sv.Hash,
+		Sources: []peer.ID{holder.ID()}, Staging: out, Progress: pr, Logger: zerolog.Nop(),
+		MoreSources: func() []peer.ID { return []peer.ID{holder.ID()} }}); err != nil {
+		t.Fatalf("a touched file failed the download: %v", err)
+	}
+	if rescans.Load() != 1 || len(pr.BadSources()) != 0 {
+		t.Fatalf("rescans %d, bad sources %v", rescans.Load(), pr.BadSources())
+	}
+	sameStaged(t, sv, out)
+}

@@ -57,10 +57,14 @@
 // peer may hold 8 streams at once and all peers together 256; a stream
 // beyond that is answered busy, with the reason. A holder never sends
 // bytes that no longer match its manifest: a file whose size,
-// modification time or inode moved on since the scan (checked when it is
+// modification or change time or inode moved on since the scan (checked when it is
 // opened and after each chunk is read) is answered "changed", and the
 // holder rescans the item and publishes its new version. The downloader
-// stops asking that holder, without reporting it for bad data.
+// stops asking that holder, without reporting it for bad data, and tries
+// it again after 5 s: a holder whose file was only touched serves the
+// same version again after its rescan. With no other source, the
+// download waits up to 15 s from the first "changed" for that. (A node of
+// an earlier version reads status 5 as a malformed answer and retries.)
 //
 // # Download
 //

@@ -58,6 +58,10 @@ type source struct {
 	bad     bool
 	noRuns  bool // an earlier version: one chunk per request
 	ended   time.Time
+	// changed is when the source last answered that a file changed
+	// under it: it rescans, and serves again if the content did not
+	// change (a touch), so it is tried again after restartAfter.
+	changed time.Time
 }
 
 // received is a run of chunks (one, or several small ones) read from a
@@ -74,6 +78,10 @@ type received struct {
 // restartAfter: a source whose worker gave up is tried again this long
 // after, if it is still listed.
 const restartAfter = 5 * time.Second
+
+// changedGrace is how long a download with no source left waits for a
+// source that answered "changed" to be tried again, before it gives up.
+const changedGrace = 3 * restartAfter
 
 func (f *fetcher) run() error {
 	var writers sync.WaitGroup
@@ -99,10 +107,16 @@ loop:
 			break loop
 		case <-tick.C:
 			f.refreshSources()
+			if f.live() == 0 && f.sc.left() > 0 && !f.awaitingChanged() {
+				f.mu.Lock()
+				f.setFatal(fmt.Errorf("transfer: %d chunks left and no source can supply them: %w", f.sc.left(), errors.Join(f.errs...)))
+				f.mu.Unlock()
+				break loop
+			}
 		case <-f.ended:
 			if f.live() == 0 {
 				f.refreshSources()
-				if f.live() == 0 && f.sc.left() > 0 {
+				if f.live() == 0 && f.sc.left() > 0 && !f.awaitingChanged() {
 					f.mu.Lock()
 					f.setFatal(fmt.Errorf("transfer: %d chunks left and no source can supply them: %w", f.sc.left(), errors.Join(f.errs...)))
 					f.mu.Unlock()
@@ -157,6 +171,14 @@ func (f *fetcher) addSources(ps []peer.ID) {
 			src.running, src.ended = false, time.Now()
 			if err != nil && f.ctx.Err() == nil {
 				src.bad = errors.Is(err, errBadData) || isRefusal(err)
+				// The grace runs from the first of a row of "changed"
+				// answers: a holder that keeps answering it (its rescan
+				// keeps failing) is not waited for forever.
+				if !isChanged(err) {
+					src.changed = time.Time{}
+				} else if src.changed.IsZero() {
+					src.changed = src.ended
+				}
 				f.errs = append(f.errs, fmt.Errorf("%s: %w", p, err))
 			}
 			f.mu.Unlock()
@@ -166,6 +188,19 @@ func (f *fetcher) addSources(ps []peer.ID) {
 			}
 		}()
 	}
+}
+
+// awaitingChanged reports whether a source answered "changed" within
+// changedGrace: the download waits for it to be tried again.
+func (f *fetcher) awaitingChanged() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, s := range f.srcs {
+		if !s.bad && !s.changed.IsZero() && time.Since(s.changed) < changedGrace {
+			return true
+		}
+	}
+	return false
 }
 
 func (f *fetcher) live() int {

@@ -345,7 +345,7 @@ func (sv *Served) openFile(root *os.Root, fi int) (*os.File, byte, error) {
 }
 
 // unchangedSince checks that the open file fi still has the fingerprint
-// of the scan: its size, modification time and inode. It is checked when
+// of the scan: its size, modification and change times and inode. It is checked when
 // the file is opened and again after a chunk is read from it, so bytes
 // written while they were read are not sent either.
 func (sv *Served) unchangedSince(fh *os.File, fi int) (byte, error) {
@@ -357,7 +357,8 @@ func (sv *Served) unchangedSince(fh *os.File, fi int) (byte, error) {
 		return StatusError, fmt.Errorf("stat %s: %v", sv.Manifest.Files[fi].Path, err)
 	}
 	now, was := fingerprintOf(st), sv.fps[fi]
-	if now.Size == was.Size && now.MtimeNs == was.MtimeNs && now.Ino == was.Ino {
+	// ctime too: unlike the modification time, no tool can set it back.
+	if now.Size == was.Size && now.MtimeNs == was.MtimeNs && now.Ino == was.Ino && now.Ctime == was.Ctime {
 		return StatusOK, nil
 	}
 	return StatusChanged, sv.noteChanged(sv.Manifest.Files[fi].Path)

@@ -225,6 +225,9 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	if err == nil {
 		err = l.swapIn(t.Item, staging)
 	}
+	if err == nil {
+		l.prune(t.Item) // still busy: no download of the item starts meanwhile
+	}
 	l.mu.Lock()
 	cancelled := t.State == TransferCancelled
 	l.mu.Unlock()

@@ -423,26 +423,22 @@ func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint) erro
 	}
 	l.setLocal(id, sv)
 	l.publish([]string{id})
-	l.prune(id)
+	l.prune("")
 	return nil
 }
 
-// prune removes what no version this node holds or fetches needs: the
-// manifest files of versions it no longer holds and, for item done (an
-// item whose download just ended; "" for none), the staging folders of
-// its other downloads, which the version now held makes useless (it has
-// every chunk of its own, and a later version reuses from it).
+// prune removes the manifest files of versions this node no longer holds
+// (nothing reads them back; they are kept for people and tools) and, for
+// item done ("" for none), the staging folders of its other downloads.
+// For an item, call it while the item is still busy with the swap that
+// put its new version in place: no download of it can start meanwhile,
+// and the version now held makes those folders useless (it has every
+// chunk of its own, and a later version reuses from it).
 func (l *Library) prune(done string) {
 	l.mu.Lock()
 	held := map[string]bool{}
 	for _, sv := range l.local {
 		held[sv.Hash.String()] = true
-	}
-	fetching := map[string]bool{}
-	for _, t := range l.transfers {
-		if t.State == TransferRunning {
-			fetching[t.Item+"-"+t.Manifest[:min(16, len(t.Manifest))]] = true
-		}
 	}
 	l.mu.Unlock()
 	dir := filepath.Join(l.cfg.Dir, dirManifests)
@@ -458,8 +454,11 @@ func (l *Library) prune(done string) {
 		return
 	}
 	for _, staging := range l.stagingDirs() {
-		if job, _, err := readJob(staging); err != nil || job.Item != done || fetching[filepath.Base(staging)] {
+		if job, _, err := readJob(staging); err != nil || job.Item != done {
 			continue
+		}
+		if _, err := os.Lstat(filepath.Join(staging, swapFile)); err == nil {
+			continue // a swap cut short: its recovery needs the folder
 		}
 		if err := os.RemoveAll(staging); err != nil {
 			l.lg.Warn().Str("staging", staging).Err(err).Msg("cannot remove an old download's staging folder")
