@@ -287,13 +287,18 @@ func genesisMessage(h *epochHeader) string {
 	return fmt.Sprintf("meshnode epoch %d\n%s%s", h.num, genesisPrefix, base64.RawURLEncoding.EncodeToString(h.encode()))
 }
 
+// isGenesisMessage reports whether a change message is a genesis's.
+func isGenesisMessage(msg string) bool {
+	return strings.HasPrefix(msg, "meshnode epoch ") && strings.Contains(msg, "\n"+genesisPrefix)
+}
+
 // parseGenesisMessage returns the header of a genesis message; ok is
 // false for a message that is not one.
 func parseGenesisMessage(msg string) (_ *epochHeader, ok bool, _ error) {
-	i := strings.Index(msg, "\n"+genesisPrefix)
-	if !strings.HasPrefix(msg, "meshnode epoch ") || i < 0 {
+	if !isGenesisMessage(msg) {
 		return nil, false, nil
 	}
+	i := strings.Index(msg, "\n"+genesisPrefix)
 	b, err := base64.RawURLEncoding.DecodeString(msg[i+1+len(genesisPrefix):])
 	if err != nil {
 		return nil, true, fmt.Errorf("%w: not base64url: %v", errEpoch, err)

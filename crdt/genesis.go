@@ -165,16 +165,25 @@ func stateAt(f *am.Doc, parent Epoch, num uint64, cut []Hash) (*genesisState, er
 	// A writer whose records hash to its attestation's root needs only
 	// the attestation's signature (attest.go).
 	att := attested(st.records)
+	// The parent genesis's group that names each key it holds.
+	parentGroup := map[string]int{}
+	if ph != nil {
+		for gi, g := range ph.groups {
+			for _, e := range g.entries {
+				if !e.inline {
+					parentGroup[e.key] = gi
+				}
+			}
+		}
+	}
 	for k, ci := range origin {
 		sk, _, _ := parseKey(k)
 		if att[sk.writer] && k != attestKey(sk.writer) {
 			continue
 		}
 		if ci == pg && pg >= 0 {
-			gi := slices.IndexFunc(ph.groups, func(g sigGroup) bool {
-				return slices.ContainsFunc(g.entries, func(e groupEntry) bool { return e.key == k && !e.inline })
-			})
-			if gi < 0 {
+			gi, ok := parentGroup[k]
+			if !ok {
 				return nil, fmt.Errorf("%w: the parent genesis holds %s with no signature for it", errEpoch, k)
 			}
 			fromParent[gi] = true

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 
 	am "github.com/automerge/automerge-go"
@@ -478,9 +477,4 @@ func epochOfDoc(doc *am.Doc) (Epoch, *epochHeader) {
 		return h.epoch(), h
 	}
 	return Epoch{}, nil
-}
-
-// isGenesisMessage reports whether a change message is a genesis's.
-func isGenesisMessage(msg string) bool {
-	return strings.HasPrefix(msg, "meshnode epoch ") && strings.Contains(msg, "\n"+genesisPrefix)
 }

@@ -389,11 +389,7 @@ func stagedChunks(staging string) ChunkSource {
 		return nil
 	}
 	firsts := m.firstChunks()
-	type loc struct {
-		path string
-		idx  int
-	}
-	where := map[Hash]loc{}
+	where := map[Hash]chunkLoc{}
 	for i := 0; i+4 <= len(log); i += 4 {
 		g := int(binary.LittleEndian.Uint32(log[i:]))
 		fi := sort.SearchInts(firsts, g+1) - 1
@@ -401,23 +397,33 @@ func stagedChunks(staging string) ChunkSource {
 			continue
 		}
 		f := m.Files[fi]
-		where[f.Chunks[g-firsts[fi]]] = loc{f.Path, g - firsts[fi]}
+		where[f.Chunks[g-firsts[fi]]] = chunkLoc{f.Path, g - firsts[fi]}
 	}
 	if len(where) == 0 {
 		return nil
 	}
-	data := filepath.Join(staging, stagingData)
+	return chunksIn(filepath.Join(staging, stagingData), where)
+}
+
+// chunkLoc is where a chunk lies: a file of an item and its index there.
+type chunkLoc struct {
+	path string
+	idx  int
+}
+
+// chunksIn supplies the chunks where lists from the files under root.
+func chunksIn(root string, where map[Hash]chunkLoc) ChunkSource {
 	return func(h Hash, buf []byte) bool {
 		lc, ok := where[h]
 		if !ok {
 			return false
 		}
-		root, err := os.OpenRoot(data)
+		r, err := os.OpenRoot(root)
 		if err != nil {
 			return false
 		}
-		defer root.Close()
-		f, err := root.Open(lc.path)
+		defer r.Close()
+		f, err := r.Open(lc.path)
 		if err != nil {
 			return false
 		}
@@ -429,34 +435,13 @@ func stagedChunks(staging string) ChunkSource {
 
 // localChunks supplies chunks from the item's current local version.
 func localChunks(sv *Served) ChunkSource {
-	type loc struct {
-		path string
-		idx  int
-	}
-	where := map[Hash]loc{}
+	where := map[Hash]chunkLoc{}
 	for _, f := range sv.Manifest.Files {
 		for i, h := range f.Chunks {
-			where[h] = loc{f.Path, i}
+			where[h] = chunkLoc{f.Path, i}
 		}
 	}
-	return func(h Hash, buf []byte) bool {
-		lc, ok := where[h]
-		if !ok {
-			return false
-		}
-		root, err := os.OpenRoot(sv.Root)
-		if err != nil {
-			return false
-		}
-		defer root.Close()
-		f, err := root.Open(lc.path)
-		if err != nil {
-			return false
-		}
-		defer f.Close()
-		n, _ := f.ReadAt(buf, int64(lc.idx)*ChunkSize)
-		return n == len(buf)
-	}
+	return chunksIn(sv.Root, where)
 }
 
 // resumeDownloads restarts the downloads a stop or crash interrupted,
