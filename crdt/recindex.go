@@ -1,6 +1,8 @@
 package crdt
 
 import (
+	"maps"
+	"slices"
 	"strings"
 
 	am "github.com/automerge/automerge-go"
@@ -56,7 +58,16 @@ type recIndex struct {
 	// node's records (attest.go) hashes them at every local commit, and a
 	// scan of every key of a 100,000-record document took milliseconds.
 	writerOf   string
-	writerKeys map[string]struct{}
+	writerKeys map[string]*writerLeaf
+	writerSort []string // writerKeys' keys in order; nil once one is added
+}
+
+// writerLeaf caches a key's attestation leaf (attest.go) for the record
+// it was computed from: records are replaced, never modified, so a leaf
+// is good while the record in force is the same pointer.
+type writerLeaf struct {
+	rec  *record
+	leaf [32]byte
 }
 
 func newRecIndex() *recIndex { return newRecIndexFor(0) }
@@ -80,7 +91,8 @@ func (x *recIndex) offer(key string, id opKey, r *record) {
 		x.keys[key] = recValue{id, r}
 		x.touched[key] = struct{}{}
 		if !ok && x.writerKeys != nil && keyOfWriter(key, x.writerOf) {
-			x.writerKeys[key] = struct{}{}
+			x.writerKeys[key] = &writerLeaf{}
+			x.writerSort = nil
 		}
 	}
 }
@@ -95,17 +107,27 @@ func keyOfWriter(key, writer string) bool {
 	return strings.HasSuffix(key, "/"+writer) && len(key) > len(writer)
 }
 
-// keysOf returns the single-writer keys of writer in force.
-func (x *recIndex) keysOf(writer string) map[string]struct{} {
+// keysOf returns the single-writer keys of writer in force, each with
+// its cached attestation leaf.
+func (x *recIndex) keysOf(writer string) map[string]*writerLeaf {
 	if x.writerKeys == nil || x.writerOf != writer {
-		x.writerOf, x.writerKeys = writer, map[string]struct{}{}
+		x.writerOf, x.writerKeys, x.writerSort = writer, map[string]*writerLeaf{}, nil
 		for k := range x.keys {
 			if keyOfWriter(k, writer) {
-				x.writerKeys[k] = struct{}{}
+				x.writerKeys[k] = &writerLeaf{}
 			}
 		}
 	}
 	return x.writerKeys
+}
+
+// sortedKeysOf is keysOf's keys in order, sorted once per key added.
+func (x *recIndex) sortedKeysOf(writer string) []string {
+	ks := x.keysOf(writer)
+	if x.writerSort == nil {
+		x.writerSort = slices.Sorted(maps.Keys(ks))
+	}
+	return x.writerSort
 }
 
 func laterOp(a, b opKey) bool {
