@@ -33,11 +33,9 @@ var attestDomain = []byte("meshnode/attest/1\x00")
 // attestRoot is the root over a writer's records (key to value; the
 // attestation itself is left out).
 func attestRoot(writer string, recs map[string][]byte) string {
-	leaves := make(map[string][32]byte, len(recs))
-	for k, v := range recs {
-		leaves[k] = attestLeaf(k, v)
-	}
-	return rootOfLeaves(writer, leaves)
+	return rootOf(writer, slices.Sorted(maps.Keys(recs)), func(k string) ([32]byte, bool) {
+		return attestLeaf(k, recs[k]), true
+	})
 }
 
 // attestLeaf is one record's leaf of an attestation root.
@@ -51,12 +49,6 @@ func attestLeaf(k string, v []byte) [32]byte {
 	var out [32]byte
 	l.Sum(out[:0])
 	return out
-}
-
-// rootOfLeaves hashes writer's leaves in key order.
-func rootOfLeaves(writer string, leaves map[string][32]byte) string {
-	keys := slices.Sorted(maps.Keys(leaves))
-	return rootOf(writer, keys, func(k string) ([32]byte, bool) { l, ok := leaves[k]; return l, ok })
 }
 
 // rootOf hashes the leaves of keys (sorted), skipping the attestation
