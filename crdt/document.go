@@ -534,10 +534,7 @@ func (d *Doc) applyChangeLocked(raw []byte, hash Hash, deps []Hash) (int64, bool
 	if d.has(hash) {
 		return 0, false, nil
 	}
-	if !d.hasAllLocked(deps) || len(deps) == 0 && d.Epoch().Num > 0 {
-		// A change with no dependencies in an epoch after the first is
-		// the root of another epoch's document (a node that has not
-		// switched yet): anti-entropy's hello sorts the epochs out.
+	if !d.hasAllLocked(deps) {
 		return 0, false, ErrMissingDeps
 	}
 	c, n, err := parseChange(raw)
@@ -548,6 +545,9 @@ func (d *Doc) applyChangeLocked(raw []byte, hash Hash, deps []Hash) (int64, bool
 		return 0, false, fmt.Errorf("%w: change bytes do not hash to the announced %s", ErrCorrupt, hash)
 	}
 	if !d.hasAllLocked(c.deps) || len(c.deps) == 0 && d.Epoch().Num > 0 {
+		// A change with no dependencies in an epoch after the first is
+		// the root of another epoch's document (a node that has not
+		// switched yet): anti-entropy's hello sorts the epochs out.
 		return 0, false, ErrMissingDeps
 	}
 	in := d.newIntake(true)
