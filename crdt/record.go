@@ -29,6 +29,7 @@ import (
 //
 //	node:     name, addrs list, version, roles list, started_ms, last_seen_ms, alive u8
 //	holder:   manifest, version, size, files, state, updated_ms
+//	          [gen, parent, next: present only when one is not zero/empty]
 //	presence: expiry_ms
 //	attest:   root (hex SHA-256 over the writer's other records, attest.go)
 //
@@ -113,6 +114,11 @@ func (r *record) appendFields(b []byte) []byte {
 		b = binary.AppendVarint(b, h.Files)
 		b = appendStr(b, h.State)
 		b = binary.AppendVarint(b, h.UpdatedMs)
+		if h.Gen != 0 || h.Parent != "" || h.Next != "" {
+			b = binary.AppendVarint(b, h.Gen)
+			b = appendStr(b, h.Parent)
+			b = appendStr(b, h.Next)
+		}
 	case recPresence:
 		b = binary.AppendVarint(b, r.expiryMs)
 	case recAttest:
@@ -192,6 +198,14 @@ func decodeRecord(b []byte) (*record, error) {
 		h.Files = p.varint()
 		h.State = unique.Make(p.str()).Value()
 		h.UpdatedMs = p.varint()
+		if len(p.b) > 0 && p.err == nil {
+			h.Gen = p.varint()
+			h.Parent = unique.Make(p.str()).Value()
+			h.Next = unique.Make(p.str()).Value()
+			if err := checkLineage(h); err != nil {
+				p.fail("%v", err)
+			}
+		}
 	case recPresence:
 		r.expiryMs = p.varint()
 	case recAttest:

@@ -51,7 +51,23 @@ type Holder struct {
 	Files     int64  `json:"files"`
 	State     string `json:"state"`
 	UpdatedMs int64  `json:"updated_ms"`
+	// Gen is the version's generation: one more than the highest the
+	// item had when the version was first published. Every holder of a
+	// version copies it from the version's first publisher, so the
+	// order of versions is a fact of the document, not of clocks or of
+	// which holder wrote last. 0: written by a node that predates it.
+	Gen int64 `json:"gen,omitempty"`
+	// Parent is the manifest this version replaced where it was first
+	// published ("" for an item's first version).
+	Parent string `json:"parent,omitempty"`
+	// Next is the manifest of a newer version this holder is fetching
+	// while it still holds Manifest: it serves the chunks of Next it has
+	// verified, so that an update swarms like a first download.
+	Next string `json:"next,omitempty"`
 }
+
+// MaxGen bounds a holder's generation (JavaScript's safe integers).
+const MaxGen = 1<<53 - 1
 
 // Room is one entry at rooms/<topic>.
 type Room struct {
@@ -90,6 +106,33 @@ func checkHolderState(s string) error {
 		return fmt.Errorf("crdt: holder state %q is not %q or %q", s, HolderComplete, HolderPartial)
 	}
 	return nil
+}
+
+// checkLineage checks a holder's version fields: a generation in
+// [0, MaxGen], and a parent or next version that is empty or a manifest
+// hash (64 lowercase hex digits).
+func checkLineage(h *Holder) error {
+	if h.Gen < 0 || h.Gen > MaxGen {
+		return fmt.Errorf("generation %d is outside [0, %d]", h.Gen, MaxGen)
+	}
+	for _, f := range []struct{ name, v string }{{"parent", h.Parent}, {"next", h.Next}} {
+		if f.v != "" && !isHash(f.v) {
+			return fmt.Errorf("%s %q is not a manifest hash (64 lowercase hex digits)", f.name, f.v)
+		}
+	}
+	return nil
+}
+
+func isHash(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // Room credentials, as stored at rooms/<topic>/creds: unpadded base64url of

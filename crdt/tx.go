@@ -154,7 +154,7 @@ func (tx *Tx) SetItemName(item, name string) {
 // SetHolder writes library/<item>/holders/<peer>; peer must be the
 // signer's.
 func (tx *Tx) SetHolder(item, peer string, h Holder) {
-	if err := firstErr(checkKey("item id", item), checkHolderState(h.State)); err != nil {
+	if err := firstErr(checkKey("item id", item), checkHolderState(h.State), lineageErr(&h)); err != nil {
 		tx.add(err, nil)
 		return
 	}
@@ -212,6 +212,14 @@ func (tx *Tx) SetRoomState(topic, key, value string) {
 	tx.add(err, func(d *am.Doc) error {
 		return d.Path(roomStateKey(topic, key)).Set(value)
 	})
+}
+
+// lineageErr is checkLineage as an ErrInvalidValue.
+func lineageErr(h *Holder) error {
+	if err := checkLineage(h); err != nil {
+		return fmt.Errorf("%w: holder: %v", ErrInvalidValue, err)
+	}
+	return nil
 }
 
 func firstErr(errs ...error) error {

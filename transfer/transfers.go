@@ -70,8 +70,7 @@ var ErrNoHolder = errors.New("transfer: no other node holds that item complete")
 var ErrBusy = errors.New("transfer: the item has a download in flight")
 
 // StartDownload starts downloading item id at manifest version (empty: the
-// version held complete by the most recently updated holder) from every
-// holder of that version.
+// latest version: versions.go) from every holder of that version.
 func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
 	if err := ValidItemID(id); err != nil {
 		return TransferStatus{}, fmt.Errorf("transfer: item %q: %w", id, err)
@@ -85,11 +84,11 @@ func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
 	}
 	self := l.cfg.Host.ID().String()
 	if version == "" {
-		var best int64 = -1
-		for p, h := range it.Holders {
-			if p != self && h.State == crdt.HolderComplete && h.UpdatedMs > best {
-				best, version = h.UpdatedMs, h.Manifest
-			}
+		// The latest version, not the latest some other node holds: a
+		// node that holds the latest itself has nothing to download.
+		version = latestOf(it, "")
+		if h, ok := it.Holders[self]; ok && h.State == crdt.HolderComplete && h.Manifest == version {
+			return TransferStatus{}, fmt.Errorf("transfer: this node already holds the latest version of %s (%s)", id, version)
 		}
 	}
 	mh, err := ParseHash(version)
@@ -107,7 +106,7 @@ func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
 }
 
 // holdersOf returns the other nodes holding version of it, complete or
-// partial (downloading it and serving what they have), with extra peers
+// partial (downloading it and serving what they have, Next included), with extra peers
 // added, sorted and without repeats.
 func (l *Library) holdersOf(it crdt.Item, version string, extra []peer.ID) []peer.ID {
 	set := map[peer.ID]bool{}
@@ -115,7 +114,7 @@ func (l *Library) holdersOf(it crdt.Item, version string, extra []peer.ID) []pee
 		set[p] = true
 	}
 	for p, h := range it.Holders {
-		if pid, err := peer.Decode(p); err == nil && h.Manifest == version && (h.State == crdt.HolderComplete || h.State == crdt.HolderPartial) {
+		if pid, err := peer.Decode(p); err == nil && (h.Manifest == version || h.Next == version) {
 			set[pid] = true
 		}
 	}
@@ -584,21 +583,34 @@ func (l *Library) status(t *Transfer) TransferStatus {
 }
 
 // servePartial makes a download's verified chunks available to the fleet
-// and, when this node holds no version of the item, publishes it as a
-// partial holder so that others downloading the same version find it. It
-// reports whether it published. A node that holds an older version keeps
-// advertising that one complete instead.
+// and publishes this node as their holder, so that others downloading the
+// same version find it: as a partial holder when this node holds no
+// version of the item, else by naming the version in its entry's Next. It
+// reports whether it published.
 func (l *Library) servePartial(id string, sv *Served) bool {
 	l.mu.Lock()
 	l.partial[sv.Hash] = sv
-	holds := l.local[id] != nil
 	l.mu.Unlock()
-	if holds {
+	self := l.cfg.Host.ID().String()
+	it, _, err := l.cfg.Doc.Item(id)
+	if err != nil {
 		return false
 	}
-	self := l.cfg.Host.ID().String()
-	h := crdt.Holder{Manifest: sv.Hash.String(), Size: sv.Manifest.Size(), Files: int64(len(sv.Manifest.Files)), State: crdt.HolderPartial, UpdatedMs: l.cfg.Now().UnixMilli()}
-	_, err := l.cfg.Doc.Update("library partial", func(tx *crdt.Tx) error {
+	m := sv.Hash.String()
+	h, held := it.Holders[self]
+	switch {
+	case held && h.State == crdt.HolderComplete && h.Manifest != m:
+		h.Next = m
+	case held && h.State == crdt.HolderComplete:
+		return false
+	default:
+		h = crdt.Holder{Manifest: m, Size: sv.Manifest.Size(), Files: int64(len(sv.Manifest.Files)), State: crdt.HolderPartial}
+		if v, ok := knownVersion(it, m); ok {
+			h.Gen, h.Parent = v.Gen, v.Parent
+		}
+	}
+	h.UpdatedMs = l.cfg.Now().UnixMilli()
+	_, err = l.cfg.Doc.Update("library partial", func(tx *crdt.Tx) error {
 		tx.SetHolder(id, self, h)
 		return nil
 	})
@@ -609,9 +621,10 @@ func (l *Library) servePartial(id string, sv *Served) bool {
 	return true
 }
 
-// withdrawPartial stops serving a download's chunks; with unpublish, it
-// also removes the partial holder entry (a download that failed or was
-// cancelled: a finished one is replaced by its complete entry).
+// withdrawPartial stops serving a download's chunks; with unpublish (a
+// download that failed or was cancelled: a finished one is replaced by
+// its complete entry), it also takes back what servePartial published:
+// the partial holder entry, or the Next of a complete one.
 func (l *Library) withdrawPartial(id string, h Hash, unpublish bool) {
 	l.mu.Lock()
 	delete(l.partial, h)
@@ -620,8 +633,26 @@ func (l *Library) withdrawPartial(id string, h Hash, unpublish bool) {
 		return
 	}
 	self := l.cfg.Host.ID().String()
-	_, err := l.cfg.Doc.Update("library partial withdrawn", func(tx *crdt.Tx) error {
-		tx.RemoveHolder(id, self)
+	it, _, err := l.cfg.Doc.Item(id)
+	if err != nil {
+		return
+	}
+	cur, held := it.Holders[self]
+	m := h.String()
+	switch {
+	case !held:
+		return
+	case cur.State == crdt.HolderComplete && cur.Next == m:
+		cur.Next, cur.UpdatedMs = "", l.cfg.Now().UnixMilli()
+	case cur.State != crdt.HolderPartial || cur.Manifest != m:
+		return
+	}
+	_, err = l.cfg.Doc.Update("library partial withdrawn", func(tx *crdt.Tx) error {
+		if cur.State == crdt.HolderComplete {
+			tx.SetHolder(id, self, cur)
+		} else {
+			tx.RemoveHolder(id, self)
+		}
 		return nil
 	})
 	if err != nil {

@@ -22,13 +22,17 @@ type ItemVersion struct {
 	Holders  []string `json:"holders"`
 	Partial  []string `json:"partial_holders,omitempty"`
 	Updated  int64    `json:"updated_ms"`
+	// Gen is the version's generation and Parent the version it replaced
+	// (versions.go).
+	Gen    int64  `json:"gen"`
+	Parent string `json:"parent,omitempty"`
 }
 
 // ItemView is one item of the fleet's library as GET /v1/library shows it.
 type ItemView struct {
 	ID       string        `json:"id"`
 	Name     string        `json:"name"`
-	Latest   string        `json:"latest"` // manifest of the most recently updated complete holder
+	Latest   string        `json:"latest"` // manifest of the complete version of the highest generation
 	Versions []ItemVersion `json:"versions"`
 	Local    string        `json:"local"`
 	LocalVer string        `json:"local_manifest,omitempty"`
@@ -74,33 +78,10 @@ func (l *Library) View() ([]ItemView, error) {
 	return out, nil
 }
 
-// itemView is item id as the document has it: its versions, newest
+// itemView is item id as the document has it: its versions, latest
 // first, and the latest complete one; Local is LocalAbsent.
 func itemView(id string, it crdt.Item) ItemView {
-	v := ItemView{ID: id, Name: it.Name, Versions: []ItemVersion{}, Local: LocalAbsent}
-	byM := map[string]*ItemVersion{}
-	var latest int64 = -1
-	for p, h := range it.Holders {
-		iv := byM[h.Manifest]
-		if iv == nil {
-			iv = &ItemVersion{Manifest: h.Manifest, Size: h.Size, Files: h.Files}
-			byM[h.Manifest] = iv
-		}
-		if h.State == crdt.HolderComplete {
-			iv.Holders = append(iv.Holders, p)
-			if h.UpdatedMs > latest {
-				latest, v.Latest = h.UpdatedMs, h.Manifest
-			}
-		} else {
-			iv.Partial = append(iv.Partial, p)
-		}
-		iv.Updated = max(iv.Updated, h.UpdatedMs)
-	}
-	for _, iv := range byM {
-		sort.Strings(iv.Holders)
-		sort.Strings(iv.Partial)
-		v.Versions = append(v.Versions, *iv)
-	}
-	sort.Slice(v.Versions, func(i, j int) bool { return v.Versions[i].Updated > v.Versions[j].Updated })
+	v := ItemView{ID: id, Name: it.Name, Versions: versionsOf(it), Local: LocalAbsent}
+	v.Latest = latestOf(it, "")
 	return v
 }

@@ -378,7 +378,12 @@ func (l *Library) publish(ids []string) {
 				continue
 			}
 			want := crdt.Holder{Manifest: r.sv.Hash.String(), Size: r.sv.Manifest.Size(), Files: int64(len(r.sv.Manifest.Files)), State: crdt.HolderComplete, UpdatedMs: now}
-			if had && old.Manifest == want.Manifest && old.Size == want.Size && old.Files == want.Files && old.State == want.State {
+			prev := ""
+			if had && old.State == crdt.HolderComplete {
+				prev = old.Manifest
+			}
+			want.Gen, want.Parent = lineage(cur, want.Manifest, prev)
+			if had && sameHolding(old, want) {
 				continue
 			}
 			tx.SetHolder(r.id, self, want)
@@ -396,6 +401,13 @@ func (l *Library) publish(ids []string) {
 	for _, id := range changed {
 		l.cfg.OnEvent("item.scanned", map[string]any{"item": id})
 	}
+}
+
+// sameHolding reports whether a published holder entry already says
+// what want says, apart from its update time.
+func sameHolding(old, want crdt.Holder) bool {
+	old.UpdatedMs, old.Version = want.UpdatedMs, want.Version
+	return old == want
 }
 
 // adopt makes a downloaded item known and published without hashing it

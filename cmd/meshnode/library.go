@@ -52,7 +52,7 @@ func runLibrary(args []string, out io.Writer) error {
 func runGet(args []string, out, errOut io.Writer) error {
 	fs := flag.NewFlagSet("meshnode get", flag.ContinueOnError)
 	var manifest string
-	fs.StringVar(&manifest, "manifest", "", "version to fetch (default: the most recently updated complete holder's)")
+	fs.StringVar(&manifest, "manifest", "", "version to fetch (default: the latest, the highest generation held complete)")
 	dir, _, pos, err := clientArgsWith(fs, args, 1)
 	if err != nil {
 		return err

@@ -1,0 +1,56 @@
+package transfer
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/meshnode/meshnode/crdt"
+)
+
+func TestVersionOrder(t *testing.T) {
+	t.Parallel()
+	m := func(c string) string { return strings.Repeat(c, 64) }
+	complete := func(man string, gen, upd int64, parent string) crdt.Holder {
+		return crdt.Holder{Manifest: man, State: crdt.HolderComplete, Gen: gen, UpdatedMs: upd, Parent: parent}
+	}
+	it := crdt.Item{Holders: map[string]crdt.Holder{
+		"old":     complete(m("1"), 1, 900, ""), // updated last, but of generation 1
+		"pub":     complete(m("2"), 2, 100, m("1")),
+		"updater": {Manifest: m("1"), State: crdt.HolderComplete, Gen: 1, UpdatedMs: 50, Next: m("2")},
+		"fresh":   {Manifest: m("2"), State: crdt.HolderPartial, Gen: 2, Parent: m("1"), UpdatedMs: 60},
+		"legacy":  complete(m("0"), 0, 999, ""),
+	}}
+	vs := versionsOf(it)
+	if len(vs) != 3 || vs[0].Manifest != m("2") || vs[1].Manifest != m("1") || vs[2].Manifest != m("0") {
+		t.Fatalf("order %v, want generations 2, 1, 0", vs)
+	}
+	if got := vs[0].Partial; len(got) != 2 || got[0] != "fresh" || got[1] != "updater" {
+		t.Fatalf("v2's partial holders %v, want the partial one and the one fetching it as Next", got)
+	}
+	if vs[0].Parent != m("1") || vs[0].Gen != 2 {
+		t.Fatalf("v2 is gen %d parent %s", vs[0].Gen, vs[0].Parent)
+	}
+	if got := latestOf(it, ""); got != m("2") {
+		t.Fatalf("latest %s", got)
+	}
+	if got := latestOf(it, "pub"); got != m("1") {
+		t.Fatalf("latest held by another than pub: %s, want v1", got)
+	}
+	// Publishing: a known version keeps its lineage; a new one goes one
+	// generation above every version, with what the publisher held as
+	// its parent.
+	if g, p := lineage(it, m("1"), ""); g != 1 || p != "" {
+		t.Fatalf("known v1: gen %d parent %q", g, p)
+	}
+	if g, p := lineage(it, m("3"), m("1")); g != 3 || p != m("1") {
+		t.Fatalf("new v3: gen %d parent %q", g, p)
+	}
+	if g, p := lineage(it, m("0"), m("0")); g != 3 || p != "" {
+		t.Fatalf("legacy v0 republished: gen %d parent %q", g, p)
+	}
+	// Two versions of one generation: the later update, then the hash.
+	tie := crdt.Item{Holders: map[string]crdt.Holder{"x": complete(m("a"), 4, 10, ""), "y": complete(m("b"), 4, 10, "")}}
+	if got := latestOf(tie, ""); got != m("b") {
+		t.Fatalf("tie broken to %s", got)
+	}
+}
