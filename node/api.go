@@ -164,6 +164,8 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("POST /v1/doc/changes", n.handlePostChanges)
 	mux.HandleFunc("GET /v1/library", n.handleLibrary)
 	mux.HandleFunc("POST /v1/items/{id}/download", n.handleDownload)
+	mux.HandleFunc("POST /v1/items/{id}/follow", n.handleFollow)
+	mux.HandleFunc("DELETE /v1/items/{id}/follow", n.handleUnfollow)
 	mux.HandleFunc("GET /v1/transfers", n.handleTransfers)
 	mux.HandleFunc("GET /v1/transfers/{id}", n.handleTransfer)
 	mux.HandleFunc("DELETE /v1/transfers/{id}", n.handleCancel)
@@ -463,9 +465,44 @@ func (n *Node) handleLibrary(w http.ResponseWriter, _ *http.Request) {
 
 // DownloadRequest is the optional body of POST /v1/items/{id}/download.
 type DownloadRequest struct {
-	// Manifest picks a version; empty: the version held complete by the
-	// most recently updated holder.
+	// Manifest pins a version; empty: the latest (the complete version
+	// of the highest generation), and the download moves on to a newer
+	// version published while it runs.
 	Manifest string `json:"manifest"`
+}
+
+// FollowStatus answers POST and DELETE /v1/items/{id}/follow.
+type FollowStatus struct {
+	Item      string `json:"item"`
+	Following bool   `json:"following"`
+	transfer.FollowInfo
+}
+
+func (n *Node) handleFollow(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if err := transfer.ValidItemID(id); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_item", fmt.Sprintf("item %q: %v", id, err))
+		return
+	}
+	fi, err := n.Library.Follow(id)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "follow_write", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, FollowStatus{Item: id, Following: true, FollowInfo: fi})
+}
+
+func (n *Node) handleUnfollow(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	err := n.Library.Unfollow(id)
+	switch {
+	case errors.Is(err, transfer.ErrNotFollowed):
+		writeError(w, http.StatusNotFound, "not_followed", err.Error())
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, "follow_write", err.Error())
+	default:
+		writeJSON(w, http.StatusOK, FollowStatus{Item: id})
+	}
 }
 
 func (n *Node) handleDownload(w http.ResponseWriter, r *http.Request) {

@@ -91,6 +91,10 @@ type Config struct {
 	// it is renewed at half its life while the topic is open. Liveness in
 	// between comes from heartbeats.
 	RoomLease time.Duration
+	// MaxSendRate bounds the bytes per second this node sends to peers
+	// downloading its items, all together [max-send-rate]. Default 0: no
+	// bound; otherwise at least 65536 (a 1 MiB chunk waits for its turn).
+	MaxSendRate int64
 	// CutBytes, CutMinAge and CutGrace are the document's cut rule
 	// (crdt/cutrule.go): the fleet cuts the document's history into a new
 	// epoch once it takes CutBytes on disk and is at least half history,
@@ -212,6 +216,9 @@ func (c *Config) validate() error {
 	if c.RoomLease < time.Second {
 		errs = append(errs, fmt.Errorf("room-lease: %v is below 1s", c.RoomLease))
 	}
+	if c.MaxSendRate != 0 && c.MaxSendRate < 64<<10 {
+		errs = append(errs, fmt.Errorf("max-send-rate: %d bytes/s is below 65536 (0 means no bound); a 1 MiB chunk would wait over 16 s", c.MaxSendRate))
+	}
 	if c.CutBytes < 16<<10 {
 		errs = append(errs, fmt.Errorf("cut-bytes: %d is below 16384 (a cut costs a rebuild of the document)", c.CutBytes))
 	}
@@ -317,6 +324,7 @@ func (c *Config) Flags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Share, "share", c.Share, "share folder: each subfolder is an item (default: share inside the data dir)")
 	fs.DurationVar(&c.ScanInterval, "scan-interval", c.ScanInterval, "time between full rescans of the share folder")
 	fs.DurationVar(&c.RoomLease, "room-lease", c.RoomLease, "lifetime of a room presence lease in the document (renewed at half)")
+	fs.Int64Var(&c.MaxSendRate, "max-send-rate", c.MaxSendRate, "bytes per second this node sends to peers downloading its items, all together (0: no bound)")
 	fs.Int64Var(&c.CutBytes, "cut-bytes", c.CutBytes, "cut the document's history into a new epoch once it takes this many bytes on disk and is half history")
 	fs.DurationVar(&c.CutMinAge, "cut-min-age", c.CutMinAge, "an epoch is cut at most this often")
 	fs.DurationVar(&c.CutGrace, "cut-grace", c.CutGrace, "switch to a proposed epoch this long after seeing the proposal")

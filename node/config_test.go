@@ -47,6 +47,7 @@ func TestConfigErrorsNameTheSetting(t *testing.T) {
 		{[]string{"--relay", "not-a-multiaddr"}, nil, "relay address \"not-a-multiaddr\""},
 		{[]string{"--relay-limit-data", "-1"}, nil, "relay-limit-data: -1 is negative"},
 		{[]string{"--relay-limit-duration", "-1s"}, nil, "relay-limit-duration"},
+		{[]string{"--max-send-rate", "1000"}, nil, "max-send-rate: 1000 bytes/s is below 65536"},
 		{[]string{"--relay-max-circuits", "0"}, nil, "relay-max-circuits: 0 must be at least 1"},
 		{[]string{"--relay-max-reservations", "0"}, nil, "relay-max-reservations"},
 		{[]string{"--max-mesh-peers", "65"}, nil, "max-mesh-peers: 65 is outside 0..64"},

@@ -591,14 +591,12 @@ func TestDownloadersSwarm(t *testing.T) {
 	}
 }
 
-// The sequence with real nodes: A holds an item of three files;
-// B downloads it from A, slowly; one of A's files changes in the middle.
-// A answers "changed" and is not reported for bad data; B's download
-// stops for want of a source; B's second download of the item brings the
-// new version, reusing the chunks the first one verified.
-func TestChangeMidDownloadReusesVerifiedChunks(t *testing.T) {
-	t.Parallel()
-	c := newCluster(t, 2)
+// changeMidDownload: A holds an item of three files of 8 MiB; B starts
+// downloading it from A, slowly (pinned to its version if pin); when B is
+// halfway, the middle of one of A's files changes in place. It returns
+// B's transfer once ended, the first version and the changed file's
+// size.
+func changeMidDownload(t *testing.T, c *cluster, pin bool) (transfer.TransferStatus, string) {
 	a, b := c.nodes[0], c.nodes[1]
 	c.waitFormed(t, 1)
 	files := map[string]testFile{"a.bin": {randBytes(8 << 20), 0o644}, "b.bin": {randBytes(8 << 20), 0o644}, "c.bin": {randBytes(8 << 20), 0o644}}
@@ -606,7 +604,11 @@ func TestChangeMidDownloadReusesVerifiedChunks(t *testing.T) {
 	replaceXferHandler(t, a, func(s network.Stream) {
 		a.Library.Server().Handle(slowStream{Stream: s, delay: 20 * time.Millisecond})
 	})
-	st, err := b.Library.StartDownload("game", "")
+	version := ""
+	if pin {
+		version = v1
+	}
+	st, err := b.Library.StartDownload("game", version)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -614,46 +616,88 @@ func TestChangeMidDownloadReusesVerifiedChunks(t *testing.T) {
 		s, _ := b.Library.TransferByID(st.ID)
 		return s.Done >= 8<<20
 	})
-	// The patch: the middle of one file changes in place, size kept.
 	patched := slices.Clone(files["c.bin"].data)
 	patched[len(patched)/2] ^= 0xff
 	if err := os.WriteFile(filepath.Join(shareDir(a), "game", "c.bin"), patched, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var first transfer.TransferStatus
-	waitFor(t, 60*time.Second, "B's first download to end", func() bool {
+	waitFor(t, 90*time.Second, "B's download to end", func() bool {
 		first, _ = b.Library.TransferByID(st.ID)
 		return first.State != transfer.TransferRunning
 	})
+	if len(first.BadSources) != 0 {
+		t.Fatalf("A was reported for bad data: %v", first.BadSources)
+	}
+	replaceXferHandler(t, a, a.Library.Server().Handle)
+	return first, v1
+}
+
+// checkCleanedUp: B's staging is empty and both nodes keep only the
+// manifest of the version they hold.
+func checkCleanedUp(t *testing.T, c *cluster, held string) {
+	t.Helper()
+	b := c.nodes[1]
+	if left, _ := os.ReadDir(filepath.Join(b.cfg.DataDir, DirLibrary, "staging")); len(left) != 0 {
+		t.Fatalf("staging folders left after the new version arrived: %v", left)
+	}
+	for _, n := range c.nodes[:2] {
+		dir := filepath.Join(n.cfg.DataDir, DirLibrary, "manifests")
+		waitFor(t, 10*time.Second, "only the held version's manifest on "+n.cfg.Name, func() bool {
+			ms, _ := os.ReadDir(dir)
+			return len(ms) == 1 && ms[0].Name() == held
+		})
+	}
+}
+
+// The sequence with real nodes. B asked for the item, so its one
+// download moves to the new version when A publishes it: it ends with
+// the new version, byte-identical, having fetched at most one chunk more
+// than the item (the changed region, fetched once in each version); A is
+// never reported for bad data.
+func TestChangeMidDownloadMovesToTheNewVersion(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 2)
+	a, b := c.nodes[0], c.nodes[1]
+	st, v1 := changeMidDownload(t, c, false)
+	t.Logf("moved from %v: fetched %d, reused %d of %d, elsewhere %d", st.MovedFrom, st.Fetched, st.Reused, st.Total, st.Elsewhere)
+	if st.State != transfer.TransferDone {
+		t.Fatalf("the download ended %s: %s", st.State, st.Error)
+	}
+	if v2 := itemViewOf(t, a, "game").Latest; st.Manifest != v2 || len(st.MovedFrom) != 1 || st.MovedFrom[0] != v1 {
+		t.Fatalf("the download ended at %s having moved from %v; A's version is %s, the first %s", st.Manifest, st.MovedFrom, v2, v1)
+	}
+	if st.Fetched > st.Total+transfer.ChunkSize {
+		t.Fatalf("fetched %d bytes for an item of %d: more than one chunk was fetched twice", st.Fetched, st.Total)
+	}
+	sameTree(t, treeOf(t, filepath.Join(shareDir(a), "game")), treeOf(t, filepath.Join(shareDir(b), "game")))
+	checkCleanedUp(t, c, st.Manifest)
+}
+
+// A download pinned to a version stays on it: when that version goes, it
+// stops for want of a source, and B's next download of the item brings
+// the new version, reusing the chunks the first one verified.
+func TestChangeMidPinnedDownloadReusesVerifiedChunks(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 2)
+	a, b := c.nodes[0], c.nodes[1]
+	first, v1 := changeMidDownload(t, c, true)
 	if first.State == transfer.TransferDone {
 		t.Skip("the first download finished before the file changed")
 	}
-	if len(first.BadSources) != 0 {
-		t.Fatalf("A was reported for bad data: %v", first.BadSources)
+	if len(first.MovedFrom) != 0 {
+		t.Fatalf("a pinned download moved from %v", first.MovedFrom)
 	}
 	waitFor(t, 30*time.Second, "A's new version on B", func() bool {
 		it, _, _ := b.Doc.Item("game")
 		h := it.Holders[a.ID().String()]
 		return h.Manifest != "" && h.Manifest != v1
 	})
-	replaceXferHandler(t, a, a.Library.Server().Handle)
 	second := download(t, b, "game")
 	t.Logf("first download: %d bytes verified; second: reused %d, fetched %d of %d", first.Done, second.Reused, second.Fetched, second.Total)
 	if second.Reused < first.Done-(1<<20) {
 		t.Fatalf("the second download reused %d bytes of the %d the first verified", second.Reused, first.Done)
 	}
 	sameTree(t, treeOf(t, filepath.Join(shareDir(a), "game")), treeOf(t, filepath.Join(shareDir(b), "game")))
-	// Cleanup: the first download's staging and v1's manifest are gone;
-	// only what the version held now needs is left.
-	lib := filepath.Join(b.cfg.DataDir, DirLibrary)
-	if left, _ := os.ReadDir(filepath.Join(lib, "staging")); len(left) != 0 {
-		t.Fatalf("staging folders left after the new version arrived: %v", left)
-	}
-	for _, n := range []*Node{a, b} {
-		dir := filepath.Join(n.cfg.DataDir, DirLibrary, "manifests")
-		waitFor(t, 10*time.Second, "only the held version's manifest on "+n.cfg.Name, func() bool {
-			ms, _ := os.ReadDir(dir)
-			return len(ms) == 1 && ms[0].Name() == second.Manifest
-		})
-	}
+	checkCleanedUp(t, c, second.Manifest)
 }

@@ -45,6 +45,7 @@ type Progress struct {
 	Reused     atomic.Int64 // bytes copied from the local older version
 	Resumed    atomic.Int64 // bytes found already verified in staging
 	BadChunks  atomic.Int64 // chunks that failed verification
+	Elsewhere  atomic.Int64 // requests a complete source sent to the swarm (StatusElsewhere)
 	mu         sync.Mutex
 	bySource   map[peer.ID]int64
 	badSources map[peer.ID]string
@@ -112,6 +113,9 @@ type DownloadConfig struct {
 	// this download holds verified, and must be withdrawn before the
 	// staging folder moves or is removed.
 	Serve func(*Served)
+	// Reused, if set, is called once the chunks Local supplies are
+	// copied into staging, before any fetch.
+	Reused func()
 	// Writers verify and write received chunks. Default 2.
 	Writers int
 
@@ -208,6 +212,9 @@ func fetchStaged(ctx context.Context, cfg DownloadConfig) (*Manifest, map[string
 	}
 	if need, err = d.reuse(need); err != nil {
 		return nil, nil, err
+	}
+	if cfg.Reused != nil {
+		cfg.Reused()
 	}
 	if len(need) > 0 {
 		if err := d.fetch(ctx, need); err != nil {

@@ -359,10 +359,17 @@ func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p
 			f.releaseRun(r.g, r.g+r.count)
 		}
 	}()
+	// Chunks a complete source answered StatusElsewhere for: not asked of
+	// it again before the time noted (spread.go).
+	elsewhere := map[int]time.Time{}
 	for {
 		wake := f.sc.changed() // before take: a release after it wakes us
+		pick := has
+		if bits == nil {
+			pick = notBefore(elsewhere, time.Now())
+		}
 		for len(inflight) < d.cfg.Window {
-			req, g, n, ok := f.next(has, p)
+			req, g, n, ok := f.next(pick, bits == nil, p)
 			if !ok {
 				break
 			}
@@ -378,14 +385,18 @@ func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p
 			var refresh <-chan time.Time
 			if bits != nil {
 				refresh = time.After(partialRefresh - time.Since(asked))
+			} else if len(elsewhere) > 0 {
+				refresh = time.After(spreadRetry)
 			}
 			select {
 			case <-ctx.Done():
 				return progressed, nil
 			case <-wake:
 			case <-refresh:
-				if err := ask(); err != nil {
-					return progressed, err
+				if bits != nil {
+					if err := ask(); err != nil {
+						return progressed, err
+					}
 				}
 			}
 			continue
@@ -393,6 +404,17 @@ func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p
 		_ = s.SetReadDeadline(time.Now().Add(time.Minute))
 		buf := chunkPool.Get().(*[]byte)
 		b, err := readChunkResponse(br, *buf)
+		if isElsewhere(err) {
+			// Sent to enough peers already: it comes from them, or from
+			// this source after spreadRetry.
+			chunkPool.Put(buf)
+			r := inflight[0]
+			inflight = inflight[1:]
+			elsewhere[r.g] = time.Now().Add(spreadRetry)
+			f.releaseRun(r.g, r.g+r.count)
+			d.cfg.Progress.Elsewhere.Add(1)
+			continue
+		}
 		if err != nil {
 			chunkPool.Put(buf)
 			if inflight[0].count > 1 && oldServer(err) {
@@ -415,19 +437,44 @@ func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p
 	}
 }
 
+// spreadRetry is how long a chunk a complete source answered
+// StatusElsewhere for is left to the partial sources before it is asked
+// of that source again.
+const spreadRetry = 500 * time.Millisecond
+
+// notBefore drops the entries of m that are due at now and returns a
+// filter that leaves out the others (nil when none are left).
+func notBefore(m map[int]time.Time, now time.Time) func(int) bool {
+	for g, t := range m {
+		if !now.Before(t) {
+			delete(m, g)
+		}
+	}
+	if len(m) == 0 {
+		return nil
+	}
+	return func(g int) bool { _, wait := m[g]; return !wait }
+}
+
+func isElsewhere(err error) bool {
+	var se *ServerError
+	return errors.As(err, &se) && se.Status == StatusElsewhere
+}
+
 // next takes the next request for source p: a run of small chunks where
 // they follow each other, one chunk otherwise (or for a source that does
-// not know runs).
-func (f *fetcher) next(has func(int) bool, p peer.ID) (req Request, g, n int, ok bool) {
+// not know runs). has leaves out chunks p does not offer now; complete
+// says p holds the whole item.
+func (f *fetcher) next(has func(int) bool, complete bool, p peer.ID) (req Request, g, n int, ok bool) {
 	d := f.d
 	size := func(g int) int {
 		fl, _ := d.hashOf(g)
 		return ChunkLen(fl.Size, d.refs[g].idx)
 	}
 	if f.runsOK(p) {
-		g, n, ok = f.sc.takeRun(has, size)
+		g, n, ok = f.sc.takeRun(has, complete, size)
 	} else {
-		g, ok = f.sc.take(has)
+		g, ok = f.sc.take(has, complete)
 		n = 1
 	}
 	switch {
@@ -498,7 +545,7 @@ func readChunkResponse(br *bufio.Reader, buf []byte) ([]byte, error) {
 		return nil, err
 	}
 	switch {
-	case status[0] > StatusChanged:
+	case status[0] > StatusElsewhere:
 		return nil, fmt.Errorf("%w: unknown status %d", ErrBadFrame, status[0])
 	case status[0] != StatusOK:
 		return nil, &ServerError{Status: status[0], Msg: string(b)}

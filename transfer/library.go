@@ -54,6 +54,9 @@ type LibraryConfig struct {
 	OnEvent func(typ string, data map[string]any)
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Limits bound what the transfer server sends (its zero values take
+	// the defaults).
+	Limits Limits
 
 	// beforeScan, if set, is called before each item's scan; tests use
 	// it to hold a scan.
@@ -83,6 +86,10 @@ type Library struct {
 	hashed    int64             // bytes hashed by scans
 	swaps     map[string]string // staging folder name -> item, of swaps whose removal the watcher awaits
 	transfers map[string]*Transfer
+	follows   map[string]FollowInfo // followed items (follow.go)
+
+	followKick chan struct{} // a pass of the follower is due (capacity 1)
+	saveMu     sync.Mutex    // orders the writers of follow.json; never taken under mu
 }
 
 // NewLibrary returns a Library; Run starts it.
@@ -103,8 +110,10 @@ func NewLibrary(cfg LibraryConfig) *Library {
 		cfg: cfg, lg: cfg.Logger.With().Str("component", "library").Logger(),
 		local: map[string]*Served{}, partial: map[Hash]*Served{}, busy: map[string]string{}, scanning: map[string]bool{},
 		pending: map[string]bool{}, transfers: map[string]*Transfer{}, swaps: map[string]string{},
+		followKick: make(chan struct{}, 1),
 	}
-	l.server = NewServer(l.lookup, cfg.Logger, Limits{})
+	l.follows = l.loadFollows()
+	l.server = NewServer(l.lookup, cfg.Logger, cfg.Limits)
 	return l
 }
 
@@ -147,10 +156,12 @@ func (l *Library) Run(ctx context.Context) error {
 	// long first scan does not hold the node's stop.
 	defer context.AfterFunc(ctx, func() { l.stopping.Store(true) })()
 	l.recoverSwaps()
+	l.server.bindContext(ctx)
 	// Served from the start: each item as soon as its own scan is done.
 	l.cfg.Handle(l.cfg.Protocol, l.server.Handle)
 	l.ScanAll()
 	l.resumeDownloads()
+	l.goFunc(l.follow)
 	l.watch(ctx)
 	return nil
 }

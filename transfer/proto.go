@@ -27,6 +27,9 @@ const (
 	StatusError    = 3 // the server failed (I/O)
 	StatusBusy     = 4 // too many streams from this peer
 	StatusChanged  = 5 // the file changed on the holder since it was scanned: a new version is on its way
+	// StatusElsewhere: the chunk went to enough peers lately; fetch it
+	// from them (spread.go).
+	StatusElsewhere = 6
 )
 
 // Frame limits.

@@ -50,21 +50,23 @@ func newScheduler(n int, need []int, start int) *scheduler {
 }
 
 // take marks the next needed chunk that has accepts (nil: any) as taken
-// and returns it; false when there is none.
-func (s *scheduler) take(has func(g int) bool) (int, bool) {
+// and returns it; false when there is none. A complete source (complete)
+// takes first a chunk that no partial source offers; its has, if any,
+// leaves out chunks it cannot send now (StatusElsewhere).
+func (s *scheduler) take(has func(g int) bool, complete bool) (int, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.takeLocked(has)
+	return s.takeLocked(has, complete)
 }
 
 // takeRun takes a chunk as take does, then the chunks that follow it in
 // manifest order while they are needed, has accepts them, there are at
 // most maxRunChunks, and their lengths (size(g)) add up to at most
 // ChunkSize: a run of small files goes out as one request.
-func (s *scheduler) takeRun(has func(g int) bool, size func(g int) int) (first, count int, ok bool) {
+func (s *scheduler) takeRun(has func(g int) bool, complete bool, size func(g int) int) (first, count int, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	first, ok = s.takeLocked(has)
+	first, ok = s.takeLocked(has, complete)
 	if !ok {
 		return 0, 0, false
 	}
@@ -80,7 +82,7 @@ func (s *scheduler) takeRun(has func(g int) bool, size func(g int) int) (first, 
 	return first, count, true
 }
 
-func (s *scheduler) takeLocked(has func(g int) bool) (int, bool) {
+func (s *scheduler) takeLocked(has func(g int) bool, complete bool) (int, bool) {
 	// Chunks given back go out first; entries a run took meanwhile are
 	// dropped on the way.
 	kept := s.returned[:0]
@@ -102,9 +104,9 @@ func (s *scheduler) takeLocked(has func(g int) bool) (int, bool) {
 	for s.head < len(s.queue) && s.state[s.queue[s.head]] != chunkNeeded {
 		s.head++
 	}
-	if has == nil {
+	if complete {
 		for i := s.head; i < len(s.queue) && i < s.head+rareScan; i++ {
-			if g := s.queue[i]; s.state[g] == chunkNeeded && s.avail[g] == 0 {
+			if g := s.queue[i]; s.state[g] == chunkNeeded && s.avail[g] == 0 && (has == nil || has(g)) {
 				s.state[g] = chunkTaken
 				return g, true
 			}

@@ -8,7 +8,7 @@ import (
 func takeAll(s *scheduler, has func(int) bool) []int {
 	var out []int
 	for {
-		g, ok := s.take(has)
+		g, ok := s.take(has, has == nil)
 		if !ok {
 			return out
 		}
@@ -21,7 +21,7 @@ func TestSchedulerOrderAndRelease(t *testing.T) {
 	if got := takeAll(s, nil); !slices.Equal(got, []int{4, 5, 1, 2}) {
 		t.Fatalf("order %v, want the needed chunks from the start point on", got)
 	}
-	if _, ok := s.take(nil); ok {
+	if _, ok := s.take(nil, true); ok {
 		t.Fatal("a chunk was handed out twice")
 	}
 	wake := s.changed()
@@ -31,7 +31,7 @@ func TestSchedulerOrderAndRelease(t *testing.T) {
 	default:
 		t.Fatal("release did not wake waiters")
 	}
-	if g, ok := s.take(nil); !ok || g != 5 {
+	if g, ok := s.take(nil, true); !ok || g != 5 {
 		t.Fatalf("took %d %v, want the released 5", g, ok)
 	}
 	for i, g := range []int{4, 5, 1} {
@@ -57,7 +57,7 @@ func TestSchedulerPartialSource(t *testing.T) {
 	if got := takeAll(s, nil); !slices.Equal(got, []int{3, 0, 2, 4, 6}) {
 		t.Fatalf("complete source took %v, want the released chunk first", got)
 	}
-	if _, ok := s.take(odd); ok {
+	if _, ok := s.take(odd, false); ok {
 		t.Fatal("a taken chunk was handed out again")
 	}
 }
@@ -84,21 +84,21 @@ func TestSchedulerCompleteSourcePrefersChunksNoPeerOffers(t *testing.T) {
 func TestSchedulerRuns(t *testing.T) {
 	small := func(int) int { return ChunkSize / 4 }
 	s := newScheduler(10, []int{0, 1, 2, 3, 4, 5, 7, 8, 9}, 0)
-	if g, n, ok := s.takeRun(nil, small); !ok || g != 0 || n != 4 {
+	if g, n, ok := s.takeRun(nil, true, small); !ok || g != 0 || n != 4 {
 		t.Fatalf("run %d+%d %v, want 0+4: four quarter chunks fill a buffer", g, n, ok)
 	}
-	if g, n, _ := s.takeRun(nil, small); g != 4 || n != 2 {
+	if g, n, _ := s.takeRun(nil, true, small); g != 4 || n != 2 {
 		t.Fatalf("run %d+%d, want 4+2: 6 is not needed", g, n)
 	}
-	if g, n, _ := s.takeRun(func(g int) bool { return g != 8 }, small); g != 7 || n != 1 {
+	if g, n, _ := s.takeRun(func(g int) bool { return g != 8 }, false, small); g != 7 || n != 1 {
 		t.Fatalf("run %d+%d, want 7+1: the source lacks 8", g, n)
 	}
 	s.release(1)
 	s.release(2)
-	if g, n, _ := s.takeRun(nil, small); g != 1 || n != 2 {
+	if g, n, _ := s.takeRun(nil, true, small); g != 1 || n != 2 {
 		t.Fatalf("run %d+%d, want the given back 1+2", g, n)
 	}
-	if g, n, _ := s.takeRun(nil, func(g int) int { return ChunkSize }); g != 8 || n != 1 {
+	if g, n, _ := s.takeRun(nil, true, func(g int) int { return ChunkSize }); g != 8 || n != 1 {
 		t.Fatalf("run %d+%d, want 8+1: whole chunks go one by one", g, n)
 	}
 	if got := takeAll(s, nil); !slices.Equal(got, []int{9}) {

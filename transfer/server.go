@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"github.com/meshnode/meshnode/internal/frame"
 )
@@ -68,6 +70,17 @@ type Limits struct {
 	PerPeer int
 	// Total is the streams all peers together may hold. Default 256.
 	Total int
+	// SpreadCopies is how many peers a chunk of a complete item goes to
+	// within SpreadWindow before others are sent to them (spread.go).
+	// Default 2; negative: no limit.
+	SpreadCopies int
+	// SpreadWindow: default 3 s.
+	SpreadWindow time.Duration
+	// SendRate bounds the bytes per second of chunks this server sends,
+	// all peers together (0: no bound). A chunk waits for its turn
+	// before it is sent, so a bound below about 64 KiB/s makes one 1 MiB
+	// chunk wait many seconds.
+	SendRate int64
 }
 
 // Server answers manifest and chunk requests on the transfer protocol.
@@ -79,12 +92,17 @@ type Server struct {
 	lg     zerolog.Logger
 	limits Limits
 
-	mu      sync.Mutex
-	streams map[peer.ID]int
-	total   int
-	served  uint64
-	refused uint64
-	busy    uint64
+	spread *spreader
+	pacer  *rate.Limiter // nil: no SendRate
+
+	mu        sync.Mutex
+	ctx       context.Context // ends waits for the send rate (bindContext)
+	streams   map[peer.ID]int
+	total     int
+	served    uint64
+	refused   uint64
+	busy      uint64
+	elsewhere uint64
 }
 
 // NewServer returns a server over lookup, which returns what this node
@@ -96,7 +114,53 @@ func NewServer(lookup func(Hash) (*Served, bool), lg zerolog.Logger, limits Limi
 	if limits.Total <= 0 {
 		limits.Total = 256
 	}
-	return &Server{lookup: lookup, lg: lg.With().Str("component", "transfer-server").Logger(), limits: limits, streams: map[peer.ID]int{}}
+	if limits.SpreadCopies == 0 {
+		limits.SpreadCopies = 2
+	}
+	if limits.SpreadWindow <= 0 {
+		limits.SpreadWindow = 3 * time.Second
+	}
+	s := &Server{lookup: lookup, lg: lg.With().Str("component", "transfer-server").Logger(), limits: limits, streams: map[peer.ID]int{},
+		spread: newSpreader(limits.SpreadCopies, limits.SpreadWindow), ctx: context.Background()}
+	if limits.SendRate > 0 {
+		s.pacer = rate.NewLimiter(rate.Limit(limits.SendRate), ChunkSize)
+	}
+	return s
+}
+
+// bindContext makes the server's waits for its send rate end when ctx
+// does (the library's run: a stopping node does not wait for them).
+func (s *Server) bindContext(ctx context.Context) {
+	s.mu.Lock()
+	s.ctx = ctx
+	s.mu.Unlock()
+}
+
+// pace waits until n more bytes may be sent under SendRate.
+func (s *Server) pace(n int) error {
+	if s.pacer == nil {
+		return nil
+	}
+	r := s.pacer.ReserveN(time.Now(), n)
+	if !r.OK() {
+		return fmt.Errorf("transfer: %d bytes exceed the send rate's burst", n)
+	}
+	d := r.Delay()
+	if d == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	ctx := s.ctx
+	s.mu.Unlock()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		r.Cancel()
+		return ctx.Err()
+	}
 }
 
 // Stats returns chunks served, requests refused and streams turned away
@@ -105,6 +169,14 @@ func (s *Server) Stats() (served, refused, busy uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.served, s.refused, s.busy
+}
+
+// Elsewhere returns the chunk requests answered StatusElsewhere: sent to
+// peers that had them (spread.go).
+func (s *Server) Elsewhere() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.elsewhere
 }
 
 // Handle serves one stream until the client closes it.
@@ -187,6 +259,22 @@ func (s *Server) respond(w io.Writer, p peer.ID, b []byte) error {
 	}
 	if err != nil {
 		return frame.Write(w, s.refuse(p, status, err.Error()).Encode())
+	}
+	if sv.partial == nil {
+		first, count := int(req.Chunk), int(req.Count)
+		if req.Kind == ReqChunk {
+			fi, _ := sv.Manifest.fileIndex(req.Path) // readChunk found it
+			first, count = sv.chunkFirsts()[fi]+int(req.Chunk), 1
+		}
+		if err := s.spread.admit(req.Manifest, first, count, p); err != nil {
+			s.mu.Lock()
+			s.elsewhere++
+			s.mu.Unlock()
+			return frame.Write(w, Response{Status: StatusElsewhere, Payload: []byte(err.Error())}.Encode())
+		}
+	}
+	if err := s.pace(len(data)); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	s.served++

@@ -32,6 +32,12 @@ type Transfer struct {
 	Error    string    `json:"error,omitempty"`
 	Started  time.Time `json:"started"`
 	Sources  []string  `json:"sources"`
+	// Pinned: the download was asked for one version. Otherwise it was
+	// asked for the item, and moves to a newer version published while
+	// it runs, keeping what it verified (MovedFrom lists the versions it
+	// left, oldest first).
+	Pinned    bool     `json:"pinned"`
+	MovedFrom []string `json:"moved_from,omitempty"`
 
 	progress *Progress
 	cancel   context.CancelFunc
@@ -49,6 +55,7 @@ type TransferStatus struct {
 	Reused     int64             `json:"reused_bytes"`
 	Resumed    int64             `json:"resumed_bytes"`
 	BadChunks  int64             `json:"bad_chunks"`
+	Elsewhere  int64             `json:"elsewhere_requests"`
 	BySource   map[string]int64  `json:"by_source"`
 	BadSources map[string]string `json:"bad_sources"`
 	RateBps    float64           `json:"rate_bps"`
@@ -83,6 +90,7 @@ func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
 		return TransferStatus{}, fmt.Errorf("transfer: no item %q in the library", id)
 	}
 	self := l.cfg.Host.ID().String()
+	pinned := version != ""
 	if version == "" {
 		// The latest version, not the latest some other node holds: a
 		// node that holds the latest itself has nothing to download.
@@ -102,7 +110,7 @@ func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
 	if len(sources) == 0 {
 		return TransferStatus{}, fmt.Errorf("%w (version %s)", ErrNoHolder, version)
 	}
-	return l.start(id, mh, sources)
+	return l.start(id, mh, sources, pinned)
 }
 
 // holdersOf returns the other nodes holding version of it, complete or
@@ -130,12 +138,10 @@ func (l *Library) holdersOf(it crdt.Item, version string, extra []peer.ID) []pee
 // start records a transfer of item id at mh and runs it on a goroutine.
 // Its context exists before the goroutine does, so that a Cancel that
 // comes first is not lost.
-func (l *Library) start(id string, mh Hash, sources []peer.ID) (TransferStatus, error) {
-	t := &Transfer{ID: newTransferID(), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), progress: &Progress{}, done: make(chan struct{})}
-	for _, s := range sources {
-		t.Sources = append(t.Sources, s.String())
-	}
-	staging := filepath.Join(l.cfg.Dir, dirStaging, id+"-"+mh.String()[:16])
+func (l *Library) start(id string, mh Hash, sources []peer.ID, pinned bool) (TransferStatus, error) {
+	t := &Transfer{ID: newTransferID(), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), Pinned: pinned, progress: &Progress{}, done: make(chan struct{})}
+	t.Sources = peerStrings(sources)
+	staging := l.stagingFor(id, mh)
 	l.mu.Lock()
 	if l.busy[id] != "" {
 		l.mu.Unlock()
@@ -163,6 +169,19 @@ func (l *Library) start(id string, mh Hash, sources []peer.ID) (TransferStatus, 
 	return l.status(t), nil
 }
 
+// stagingFor is the staging folder of a download of item id at mh.
+func (l *Library) stagingFor(id string, mh Hash) string {
+	return filepath.Join(l.cfg.Dir, dirStaging, id+"-"+mh.String()[:16])
+}
+
+func peerStrings(ps []peer.ID) []string {
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}
+
 func newTransferID() string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
@@ -175,6 +194,10 @@ type jobInfo struct {
 	Item     string   `json:"item"`
 	Manifest string   `json:"manifest"`
 	Sources  []string `json:"sources"`
+	Pinned   bool     `json:"pinned,omitempty"`
+	// Superseded names the version the download moved to: the folder is
+	// kept only for that download to reuse its chunks, never resumed.
+	Superseded string `json:"superseded,omitempty"`
 }
 
 // recordJob creates the staging folder and writes its job.json, so that
@@ -211,15 +234,28 @@ func diskError(op, path string, err error) error {
 // runDownload runs transfer t to its end: record the job, fetch into
 // staging, swap the item in, rescan it, report.
 func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources []peer.ID, staging string, base *Served) {
-	err := ctx.Err()
-	if err == nil {
-		err = recordJob(staging, jobInfo{Item: t.Item, Manifest: t.Manifest, Sources: t.Sources})
-	}
-	recorded := err == nil
 	var m *Manifest
 	var fps map[string]fingerprint
-	if recorded {
-		m, fps, err = l.fetchItem(ctx, t, mh, sources, staging, base)
+	recorded := false
+	err := ctx.Err()
+	for err == nil {
+		err = recordJob(staging, jobInfo{Item: t.Item, Manifest: mh.String(), Sources: peerStrings(sources), Pinned: t.Pinned})
+		recorded = err == nil
+		if err != nil {
+			break
+		}
+		var to Hash
+		m, fps, to, err = l.fetchItem(ctx, t, mh, sources, staging, base)
+		if err == nil || to == (Hash{}) {
+			break
+		}
+		mh, staging = to, l.moveTo(t, staging, to)
+		it, _, _ := l.cfg.Doc.Item(t.Item)
+		sources = l.holdersOf(it, to.String(), nil)
+		l.mu.Lock()
+		t.Sources = peerStrings(sources)
+		l.mu.Unlock()
+		err = ctx.Err()
 	}
 	if err == nil {
 		err = l.swapIn(t.Item, staging)
@@ -232,10 +268,12 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	l.mu.Unlock()
 	if cancelled {
 		// Discarded while the item is still marked busy, so a new
-		// download of it cannot start in a folder being removed.
+		// download of it cannot start in a folder being removed; with
+		// the folders of versions it moved from.
 		if rerr := os.RemoveAll(staging); rerr != nil {
 			l.lg.Warn().Str("item", t.Item).Err(rerr).Msg("cannot remove a cancelled download's staging folder")
 		}
+		l.dropSuperseded(t.Item, "")
 	}
 	l.mu.Lock()
 	delete(l.busy, t.Item)
@@ -264,6 +302,7 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	l.mu.Unlock()
 	switch state {
 	case TransferDone:
+		l.followed(t.Item, t.Manifest)
 		l.lg.Info().Str("item", t.Item).Str("manifest", t.Manifest).Int64("bytes", m.Size()).Msg("download complete")
 		l.cfg.OnEvent("transfer.done", map[string]any{"id": t.ID, "item": t.Item})
 	case TransferCancelled:
@@ -277,8 +316,15 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 // fetchItem downloads t into staging, serving its verified chunks to the
 // fleet meanwhile and reporting progress every second. When all is
 // fetched, unless a cancel came first, it passes beginSwap.
-func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources []peer.ID, staging string, base *Served) (*Manifest, map[string]fingerprint, error) {
+//
+// A download asked for the item (not Pinned) whose version is replaced
+// meanwhile by a newer one that another node holds stops, and fetchItem
+// returns that version as to, with the error of the stop.
+func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources []peer.ID, staging string, base *Served) (m *Manifest, fps map[string]fingerprint, to Hash, err error) {
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	var published atomic.Bool
+	self := l.cfg.Host.ID().String()
 	cfg := DownloadConfig{
 		Host: l.cfg.Host, Protocol: l.cfg.Protocol, Manifest: mh, Sources: sources, Staging: staging,
 		Progress: t.progress, Logger: l.lg.With().Str("item", t.Item).Logger(),
@@ -290,9 +336,16 @@ func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources [
 			if err != nil {
 				return nil
 			}
+			if !t.Pinned {
+				if v, ok := newerVersion(it, mh.String(), self); ok {
+					stop(&movedError{to: v})
+					return nil
+				}
+			}
 			return l.holdersOf(it, mh.String(), nil)
 		},
-		Serve: func(sv *Served) { published.Store(l.servePartial(t.Item, sv)) },
+		Serve:   func(sv *Served) { published.Store(l.servePartial(t.Item, sv)) },
+		Reused:  func() { l.dropSuperseded(t.Item, staging) },
 	}
 	cfg.Local = l.reusable(t.Item, staging, base)
 	stopProgress := make(chan struct{})
@@ -314,14 +367,84 @@ func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources [
 	}()
 	defer pw.Wait()
 	defer close(stopProgress)
-	m, fps, err := fetchStaged(ctx, cfg)
+	m, fps, err = fetchStaged(ctx, cfg)
+	var mv *movedError
+	if err != nil && errors.As(context.Cause(ctx), &mv) {
+		to = mv.to
+	}
 	if err == nil {
 		err = l.beginSwap(t)
 	}
 	// Withdrawn before the staged files move or go; the partial holder
 	// entry stays only for the complete one to replace.
 	l.withdrawPartial(t.Item, mh, err != nil && published.Load())
-	return m, fps, err
+	return m, fps, to, err
+}
+
+// movedError stops a download whose version was replaced: it moves to.
+type movedError struct{ to Hash }
+
+func (e *movedError) Error() string { return "the item has a newer version: " + e.to.String() }
+
+// newerVersion returns the latest version of it that a node other than
+// self holds complete, when it ranks above version m (versions.go).
+func newerVersion(it crdt.Item, m, self string) (Hash, bool) {
+	latest := latestOf(it, self)
+	if latest == "" || latest == m {
+		return Hash{}, false
+	}
+	h, err := ParseHash(latest)
+	if err != nil {
+		return Hash{}, false
+	}
+	cur, known := knownVersion(it, m)
+	if lv, _ := knownVersion(it, latest); known && !lv.rank().above(cur.rank()) {
+		return Hash{}, false
+	}
+	return h, true
+}
+
+// moveTo makes transfer t, whose version in staging was replaced, a
+// download of version to: the old folder is marked superseded (kept for
+// the new download to reuse its verified chunks, which then removes it;
+// never resumed), and t reports the move. It returns the new staging
+// folder.
+func (l *Library) moveTo(t *Transfer, staging string, to Hash) string {
+	job, _, err := readJob(staging)
+	if err == nil {
+		job.Superseded = to.String()
+		err = recordJob(staging, job)
+	}
+	if err != nil {
+		// Not reusable then: a folder that could be resumed as the old
+		// version must not stay.
+		l.lg.Warn().Str("staging", staging).Err(err).Msg("cannot mark a replaced download's staging folder; removing it")
+		_ = os.RemoveAll(staging)
+	}
+	l.mu.Lock()
+	from := t.Manifest
+	t.MovedFrom = append(t.MovedFrom, from)
+	t.Manifest = to.String()
+	l.mu.Unlock()
+	// Done counts the new version's bytes; Fetched and Reused go on.
+	t.progress.Done.Store(0)
+	l.lg.Info().Str("item", t.Item).Str("from", from).Str("to", to.String()).Msg("download moved to the item's new version")
+	l.cfg.OnEvent("transfer.moved", map[string]any{"id": t.ID, "item": t.Item, "from": from, "to": to.String()})
+	return l.stagingFor(t.Item, to)
+}
+
+// dropSuperseded removes the staging folders of item id that a download
+// moved away from, except keep: the download that moved has reused their
+// chunks.
+func (l *Library) dropSuperseded(id, keep string) {
+	for _, dir := range l.stagingDirs() {
+		if job, _, err := readJob(dir); err != nil || dir == keep || job.Item != id || job.Superseded == "" {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			l.lg.Warn().Str("staging", dir).Err(err).Msg("cannot remove a replaced download's staging folder")
+		}
+	}
 }
 
 // beginSwap is the point of no return of a download that fetched
@@ -452,6 +575,9 @@ func (l *Library) resumeDownloads() {
 			l.lg.Warn().Str("staging", staging).Err(err).Msg("staging folder left alone: not resumable")
 			continue
 		}
+		if job.Superseded != "" {
+			continue // kept for the download that moved on, if it resumes
+		}
 		var old []peer.ID
 		for _, s := range job.Sources {
 			if p, err := peer.Decode(s); err == nil {
@@ -461,8 +587,24 @@ func (l *Library) resumeDownloads() {
 		it, _, _ := l.cfg.Doc.Item(job.Item)
 		list := l.holdersOf(it, job.Manifest, old)
 		l.lg.Info().Str("item", job.Item).Int("sources", len(list)).Msg("resuming an interrupted download")
-		if _, err := l.start(job.Item, mh, list); err != nil {
+		if _, err := l.start(job.Item, mh, list, job.Pinned); err != nil {
 			l.lg.Warn().Str("item", job.Item).Err(err).Msg("cannot resume download")
+		}
+	}
+	// A folder a download moved away from, with no download of its item
+	// left to reuse it, is of no use.
+	var left []string
+	for _, dir := range l.stagingDirs() {
+		if job, _, err := readJob(dir); err == nil && job.Superseded != "" {
+			left = append(left, job.Item)
+		}
+	}
+	for _, id := range left {
+		l.mu.Lock()
+		idle := l.busy[id] == ""
+		l.mu.Unlock()
+		if idle {
+			l.dropSuperseded(id, "")
 		}
 	}
 }
@@ -565,6 +707,7 @@ func (l *Library) status(t *Transfer) TransferStatus {
 	p := t.progress
 	st.Total, st.Done, st.Fetched = p.Total.Load(), p.Done.Load(), p.Fetched.Load()
 	st.Reused, st.Resumed, st.BadChunks = p.Reused.Load(), p.Resumed.Load(), p.BadChunks.Load()
+	st.Elsewhere = p.Elsewhere.Load()
 	st.BySource, st.BadSources = map[string]int64{}, map[string]string{}
 	for k, v := range p.Sources() {
 		st.BySource[k.String()] = v

@@ -36,6 +36,10 @@ type ItemView struct {
 	Versions []ItemVersion `json:"versions"`
 	Local    string        `json:"local"`
 	LocalVer string        `json:"local_manifest,omitempty"`
+	// Following: this node keeps the item at its latest version by
+	// itself (follow.go); FollowUpdated is when that last brought one.
+	Following     bool  `json:"following"`
+	FollowUpdated int64 `json:"follow_updated_ms,omitempty"`
 }
 
 // View returns every item in the fleet's library, with this node's state.
@@ -56,6 +60,10 @@ func (l *Library) View() ([]ItemView, error) {
 	for id, op := range l.busy {
 		busy[id] = op != ""
 	}
+	follows := make(map[string]FollowInfo, len(l.follows))
+	for id, fi := range l.follows {
+		follows[id] = fi
+	}
 	l.mu.Unlock()
 	out := make([]ItemView, 0, len(lib))
 	for id, it := range lib {
@@ -71,6 +79,9 @@ func (l *Library) View() ([]ItemView, error) {
 		}
 		if busy[id] {
 			v.Local = LocalDownloading
+		}
+		if fi, ok := follows[id]; ok {
+			v.Following, v.FollowUpdated = true, fi.UpdatedMs
 		}
 		out = append(out, v)
 	}

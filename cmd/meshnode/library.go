@@ -16,9 +16,10 @@ import (
 	"github.com/meshnode/meshnode/transfer"
 )
 
-// runLibrary prints the fleet's library with this node's state per item.
+// runLibrary prints the fleet's library with this node's state per item,
+// or one item's versions, latest first.
 func runLibrary(args []string, out io.Writer) error {
-	dir, asJSON, err := clientFlags("library", args)
+	dir, asJSON, pos, err := clientArgs("library", args, 1)
 	if err != nil {
 		return err
 	}
@@ -30,22 +31,101 @@ func runLibrary(args []string, out io.Writer) error {
 	if err := c.get("/v1/library", &items); err != nil {
 		return err
 	}
+	if len(pos) == 1 {
+		return printVersions(out, items, pos[0], asJSON)
+	}
 	if asJSON {
 		return printJSON(out, items)
 	}
 	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ITEM\tSIZE\tFILES\tHOLDERS\tVERSIONS\tHERE")
+	fmt.Fprintln(tw, "ITEM\tSIZE\tFILES\tHOLDERS\tVERSIONS\tGEN\tHERE\tFOLLOWING")
 	for _, it := range items {
-		var size, files int64
+		var size, files, gen int64
 		holders := 0
 		for _, v := range it.Versions {
 			if v.Manifest == it.Latest {
-				size, files, holders = v.Size, v.Files, len(v.Holders)
+				size, files, holders, gen = v.Size, v.Files, len(v.Holders), v.Gen
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\n", it.ID, humanBytes(float64(size)), files, holders, len(it.Versions), it.Local)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", it.ID, humanBytes(float64(size)), files, holders, len(it.Versions), gen, it.Local, following(it))
 	}
 	return tw.Flush()
+}
+
+// following renders an item's follow state: "-", "yes", or when it last
+// brought a new version.
+func following(it transfer.ItemView) string {
+	switch {
+	case !it.Following:
+		return "-"
+	case it.FollowUpdated == 0:
+		return "yes"
+	}
+	return "updated " + time.UnixMilli(it.FollowUpdated).Format(time.DateTime)
+}
+
+// printVersions prints item id's versions, latest first.
+func printVersions(out io.Writer, items []transfer.ItemView, id string, asJSON bool) error {
+	for _, it := range items {
+		if it.ID != id {
+			continue
+		}
+		if asJSON {
+			return printJSON(out, it)
+		}
+		fmt.Fprintf(out, "%s: here %s, following %s\n", it.ID, it.Local, following(it))
+		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VERSION\tGEN\tPARENT\tSIZE\tFILES\tHOLDERS\tPARTIAL\tUPDATED")
+		for _, v := range it.Versions {
+			mark := ""
+			if v.Manifest == it.Latest {
+				mark = " (latest)"
+			}
+			if v.Manifest == it.LocalVer {
+				mark += " (here)"
+			}
+			parent := "-"
+			if v.Parent != "" {
+				parent = v.Parent[:16]
+			}
+			fmt.Fprintf(tw, "%s%s\t%d\t%s\t%s\t%d\t%d\t%d\t%s\n", v.Manifest[:16], mark, v.Gen, parent, humanBytes(float64(v.Size)), v.Files,
+				len(v.Holders), len(v.Partial), time.UnixMilli(v.Updated).Format(time.DateTime))
+		}
+		return tw.Flush()
+	}
+	return fmt.Errorf("no item %q in the library", id)
+}
+
+// runFollow follows or unfollows an item.
+func runFollow(name string, args []string, out io.Writer) error {
+	dir, asJSON, pos, err := clientArgs(name, args, 1)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("usage: meshnode %s ITEM [--data DIR]", name)
+	}
+	c, err := newClient(dir)
+	if err != nil {
+		return err
+	}
+	method := "POST"
+	if name == "unfollow" {
+		method = "DELETE"
+	}
+	var st node.FollowStatus
+	if err := c.do(method, "/v1/items/"+url.PathEscape(pos[0])+"/follow", nil, &st); err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(out, st)
+	}
+	if st.Following {
+		fmt.Fprintf(out, "following %s: this node downloads each new version by itself\n", st.Item)
+	} else {
+		fmt.Fprintf(out, "no longer following %s\n", st.Item)
+	}
+	return nil
 }
 
 // runGet downloads an item and shows a live progress line until it ends.
@@ -118,8 +198,12 @@ func progressLine(st transfer.TransferStatus) string {
 	if st.RateBps > 0 && st.Done < st.Total {
 		eta = (time.Duration(float64(st.Total-st.Done)/st.RateBps) * time.Second).Round(time.Second).String()
 	}
-	return fmt.Sprintf("%s [%s] %3.0f%% %s/%s %s/s ETA %s from %d source(s)", st.Item, bar, 100*frac,
-		humanBytes(float64(st.Done)), humanBytes(float64(st.Total)), humanBytes(st.RateBps), eta, len(st.BySource))
+	moved := ""
+	if n := len(st.MovedFrom); n > 0 {
+		moved = fmt.Sprintf(" (moved to version %s)", st.Manifest[:16])
+	}
+	return fmt.Sprintf("%s [%s] %3.0f%% %s/%s %s/s ETA %s from %d source(s)%s", st.Item, bar, 100*frac,
+		humanBytes(float64(st.Done)), humanBytes(float64(st.Total)), humanBytes(st.RateBps), eta, len(st.BySource), moved)
 }
 
 func humanBytes(b float64) string {

@@ -27,8 +27,12 @@ Usage:
   meshnode nodes [--json]       the fleet's nodes and their state
   meshnode peers [--json]       live connections
   meshnode mesh [--json]        supplementary mesh connections, relays, and why
-  meshnode library [--json]     every item in the fleet, and its state here
+  meshnode library [ITEM] [--json]
+                                every item in the fleet, and its state here;
+                                with ITEM, its versions, latest first
   meshnode get ITEM             download an item, with live progress
+  meshnode follow ITEM          keep ITEM at its latest version by itself
+  meshnode unfollow ITEM        stop that
   meshnode events [--json]      follow the node's events, one per line
   meshnode room list|join|offer|leave|send|tail|state ...
                                 live rooms: meshnode room for the details
@@ -67,6 +71,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runLibrary(args[1:], stdout)
 	case "get":
 		err = runGet(args[1:], stdout, stderr)
+	case "follow", "unfollow":
+		err = runFollow(args[0], args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
