@@ -344,8 +344,8 @@ func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources [
 			}
 			return l.holdersOf(it, mh.String(), nil)
 		},
-		Serve:   func(sv *Served) { published.Store(l.servePartial(t.Item, sv)) },
-		Reused:  func() { l.dropSuperseded(t.Item, staging) },
+		Serve:  func(sv *Served) { published.Store(l.servePartial(t.Item, sv)) },
+		Reused: func() { l.dropSuperseded(t.Item, staging) },
 	}
 	cfg.Local = l.reusable(t.Item, staging, base)
 	stopProgress := make(chan struct{})
