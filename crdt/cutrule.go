@@ -92,7 +92,7 @@ func recordSize(r *record) int {
 		}
 	case recHolder:
 		h := r.holder
-		n += len(h.Manifest) + len(h.Version) + len(h.State) + 4*6
+		n += len(h.Manifest) + len(h.Version) + len(h.State) + len(h.Parent) + len(h.Next) + 5*6
 	case recPresence:
 		n += 6
 	case recAttest:

@@ -21,8 +21,15 @@ import (
 )
 
 // ProtocolVersion is written to the node record and bumped on any
-// incompatible wire change.
-const ProtocolVersion = 1
+// incompatible wire change. 2: holder entries carry a version's
+// generation, parent and next version, and the transfer protocol answers
+// "elsewhere" (6); a node of version 1 refuses both, so nodes write them
+// only while every live node's record says 2 or more (LineageVersion).
+const ProtocolVersion = 2
+
+// LineageVersion is the first protocol version that reads version
+// lineage in holder entries (transfer/versions.go).
+const LineageVersion = 2
 
 // Member states.
 const (

@@ -486,7 +486,7 @@ func (n *Node) handleFollow(w http.ResponseWriter, r *http.Request) {
 	}
 	fi, err := n.Library.Follow(id)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, "follow_write", err.Error())
+		n.followWriteError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, FollowStatus{Item: id, Following: true, FollowInfo: fi})
@@ -494,15 +494,29 @@ func (n *Node) handleFollow(w http.ResponseWriter, r *http.Request) {
 
 func (n *Node) handleUnfollow(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	if err := transfer.ValidItemID(id); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_item", fmt.Sprintf("item %q: %v", id, err))
+		return
+	}
 	err := n.Library.Unfollow(id)
 	switch {
 	case errors.Is(err, transfer.ErrNotFollowed):
 		writeError(w, http.StatusNotFound, "not_followed", err.Error())
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, "follow_write", err.Error())
+		n.followWriteError(w, err)
 	default:
 		writeJSON(w, http.StatusOK, FollowStatus{Item: id})
 	}
+}
+
+// followWriteError answers a failed write of the followed items: 507 when
+// the disk is full, 500 otherwise; the message names the file.
+func (n *Node) followWriteError(w http.ResponseWriter, err error) {
+	if errors.Is(err, transfer.ErrNoSpace) {
+		writeError(w, http.StatusInsufficientStorage, "disk_full", fmt.Sprintf("%v: free space in the data dir %s and retry", err, n.cfg.DataDir))
+		return
+	}
+	writeError(w, http.StatusInternalServerError, "follow_write", err.Error())
 }
 
 func (n *Node) handleDownload(w http.ResponseWriter, r *http.Request) {
@@ -521,6 +535,8 @@ func (n *Node) handleDownload(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, transfer.ErrBusy):
 		writeError(w, http.StatusConflict, "busy", err.Error())
+	case errors.Is(err, transfer.ErrHeld):
+		writeError(w, http.StatusConflict, "held", err.Error())
 	case errors.Is(err, transfer.ErrNoHolder):
 		writeError(w, http.StatusNotFound, "no_holder", err.Error())
 	case err != nil:

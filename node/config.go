@@ -112,6 +112,10 @@ type Config struct {
 	// that trickles it cannot hold the connection and its handler open.
 	// Default 10 s; a knob for tests only.
 	apiBodyTimeout time.Duration
+	// spreadCopies is the transfer server's Limits.SpreadCopies (0: its
+	// default; -1: no spreading); a knob for the benchmark that compares
+	// the two.
+	spreadCopies int
 	// cutCheck (how often the cut rule runs; negative: never) and now
 	// (its clock) are knobs for tests only.
 	cutCheck time.Duration

@@ -24,7 +24,7 @@ type contractCall struct {
 
 // contractDo sends one request to n's API with the bearer token and does
 // not follow redirects: a redirect is an answer under test too.
-func contractDo(t *testing.T, n *Node, method, path string, body io.Reader) contractCall {
+func contractDo(t testing.TB, n *Node, method, path string, body io.Reader) contractCall {
 	t.Helper()
 	req, err := http.NewRequest(method, "http://"+n.APIAddr()+path, body)
 	if err != nil {

@@ -36,7 +36,7 @@ func randBytes(n int) []byte {
 }
 
 // writeItem creates item id in n's share folder.
-func writeItem(t *testing.T, n *Node, id string, files map[string]testFile) {
+func writeItem(t testing.TB, n *Node, id string, files map[string]testFile) {
 	t.Helper()
 	for p, f := range files {
 		full := filepath.Join(shareDir(n), id, filepath.FromSlash(p))
@@ -53,7 +53,7 @@ func writeItem(t *testing.T, n *Node, id string, files map[string]testFile) {
 }
 
 // treeOf reads an item's shared files: path -> content and mode.
-func treeOf(t *testing.T, root string) map[string]testFile {
+func treeOf(t testing.TB, root string) map[string]testFile {
 	t.Helper()
 	ig, err := transfer.LoadIgnore(root)
 	if err != nil {
@@ -83,7 +83,7 @@ func treeOf(t *testing.T, root string) map[string]testFile {
 	return out
 }
 
-func sameTree(t *testing.T, want, got map[string]testFile) {
+func sameTree(t testing.TB, want, got map[string]testFile) {
 	t.Helper()
 	if len(want) != len(got) {
 		t.Fatalf("%d files, want %d", len(got), len(want))
@@ -100,7 +100,7 @@ func sameTree(t *testing.T, want, got map[string]testFile) {
 }
 
 // holds waits until every node sees holder h of item id at h's manifest.
-func waitHolder(t *testing.T, c *cluster, h *Node, id string) string {
+func waitHolder(t testing.TB, c *cluster, h *Node, id string) string {
 	t.Helper()
 	var manifest string
 	waitFor(t, 20*time.Second, "holder entry of "+id+" everywhere", func() bool {
@@ -122,7 +122,7 @@ func waitHolder(t *testing.T, c *cluster, h *Node, id string) string {
 
 // shareItem writes item id on holder h, scans it and waits until every
 // node sees h's entry; it returns the manifest.
-func shareItem(t *testing.T, c *cluster, h *Node, id string, files map[string]testFile) string {
+func shareItem(t testing.TB, c *cluster, h *Node, id string, files map[string]testFile) string {
 	t.Helper()
 	writeItem(t, h, id, files)
 	h.Library.ScanAll()

@@ -241,7 +241,8 @@ func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 		Share: share, Dir: filepath.Join(n.cfg.DataDir, DirLibrary), Doc: n.Doc, Host: n.Host,
 		Protocol: n.Fleet.Protocol("xfer/1"), Handle: n.Auth.Handle, Logger: lg,
 		ScanInterval: n.cfg.ScanInterval, OnEvent: n.Events.Publish,
-		Limits: transfer.Limits{SendRate: n.cfg.MaxSendRate},
+		Limits: transfer.Limits{SendRate: n.cfg.MaxSendRate, SpreadCopies: n.cfg.spreadCopies},
+		Lineage: n.fleetReadsLineage,
 	})
 	n.roomConfig = room.Config{
 		Self: n.Host.ID(), Doc: n.Doc, PubSub: n.ps, Logger: lg, OnEvent: n.Events.Publish,
@@ -385,4 +386,25 @@ func (n *Node) Close() error {
 	// flushed and closed.
 	errs = append(errs, n.lock.release())
 	return errors.Join(errs...)
+}
+
+// fleetReadsLineage reports whether every node that the document says is
+// running speaks a protocol that reads version lineage in holder entries
+// (mesh.LineageVersion): until then the library writes entries without
+// it, which nodes of an earlier version would refuse.
+func (n *Node) fleetReadsLineage() bool {
+	nodes, err := n.Doc.Nodes()
+	if err != nil {
+		return false
+	}
+	// A record still marked alive but not refreshed for a long time is
+	// of a node that died without a goodbye: it does not hold the fleet
+	// back.
+	recent := time.Now().Add(-time.Hour).UnixMilli()
+	for _, r := range nodes {
+		if r.Alive && r.LastSeenMs >= recent && r.Version < mesh.LineageVersion {
+			return false
+		}
+	}
+	return true
 }

@@ -1,11 +1,14 @@
 package node
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/meshnode/meshnode/crdt"
 	"github.com/meshnode/meshnode/transfer"
 )
 
@@ -16,6 +19,7 @@ func latestEverywhere(t *testing.T, nodes []*Node, id, want string) {
 	waitFor(t, 20*time.Second, "latest "+want[:8]+" on every node", func() bool {
 		for _, n := range nodes {
 			if v := itemViewOf(t, n, id); v.Latest != want {
+				t.Logf("%s: latest %.8s, versions %+v", n.cfg.Name, v.Latest, v.Versions)
 				return false
 			}
 		}
@@ -23,7 +27,7 @@ func latestEverywhere(t *testing.T, nodes []*Node, id, want string) {
 	})
 }
 
-func itemViewOf(t *testing.T, n *Node, id string) transfer.ItemView {
+func itemViewOf(t testing.TB, n *Node, id string) transfer.ItemView {
 	t.Helper()
 	views, err := n.Library.View()
 	if err != nil {
@@ -56,9 +60,7 @@ func TestRestartWithAnOldVersionKeepsTheLatest(t *testing.T) {
 	c.stop(2)
 
 	// A publishes v2, whose parent is v1, one generation up.
-	if err := os.WriteFile(filepath.Join(shareDir(a), "toolchain", "tool"), randBytes(3<<20), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	replaceFile(t, filepath.Join(shareDir(a), "toolchain", "tool"), randBytes(3<<20), 0o755)
 	a.Library.ScanAll()
 	var v2 string
 	waitFor(t, 20*time.Second, "A's new version", func() bool {
@@ -93,5 +95,40 @@ func TestRestartWithAnOldVersionKeepsTheLatest(t *testing.T) {
 	st := download(t, d2, "toolchain")
 	if st.Manifest != v2 {
 		t.Fatalf("the reinstalled node downloaded %s, want the latest %s", st.Manifest, v2)
+	}
+}
+
+// While a running node of protocol version 1 is in the fleet, holder
+// entries carry no version lineage (it would refuse them); once it is
+// gone, the next version is published with its generation.
+func TestLineageWaitsForTheWholeFleet(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 1)
+	a := c.nodes[0]
+	oldKey, _, _ := crypto.GenerateEd25519Key(nil)
+	oldID, _ := peer.IDFromPrivateKey(oldKey)
+	setOld := func(alive bool) {
+		update(t, a, func(tx *crdt.Tx) {
+			tx.As(oldKey).SetNode(oldID.String(), crdt.NodeRecord{Name: "old", Version: 1, Alive: alive, LastSeenMs: time.Now().UnixMilli()})
+		})
+	}
+	setOld(true)
+	writeItem(t, a, "kit", map[string]testFile{"f": {randBytes(1000), 0o644}})
+	a.Library.ScanAll()
+	own := func() crdt.Holder {
+		it, _, _ := a.Doc.Item("kit")
+		return it.Holders[a.ID().String()]
+	}
+	waitFor(t, 10*time.Second, "the item published", func() bool { return own().Manifest != "" })
+	if h := own(); h.Gen != 0 || h.Parent != "" {
+		t.Fatalf("with a version 1 node running, the entry is %+v; want no lineage", h)
+	}
+	setOld(false)
+	v1 := own().Manifest
+	writeItem(t, a, "kit", map[string]testFile{"f": {randBytes(1000), 0o644}})
+	a.Library.ScanAll()
+	waitFor(t, 10*time.Second, "the new version published", func() bool { return own().Manifest != v1 })
+	if h := own(); h.Gen != 1 || h.Parent != v1 {
+		t.Fatalf("after the old node left, the new version's entry is %+v; want gen 1 with parent %s", h, v1)
 	}
 }

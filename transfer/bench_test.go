@@ -401,7 +401,11 @@ func (s uplinkStream) Write(b []byte) (int, error) {
 func fanOut(b *testing.B, sv *Served, n int, swarm bool, perChunk time.Duration) (time.Duration, int64) {
 	origin := testHost(b, "quic")
 	up := &uplink{perChunk: perChunk}
-	srv := NewServer(func(h Hash) (*Served, bool) { return sv, h == sv.Hash }, zerolog.Nop(), Limits{})
+	lim := Limits{}
+	if !swarm {
+		lim.SpreadCopies = -1 // an origin that serves everyone, as before spreading
+	}
+	srv := NewServer(func(h Hash) (*Served, bool) { return sv, h == sv.Hash }, zerolog.Nop(), lim)
 	origin.SetStreamHandler(benchProto, func(s network.Stream) { srv.Handle(uplinkStream{s, up}) })
 	hosts := make([]host.Host, n)
 	partial := make([]atomic.Pointer[Served], n)

@@ -35,7 +35,7 @@
 //	          [chunk: uvarint len(path) | path | uvarint chunk index]
 //	          [run: uvarint first chunk | uvarint count (1..1024)]
 //	response: status (0 ok, 1 not found, 2 refused, 3 error, 4 busy,
-//	          5 changed)
+//	          5 changed, 6 elsewhere)
 //	          | payload: the manifest encoding, the chunk bytes, the run's
 //	          chunks end to end, or the have answer; for another status,
 //	          a reason
@@ -66,6 +66,17 @@
 // download waits up to 15 s from the first "changed" for that. (A node of
 // an earlier version reads status 5 as a malformed answer and retries.)
 //
+// A server sends a chunk of a complete item to at most two peers within
+// 3 s of the last time it sent it (the same peer asking again is always
+// served); a third peer in that window is answered "elsewhere" (6) and
+// fetches the chunk from the peers that have it, who serve it as partial
+// holders, asking the origin again after 500 ms. So when many nodes fetch
+// one version at once (followers of an item that just changed), the
+// origin sends about two copies and the rest is traded among them; a
+// downloader that cannot reach the others still gets the chunk from the
+// origin once the window has passed (spread.go). A node may bound what it
+// sends in bytes per second, all peers together (--max-send-rate).
+//
 // # Download
 //
 // A download first creates its staging folder and writes job.json there,
@@ -94,7 +105,9 @@
 // appeared, partial ones included). A node downloading an item it holds
 // no version of publishes itself as a partial holder of that version; the
 // entry becomes complete when the download ends, or is removed if it
-// fails. After a crash, start-up resumes every download in staging,
+// fails; a node that holds an older version instead names the version it
+// fetches in its entry (Next), and is a partial holder of it for the
+// others. After a crash, start-up resumes every download in staging,
 // re-verifying the chunks its log names; a full disk mid-download stops
 // it with ErrNoSpace and keeps what was written. An update copies the
 // chunks it already has from the old version, and from the staging
@@ -120,6 +133,29 @@
 // between chunks and its staging folder is removed. A cancel always wins
 // over a download that has not reached the swap; once it has, Cancel
 // fails and the download ends done.
+//
+// # Versions
+//
+// Every holder entry carries its version's generation and parent (the
+// version it replaced): the node that first publishes a version gives it
+// one generation more than the item's highest, and every other holder
+// copies both. The latest version is the complete one of the highest
+// generation (then the latest update, then the hash), the same on every
+// replica; a node that restarts or comes back holding an old version
+// publishes the old generation and cannot make it latest again
+// (versions.go). A download asked for the item, not a pinned version,
+// moves to a newer version published while it runs: the old staging
+// folder is marked superseded in its job.json, the new download copies
+// the chunks it verified that the new manifest still needs, then removes
+// it, and the transfer reports the versions it moved from.
+//
+// # Following
+//
+// A followed item (follow.json in the library folder: this node's
+// choice, not the fleet's) is downloaded by itself whenever a newer
+// version than the one held here appears in the document; a failed try
+// of a version is retried after 30 s. User-owned files stay, as in every
+// update (follow.go).
 //
 // # Scanning
 //

@@ -26,6 +26,7 @@ func (d *download) fetch(ctx context.Context, need []int) error {
 		work:    make(chan received, 2*d.cfg.Writers),
 		allDone: make(chan struct{}),
 		ended:   make(chan struct{}, 1),
+		lookup:  make(chan struct{}, 1),
 		srcs:    map[peer.ID]*source{},
 	}
 	return f.run()
@@ -45,6 +46,7 @@ type fetcher struct {
 	work    chan received
 	allDone chan struct{}
 	ended   chan struct{} // a worker ended (capacity 1: a hint)
+	lookup  chan struct{} // a source sent us to others: look for sources now (capacity 1)
 	wg      sync.WaitGroup
 
 	mu    sync.Mutex
@@ -105,6 +107,8 @@ loop:
 			break loop
 		case <-f.ctx.Done():
 			break loop
+		case <-f.lookup:
+			f.refreshSources()
 		case <-tick.C:
 			f.refreshSources()
 			if f.live() == 0 && f.sc.left() > 0 && !f.awaitingChanged() {
@@ -410,8 +414,15 @@ func (f *fetcher) session(ctx context.Context, srcBad context.CancelCauseFunc, p
 			chunkPool.Put(buf)
 			r := inflight[0]
 			inflight = inflight[1:]
-			elsewhere[r.g] = time.Now().Add(spreadRetry)
+			until := time.Now().Add(spreadRetry)
+			for g := r.g; g < r.g+r.count; g++ {
+				elsewhere[g] = until
+			}
 			f.releaseRun(r.g, r.g+r.count)
+			select {
+			case f.lookup <- struct{}{}: // the peers it sent the chunk to may be new
+			default:
+			}
 			d.cfg.Progress.Elsewhere.Add(1)
 			continue
 		}

@@ -57,6 +57,12 @@ type LibraryConfig struct {
 	// Limits bound what the transfer server sends (its zero values take
 	// the defaults).
 	Limits Limits
+	// Lineage, if set, reports whether every node of the fleet reads the
+	// version fields of holder entries (Gen, Parent, Next); while it
+	// says no, this node writes entries without them, which nodes of an
+	// earlier version would refuse. Nil: all do. Called without locks
+	// held; may read the document.
+	Lineage func() bool
 
 	// beforeScan, if set, is called before each item's scan; tests use
 	// it to hold a scan.

@@ -171,7 +171,7 @@ func DecodeResponse(b []byte) (Response, error) {
 	if len(b) == 0 {
 		return Response{}, fmt.Errorf("%w: empty response", ErrBadFrame)
 	}
-	if b[0] > StatusChanged {
+	if b[0] > StatusElsewhere {
 		return Response{}, fmt.Errorf("%w: unknown status %d", ErrBadFrame, b[0])
 	}
 	return Response{Status: b[0], Payload: b[1:]}, nil
@@ -184,6 +184,6 @@ type ServerError struct {
 }
 
 func (e *ServerError) Error() string {
-	what := map[byte]string{StatusNotFound: "not found", StatusRefused: "refused", StatusError: "server error", StatusBusy: "busy", StatusChanged: "changed"}[e.Status]
+	what := map[byte]string{StatusNotFound: "not found", StatusRefused: "refused", StatusError: "server error", StatusBusy: "busy", StatusChanged: "changed", StatusElsewhere: "elsewhere"}[e.Status]
 	return fmt.Sprintf("peer answered %s: %s", what, e.Msg)
 }

@@ -31,6 +31,7 @@ type Served struct {
 	Ignore   *Ignore
 
 	partial *chunkSet // nil for a complete item
+	lin     *versionLineage // a downloaded version's lineage (versions.go); nil: from the document
 
 	// fps are the files' fingerprints at the scan that made Manifest, in
 	// its order (nil: not checked, as for a download's staging, which
@@ -53,6 +54,37 @@ func (sv *Served) chunkFirsts() []int {
 		}
 	})
 	return sv.firsts
+}
+
+// span returns the manifest-wide chunks a chunk or run request names,
+// when they are in the manifest.
+func (sv *Served) span(req Request) (first, count int, ok bool) {
+	if req.Kind == ReqRun {
+		if total := uint64(sv.Manifest.Chunks()); req.Chunk < total && req.Count <= total-req.Chunk {
+			return int(req.Chunk), int(req.Count), true
+		}
+		return 0, 0, false
+	}
+	fi, found := sv.Manifest.fileIndex(req.Path)
+	if !found || req.Chunk >= uint64(len(sv.Manifest.Files[fi].Chunks)) {
+		return 0, 0, false
+	}
+	return sv.chunkFirsts()[fi] + int(req.Chunk), 1, true
+}
+
+// spanBytes is the length of chunks first..first+count-1 (a valid span),
+// at most what one response carries.
+func (sv *Served) spanBytes(first, count int) int {
+	firsts := sv.chunkFirsts()
+	fi := sort.Search(len(firsts), func(i int) bool { return firsts[i] > first }) - 1
+	n := 0
+	for g := first; g < first+count && n < ChunkSize; g++ {
+		for g >= firsts[fi]+len(sv.Manifest.Files[fi].Chunks) {
+			fi++
+		}
+		n += ChunkLen(sv.Manifest.Files[fi].Size, g-firsts[fi])
+	}
+	return min(n, ChunkSize)
 }
 
 // Partial reports whether the item is still downloading.
@@ -248,6 +280,21 @@ func (s *Server) respond(w io.Writer, p peer.ID, b []byte) error {
 		}
 		return frame.Write(w, Response{Status: StatusOK, Payload: encodeHave(bits)}.Encode())
 	}
+	// Spreading first (a chunk sent elsewhere costs no read), then the
+	// send rate, then the read.
+	if first, count, ok := sv.span(req); ok {
+		if sv.partial == nil {
+			if err := s.spread.admit(req.Manifest, first, count, p); err != nil {
+				s.mu.Lock()
+				s.elsewhere++
+				s.mu.Unlock()
+				return frame.Write(w, Response{Status: StatusElsewhere, Payload: []byte(err.Error())}.Encode())
+			}
+		}
+		if err := s.pace(sv.spanBytes(first, count)); err != nil {
+			return err
+		}
+	}
 	buf := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(buf)
 	var data []byte
@@ -259,22 +306,6 @@ func (s *Server) respond(w io.Writer, p peer.ID, b []byte) error {
 	}
 	if err != nil {
 		return frame.Write(w, s.refuse(p, status, err.Error()).Encode())
-	}
-	if sv.partial == nil {
-		first, count := int(req.Chunk), int(req.Count)
-		if req.Kind == ReqChunk {
-			fi, _ := sv.Manifest.fileIndex(req.Path) // readChunk found it
-			first, count = sv.chunkFirsts()[fi]+int(req.Chunk), 1
-		}
-		if err := s.spread.admit(req.Manifest, first, count, p); err != nil {
-			s.mu.Lock()
-			s.elsewhere++
-			s.mu.Unlock()
-			return frame.Write(w, Response{Status: StatusElsewhere, Payload: []byte(err.Error())}.Encode())
-		}
-	}
-	if err := s.pace(len(data)); err != nil {
-		return err
 	}
 	s.mu.Lock()
 	s.served++

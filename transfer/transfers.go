@@ -40,6 +40,7 @@ type Transfer struct {
 	MovedFrom []string `json:"moved_from,omitempty"`
 
 	progress *Progress
+	lin      versionLineage // of the version fetched now
 	cancel   context.CancelFunc
 	swapping bool // past the point of no return (beginSwap): Cancel refuses
 	ended    time.Time
@@ -73,6 +74,9 @@ const (
 // ErrNoHolder is returned for an item no other node holds complete.
 var ErrNoHolder = errors.New("transfer: no other node holds that item complete")
 
+// ErrHeld is returned for a download of a version this node holds.
+var ErrHeld = errors.New("transfer: this node already holds")
+
 // ErrBusy is returned for an item with an operation already in flight.
 var ErrBusy = errors.New("transfer: the item has a download in flight")
 
@@ -96,7 +100,7 @@ func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
 		// node that holds the latest itself has nothing to download.
 		version = latestOf(it, "")
 		if h, ok := it.Holders[self]; ok && h.State == crdt.HolderComplete && h.Manifest == version {
-			return TransferStatus{}, fmt.Errorf("transfer: this node already holds the latest version of %s (%s)", id, version)
+			return TransferStatus{}, fmt.Errorf("%w: the latest version of %s (%s)", ErrHeld, id, version)
 		}
 	}
 	mh, err := ParseHash(version)
@@ -110,7 +114,7 @@ func (l *Library) StartDownload(id, version string) (TransferStatus, error) {
 	if len(sources) == 0 {
 		return TransferStatus{}, fmt.Errorf("%w (version %s)", ErrNoHolder, version)
 	}
-	return l.start(id, mh, sources, pinned)
+	return l.start(id, mh, sources, pinned, lineageOf(it, version))
 }
 
 // holdersOf returns the other nodes holding version of it, complete or
@@ -138,8 +142,8 @@ func (l *Library) holdersOf(it crdt.Item, version string, extra []peer.ID) []pee
 // start records a transfer of item id at mh and runs it on a goroutine.
 // Its context exists before the goroutine does, so that a Cancel that
 // comes first is not lost.
-func (l *Library) start(id string, mh Hash, sources []peer.ID, pinned bool) (TransferStatus, error) {
-	t := &Transfer{ID: newTransferID(), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), Pinned: pinned, progress: &Progress{}, done: make(chan struct{})}
+func (l *Library) start(id string, mh Hash, sources []peer.ID, pinned bool, lin versionLineage) (TransferStatus, error) {
+	t := &Transfer{ID: newTransferID(), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), Pinned: pinned, lin: lin, progress: &Progress{}, done: make(chan struct{})}
 	t.Sources = peerStrings(sources)
 	staging := l.stagingFor(id, mh)
 	l.mu.Lock()
@@ -150,7 +154,7 @@ func (l *Library) start(id string, mh Hash, sources []peer.ID, pinned bool) (Tra
 	base := l.local[id]
 	if base != nil && base.Hash == mh {
 		l.mu.Unlock()
-		return TransferStatus{}, fmt.Errorf("transfer: this node already holds %s at %s", id, mh)
+		return TransferStatus{}, fmt.Errorf("%w: %s at %s", ErrHeld, id, mh)
 	}
 	l.transfers[t.ID] = t
 	if run := l.runningLocked(); run == nil {
@@ -195,6 +199,9 @@ type jobInfo struct {
 	Manifest string   `json:"manifest"`
 	Sources  []string `json:"sources"`
 	Pinned   bool     `json:"pinned,omitempty"`
+	// Lineage is the version's generation and parent when the download
+	// started (versions.go).
+	Lineage versionLineage `json:"lineage,omitzero"`
 	// Superseded names the version the download moved to: the folder is
 	// kept only for that download to reuse its chunks, never resumed.
 	Superseded string `json:"superseded,omitempty"`
@@ -238,23 +245,21 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	var fps map[string]fingerprint
 	recorded := false
 	err := ctx.Err()
-	for err == nil {
-		err = recordJob(staging, jobInfo{Item: t.Item, Manifest: mh.String(), Sources: peerStrings(sources), Pinned: t.Pinned})
+	if err == nil {
+		err = recordJob(staging, jobInfo{Item: t.Item, Manifest: mh.String(), Sources: peerStrings(sources), Pinned: t.Pinned, Lineage: t.lin})
 		recorded = err == nil
-		if err != nil {
-			break
-		}
+	}
+	for err == nil {
 		var to Hash
 		m, fps, to, err = l.fetchItem(ctx, t, mh, sources, staging, base)
 		if err == nil || to == (Hash{}) {
 			break
 		}
-		mh, staging = to, l.moveTo(t, staging, to)
-		it, _, _ := l.cfg.Doc.Item(t.Item)
-		sources = l.holdersOf(it, to.String(), nil)
-		l.mu.Lock()
-		t.Sources = peerStrings(sources)
-		l.mu.Unlock()
+		var next string
+		if next, sources, err = l.moveTo(t, staging, to); err != nil {
+			break
+		}
+		mh, staging = to, next
 		err = ctx.Err()
 	}
 	if err == nil {
@@ -281,7 +286,7 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	if err == nil {
 		// Known to the library and published before it is reported done,
 		// from the manifest it was verified against: no second hashing.
-		if aerr := l.adopt(t.Item, m, fps); aerr != nil {
+		if aerr := l.adopt(t.Item, m, fps, t.lin); aerr != nil {
 			l.lg.Warn().Str("item", t.Item).Err(aerr).Msg("the downloaded item is not as its manifest says; scanning it")
 			l.scanAndPublish([]string{t.Item})
 		}
@@ -337,7 +342,9 @@ func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources [
 				return nil
 			}
 			if !t.Pinned {
-				if v, ok := newerVersion(it, mh.String(), self); ok {
+				// Never back to the version held here: a tie in the
+				// order must not make a node fetch what it has.
+				if v, ok := newerVersion(it, mh.String(), self); ok && (base == nil || v != base.Hash) {
 					stop(&movedError{to: v})
 					return nil
 				}
@@ -405,11 +412,20 @@ func newerVersion(it crdt.Item, m, self string) (Hash, bool) {
 }
 
 // moveTo makes transfer t, whose version in staging was replaced, a
-// download of version to: the old folder is marked superseded (kept for
-// the new download to reuse its verified chunks, which then removes it;
-// never resumed), and t reports the move. It returns the new staging
-// folder.
-func (l *Library) moveTo(t *Transfer, staging string, to Hash) string {
+// download of version to, and returns its staging folder and sources.
+// The new folder's job is recorded first, so that from then on a crash
+// resumes the new version; then the old folder is marked superseded (kept
+// for the new download to reuse its verified chunks, which then removes
+// it; never resumed), and t reports the move. A failure to record the new
+// job leaves the old folder as it was, to resume.
+func (l *Library) moveTo(t *Transfer, staging string, to Hash) (string, []peer.ID, error) {
+	it, _, _ := l.cfg.Doc.Item(t.Item)
+	sources := l.holdersOf(it, to.String(), nil)
+	lin := lineageOf(it, to.String())
+	next := l.stagingFor(t.Item, to)
+	if err := recordJob(next, jobInfo{Item: t.Item, Manifest: to.String(), Sources: peerStrings(sources), Lineage: lin}); err != nil {
+		return "", nil, err
+	}
 	job, _, err := readJob(staging)
 	if err == nil {
 		job.Superseded = to.String()
@@ -425,12 +441,14 @@ func (l *Library) moveTo(t *Transfer, staging string, to Hash) string {
 	from := t.Manifest
 	t.MovedFrom = append(t.MovedFrom, from)
 	t.Manifest = to.String()
+	t.Sources = peerStrings(sources)
+	t.lin = lin
 	l.mu.Unlock()
 	// Done counts the new version's bytes; Fetched and Reused go on.
 	t.progress.Done.Store(0)
 	l.lg.Info().Str("item", t.Item).Str("from", from).Str("to", to.String()).Msg("download moved to the item's new version")
 	l.cfg.OnEvent("transfer.moved", map[string]any{"id": t.ID, "item": t.Item, "from": from, "to": to.String()})
-	return l.stagingFor(t.Item, to)
+	return next, sources, nil
 }
 
 // dropSuperseded removes the staging folders of item id that a download
@@ -587,7 +605,11 @@ func (l *Library) resumeDownloads() {
 		it, _, _ := l.cfg.Doc.Item(job.Item)
 		list := l.holdersOf(it, job.Manifest, old)
 		l.lg.Info().Str("item", job.Item).Int("sources", len(list)).Msg("resuming an interrupted download")
-		if _, err := l.start(job.Item, mh, list, job.Pinned); err != nil {
+		lin := job.Lineage
+		if !lin.Known {
+			lin = lineageOf(it, job.Manifest)
+		}
+		if _, err := l.start(job.Item, mh, list, job.Pinned, lin); err != nil {
 			l.lg.Warn().Str("item", job.Item).Err(err).Msg("cannot resume download")
 		}
 	}
@@ -741,18 +763,21 @@ func (l *Library) servePartial(id string, sv *Served) bool {
 	}
 	m := sv.Hash.String()
 	h, held := it.Holders[self]
+	withLineage := l.lineageOK()
 	switch {
+	case held && h.State == crdt.HolderComplete && !withLineage:
+		return false // Next is unknown to some nodes: served, not advertised
 	case held && h.State == crdt.HolderComplete && h.Manifest != m:
+		// Its update time stays: it orders versions of generation 0.
 		h.Next = m
 	case held && h.State == crdt.HolderComplete:
 		return false
 	default:
-		h = crdt.Holder{Manifest: m, Size: sv.Manifest.Size(), Files: int64(len(sv.Manifest.Files)), State: crdt.HolderPartial}
-		if v, ok := knownVersion(it, m); ok {
+		h = crdt.Holder{Manifest: m, Size: sv.Manifest.Size(), Files: int64(len(sv.Manifest.Files)), State: crdt.HolderPartial, UpdatedMs: l.cfg.Now().UnixMilli()}
+		if v, ok := knownVersion(it, m); ok && withLineage {
 			h.Gen, h.Parent = v.Gen, v.Parent
 		}
 	}
-	h.UpdatedMs = l.cfg.Now().UnixMilli()
 	_, err = l.cfg.Doc.Update("library partial", func(tx *crdt.Tx) error {
 		tx.SetHolder(id, self, h)
 		return nil
@@ -786,7 +811,7 @@ func (l *Library) withdrawPartial(id string, h Hash, unpublish bool) {
 	case !held:
 		return
 	case cur.State == crdt.HolderComplete && cur.Next == m:
-		cur.Next, cur.UpdatedMs = "", l.cfg.Now().UnixMilli()
+		cur.Next = ""
 	case cur.State != crdt.HolderPartial || cur.Manifest != m:
 		return
 	}

@@ -9,17 +9,27 @@ import (
 // Versions of an item and their order.
 //
 // A version's generation (crdt.Holder.Gen) is fixed by the node that first
-// publishes it: one more than the highest generation the item has in the
-// document then, with the version it replaced there as its parent. Every
-// other holder copies both from the document, so the order is the same on
-// every replica and a node that restarts, or comes back with an old copy,
-// republishes the old version's generation and cannot make it latest
-// again. The latest version is the complete one of the highest
-// generation; among equals (versions published concurrently, or written
-// by nodes that predate generations, all 0) the most recently updated,
-// then the greater manifest hash.
+// publishes it: one more than the highest generation the item's complete
+// holders have in the document then, with the version it replaced there
+// as its parent. Every other holder copies both: from the document, or,
+// for a download, from what the document said when it started, so the
+// order is the same on every replica and a node that restarts, or comes
+// back with an old copy, republishes the old version's generation and
+// cannot make it latest again. A node that publishes a version the
+// document does not know without having held the item before (a node
+// reinstalled next to an old copy, an item folder restored) gives it
+// generation 0: it does not outrank what the fleet already has. Only
+// complete holders' claims count: a partial entry cannot promote a
+// version.
+//
+// The latest version is the complete one of the highest generation.
+// Among versions of one generation (published concurrently), the greater
+// manifest hash wins, which no later write moves; versions of generation
+// 0 (written by nodes that predate generations) keep the order they had
+// before, the most recently updated first.
 
-// rank is what orders two versions: generation, update time, manifest.
+// rank is what orders two versions: generation, then for generation 0
+// the update time, then the manifest hash.
 type rank struct {
 	gen     int64
 	updated int64
@@ -30,7 +40,7 @@ func (a rank) above(b rank) bool {
 	if a.gen != b.gen {
 		return a.gen > b.gen
 	}
-	if a.updated != b.updated {
+	if a.gen == 0 && a.updated != b.updated {
 		return a.updated > b.updated
 	}
 	return a.m > b.m
@@ -40,8 +50,8 @@ func (v *ItemVersion) rank() rank { return rank{v.Gen, v.Updated, v.Manifest} }
 
 // versionsOf groups item it's holder entries by version, highest rank
 // first. A version's generation and parent are the highest any of its
-// holders claims; a holder fetching a newer version (Next) counts as its
-// partial holder.
+// complete holders claims; a holder fetching a newer version (Next)
+// counts as its partial holder.
 func versionsOf(it crdt.Item) []ItemVersion {
 	byM := map[string]*ItemVersion{}
 	for p, h := range it.Holders {
@@ -50,12 +60,12 @@ func versionsOf(it crdt.Item) []ItemVersion {
 			iv = &ItemVersion{Manifest: h.Manifest, Size: h.Size, Files: h.Files}
 			byM[h.Manifest] = iv
 		}
-		if h.State == crdt.HolderComplete {
-			iv.Holders = append(iv.Holders, p)
-		} else {
-			iv.Partial = append(iv.Partial, p)
-		}
 		iv.Updated = max(iv.Updated, h.UpdatedMs)
+		if h.State != crdt.HolderComplete {
+			iv.Partial = append(iv.Partial, p)
+			continue
+		}
+		iv.Holders = append(iv.Holders, p)
 		if h.Gen > iv.Gen || (h.Gen == iv.Gen && h.Parent > iv.Parent) {
 			iv.Gen, iv.Parent = h.Gen, h.Parent
 		}
@@ -89,29 +99,55 @@ func latestOf(it crdt.Item, skip string) string {
 }
 
 // lineage returns the generation and parent that version m of item it is
-// published with: the version's own where the document knows it, else
-// those of a new version, one generation above every version of the item
-// and with the version the publisher held before (prev) as its parent.
+// published with by a node whose previous complete version was prev (""
+// for none): the version's own where a complete holder has it; else,
+// for a node that held the item, those of a new version, one generation
+// above every version of the item, with prev as its parent; else 1 for
+// the item's first version and 0 for a version the node brings with no
+// history of the item (see above).
 func lineage(it crdt.Item, m, prev string) (gen int64, parent string) {
-	if v, ok := knownVersion(it, m); ok && v.Gen > 0 {
+	if v, ok := knownVersion(it, m); ok {
 		return v.Gen, v.Parent
 	}
 	var top int64
+	held := false
 	for _, h := range it.Holders {
-		top = max(top, h.Gen)
+		if h.State == crdt.HolderComplete {
+			top, held = max(top, h.Gen), true
+		}
 	}
-	if prev == m {
-		prev = ""
+	switch {
+	case prev != "" && prev != m:
+		return min(top+1, crdt.MaxGen), prev
+	case held:
+		return 0, ""
 	}
-	return min(top+1, crdt.MaxGen), prev
+	return 1, ""
 }
 
-// knownVersion returns version m of item it as its holder entries have it.
+// knownVersion returns version m of item it as its complete holders have
+// it; false when none holds it complete.
 func knownVersion(it crdt.Item, m string) (ItemVersion, bool) {
 	for _, v := range versionsOf(it) {
-		if v.Manifest == m {
+		if v.Manifest == m && len(v.Holders) > 0 {
 			return v, true
 		}
 	}
 	return ItemVersion{}, false
+}
+
+// versionLineage is a version's generation and parent as a download found
+// them in the document when it started (Known: a complete holder had the
+// version). The download publishes the version with them, even if by the
+// time it ends no other complete holder is left to say so.
+type versionLineage struct {
+	Gen    int64  `json:"gen,omitempty"`
+	Parent string `json:"parent,omitempty"`
+	Known  bool   `json:"known,omitempty"`
+}
+
+// lineageOf returns version m of it's lineage as the document has it.
+func lineageOf(it crdt.Item, m string) versionLineage {
+	v, ok := knownVersion(it, m)
+	return versionLineage{Gen: v.Gen, Parent: v.Parent, Known: ok}
 }

@@ -45,12 +45,35 @@ func TestVersionOrder(t *testing.T) {
 	if g, p := lineage(it, m("3"), m("1")); g != 3 || p != m("1") {
 		t.Fatalf("new v3: gen %d parent %q", g, p)
 	}
-	if g, p := lineage(it, m("0"), m("0")); g != 3 || p != "" {
-		t.Fatalf("legacy v0 republished: gen %d parent %q", g, p)
+	if g, p := lineage(it, m("0"), m("0")); g != 0 || p != "" {
+		t.Fatalf("legacy v0 republished: gen %d parent %q, want it to keep 0", g, p)
 	}
-	// Two versions of one generation: the later update, then the hash.
-	tie := crdt.Item{Holders: map[string]crdt.Holder{"x": complete(m("a"), 4, 10, ""), "y": complete(m("b"), 4, 10, "")}}
+	// A version the document does not know, from a node that never held
+	// the item (a reinstall beside an old copy), does not outrank the
+	// fleet's; the item's very first version is generation 1.
+	if g, _ := lineage(it, m("9"), ""); g != 0 {
+		t.Fatalf("an unknown version with no history here: gen %d, want 0", g)
+	}
+	if g, _ := lineage(crdt.Item{}, m("9"), ""); g != 1 {
+		t.Fatalf("an item's first version: gen %d, want 1", g)
+	}
+	// A partial entry's claim does not promote a version.
+	hostile := crdt.Item{Holders: map[string]crdt.Holder{
+		"pub":  complete(m("2"), 2, 100, m("1")),
+		"old":  complete(m("1"), 1, 100, ""),
+		"liar": {Manifest: m("1"), State: crdt.HolderPartial, Gen: crdt.MaxGen, UpdatedMs: 999},
+	}}
+	if got := latestOf(hostile, ""); got != m("2") {
+		t.Fatalf("a partial entry claiming MaxGen made %s latest", got)
+	}
+	// Two versions of one generation: the greater hash, whatever their
+	// update times; in generation 0, the later update.
+	tie := crdt.Item{Holders: map[string]crdt.Holder{"x": complete(m("a"), 4, 99, ""), "y": complete(m("b"), 4, 10, "")}}
 	if got := latestOf(tie, ""); got != m("b") {
 		t.Fatalf("tie broken to %s", got)
+	}
+	legacy := crdt.Item{Holders: map[string]crdt.Holder{"x": complete(m("a"), 0, 99, ""), "y": complete(m("b"), 0, 10, "")}}
+	if got := latestOf(legacy, ""); got != m("a") {
+		t.Fatalf("generation 0 ordered to %s, want the later update", got)
 	}
 }

@@ -365,6 +365,7 @@ func (l *Library) publish(ids []string) {
 		l.lg.Warn().Err(err).Msg("reading the library failed")
 		return
 	}
+	withLineage := l.lineageOK()
 	var changed []string
 	_, err = l.cfg.Doc.Update("library scan", func(tx *crdt.Tx) error {
 		for _, r := range results {
@@ -382,7 +383,13 @@ func (l *Library) publish(ids []string) {
 			if had && old.State == crdt.HolderComplete {
 				prev = old.Manifest
 			}
-			want.Gen, want.Parent = lineage(cur, want.Manifest, prev)
+			switch {
+			case !withLineage:
+			case r.sv.lin != nil:
+				want.Gen, want.Parent = r.sv.lin.Gen, r.sv.lin.Parent
+			default:
+				want.Gen, want.Parent = lineage(cur, want.Manifest, prev)
+			}
 			if had && sameHolding(old, want) {
 				continue
 			}
@@ -403,6 +410,10 @@ func (l *Library) publish(ids []string) {
 	}
 }
 
+// lineageOK reports whether holder entries may carry version lineage
+// (LibraryConfig.Lineage).
+func (l *Library) lineageOK() bool { return l.cfg.Lineage == nil || l.cfg.Lineage() }
+
 // sameHolding reports whether a published holder entry already says
 // what want says, apart from its update time.
 func sameHolding(old, want crdt.Holder) bool {
@@ -415,7 +426,8 @@ func sameHolding(old, want crdt.Holder) bool {
 // against, with each file's fingerprint as the download left it (fps).
 // It fails, for the caller to scan instead, if any file differs from
 // that fingerprint now: someone changed it since it was written.
-func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint) error {
+// It is published with the lineage the download found (lin), if known.
+func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint, lin versionLineage) error {
 	root := filepath.Join(l.cfg.Share, id)
 	ix := &Index{Files: make(map[string]indexEntry, len(m.Files)), Manifest: m.Hash(), dirty: true}
 	for _, f := range m.Files {
@@ -432,6 +444,9 @@ func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint) erro
 	sv, err := l.keep(id, root, ix, m)
 	if err != nil {
 		return err
+	}
+	if lin.Known {
+		sv.lin = &lin
 	}
 	l.setLocal(id, sv)
 	l.publish([]string{id})

@@ -86,15 +86,18 @@ func printVersions(out io.Writer, items []transfer.ItemView, id string, asJSON b
 			}
 			parent := "-"
 			if v.Parent != "" {
-				parent = v.Parent[:16]
+				parent = short(v.Parent)
 			}
-			fmt.Fprintf(tw, "%s%s\t%d\t%s\t%s\t%d\t%d\t%d\t%s\n", v.Manifest[:16], mark, v.Gen, parent, humanBytes(float64(v.Size)), v.Files,
+			fmt.Fprintf(tw, "%s%s\t%d\t%s\t%s\t%d\t%d\t%d\t%s\n", short(v.Manifest), mark, v.Gen, parent, humanBytes(float64(v.Size)), v.Files,
 				len(v.Holders), len(v.Partial), time.UnixMilli(v.Updated).Format(time.DateTime))
 		}
 		return tw.Flush()
 	}
 	return fmt.Errorf("no item %q in the library", id)
 }
+
+// short abbreviates a manifest hash (a peer's entry may hold any string).
+func short(h string) string { return h[:min(16, len(h))] }
 
 // runFollow follows or unfollows an item.
 func runFollow(name string, args []string, out io.Writer) error {
