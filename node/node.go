@@ -241,7 +241,7 @@ func (n *Node) wire(boot, relays []peer.AddrInfo, newDoc bool) {
 		Share: share, Dir: filepath.Join(n.cfg.DataDir, DirLibrary), Doc: n.Doc, Host: n.Host,
 		Protocol: n.Fleet.Protocol("xfer/1"), Handle: n.Auth.Handle, Logger: lg,
 		ScanInterval: n.cfg.ScanInterval, OnEvent: n.Events.Publish,
-		Limits: transfer.Limits{SendRate: n.cfg.MaxSendRate, SpreadCopies: n.cfg.spreadCopies},
+		Limits:  transfer.Limits{SendRate: n.cfg.MaxSendRate, SpreadCopies: n.cfg.spreadCopies},
 		Lineage: n.fleetReadsLineage,
 	})
 	n.roomConfig = room.Config{

@@ -30,7 +30,7 @@ type Served struct {
 	Encoded  []byte
 	Ignore   *Ignore
 
-	partial *chunkSet // nil for a complete item
+	partial *chunkSet       // nil for a complete item
 	lin     *versionLineage // a downloaded version's lineage (versions.go); nil: from the document
 
 	// fps are the files' fingerprints at the scan that made Manifest, in
