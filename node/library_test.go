@@ -602,7 +602,7 @@ func changeMidDownload(t *testing.T, c *cluster, pin bool) (transfer.TransferSta
 	files := map[string]testFile{"a.bin": {randBytes(8 << 20), 0o644}, "b.bin": {randBytes(8 << 20), 0o644}, "c.bin": {randBytes(8 << 20), 0o644}}
 	v1 := shareItem(t, c, a, "game", files)
 	replaceXferHandler(t, a, func(s network.Stream) {
-		a.Library.Server().Handle(slowStream{Stream: s, delay: 20 * time.Millisecond})
+		a.Library.Server().Handle(slowStream{Stream: s, delay: 200 * time.Millisecond})
 	})
 	version := ""
 	if pin {

@@ -191,3 +191,75 @@ func TestTouchedFilePausesTheDownload(t *testing.T) {
 	}
 	sameStaged(t, sv, out)
 }
+
+// A file written just before its scan is racy: a write in the same tick
+// of the file clock can leave its fingerprint as the scan saw it. Its
+// chunks are checked against the manifest before they are served, and
+// the next scan hashes it again even with an unchanged fingerprint.
+func TestRacyFileIsCheckedBeforeServing(t *testing.T) {
+	t.Parallel()
+	root := filepath.Join(t.TempDir(), "item")
+	writeBenchItem(t, root, 2, 2<<20)
+	ix := &Index{Files: map[string]indexEntry{}}
+	m, _, err := Scan(root, ix) // just written: racy
+	if err != nil {
+		t.Fatal(err)
+	}
+	racy := ix.racy(m)
+	if racy == nil || !racy[0] || !racy[1] {
+		t.Fatalf("files scanned right after they were written are not racy: %v", racy)
+	}
+	rescans := new(atomic.Int32)
+	sv := &Served{Root: root, Manifest: m, Hash: m.Hash(), Encoded: m.Encode(), fps: ix.fingerprints(m), racy: racy,
+		changed: func() { rescans.Add(1) }}
+	rel := m.Files[0].Path
+	if _, status, err := readChunk(sv, rel, 0, make([]byte, ChunkSize)); status != StatusOK || err != nil {
+		t.Fatalf("an unchanged racy file: status %d, %v", status, err)
+	}
+	// The same-tick write: new bytes, and a fingerprint as at the scan
+	// (set here, as a coarse file clock would leave it).
+	f0 := filepath.Join(root, rel)
+	b, _ := os.ReadFile(f0)
+	b[10] ^= 0xff
+	if err := os.WriteFile(f0, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(f0)
+	sv.fps[0] = fingerprintOf(st)
+	for _, read := range []func() (byte, error){
+		func() (byte, error) { _, s, err := readChunk(sv, rel, 0, make([]byte, ChunkSize)); return s, err },
+		func() (byte, error) { _, s, err := readRun(sv, 0, 1, make([]byte, ChunkSize)); return s, err },
+	} {
+		if status, err := read(); status != StatusChanged || err == nil {
+			t.Fatalf("a racy file changed in the same tick: status %d, %v; want StatusChanged", status, err)
+		}
+	}
+	if rescans.Load() != 1 {
+		t.Fatalf("%d rescans asked for, want 1", rescans.Load())
+	}
+	// The rescan hashes it again though the index's fingerprint is the
+	// file's: the new bytes make a new manifest.
+	e := ix.Files[rel]
+	e.FP = fingerprintOf(st)
+	ix.Files[rel] = e
+	m2, _, err := Scan(root, ix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2.Hash() == m.Hash() {
+		t.Fatal("the rescan reused the racy file's old hashes")
+	}
+	// A file older than the window is not racy.
+	old := time.Now().Add(-time.Minute)
+	for _, f := range m2.Files {
+		if err := os.Chtimes(filepath.Join(root, f.Path), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := Scan(root, ix); err != nil {
+		t.Fatal(err)
+	}
+	if r := ix.racy(m2); r != nil {
+		t.Fatalf("files a minute old are racy: %v", r)
+	}
+}

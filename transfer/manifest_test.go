@@ -151,6 +151,7 @@ func TestScanReusesIndex(t *testing.T) {
 		os.WriteFile(filepath.Join(root, n), bytes.Repeat([]byte(n), 1000), 0o644)
 	}
 	os.Symlink("/etc/passwd", filepath.Join(root, "link"))
+	ageTree(t, root)
 	ixFile := filepath.Join(t.TempDir(), "ix.json")
 	ix := LoadIndex(ixFile)
 	m1, st, err := Scan(root, ix)

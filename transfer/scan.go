@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/zeebo/blake3"
 
@@ -100,6 +101,22 @@ func fingerprintOf(fi fs.FileInfo) fingerprint {
 type indexEntry struct {
 	FP     fingerprint `json:"fp"`
 	Chunks []Hash      `json:"chunks"`
+	// Racy: the file was modified less than racyWindow before it was
+	// hashed, so a write just after the hash could have left the same
+	// fingerprint (file times move in coarse steps). Such a file is
+	// hashed again at the next scan whatever its fingerprint, and its
+	// chunks are checked against the manifest before they are served.
+	Racy bool `json:"racy,omitempty"`
+}
+
+// racyWindow: see indexEntry.Racy. Two seconds covers the coarsest file
+// times in use (FAT), and Linux's coarse clock many times over.
+const racyWindow = 2 * time.Second
+
+// isRacy reports whether a file of fingerprint fp, read at or after
+// when, could have been written again with the same fingerprint.
+func isRacy(fp fingerprint, when time.Time) bool {
+	return when.UnixNano()-fp.MtimeNs < int64(racyWindow)
 }
 
 // Index is the persisted result of an item's last scan: per file, its
@@ -109,6 +126,21 @@ type Index struct {
 	Files    map[string]indexEntry `json:"files"`
 	Manifest Hash                  `json:"manifest"`
 	dirty    bool                  // changed since loaded: Save writes it
+}
+
+// racy returns, in m's order, which files are racy (indexEntry.Racy); nil
+// when none is.
+func (ix *Index) racy(m *Manifest) []bool {
+	var out []bool
+	for i, f := range m.Files {
+		if e := ix.Files[f.Path]; e.Racy {
+			if out == nil {
+				out = make([]bool, len(m.Files))
+			}
+			out[i] = true
+		}
+	}
+	return out
 }
 
 // fingerprints returns the fingerprint of each of m's files as this
@@ -219,11 +251,12 @@ func scan(root string, ix *Index, stop func() bool) (*Manifest, ScanStats, error
 		}
 		fp := fingerprintOf(fi)
 		e, ok := ix.Files[rel]
-		if !ok || e.FP != fp {
+		if !ok || e.FP != fp || e.Racy {
+			hashed := time.Now()
 			if e.Chunks, err = hashFile(full, fi.Size()); err != nil {
 				return err
 			}
-			e.FP = fp
+			e.FP, e.Racy = fp, isRacy(fp, hashed)
 			ix.dirty = true
 			st.Hashed++
 			st.BytesHashed += fi.Size()

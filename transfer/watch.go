@@ -439,6 +439,9 @@ func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint, lin 
 		if !fi.Mode().IsRegular() || fp != want || fp.Size != f.Size || fp.Mode != f.Mode {
 			return fmt.Errorf("%s changed since it was downloaded", f.Path)
 		}
+		// Not racy: this node wrote the file just now, from chunks it
+		// verified; a user's write in the same tick of the file clock is
+		// left to the downloaders' own check.
 		ix.Files[f.Path] = indexEntry{FP: fp, Chunks: f.Chunks}
 	}
 	sv, err := l.keep(id, root, ix, m)
@@ -525,7 +528,7 @@ func (l *Library) keep(id, root string, ix *Index, m *Manifest) (*Served, error)
 	if err != nil {
 		return nil, err
 	}
-	sv := &Served{Root: root, Manifest: m, Hash: h, Encoded: enc, Ignore: ig, fps: ix.fingerprints(m),
+	sv := &Served{Root: root, Manifest: m, Hash: h, Encoded: enc, Ignore: ig, fps: ix.fingerprints(m), racy: ix.racy(m),
 		changed: func() { l.RequestScan(id) }}
 	return sv, nil
 }
