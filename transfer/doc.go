@@ -59,7 +59,11 @@
 // bytes that no longer match its manifest: a file whose size,
 // modification or change time or inode moved on since the scan (checked when it is
 // opened and after each chunk is read) is answered "changed", and the
-// holder rescans the item and publishes its new version. The downloader
+// holder rescans the item and publishes its new version. A file modified
+// less than 2 s before its scan is racy (a write in the same tick of the
+// file clock could keep its fingerprint): each chunk of it is checked
+// against the manifest's hash before it is sent, and the next scan
+// hashes it again. The downloader
 // stops asking that holder, without reporting it for bad data, and tries
 // it again after 5 s: a holder whose file was only touched serves the
 // same version again after its rescan. With no other source, the
@@ -160,7 +164,8 @@
 // # Scanning
 //
 // A scan stats every file and re-hashes only those whose fingerprint
-// (size, mtime, mode, inode, ctime) changed since the index; a file
+// (size, mtime, mode, inode, ctime) changed since the index, and those
+// that were racy at the last scan; a file
 // smaller than a chunk is read into a buffer of its size, larger ones
 // through pooled chunk buffers. fsnotify events rescan their item after
 // a 1 s debounce; an event for an item with a download in flight is
