@@ -48,8 +48,9 @@ type LibraryConfig struct {
 	// Debounce: a watched change rescans its item this long after the
 	// last event. Default 1 s.
 	Debounce time.Duration
-	// OnEvent receives library events (item.scanned, transfer.progress,
-	// transfer.done, transfer.failed, transfer.cancelled, peer.bad_data).
+	// OnEvent receives library events (item.scanned, item.followed,
+	// item.unfollowed, transfer.progress, transfer.done, transfer.failed,
+	// transfer.cancelled, transfer.moved, peer.bad_data).
 	// Must not block.
 	OnEvent func(typ string, data map[string]any)
 	// Now is the clock; default time.Now.
