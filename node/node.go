@@ -57,6 +57,7 @@ type Node struct {
 	ps       *pubsub.PubSub
 	psCancel context.CancelFunc
 	apiToken string
+	ui       *uiAuth // the dashboard's sign-in codes and sessions (ui.go)
 	apiLn    net.Listener
 	// apiStopping is closed when the API shuts down, ending event streams.
 	apiStopping chan struct{}
@@ -74,7 +75,7 @@ func New(cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	lg := cfg.Logger
-	n := &Node{cfg: cfg, lg: lg, started: time.Now(), Events: newBus(), apiStopping: make(chan struct{})}
+	n := &Node{cfg: cfg, lg: lg, started: time.Now(), Events: newBus(), apiStopping: make(chan struct{}), ui: newUIAuth()}
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -397,10 +398,10 @@ func (n *Node) fleetReadsLineage() bool {
 	if err != nil {
 		return false
 	}
-	// A record still marked alive but not refreshed for a long time is
-	// of a node that died without a goodbye: it does not hold the fleet
-	// back.
-	recent := time.Now().Add(-time.Hour).UnixMilli()
+	// A record still marked alive but not refreshed for three of its
+	// refresh periods is of a node that died without a goodbye: it does
+	// not hold the fleet back.
+	recent := time.Now().Add(-3 * n.cfg.LastSeenEvery).UnixMilli()
 	for _, r := range nodes {
 		if r.Alive && r.LastSeenMs >= recent && r.Version < mesh.LineageVersion {
 			return false

@@ -241,7 +241,7 @@ func (l *Library) followPass(tried map[string]followTry) {
 		if local != nil {
 			held = local.Hash.String()
 		}
-		to, newer := newerVersion(it, held, self)
+		to, newer := newerVersion(it, held, self, versionLineage{}, nil)
 		if busy || !newer {
 			continue
 		}

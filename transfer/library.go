@@ -93,10 +93,16 @@ type Library struct {
 	hashed    int64             // bytes hashed by scans
 	swaps     map[string]string // staging folder name -> item, of swaps whose removal the watcher awaits
 	transfers map[string]*Transfer
-	follows   map[string]FollowInfo // followed items (follow.go)
+	follows   map[string]FollowInfo    // followed items (follow.go)
+	held      map[string][]heldVersion // versions this node held or fetched (lineage.go)
 
 	followKick chan struct{} // a pass of the follower is due (capacity 1)
 	saveMu     sync.Mutex    // orders the writers of follow.json; never taken under mu
+	heldMu     sync.Mutex    // orders the writers of versions.json; never taken under mu
+
+	gateMu sync.Mutex // guards the cached answer of cfg.Lineage (spreadOK)
+	gateAt time.Time
+	gateOK bool
 }
 
 // NewLibrary returns a Library; Run starts it.
@@ -120,7 +126,12 @@ func NewLibrary(cfg LibraryConfig) *Library {
 		followKick: make(chan struct{}, 1),
 	}
 	l.follows = l.loadFollows()
-	l.server = NewServer(l.lookup, cfg.Logger, cfg.Limits)
+	l.held = l.loadHeld()
+	lim := cfg.Limits
+	if lim.Spread == nil {
+		lim.Spread = l.spreadOK // peers of protocol 1 read "elsewhere" as garbage
+	}
+	l.server = NewServer(l.lookup, cfg.Logger, lim)
 	return l
 }
 

@@ -116,7 +116,10 @@ const racyWindow = 2 * time.Second
 // isRacy reports whether a file of fingerprint fp, read at or after
 // when, could have been written again with the same fingerprint.
 func isRacy(fp fingerprint, when time.Time) bool {
-	return when.UnixNano()-fp.MtimeNs < int64(racyWindow)
+	// A time ahead of the clock (another machine's clock, a FAT volume
+	// in local time) says nothing about the race: not racy.
+	d := when.UnixNano() - fp.MtimeNs
+	return d >= 0 && d < int64(racyWindow)
 }
 
 // Index is the persisted result of an item's last scan: per file, its

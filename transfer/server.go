@@ -114,6 +114,9 @@ type Limits struct {
 	SpreadCopies int
 	// SpreadWindow: default 3 s.
 	SpreadWindow time.Duration
+	// Spread, if set, says whether to spread now (every peer reads
+	// StatusElsewhere); nil: always. Called per request: must be cheap.
+	Spread func() bool
 	// SendRate bounds the bytes per second of chunks this server sends,
 	// all peers together (0: no bound). A chunk waits for its turn
 	// before it is sent, so a bound below about 64 KiB/s makes one 1 MiB
@@ -288,8 +291,10 @@ func (s *Server) respond(w io.Writer, p peer.ID, b []byte) error {
 	}
 	// Spreading first (a chunk sent elsewhere costs no read), then the
 	// send rate, then the read.
-	if first, count, ok := sv.span(req); ok {
-		if sv.partial == nil {
+	first, count, spanOK := sv.span(req)
+	spreading := spanOK && sv.partial == nil && (s.limits.Spread == nil || s.limits.Spread())
+	if spanOK {
+		if spreading {
 			if err := s.spread.admit(req.Manifest, first, count, p); err != nil {
 				s.mu.Lock()
 				s.elsewhere++
@@ -320,7 +325,9 @@ func (s *Server) respond(w io.Writer, p peer.ID, b []byte) error {
 	h := append(binary.AppendUvarint(hdr[:0], uint64(1+len(data))), StatusOK)
 	start := respHeader - len(h)
 	copy((*buf)[start:], h)
-	_, err = w.Write((*buf)[start : respHeader+len(data)])
+	if _, err = w.Write((*buf)[start : respHeader+len(data)]); err == nil && spreading {
+		s.spread.touch(req.Manifest, first, count)
+	}
 	return err
 }
 

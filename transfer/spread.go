@@ -78,6 +78,23 @@ func (s *spreader) admit(m Hash, first, count int, p peer.ID) error {
 	return nil
 }
 
+// touch restarts the window of chunks first..first+count-1 of m, sent
+// just now: the window runs from the send, not from the admission, which
+// a send rate can put far apart.
+func (s *spreader) touch(m Hash, first, count int) {
+	if s == nil || s.copies <= 0 {
+		return
+	}
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for g := first; g < first+count; g++ {
+		if e := s.sent[spreadKey{m, g}]; e != nil {
+			e.last = now
+		}
+	}
+}
+
 func (e *spreadEntry) has(p peer.ID) bool {
 	for _, q := range e.to {
 		if q == p {

@@ -262,6 +262,11 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 		mh, staging = to, next
 		err = ctx.Err()
 	}
+	if err == nil && t.lin.Known {
+		// Remembered before the swap: a crash between the swap and the
+		// publication must not make this version look new (lineage.go).
+		l.remember(map[string]heldVersion{t.Item: {Manifest: t.Manifest, Gen: t.lin.Gen, Parent: t.lin.Parent}})
+	}
 	if err == nil {
 		err = l.swapIn(t.Item, staging)
 	}
@@ -280,16 +285,20 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 		}
 		l.dropSuperseded(t.Item, "")
 	}
+	// Known to the library and published before it is reported done,
+	// from the manifest it was verified against (no second hashing), and
+	// while the item is still busy: until the new version is this node's,
+	// nothing (a follower's pass) may take the old one for current.
+	var aerr error
+	if err == nil {
+		aerr = l.adopt(t.Item, m, fps, t.lin)
+	}
 	l.mu.Lock()
 	delete(l.busy, t.Item)
 	l.mu.Unlock()
-	if err == nil {
-		// Known to the library and published before it is reported done,
-		// from the manifest it was verified against: no second hashing.
-		if aerr := l.adopt(t.Item, m, fps, t.lin); aerr != nil {
-			l.lg.Warn().Str("item", t.Item).Err(aerr).Msg("the downloaded item is not as its manifest says; scanning it")
-			l.scanAndPublish([]string{t.Item})
-		}
+	if aerr != nil {
+		l.lg.Warn().Str("item", t.Item).Err(aerr).Msg("the downloaded item is not as its manifest says; scanning it")
+		l.scanAndPublish([]string{t.Item})
 	}
 	l.mu.Lock()
 	t.ended = l.cfg.Now()
@@ -344,7 +353,7 @@ func (l *Library) fetchItem(ctx context.Context, t *Transfer, mh Hash, sources [
 			if !t.Pinned {
 				// Never back to the version held here: a tie in the
 				// order must not make a node fetch what it has.
-				if v, ok := newerVersion(it, mh.String(), self); ok && (base == nil || v != base.Hash) {
+				if v, ok := newerVersion(it, mh.String(), self, t.lin, base); ok {
 					stop(&movedError{to: v})
 					return nil
 				}
@@ -394,8 +403,10 @@ type movedError struct{ to Hash }
 func (e *movedError) Error() string { return "the item has a newer version: " + e.to.String() }
 
 // newerVersion returns the latest version of it that a node other than
-// self holds complete, when it ranks above version m (versions.go).
-func newerVersion(it crdt.Item, m, self string) (Hash, bool) {
+// self holds complete, when it ranks above version m, whose lineage the
+// download found (lin), and above the version held here (base), if any
+// (versions.go).
+func newerVersion(it crdt.Item, m, self string, lin versionLineage, base *Served) (Hash, bool) {
 	latest := latestOf(it, self)
 	if latest == "" || latest == m {
 		return Hash{}, false
@@ -404,9 +415,18 @@ func newerVersion(it crdt.Item, m, self string) (Hash, bool) {
 	if err != nil {
 		return Hash{}, false
 	}
+	lv, _ := knownVersion(it, latest)
 	cur, known := knownVersion(it, m)
-	if lv, _ := knownVersion(it, latest); known && !lv.rank().above(cur.rank()) {
+	if !known && lin.Known {
+		cur, known = ItemVersion{Manifest: m, Gen: lin.Gen}, true
+	}
+	if known && !lv.rank().above(cur.rank()) {
 		return Hash{}, false
+	}
+	if base != nil {
+		if b, ok := knownVersion(it, base.Hash.String()); base.Hash == h || (ok && !lv.rank().above(b.rank())) {
+			return Hash{}, false
+		}
 	}
 	return h, true
 }

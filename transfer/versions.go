@@ -49,9 +49,9 @@ func (a rank) above(b rank) bool {
 func (v *ItemVersion) rank() rank { return rank{v.Gen, v.Updated, v.Manifest} }
 
 // versionsOf groups item it's holder entries by version, highest rank
-// first. A version's generation and parent are the highest any of its
-// complete holders claims; a holder fetching a newer version (Next)
-// counts as its partial holder.
+// first. A version's generation, parent and update time are the highest
+// any of its complete holders claims; a holder fetching a newer version
+// (Next) counts as its partial holder.
 func versionsOf(it crdt.Item) []ItemVersion {
 	byM := map[string]*ItemVersion{}
 	for p, h := range it.Holders {
@@ -60,12 +60,12 @@ func versionsOf(it crdt.Item) []ItemVersion {
 			iv = &ItemVersion{Manifest: h.Manifest, Size: h.Size, Files: h.Files}
 			byM[h.Manifest] = iv
 		}
-		iv.Updated = max(iv.Updated, h.UpdatedMs)
 		if h.State != crdt.HolderComplete {
 			iv.Partial = append(iv.Partial, p)
 			continue
 		}
 		iv.Holders = append(iv.Holders, p)
+		iv.Updated = max(iv.Updated, h.UpdatedMs)
 		if h.Gen > iv.Gen || (h.Gen == iv.Gen && h.Parent > iv.Parent) {
 			iv.Gen, iv.Parent = h.Gen, h.Parent
 		}

@@ -76,4 +76,31 @@ func TestVersionOrder(t *testing.T) {
 	if got := latestOf(legacy, ""); got != m("a") {
 		t.Fatalf("generation 0 ordered to %s, want the later update", got)
 	}
+	// A partial entry's update time does not promote a version either.
+	legacy.Holders["z"] = crdt.Holder{Manifest: m("b"), State: crdt.HolderPartial, UpdatedMs: 500}
+	if got := latestOf(legacy, ""); got != m("a") {
+		t.Fatalf("a partial entry's update time made %s latest", got)
+	}
+	// A download of v3 (its lineage known when it started) whose last
+	// complete holder left does not move back to v1, the only version
+	// others still hold; nor does a node move to a version below its own.
+	gone := crdt.Item{Holders: map[string]crdt.Holder{
+		"old":  complete(m("1"), 1, 100, ""),
+		"self": complete(m("2"), 2, 100, m("1")),
+	}}
+	if v, ok := newerVersion(gone, m("3"), "self", versionLineage{Gen: 3, Parent: m("2"), Known: true}, nil); ok {
+		t.Fatalf("the download of v3 would move to %s", v)
+	}
+	if v, ok := newerVersion(gone, m("9"), "self", versionLineage{}, &Served{Hash: mustHash(t, m("2"))}); ok {
+		t.Fatalf("a node holding v2 would move to %s", v)
+	}
+}
+
+func mustHash(t *testing.T, s string) Hash {
+	t.Helper()
+	h, err := ParseHash(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }

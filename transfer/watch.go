@@ -261,7 +261,7 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 			select {
 			case r, ok := <-results:
 				if !ok {
-					l.publish(batch)
+					l.publish(batch, "")
 					return
 				}
 				batch = append(batch, r)
@@ -269,7 +269,7 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 					due = time.After(publishEvery)
 				}
 			case <-due:
-				l.publish(batch)
+				l.publish(batch, "")
 				batch, due = nil, nil
 			}
 		}
@@ -340,7 +340,10 @@ func (l *Library) setLocal(id string, sv *Served) {
 // document change, only where they changed: what is served now (a
 // download that ended since their scan may have replaced it), or their
 // removal where nothing is; items busy again are left to their download.
-func (l *Library) publish(ids []string) {
+//
+// own is an item the caller itself keeps busy (a download adopting its
+// version), published all the same ("" for none).
+func (l *Library) publish(ids []string, own string) {
 	type served struct {
 		id string
 		sv *Served // nil: gone
@@ -348,7 +351,7 @@ func (l *Library) publish(ids []string) {
 	l.mu.Lock()
 	var results []served
 	for _, id := range ids {
-		if l.busy[id] == "" {
+		if l.busy[id] == "" || id == own {
 			results = append(results, served{id, l.local[id]})
 		}
 	}
@@ -366,6 +369,19 @@ func (l *Library) publish(ids []string) {
 		return
 	}
 	withLineage := l.lineageOK()
+	type memory struct {
+		v     heldVersion
+		known bool
+		prev  string
+	}
+	mem := map[string]memory{}
+	for _, r := range results {
+		if r.sv != nil {
+			v, known, prev := l.heldOf(r.id, r.sv.Hash.String())
+			mem[r.id] = memory{v, known, prev}
+		}
+	}
+	published := map[string]heldVersion{}
 	var changed []string
 	_, err = l.cfg.Doc.Update("library scan", func(tx *crdt.Tx) error {
 		for _, r := range results {
@@ -379,16 +395,27 @@ func (l *Library) publish(ids []string) {
 				continue
 			}
 			want := crdt.Holder{Manifest: r.sv.Hash.String(), Size: r.sv.Manifest.Size(), Files: int64(len(r.sv.Manifest.Files)), State: crdt.HolderComplete, UpdatedMs: now}
-			prev := ""
-			if had && old.State == crdt.HolderComplete {
+			mm := mem[r.id]
+			prev := mm.prev
+			if had && old.State == crdt.HolderComplete && old.Manifest != want.Manifest {
 				prev = old.Manifest
 			}
 			switch {
 			case !withLineage:
+				// Nodes of protocol 1 run: a new entry carries no
+				// lineage, an unchanged one keeps what it has.
+				if had && old.Manifest == want.Manifest {
+					want.Gen, want.Parent = old.Gen, old.Parent
+				}
 			case r.sv.lin != nil:
 				want.Gen, want.Parent = r.sv.lin.Gen, r.sv.lin.Parent
+			case mm.known:
+				want.Gen, want.Parent = mm.v.Gen, mm.v.Parent
 			default:
 				want.Gen, want.Parent = lineage(cur, want.Manifest, prev)
+			}
+			if withLineage {
+				published[r.id] = heldVersion{Manifest: want.Manifest, Gen: want.Gen, Parent: want.Parent}
 			}
 			if had && sameHolding(old, want) {
 				continue
@@ -405,6 +432,7 @@ func (l *Library) publish(ids []string) {
 		l.lg.Warn().Err(err).Msg("publishing the library failed")
 		return
 	}
+	l.remember(published)
 	for _, id := range changed {
 		l.cfg.OnEvent("item.scanned", map[string]any{"item": id})
 	}
@@ -413,6 +441,28 @@ func (l *Library) publish(ids []string) {
 // lineageOK reports whether holder entries may carry version lineage
 // (LibraryConfig.Lineage).
 func (l *Library) lineageOK() bool { return l.cfg.Lineage == nil || l.cfg.Lineage() }
+
+// spreadOK is lineageOK for the server, which may answer "elsewhere" only
+// when every peer reads it; asked per request, so the answer is kept for
+// a second.
+func (l *Library) spreadOK() bool {
+	if l.cfg.Lineage == nil {
+		return true
+	}
+	now := time.Now()
+	l.gateMu.Lock()
+	if now.Sub(l.gateAt) < time.Second {
+		v := l.gateOK
+		l.gateMu.Unlock()
+		return v
+	}
+	l.gateMu.Unlock()
+	v := l.cfg.Lineage()
+	l.gateMu.Lock()
+	l.gateAt, l.gateOK = now, v
+	l.gateMu.Unlock()
+	return v
+}
 
 // sameHolding reports whether a published holder entry already says
 // what want says, apart from its update time.
@@ -452,7 +502,7 @@ func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint, lin 
 		sv.lin = &lin
 	}
 	l.setLocal(id, sv)
-	l.publish([]string{id})
+	l.publish([]string{id}, id)
 	l.prune("")
 	return nil
 }
