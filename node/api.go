@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -180,11 +179,17 @@ func (n *Node) apiHandler() http.Handler {
 	mux.HandleFunc("GET /v1/rooms/{topic}/state/{key}", withTopic(n.handleRoomStateKey))
 	mux.HandleFunc("PUT /v1/rooms/{topic}/state/{key}", withTopic(n.handlePutRoomState))
 	n.roomRoutes(mux)
-	want := []byte("Bearer " + n.apiToken)
+	mux.HandleFunc("POST /v1/ui/code", n.handleUICode)
+	mux.HandleFunc("POST /v1/ui/logout", n.handleUILogout)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token; it is in the data dir's "+FileAPIToken)
+		if n.serveUI(w, r) {
 			return
+		}
+		if !n.bearerOK(r) {
+			if status, code, msg := n.cookieAuth(r); status != 0 {
+				writeError(w, status, code, msg)
+				return
+			}
 		}
 		// ServeMux would answer these with a redirect and an empty body
 		// (or, for %2E%2E, hand ".." to a handler as a topic or key).

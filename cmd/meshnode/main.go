@@ -33,6 +33,7 @@ Usage:
   meshnode get ITEM             download an item, with live progress
   meshnode follow ITEM          keep ITEM at its latest version by itself
   meshnode unfollow ITEM        stop that
+  meshnode ui                   sign in to the node's web dashboard (prints a link)
   meshnode events [--json]      follow the node's events, one per line
   meshnode room list|join|offer|leave|send|tail|state ...
                                 live rooms: meshnode room for the details
@@ -73,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runGet(args[1:], stdout, stderr)
 	case "follow", "unfollow":
 		err = runFollow(args[0], args[1:], stdout)
+	case "ui":
+		err = runUI(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
