@@ -386,4 +386,14 @@ func TestDashboardSignIn(t *testing.T) {
 		t.Fatalf("the dashboard's own POST: %d, want 200", status)
 	}
 	noConsoleErrors(t, cl, "the sign-in")
+
+	// The session ends (it expired, or the node restarted): the page says
+	// what to do.
+	n.ui.end(strings.TrimPrefix(cookie, n.uiCookie()+"="))
+	var text string
+	waitFor(t, 20*time.Second, "the session-expired banner", func() bool {
+		_ = chromedp.Run(ctx, chromedp.Evaluate(`document.getElementById('banner').hidden ? '' : document.getElementById('banner').textContent`, &text))
+		return strings.Contains(text, "meshnode ui")
+	})
+	screenshots(t, ctx, "session-expired")
 }
