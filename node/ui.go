@@ -17,33 +17,52 @@ import (
 // API address under /ui/, and a sign-in that needs no typing of the
 // token. `meshnode ui` asks the API (with the token) for a one-time code
 // and opens /ui/login?code=...; that page trades the code, once, for a
-// session cookie (HttpOnly, SameSite=Strict). The API takes the cookie
-// alongside the bearer token, but a request made with the cookie must
-// name this node's API as its Host (no DNS rebinding), and one that
-// changes state must come from the dashboard's own origin (Origin header,
-// or Sec-Fetch-Site: same-origin): another site's page cannot act with
-// the user's session.
+// session: an HttpOnly, SameSite=Strict cookie, and a second secret that
+// the redirect hands to the page in the URL fragment (never sent over the
+// network), which the page keeps in its origin's storage and sends in the
+// X-Meshnode-Session header (or, for an event stream, which cannot set
+// headers, the session query parameter). Both are needed: browsers send
+// cookies to every port of 127.0.0.1, so another local service could
+// receive the cookie, but not the page's storage, which is per port.
+//
+// A request with a session must also name this node's API as its Host
+// (no DNS rebinding), and one that changes state must come from the
+// dashboard's own origin (Origin header, or Sec-Fetch-Site: same-origin).
+// A session cannot mint sign-in codes (it could not make itself live
+// forever), and at most uiMaxCodes codes and uiMaxSessions sessions live
+// at once, the oldest dropped first.
 
 //go:embed ui
 var uiFiles embed.FS
 
 const (
-	uiCodeTTL    = 2 * time.Minute
-	uiSessionTTL = 12 * time.Hour
+	uiCodeTTL     = 2 * time.Minute
+	uiSessionTTL  = 12 * time.Hour
+	uiMaxCodes    = 64
+	uiMaxSessions = 32
+	// uiHeader carries a session's page secret.
+	uiHeader = "X-Meshnode-Session"
 )
 
-// uiAuth holds the one-time codes and the sessions. Safe for concurrent
-// use.
+// uiSession is one signed-in browser: the page secret that must come
+// with its cookie, and its expiry.
+type uiSession struct {
+	page    string
+	expires time.Time
+}
+
+// uiAuth holds the one-time codes and the sessions, by cookie value. Safe
+// for concurrent use.
 type uiAuth struct {
 	now func() time.Time
 
 	mu       sync.Mutex
 	codes    map[string]time.Time // code -> expiry
-	sessions map[string]time.Time // session token -> expiry
+	sessions map[string]uiSession // cookie value -> session
 }
 
 func newUIAuth() *uiAuth {
-	return &uiAuth{now: time.Now, codes: map[string]time.Time{}, sessions: map[string]time.Time{}}
+	return &uiAuth{now: time.Now, codes: map[string]time.Time{}, sessions: map[string]uiSession{}}
 }
 
 func randomToken() string {
@@ -58,36 +77,45 @@ func (a *uiAuth) newCode() (string, time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.sweepLocked()
+	for len(a.codes) >= uiMaxCodes {
+		delete(a.codes, oldest(a.codes, func(t time.Time) time.Time { return t }))
+	}
 	a.codes[c] = exp
 	return c, exp
 }
 
-// redeem trades a code, once, for a session token.
-func (a *uiAuth) redeem(code string) (string, bool) {
+// redeem trades a code, once, for a session: its cookie value and page
+// secret.
+func (a *uiAuth) redeem(code string) (cookie, page string, ok bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	exp, ok := a.codes[code]
+	exp, found := a.codes[code]
 	delete(a.codes, code)
-	if !ok || !a.now().Before(exp) {
-		return "", false
+	if !found || !a.now().Before(exp) {
+		return "", "", false
 	}
-	s := randomToken()
-	a.sessions[s] = a.now().Add(uiSessionTTL)
-	return s, true
+	a.sweepLocked()
+	for len(a.sessions) >= uiMaxSessions {
+		delete(a.sessions, oldest(a.sessions, func(s uiSession) time.Time { return s.expires }))
+	}
+	cookie, page = randomToken(), randomToken()
+	a.sessions[cookie] = uiSession{page: page, expires: a.now().Add(uiSessionTTL)}
+	return cookie, page, true
 }
 
-// valid reports whether a session token is live.
-func (a *uiAuth) valid(s string) bool {
+// valid reports whether a cookie value and page secret are a live
+// session.
+func (a *uiAuth) valid(cookie, page string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	exp, ok := a.sessions[s]
-	return ok && a.now().Before(exp)
+	s, ok := a.sessions[cookie]
+	return ok && a.now().Before(s.expires) && subtle.ConstantTimeCompare([]byte(s.page), []byte(page)) == 1
 }
 
-func (a *uiAuth) end(s string) {
+func (a *uiAuth) end(cookie string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	delete(a.sessions, s)
+	delete(a.sessions, cookie)
 }
 
 func (a *uiAuth) sweepLocked() {
@@ -97,11 +125,23 @@ func (a *uiAuth) sweepLocked() {
 			delete(a.codes, c)
 		}
 	}
-	for s, exp := range a.sessions {
-		if !now.Before(exp) {
-			delete(a.sessions, s)
+	for c, s := range a.sessions {
+		if !now.Before(s.expires) {
+			delete(a.sessions, c)
 		}
 	}
+}
+
+// oldest returns the key of m whose time is the earliest.
+func oldest[V any](m map[string]V, at func(V) time.Time) string {
+	var key string
+	var first time.Time
+	for k, v := range m {
+		if t := at(v); key == "" || t.Before(first) {
+			key, first = k, t
+		}
+	}
+	return key
 }
 
 // uiCookie names this node's session cookie. Browsers keep cookies per
@@ -157,15 +197,16 @@ func (n *Node) uiLogin(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this address is not the node's API address", http.StatusForbidden)
 		return
 	}
-	s, ok := n.ui.redeem(r.URL.Query().Get("code"))
+	cookie, page, ok := n.ui.redeem(r.URL.Query().Get("code"))
 	if !ok {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusUnauthorized)
 		_, _ = w.Write([]byte("This sign-in code was already used or has expired.\nRun `meshnode ui` again for a new one.\n"))
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: n.uiCookie(), Value: s, Path: "/", MaxAge: int(uiSessionTTL.Seconds()), HttpOnly: true, SameSite: http.SameSiteStrictMode})
-	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
+	http.SetCookie(w, &http.Cookie{Name: n.uiCookie(), Value: cookie, Path: "/", MaxAge: int(uiSessionTTL.Seconds()), HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, "/ui/#session="+page, http.StatusSeeOther)
 }
 
 // sameHost reports whether the request names this node's API address
@@ -181,7 +222,7 @@ func (n *Node) sameHost(r *http.Request) bool {
 		return false
 	}
 	host, p, err := net.SplitHostPort(r.Host)
-	return err == nil && p == port && (host == "localhost" || host == "127.0.0.1" || host == "[::1]" || host == "::1")
+	return err == nil && p == port && (host == "localhost" || host == "127.0.0.1" || host == "::1")
 }
 
 // cookieAuth checks a request that carries no bearer token: a live
@@ -189,12 +230,19 @@ func (n *Node) sameHost(r *http.Request) bool {
 // the dashboard's own origin. It returns the HTTP status and code to
 // refuse with (0 when allowed).
 func (n *Node) cookieAuth(r *http.Request) (int, string, string) {
+	page := r.Header.Get(uiHeader)
+	if page == "" && r.Method == http.MethodGet {
+		page = r.URL.Query().Get("session") // an event stream cannot set headers
+	}
 	c, err := r.Cookie(n.uiCookie())
-	if err != nil || !n.ui.valid(c.Value) {
+	if err != nil || !n.ui.valid(c.Value, page) {
 		return http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token (it is in the data dir's " + FileAPIToken + "), or the dashboard session expired: run `meshnode ui` to sign in again"
 	}
 	if !n.sameHost(r) {
 		return http.StatusForbidden, "wrong_host", "the request's Host is not this node's API address"
+	}
+	if r.URL.Path == "/v1/ui/code" {
+		return http.StatusForbidden, "token_only", "sign-in codes are for the API token's holder (meshnode ui), not for a dashboard session"
 	}
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:

@@ -57,7 +57,7 @@ func versionsOf(it crdt.Item) []ItemVersion {
 	for p, h := range it.Holders {
 		iv := byM[h.Manifest]
 		if iv == nil {
-			iv = &ItemVersion{Manifest: h.Manifest, Size: h.Size, Files: h.Files}
+			iv = &ItemVersion{Manifest: h.Manifest, Size: h.Size, Files: h.Files, Holders: []string{}}
 			byM[h.Manifest] = iv
 		}
 		if h.State != crdt.HolderComplete {

@@ -28,7 +28,7 @@ func TestCLIUI(t *testing.T) {
 	}
 	resp.Body.Close()
 	setCookie := resp.Header.Get("Set-Cookie")
-	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/ui/" ||
+	if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(resp.Header.Get("Location"), "/ui/#session=") ||
 		!strings.Contains(setCookie, "HttpOnly") || !strings.Contains(setCookie, "SameSite=Strict") {
 		t.Fatalf("first visit: %d, Location %q, Set-Cookie %q", resp.StatusCode, resp.Header.Get("Location"), setCookie)
 	}

@@ -7,9 +7,19 @@
   const main = document.getElementById('main');
   const banner = document.getElementById('banner');
   const pages = ['fleet', 'mesh', 'library', 'rooms', 'node'];
+  // The session's page secret arrives once, in the sign-in redirect's
+  // fragment; it is kept in this origin's storage (per port: another
+  // local service cannot read it) and sent with every request.
+  if (location.hash.startsWith('#session=')) {
+    localStorage.setItem('meshnode-session', location.hash.slice('#session='.length));
+    history.replaceState(null, '', location.pathname + '#fleet');
+  }
+  const session = () => localStorage.getItem('meshnode-session') || '';
+  const withSession = (path) => path + (path.includes('?') ? '&' : '?') + 'session=' + encodeURIComponent(session());
   const S = {
     page: '', status: null, nodes: [], peers: [], mesh: null, library: [], transfers: [], rooms: [],
-    hist: [], msgs: new Map(), roomStream: null, roomTopic: '', roomState: null, rendered: new Map(), down: false,
+    hist: [], msgs: new Map(), roomStream: null, roomStreamTopic: '', roomTopic: '', roomState: null, rendered: new Map(), down: false,
+    events: null, stickyUntil: 0,
   };
 
   // ---- DOM helpers ----
@@ -55,19 +65,21 @@
   };
 
   // ---- API ----
-  function showBanner(msg) {
+  function showBanner(msg, sticky) {
     banner.textContent = msg;
     banner.hidden = false;
+    if (sticky) S.stickyUntil = Date.now() + 8000; // an action's failure stays to be read
   }
   function clearBanner() {
-    if (!S.down) banner.hidden = true;
+    if (!S.down && Date.now() >= S.stickyUntil) banner.hidden = true;
   }
   async function api(method, path, body) {
     let r;
     try {
+      const headers = { 'X-Meshnode-Session': session() };
+      if (body !== undefined) headers['Content-Type'] = 'application/json';
       r = await fetch(path, {
-        method, credentials: 'same-origin',
-        headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
+        method, credentials: 'same-origin', headers,
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (e) {
@@ -87,13 +99,15 @@
     return data;
   }
   async function act(what, method, path, body) {
+    let ok = false;
     try {
       await api(method, path, body);
-      clearBanner();
+      ok = true;
     } catch (e) {
-      if (!S.down) showBanner(what + ' failed: ' + e.message);
+      if (!S.down) showBanner(what + ' failed: ' + e.message, true);
     }
     refreshSoon();
+    return ok;
   }
 
   // ---- data ----
@@ -102,25 +116,35 @@
     if (refreshing) return;
     refreshing = true;
     try {
-      const [status, nodes, peers, mesh, library, transfers, rooms] = await Promise.all([
-        api('GET', '/v1/status'), api('GET', '/v1/nodes'), api('GET', '/v1/peers'), api('GET', '/v1/mesh'),
-        api('GET', '/v1/library'), api('GET', '/v1/transfers'), api('GET', '/v1/rooms'),
-      ]);
-      Object.assign(S, { status, nodes, peers, mesh, library, transfers, rooms });
-      clearBanner();
-      if (S.roomTopic) await loadRoomState(S.roomTopic);
-      document.getElementById('self-name').textContent = status.name ? '· ' + status.name : '';
-      render();
+      const names = ['status', 'nodes', 'peers', 'mesh', 'library', 'transfers', 'rooms'];
+      const got = await Promise.allSettled(names.map((n) => api('GET', '/v1/' + n)));
+      const failed = [];
+      got.forEach((g, i) => {
+        if (g.status === 'fulfilled') S[names[i]] = g.value;
+        else failed.push(names[i] + ': ' + g.reason.message);
+      });
+      if (S.down) return;
+      if (failed.length) showBanner('The node could not answer ' + failed.join('; '), true);
+      else clearBanner();
+      listen();
+      if (S.roomTopic) {
+        await loadRoomState(S.roomTopic);
+        watchRoom(S.roomTopic);
+      }
+      if (S.status) document.getElementById('self-name').textContent = S.status.name ? '· ' + S.status.name : '';
+      if (S.status) render();
     } catch (e) {
       // shown in the banner
     } finally {
       refreshing = false;
     }
   }
+  // Events come in bursts (a transfer reports every second): at most one
+  // refresh in flight and one waiting.
   let soon = null;
   function refreshSoon() {
     if (soon) return;
-    soon = setTimeout(() => { soon = null; refresh(); }, 150);
+    soon = setTimeout(() => { soon = null; refresh(); }, 400);
   }
   async function sample() {
     try {
@@ -139,8 +163,13 @@
       // shown in the banner
     }
   }
+  // listen (re)opens the node's event stream; a stream the server ended
+  // (the node restarted, the session ended) is opened again at the next
+  // refresh that succeeds.
   function listen() {
-    const es = new EventSource('/v1/events');
+    if (S.events && S.events.readyState !== EventSource.CLOSED) return;
+    const es = new EventSource(withSession('/v1/events'));
+    S.events = es;
     es.onmessage = refreshSoon;
     for (const t of ['peer.up', 'peer.down', 'node.joined', 'node.stale', 'node.left', 'doc.changed', 'item.scanned',
       'transfer.progress', 'transfer.done', 'transfer.failed', 'transfer.cancelled', 'transfer.moved', 'room.minted',
@@ -161,17 +190,31 @@
     const [key, build, parts] = draw();
     if (S.rendered.get(S.page) !== key || !main.childElementCount) {
       S.rendered.set(S.page, key);
-      const keep = document.activeElement && main.contains(document.activeElement) ? document.activeElement.id : '';
+      const keep = focused();
       main.replaceChildren(...build());
       for (const [id] of parts || []) S.rendered.delete(S.page + '#' + id);
-      if (keep && document.getElementById(keep)) document.getElementById(keep).focus();
+      refocus(keep);
     }
     for (const [id, pkey, pbuild] of parts || []) {
       const box = document.getElementById(id);
       if (!box || S.rendered.get(S.page + '#' + id) === pkey) continue;
       S.rendered.set(S.page + '#' + id, pkey);
+      const keep = focused();
       box.replaceChildren(...pbuild());
+      refocus(keep);
     }
+  }
+  // focused names the element with the keyboard focus inside the page
+  // (its id or data-key), for refocus to find its copy after a redraw.
+  function focused() {
+    const a = document.activeElement;
+    if (!a || !main.contains(a)) return null;
+    return a.id ? ['id', a.id] : a.dataset.key ? ['key', a.dataset.key] : null;
+  }
+  function refocus(k) {
+    if (!k) return;
+    const e = k[0] === 'id' ? document.getElementById(k[1]) : main.querySelector(`[data-key="${CSS.escape(k[1])}"]`);
+    if (e) e.focus();
   }
 
   function linkOf(id) {
@@ -185,7 +228,7 @@
   function fleetPage() {
     const nodes = S.nodes.slice().sort((a, b) => (a.name || a.id).localeCompare(b.name || b.id));
     const rows = nodes.map((n) => [n.id, n.name, n.state, (n.roles || []).join(', '), (n.addrs || []).join(' '), n.last_heard_ms, linkOf(n.id)]);
-    const key = JSON.stringify(rows.map((r) => r.slice(0, 5).concat([r[6]])));
+    const key = JSON.stringify(rows.map((r) => r.slice(0, 5).concat([r[6], ago(r[5])])));
     return [key, () => [
       el('h2', {}, 'Fleet: ', el('span', { id: 'fleet-count' }, nodes.length + (nodes.length === 1 ? ' node' : ' nodes'))),
       el('div', { class: 'card' }, el('table', { id: 'fleet-table' },
@@ -267,7 +310,7 @@
     ]];
   }
   function itemRow(it) {
-    const latest = it.versions.find((v) => v.manifest === it.latest) || it.versions[0] || { size: 0, files: 0, holders: [], partial_holders: [] };
+    const latest = it.versions.find((v) => v.manifest === it.latest) || it.versions[0] || { size: 0, files: 0 };
     const busy = it.local === 'downloading';
     const canGet = !busy && it.local !== 'complete' && it.latest;
     return el('tr', { 'data-item': it.id },
@@ -275,13 +318,13 @@
       el('td', {}, bytes(latest.size), el('div', { class: 'muted' }, latest.files + ' files')),
       el('td', { class: 'wide' }, it.versions.map((v) => el('div', { class: 'mono' + (v.manifest === it.latest ? '' : ' muted') },
         `gen ${v.gen} ${v.manifest.slice(0, 12)}${v.manifest === it.latest ? ' (latest)' : ''}`))),
-      el('td', {}, `${latest.holders.length} complete`, el('div', { class: 'muted' }, `${(latest.partial_holders || []).length} partial`)),
+      el('td', {}, `${(latest.holders || []).length} complete`, el('div', { class: 'muted' }, `${(latest.partial_holders || []).length} partial`)),
       el('td', {}, it.local),
       el('td', {}, it.following ? (it.follow_updated_ms ? 'updated ' + ago(it.follow_updated_ms) : 'yes') : '—'),
       el('td', {}, el('div', { class: 'row' },
-        el('button', { type: 'button', 'data-action': 'download', disabled: !canGet, 'aria-label': 'Download ' + it.id,
+        el('button', { type: 'button', 'data-action': 'download', 'data-key': 'download:' + it.id, disabled: !canGet, 'aria-label': 'Download ' + it.id,
           onclick: () => act('Download of ' + it.id, 'POST', '/v1/items/' + encodeURIComponent(it.id) + '/download', {}) }, 'Download'),
-        el('button', { type: 'button', class: 'secondary', 'data-action': 'follow', 'aria-label': (it.following ? 'Stop following ' : 'Follow ') + it.id,
+        el('button', { type: 'button', class: 'secondary', 'data-action': 'follow', 'data-key': 'follow:' + it.id, 'aria-label': (it.following ? 'Stop following ' : 'Follow ') + it.id,
           onclick: () => act('Follow', it.following ? 'DELETE' : 'POST', '/v1/items/' + encodeURIComponent(it.id) + '/follow') }, it.following ? 'Unfollow' : 'Follow'))));
   }
   function transferView(t) {
@@ -290,7 +333,7 @@
     const sources = Object.entries(t.by_source || {}).sort((a, b) => b[1] - a[1]);
     return el('div', { class: 'transfer', 'data-transfer': t.id, 'data-state': t.state },
       el('div', { class: 'row' }, el('strong', { class: 'grow' }, t.item), el('span', { class: t.state === 'failed' ? 'bad' : t.state === 'done' ? 'ok' : '' }, t.state),
-        t.state === 'running' ? el('button', { type: 'button', class: 'secondary', 'data-action': 'cancel', 'aria-label': 'Cancel the download of ' + t.item,
+        t.state === 'running' ? el('button', { type: 'button', class: 'secondary', 'data-action': 'cancel', 'data-key': 'cancel:' + t.id, 'aria-label': 'Cancel the download of ' + t.item,
           onclick: () => act('Cancel', 'DELETE', '/v1/transfers/' + encodeURIComponent(t.id)) }, 'Cancel') : null),
       el('progress', { max: t.total_bytes || 1, value: t.done_bytes, 'aria-label': `Download of ${t.item}: ${pct}%` }),
       el('div', { class: 'muted' }, `${pct}% · ${bytes(t.done_bytes)} of ${bytes(t.total_bytes)} · ${bytes(t.rate_bps)}/s · ETA ${eta} · fetched ${bytes(t.fetched_bytes)}, reused ${bytes(t.reused_bytes)}`),
@@ -310,7 +353,7 @@
           el('td', { class: 'mono' }, r.room ? r.room.slice(0, 12) : '—'),
           el('td', {}, (r.present || []).map(nameOf).join(', ') || '—'),
           el('td', {}, (r.links || []).map((l) => l.state + ' ' + l.room.slice(0, 8)).join(', ') || (r.open ? 'joining' : '—')),
-          el('td', {}, el('button', { type: 'button', class: 'secondary', 'data-action': 'open-room', 'aria-label': 'Open room ' + r.topic,
+          el('td', {}, el('button', { type: 'button', class: 'secondary', 'data-action': 'open-room', 'data-key': 'open-room:' + r.topic, 'aria-label': 'Open room ' + r.topic,
             onclick: () => openRoom(r.topic) }, 'Open'))))))];
     const st = S.roomState;
     const state = () => [st === null ? el('p', { class: 'muted' }, 'Loading…') : Object.keys(st).length === 0 ? el('p', { class: 'muted' }, 'No durable state.') :
@@ -333,7 +376,9 @@
       const text = input.value;
       if (!text) return;
       input.value = '';
-      act('Send', 'POST', '/v1/rooms/' + encodeURIComponent(topic) + '/messages', { type: 'chat', text });
+      act('Send', 'POST', '/v1/rooms/' + encodeURIComponent(topic) + '/messages', { type: 'chat', text }).then((ok) => {
+        if (!ok && !input.value) input.value = text; // not lost: the banner says why
+      });
     } }, el('label', { for: 'send-text' }, 'Message'), el('input', { type: 'text', id: 'send-text', class: 'grow', autocomplete: 'off' }), el('button', { type: 'submit' }, 'Send'));
     return el('div', { class: 'card', id: 'room-view', 'data-topic': topic },
       el('div', { class: 'row' }, el('h2', { class: 'grow' }, 'Room: ' + topic),
@@ -350,10 +395,20 @@
     if (S.roomTopic !== topic) closeRoom();
     S.roomTopic = topic;
     S.rendered.delete('rooms');
+    render();
     await act('Join', 'POST', '/v1/rooms/' + encodeURIComponent(topic) + '/join');
-    if (S.roomStream) return;
-    const es = new EventSource('/v1/rooms/' + encodeURIComponent(topic) + '/events');
+    if (S.roomTopic !== topic) return; // another room was opened meanwhile
+    watchRoom(topic);
+    await loadRoomState(topic);
+    render();
+  }
+  // watchRoom (re)opens the open room's message stream.
+  function watchRoom(topic) {
+    if (S.roomStream && S.roomStreamTopic === topic && S.roomStream.readyState !== EventSource.CLOSED) return;
+    if (S.roomStream) S.roomStream.close();
+    const es = new EventSource(withSession('/v1/rooms/' + encodeURIComponent(topic) + '/events'));
     S.roomStream = es;
+    S.roomStreamTopic = topic;
     es.addEventListener('message', (ev) => {
       const e = JSON.parse(ev.data);
       if (!e.message) return;
@@ -368,8 +423,6 @@
       }
     });
     for (const t of ['connected', 'dropped', 'gap', 'live']) es.addEventListener(t, refreshSoon);
-    await loadRoomState(topic);
-    render();
   }
   async function loadRoomState(topic) {
     try {
@@ -382,6 +435,7 @@
   function closeRoom() {
     if (S.roomStream) S.roomStream.close();
     S.roomStream = null;
+    S.roomStreamTopic = '';
     S.roomTopic = '';
     S.roomState = null;
     S.rendered.delete('rooms');
@@ -442,6 +496,16 @@
     if (S.status) render();
     main.focus();
   }
+  document.getElementById('sign-out').addEventListener('click', async () => {
+    try {
+      await api('POST', '/v1/ui/logout');
+    } catch (e) {
+      // signed out either way
+    }
+    localStorage.removeItem('meshnode-session');
+    S.down = true;
+    showBanner('Signed out. Run "meshnode ui" for a new sign-in link.');
+  });
   window.addEventListener('hashchange', route);
   route();
   refresh();
