@@ -263,3 +263,24 @@ func TestRacyFileIsCheckedBeforeServing(t *testing.T) {
 		t.Fatalf("files a minute old are racy: %v", r)
 	}
 }
+
+// A library whose scan found racy files scans the item again once they
+// have settled: from then on its chunks are served without a hash each.
+func TestLibraryRescansRacyItemsOnceSettled(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	writeBenchItem(t, filepath.Join(dir, "share", "fresh"), 2, 2<<20)
+	tl := newTestLibrary(t, dir)
+	racy := func() []bool {
+		tl.mu.Lock()
+		defer tl.mu.Unlock()
+		if sv := tl.local["fresh"]; sv != nil {
+			return sv.racy
+		}
+		return []bool{true}
+	}
+	if racy() == nil {
+		t.Skip("the scan came more than 2 s after the files were written")
+	}
+	waitUntil(t, "the settled rescan", func() bool { return racy() == nil })
+}

@@ -314,6 +314,9 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 		l.lg.Debug().Str("item", id).Int("files", st.Files).Int("hashed", st.Hashed).Int64("bytes_hashed", st.BytesHashed).Msg("item scanned")
 		l.setLocal(id, sv) // served at once, published soon
 		results <- id
+		if sv.racy != nil {
+			l.rescanWhenSettled(id)
+		}
 	}
 	close(results)
 	<-published
@@ -323,6 +326,21 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 	l.hashed += total.BytesHashed
 	l.mu.Unlock()
 	return total, failed
+}
+
+// rescanWhenSettled scans item id again once the files that were racy at
+// its scan are past racyWindow: the rescan hashes them once more, and
+// from then on their chunks are served without a hash each.
+func (l *Library) rescanWhenSettled(id string) {
+	l.goFunc(func(ctx context.Context) {
+		t := time.NewTimer(racyWindow + 500*time.Millisecond)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			l.RequestScan(id)
+		}
+	})
 }
 
 // setLocal makes a scanned item served, or a gone one (nil) not.
