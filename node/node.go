@@ -398,10 +398,10 @@ func (n *Node) fleetReadsLineage() bool {
 	if err != nil {
 		return false
 	}
-	// A record still marked alive but not refreshed for three of its
-	// refresh periods is of a node that died without a goodbye: it does
-	// not hold the fleet back.
-	recent := time.Now().Add(-3 * n.cfg.LastSeenEvery).UnixMilli()
+	// A record still marked alive but not refreshed for an hour, or three
+	// of this node's refresh periods if longer, is of a node that died
+	// without a goodbye: it does not hold the fleet back.
+	recent := time.Now().Add(-max(time.Hour, 3*n.cfg.LastSeenEvery)).UnixMilli()
 	for _, r := range nodes {
 		if r.Alive && r.LastSeenMs >= recent && r.Version < mesh.LineageVersion {
 			return false

@@ -194,6 +194,9 @@ func streamSSE[T any](n *Node, w http.ResponseWriter, r *http.Request, hello str
 		case <-n.apiStopping:
 			return // end the stream cleanly: the node is stopping
 		case <-keep.C:
+			if !n.stillAuthorized(r) {
+				return // the session ended (sign-out, expiry)
+			}
 			fmt.Fprint(w, ": keep-alive\n\n")
 			fl.Flush()
 		case v, ok := <-ch:

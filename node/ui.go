@@ -231,7 +231,7 @@ func (n *Node) sameHost(r *http.Request) bool {
 // refuse with (0 when allowed).
 func (n *Node) cookieAuth(r *http.Request) (int, string, string) {
 	page := r.Header.Get(uiHeader)
-	if page == "" && r.Method == http.MethodGet {
+	if page == "" && r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/events") {
 		page = r.URL.Query().Get("session") // an event stream cannot set headers
 	}
 	c, err := r.Cookie(n.uiCookie())
@@ -254,6 +254,16 @@ func (n *Node) cookieAuth(r *http.Request) (int, string, string) {
 		return 0, "", ""
 	}
 	return http.StatusForbidden, "cross_origin", "a request that changes state must come from the dashboard's own page (Origin " + own + ")"
+}
+
+// stillAuthorized reports whether a long request (an event stream) may
+// go on: its token, or its session, is still good.
+func (n *Node) stillAuthorized(r *http.Request) bool {
+	if n.bearerOK(r) {
+		return true
+	}
+	status, _, _ := n.cookieAuth(r)
+	return status == 0
 }
 
 // bearerOK reports whether the request carries the API token.

@@ -99,8 +99,8 @@ func TestRestartWithAnOldVersionKeepsTheLatest(t *testing.T) {
 }
 
 // While a running node of protocol version 1 is in the fleet, holder
-// entries carry no version lineage (it would refuse them); once it is
-// gone, the next version is published with its generation.
+// entries carry no version lineage (it would refuse them), but the node
+// keeps it; once that node is gone, the next scan writes it.
 func TestLineageWaitsForTheWholeFleet(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 1)
@@ -123,12 +123,16 @@ func TestLineageWaitsForTheWholeFleet(t *testing.T) {
 	if h := own(); h.Gen != 0 || h.Parent != "" {
 		t.Fatalf("with a version 1 node running, the entry is %+v; want no lineage", h)
 	}
+	// Once it is gone, the next scan writes the lineage the node kept
+	// meanwhile, and a new version goes on from it.
 	setOld(false)
 	v1 := own().Manifest
+	a.Library.ScanAll()
+	waitFor(t, 10*time.Second, "the kept lineage written", func() bool { return own().Gen == 1 })
 	writeItem(t, a, "kit", map[string]testFile{"f": {randBytes(1000), 0o644}})
 	a.Library.ScanAll()
 	waitFor(t, 10*time.Second, "the new version published", func() bool { return own().Manifest != v1 })
-	if h := own(); h.Gen != 1 || h.Parent != v1 {
-		t.Fatalf("after the old node left, the new version's entry is %+v; want gen 1 with parent %s", h, v1)
+	if h := own(); h.Gen != 2 || h.Parent != v1 {
+		t.Fatalf("after the old node left, the new version's entry is %+v; want gen 2 with parent %s", h, v1)
 	}
 }

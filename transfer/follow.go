@@ -237,11 +237,16 @@ func (l *Library) followPass(tried map[string]followTry) {
 		l.mu.Lock()
 		busy, local := l.busy[id] != "", l.local[id]
 		l.mu.Unlock()
-		held := ""
+		held, lin := "", versionLineage{}
 		if local != nil {
 			held = local.Hash.String()
+			v, known, _ := l.heldOf(id, held)
+			if own := it.Holders[self]; !known && own.Manifest != held {
+				continue // an edit here not published yet: never downloaded over
+			}
+			lin = versionLineage{Gen: v.Gen, Parent: v.Parent, Known: known}
 		}
-		to, newer := newerVersion(it, held, self, versionLineage{}, nil)
+		to, newer := newerVersion(it, held, self, lin, nil)
 		if busy || !newer {
 			continue
 		}

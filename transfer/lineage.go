@@ -94,15 +94,15 @@ func (l *Library) remember(vs map[string]heldVersion) {
 
 // heldOf returns what this node remembers of item id: version m's lineage
 // if it held or fetched m, and the version it held before m.
-func (l *Library) heldOf(id, m string) (v heldVersion, known bool, prev string) {
+func (l *Library) heldOf(id, m string) (v heldVersion, known bool, prev heldVersion) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, h := range l.held[id] {
 		switch {
 		case h.Manifest == m && !known:
 			v, known = h, true
-		case h.Manifest != m && prev == "":
-			prev = h.Manifest
+		case h.Manifest != m && prev.Manifest == "":
+			prev = h
 		}
 	}
 	return v, known, prev

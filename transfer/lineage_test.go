@@ -62,16 +62,40 @@ func TestLineageSurvivesWhatTheDocumentForgets(t *testing.T) {
 	if h := publishes(m2); h.Gen != 2 || h.Parent != m1 {
 		t.Fatalf("the fetched version after a crash: gen %d parent %q, want 2 and %s", h.Gen, h.Parent, m1)
 	}
-	// The folder goes for a moment (the entry is withdrawn), then comes
-	// back changed: a new version above generation 3, child of m2.
+	setOther := func(m string, gen int64, parent string) {
+		t.Helper()
+		if _, err := tl.doc.Update("test", func(tx *crdt.Tx) error {
+			tx.As(other.Peerstore().PrivKey(other.ID())).SetHolder("kit", other.ID().String(),
+				crdt.Holder{Manifest: m, State: crdt.HolderComplete, Gen: gen, Parent: parent, UpdatedMs: 6})
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The other node comes to m2 too: this node is up to date. The folder
+	// goes for a moment (the entry is withdrawn), then comes back changed:
+	// a new version, one generation up, child of m2.
+	setOther(m2, 2, m1)
 	if err := os.RemoveAll(root); err != nil {
 		t.Fatal(err)
 	}
 	tl.ScanAll()
 	waitUntil(t, "the entry withdrawn", func() bool { return own().Manifest == "" })
 	m4 := write("four")
-	if h := publishes(m4); h.Gen != 4 || h.Parent != m2 {
-		t.Fatalf("the version made after the folder came back: gen %d parent %q, want 4 and %s", h.Gen, h.Parent, m2)
+	if h := publishes(m4); h.Gen != 3 || h.Parent != m2 {
+		t.Fatalf("the version made after the folder came back: gen %d parent %q, want 3 and %s", h.Gen, h.Parent, m2)
+	}
+	// But when the fleet moved on while the folder was gone, what comes
+	// back (an old backup) is no newer than the fleet's: generation 0.
+	if err := os.RemoveAll(root); err != nil {
+		t.Fatal(err)
+	}
+	tl.ScanAll()
+	waitUntil(t, "the entry withdrawn", func() bool { return own().Manifest == "" })
+	setOther(m3, 5, m4)
+	m5 := write("an old backup")
+	if h := publishes(m5); h.Gen != 0 || h.Parent != "" {
+		t.Fatalf("a backup restored after the fleet moved on: gen %d parent %q, want 0", h.Gen, h.Parent)
 	}
 	// And the memory is on disk for the next start.
 	if b, err := os.ReadFile(filepath.Join(tl.dir, lineageFile)); err != nil || len(b) == 0 {

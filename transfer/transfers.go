@@ -291,7 +291,9 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	// nothing (a follower's pass) may take the old one for current.
 	var aerr error
 	if err == nil {
-		aerr = l.adopt(t.Item, m, fps, t.lin)
+		if aerr = l.adopt(t.Item, m, fps, t.lin); aerr != nil {
+			l.setLocal(t.Item, nil) // the old version's files are gone
+		}
 	}
 	l.mu.Lock()
 	delete(l.busy, t.Item)
@@ -417,8 +419,10 @@ func newerVersion(it crdt.Item, m, self string, lin versionLineage, base *Served
 	}
 	lv, _ := knownVersion(it, latest)
 	cur, known := knownVersion(it, m)
-	if !known && lin.Known {
-		cur, known = ItemVersion{Manifest: m, Gen: lin.Gen}, true
+	if lin.Known {
+		// What this node was told, or published itself, rather than what
+		// the document says now (its own entry may not carry it yet).
+		cur, known = ItemVersion{Manifest: m, Gen: lin.Gen, Updated: cur.Updated}, true
 	}
 	if known && !lv.rank().above(cur.rank()) {
 		return Hash{}, false

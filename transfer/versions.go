@@ -109,17 +109,10 @@ func lineage(it crdt.Item, m, prev string) (gen int64, parent string) {
 	if v, ok := knownVersion(it, m); ok {
 		return v.Gen, v.Parent
 	}
-	var top int64
-	held := false
-	for _, h := range it.Holders {
-		if h.State == crdt.HolderComplete {
-			top, held = max(top, h.Gen), true
-		}
-	}
 	switch {
 	case prev != "" && prev != m:
-		return min(top+1, crdt.MaxGen), prev
-	case held:
+		return min(topGen(it)+1, crdt.MaxGen), prev
+	case len(versionsOf(it)) > 0 && hasComplete(it):
 		return 0, ""
 	}
 	return 1, ""
@@ -150,4 +143,13 @@ type versionLineage struct {
 func lineageOf(it crdt.Item, m string) versionLineage {
 	v, ok := knownVersion(it, m)
 	return versionLineage{Gen: v.Gen, Parent: v.Parent, Known: ok}
+}
+
+func hasComplete(it crdt.Item) bool {
+	for _, h := range it.Holders {
+		if h.State == crdt.HolderComplete {
+			return true
+		}
+	}
+	return false
 }

@@ -390,7 +390,7 @@ func (l *Library) publish(ids []string, own string) {
 	type memory struct {
 		v     heldVersion
 		known bool
-		prev  string
+		prev  heldVersion
 	}
 	mem := map[string]memory{}
 	for _, r := range results {
@@ -416,24 +416,34 @@ func (l *Library) publish(ids []string, own string) {
 			mm := mem[r.id]
 			prev := mm.prev
 			if had && old.State == crdt.HolderComplete && old.Manifest != want.Manifest {
-				prev = old.Manifest
+				prev = heldVersion{Manifest: old.Manifest, Gen: old.Gen}
+			} else if !had && prev.Manifest != "" && topGen(cur) > prev.Gen {
+				// The item's folder was gone while the fleet moved past
+				// what this node held (a backup came back): what it
+				// brings is no newer than the fleet's.
+				prev = heldVersion{}
 			}
+			var lin heldVersion
 			switch {
-			case !withLineage:
-				// Nodes of protocol 1 run: a new entry carries no
-				// lineage, an unchanged one keeps what it has.
-				if had && old.Manifest == want.Manifest {
-					want.Gen, want.Parent = old.Gen, old.Parent
-				}
 			case r.sv.lin != nil:
-				want.Gen, want.Parent = r.sv.lin.Gen, r.sv.lin.Parent
+				lin = heldVersion{Gen: r.sv.lin.Gen, Parent: r.sv.lin.Parent}
 			case mm.known:
-				want.Gen, want.Parent = mm.v.Gen, mm.v.Parent
+				lin = mm.v
 			default:
-				want.Gen, want.Parent = lineage(cur, want.Manifest, prev)
+				lin.Gen, lin.Parent = lineage(cur, want.Manifest, prev.Manifest)
 			}
-			if withLineage {
-				published[r.id] = heldVersion{Manifest: want.Manifest, Gen: want.Gen, Parent: want.Parent}
+			lin.Manifest = want.Manifest
+			// Remembered even while nodes of protocol 1 run: written
+			// into the entry by the first publication after they are
+			// gone (the periodic scan at the latest).
+			published[r.id] = lin
+			switch {
+			case withLineage:
+				want.Gen, want.Parent = lin.Gen, lin.Parent
+			case had && old.Manifest == want.Manifest:
+				// Nodes of protocol 1 run: an unchanged entry keeps what
+				// it has, a new one carries no lineage.
+				want.Gen, want.Parent = old.Gen, old.Parent
 			}
 			if had && sameHolding(old, want) {
 				continue
@@ -480,6 +490,17 @@ func (l *Library) spreadOK() bool {
 	l.gateAt, l.gateOK = now, v
 	l.gateMu.Unlock()
 	return v
+}
+
+// topGen is the highest generation of it's complete holders.
+func topGen(it crdt.Item) int64 {
+	var top int64
+	for _, h := range it.Holders {
+		if h.State == crdt.HolderComplete {
+			top = max(top, h.Gen)
+		}
+	}
+	return top
 }
 
 // sameHolding reports whether a published holder entry already says

@@ -66,6 +66,7 @@
 
   // ---- API ----
   function showBanner(msg, sticky) {
+    if (S.signedOut) return; // the sign-out message stays
     banner.textContent = msg;
     banner.hidden = false;
     if (sticky) S.stickyUntil = Date.now() + 8000; // an action's failure stays to be read
@@ -113,7 +114,7 @@
   // ---- data ----
   let refreshing = false;
   async function refresh() {
-    if (refreshing) return;
+    if (refreshing || S.signedOut) return;
     refreshing = true;
     try {
       const names = ['status', 'nodes', 'peers', 'mesh', 'library', 'transfers', 'rooms'];
@@ -147,6 +148,7 @@
     soon = setTimeout(() => { soon = null; refresh(); }, 400);
   }
   async function sample() {
+    if (S.signedOut) return;
     try {
       const text = await api('GET', '/metrics');
       const v = (name) => {
@@ -167,7 +169,7 @@
   // (the node restarted, the session ended) is opened again at the next
   // refresh that succeeds.
   function listen() {
-    if (S.events && S.events.readyState !== EventSource.CLOSED) return;
+    if (S.signedOut || (S.events && S.events.readyState !== EventSource.CLOSED)) return;
     const es = new EventSource(withSession('/v1/events'));
     S.events = es;
     es.onmessage = refreshSoon;
@@ -503,8 +505,11 @@
       // signed out either way
     }
     localStorage.removeItem('meshnode-session');
+    if (S.events) S.events.close();
+    closeRoom();
     S.down = true;
     showBanner('Signed out. Run "meshnode ui" for a new sign-in link.');
+    S.signedOut = true;
   });
   window.addEventListener('hashchange', route);
   route();
