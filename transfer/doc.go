@@ -147,7 +147,8 @@
 // generation (then the latest update, then the hash), the same on every
 // replica; a node that restarts or comes back holding an old version
 // publishes the old generation and cannot make it latest again
-// (versions.go). A download asked for the item, not a pinned version,
+// (versions.go). Each node remembers the versions it held or fetched,
+// with their lineage, in versions.json (lineage.go). A download asked for the item, not a pinned version,
 // moves to a newer version published while it runs: the old staging
 // folder is marked superseded in its job.json, the new download copies
 // the chunks it verified that the new manifest still needs, then removes
