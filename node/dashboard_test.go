@@ -412,6 +412,30 @@ func TestDashboardSignIn(t *testing.T) {
 	}
 	noConsoleErrors(t, cl, "the sign-in")
 
+	// A new sign-in, then the first one's page reopened from the
+	// browser's history: its stale secret does not replace the live one.
+	signIn(t, ctx, n)
+	var live string
+	run(t, ctx, chromedp.Evaluate(`localStorage.getItem('meshnode-session') || ''`, &live))
+	run(t, ctx, chromedp.Navigate(base+"/ui/#session="+page))
+	waitFor(t, 20*time.Second, "the live secret back in place and the page working", func() bool {
+		var kept string
+		var rows int
+		_ = chromedp.Run(ctx, chromedp.Evaluate(`localStorage.getItem('meshnode-session') || ''`, &kept),
+			chromedp.Evaluate(`document.querySelectorAll('#fleet-table tbody tr').length`, &rows))
+		return kept == live && rows == 1
+	})
+	cl.take() // the stale secret's 401 is expected
+	run(t, ctx, chromedp.ActionFunc(func(ctx context.Context) error {
+		cs, err := network.GetCookies().WithURLs([]string{base}).Do(ctx)
+		for _, ck := range cs {
+			if ck.Name == n.uiCookie() {
+				cookie = ck.Name + "=" + ck.Value
+			}
+		}
+		return err
+	}))
+
 	// The session ends (it expired, or the node restarted): the page says
 	// what to do.
 	n.ui.end(strings.TrimPrefix(cookie, n.uiCookie()+"="))

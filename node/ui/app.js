@@ -10,7 +10,12 @@
   // The session's page secret arrives once, in the sign-in redirect's
   // fragment; it is kept in this origin's storage (per port: another
   // local service cannot read it) and sent with every request.
+  // An old sign-in link reopened from the browser's history brings a
+  // stale secret: the one it replaced is kept until the new one is seen
+  // to work, and put back if it does not.
+  let previous = null;
   if (location.hash.startsWith('#session=')) {
+    previous = localStorage.getItem('meshnode-session');
     localStorage.setItem('meshnode-session', location.hash.slice('#session='.length));
     history.replaceState(null, '', location.pathname + '#fleet');
   }
@@ -88,6 +93,12 @@
       showBanner('The node is not reachable: it may have stopped. Start it again (meshnode run); this page reconnects by itself.');
       throw e;
     }
+    if (r.status === 401 && previous) {
+      localStorage.setItem('meshnode-session', previous); // try the one it replaced
+      previous = null;
+      throw new Error('unauthorized');
+    }
+    previous = null;
     if (r.status === 401) {
       S.down = true;
       showBanner('The dashboard session has expired or the node restarted. Run "meshnode ui" for a new sign-in link.');
@@ -249,8 +260,14 @@
   function meshPage() {
     const m = S.mesh || { slots: [], skipped: {}, recent_drops: [] };
     const self = S.status ? S.status.id : '';
-    const others = S.nodes.filter((n) => n.id !== self).sort((a, b) => a.id.localeCompare(b.id));
+    // Around this node: its links, its connections, the rendezvous and
+    // relays, then others up to a readable number.
     const conns = S.peers.filter((p) => p.authenticated).map((p) => p.id).sort();
+    const near = new Set([...m.slots.map((s) => s.peer), ...conns]);
+    const marked = (n) => near.has(n.id) || (n.roles || []).some((r) => r === 'rendezvous' || r === 'relay');
+    const all = S.nodes.filter((n) => n.id !== self).sort((a, b) => (marked(b) - marked(a)) || a.id.localeCompare(b.id));
+    const others = all.slice(0, Math.max(40, all.filter(marked).length));
+    const hidden = all.length - others.length;
     const key = JSON.stringify([self, others.map((n) => [n.id, n.name, n.state, n.roles]), m.slots.map((s) => [s.peer, !!s.relayed]), conns, m.skipped, m.cap]);
     return [key, () => {
       const W = 640, H = 440, cx = W / 2, cy = H / 2, R = 170;
@@ -286,7 +303,8 @@
       const skipped = Object.entries(m.skipped || {});
       return [
         el('h2', {}, 'Mesh'),
-        el('p', { class: 'muted' }, `This node holds ${m.slots.length} of at most ${m.cap} supplementary links.`),
+        el('p', { class: 'muted' }, `This node holds ${m.slots.length} of at most ${m.cap} supplementary links.` +
+          (hidden > 0 ? ` ${hidden} more nodes, with no link to this one, are not drawn (the fleet page lists them).` : '')),
         el('div', { class: 'card' }, g,
           el('p', { class: 'legend' }, 'Solid blue: supplementary link, direct. Dashed orange: through a relay. Thin grey: other connections (rendezvous, peers that dialled here). Yellow: rendezvous or relay nodes; dashed circles: stale or left.')),
         el('h2', {}, 'Skipped peers'),
