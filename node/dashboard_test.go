@@ -165,6 +165,24 @@ func screenshots(t *testing.T, ctx context.Context, name string) {
 	run(t, ctx, chromedp.EmulateViewport(1280, 800))
 }
 
+// sessionCookie returns the browser's HttpOnly, SameSite=Strict session
+// cookie for n as a Cookie header value ("" when there is none): the page
+// cannot read it, the browser's protocol can.
+func sessionCookie(t *testing.T, ctx context.Context, n *Node) string {
+	t.Helper()
+	var cookie string
+	run(t, ctx, chromedp.ActionFunc(func(ctx context.Context) error {
+		cs, err := network.GetCookies().WithURLs([]string{"http://" + n.APIAddr()}).Do(ctx)
+		for _, ck := range cs {
+			if ck.Name == n.uiCookie() && ck.HTTPOnly && ck.SameSite == network.CookieSameSiteStrict {
+				cookie = ck.Name + "=" + ck.Value
+			}
+		}
+		return err
+	}))
+	return cookie
+}
+
 func noConsoleErrors(t *testing.T, cl *consoleLog, where string) {
 	t.Helper()
 	if errs := cl.take(); len(errs) > 0 {
@@ -354,16 +372,7 @@ func TestDashboardSignIn(t *testing.T) {
 	}
 	// The browser's session cookie (HttpOnly: the page cannot read it,
 	// the browser's protocol can).
-	var cookie string
-	run(t, ctx, chromedp.ActionFunc(func(ctx context.Context) error {
-		cs, err := network.GetCookies().WithURLs([]string{base}).Do(ctx)
-		for _, ck := range cs {
-			if ck.Name == n.uiCookie() && ck.HTTPOnly && ck.SameSite == network.CookieSameSiteStrict {
-				cookie = ck.Name + "=" + ck.Value
-			}
-		}
-		return err
-	}))
+	cookie := sessionCookie(t, ctx, n)
 	if cookie == "" {
 		t.Fatal("no HttpOnly, SameSite=Strict session cookie after sign-in")
 	}
@@ -426,15 +435,7 @@ func TestDashboardSignIn(t *testing.T) {
 		return kept == live && rows == 1
 	})
 	cl.take() // the stale secret's 401 is expected
-	run(t, ctx, chromedp.ActionFunc(func(ctx context.Context) error {
-		cs, err := network.GetCookies().WithURLs([]string{base}).Do(ctx)
-		for _, ck := range cs {
-			if ck.Name == n.uiCookie() {
-				cookie = ck.Name + "=" + ck.Value
-			}
-		}
-		return err
-	}))
+	cookie = sessionCookie(t, ctx, n)
 
 	// The session ends (it expired, or the node restarted): the page says
 	// what to do.

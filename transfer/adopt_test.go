@@ -151,7 +151,7 @@ func TestAdoptRefusesAFileChangedSinceTheDownload(t *testing.T) {
 	if err := os.WriteFile(edited, make([]byte, m.Files[1].Size), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := tl.adopt("item", m, fps, versionLineage{}); err == nil || !strings.Contains(err.Error(), m.Files[1].Path) {
+	if err := tl.adopt("item", m, fps); err == nil || !strings.Contains(err.Error(), m.Files[1].Path) {
 		t.Fatalf("adopt of an item with a changed file: %v", err)
 	}
 	fi, err := os.Lstat(edited)
@@ -163,7 +163,7 @@ func TestAdoptRefusesAFileChangedSinceTheDownload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := tl.adopt("item", m2, fps, versionLineage{}); err != nil {
+	if err := tl.adopt("item", m2, fps); err != nil {
 		t.Fatalf("adopt of an unchanged item: %v", err)
 	}
 	if !tl.holds("item") {

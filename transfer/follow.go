@@ -83,10 +83,16 @@ func (l *Library) saveFollows() error {
 	if err != nil {
 		return err
 	}
-	p := filepath.Join(l.cfg.Dir, followFile)
+	return l.writeState(followFile, b)
+}
+
+// writeState writes one of the library's own files (follow.json,
+// versions.json) atomically; it may come before Run made the folder.
+func (l *Library) writeState(name string, b []byte) error {
 	if err := os.MkdirAll(l.cfg.Dir, 0o755); err != nil {
 		return diskError("create", l.cfg.Dir, err)
 	}
+	p := filepath.Join(l.cfg.Dir, name)
 	if err := atomicfile.WriteFile(p, b, 0o600); err != nil {
 		return diskError("write", p, err)
 	}
@@ -237,14 +243,14 @@ func (l *Library) followPass(tried map[string]followTry) {
 		l.mu.Lock()
 		busy, local := l.busy[id] != "", l.local[id]
 		l.mu.Unlock()
-		held, lin := "", versionLineage{}
+		held, lin := "", heldVersion{}
 		if local != nil {
 			held = local.Hash.String()
 			v, known, _ := l.heldOf(id, held)
 			if own := it.Holders[self]; !known && own.Manifest != held {
 				continue // an edit here not published yet: never downloaded over
 			}
-			lin = versionLineage{Gen: v.Gen, Parent: v.Parent, Known: known}
+			lin = v
 		}
 		to, newer := newerVersion(it, held, self, lin, nil)
 		if busy || !newer {

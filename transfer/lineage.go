@@ -5,8 +5,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-
-	"github.com/meshnode/meshnode/internal/atomicfile"
 )
 
 // This node's memory of item versions (versions.go): for each item, the
@@ -23,6 +21,7 @@ const lineageFile = "versions.json"
 // keptVersions bounds the versions remembered per item.
 const keptVersions = 4
 
+// heldVersion is a version's lineage; the zero value: none known.
 type heldVersion struct {
 	Manifest string `json:"manifest"`
 	Gen      int64  `json:"gen"`
@@ -83,12 +82,11 @@ func (l *Library) remember(vs map[string]heldVersion) {
 	if !changed {
 		return
 	}
-	p := filepath.Join(l.cfg.Dir, lineageFile)
 	if err == nil {
-		err = atomicfile.WriteFile(p, b, 0o600)
+		err = l.writeState(lineageFile, b)
 	}
 	if err != nil {
-		l.lg.Warn().Str("file", p).Err(err).Msg("cannot record the versions this node holds")
+		l.lg.Warn().Err(err).Msg("cannot record the versions this node holds")
 	}
 }
 

@@ -31,8 +31,7 @@ type Served struct {
 	Encoded  []byte
 	Ignore   *Ignore
 
-	partial *chunkSet       // nil for a complete item
-	lin     *versionLineage // a downloaded version's lineage (versions.go); nil: from the document
+	partial *chunkSet // nil for a complete item
 
 	// fps are the files' fingerprints at the scan that made Manifest, in
 	// its order (nil: not checked, as for a download's staging, which

@@ -40,7 +40,7 @@ type Transfer struct {
 	MovedFrom []string `json:"moved_from,omitempty"`
 
 	progress *Progress
-	lin      versionLineage // of the version fetched now
+	lin      heldVersion // of the version fetched now, when the document knew it
 	cancel   context.CancelFunc
 	swapping bool // past the point of no return (beginSwap): Cancel refuses
 	ended    time.Time
@@ -142,7 +142,7 @@ func (l *Library) holdersOf(it crdt.Item, version string, extra []peer.ID) []pee
 // start records a transfer of item id at mh and runs it on a goroutine.
 // Its context exists before the goroutine does, so that a Cancel that
 // comes first is not lost.
-func (l *Library) start(id string, mh Hash, sources []peer.ID, pinned bool, lin versionLineage) (TransferStatus, error) {
+func (l *Library) start(id string, mh Hash, sources []peer.ID, pinned bool, lin heldVersion) (TransferStatus, error) {
 	t := &Transfer{ID: newTransferID(), Item: id, Manifest: mh.String(), State: TransferRunning, Started: l.cfg.Now(), Pinned: pinned, lin: lin, progress: &Progress{}, done: make(chan struct{})}
 	t.Sources = peerStrings(sources)
 	staging := l.stagingFor(id, mh)
@@ -201,7 +201,7 @@ type jobInfo struct {
 	Pinned   bool     `json:"pinned,omitempty"`
 	// Lineage is the version's generation and parent when the download
 	// started (versions.go).
-	Lineage versionLineage `json:"lineage,omitzero"`
+	Lineage heldVersion `json:"lineage,omitzero"`
 	// Superseded names the version the download moved to: the folder is
 	// kept only for that download to reuse its chunks, never resumed.
 	Superseded string `json:"superseded,omitempty"`
@@ -262,10 +262,11 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 		mh, staging = to, next
 		err = ctx.Err()
 	}
-	if err == nil && t.lin.Known {
-		// Remembered before the swap: a crash between the swap and the
-		// publication must not make this version look new (lineage.go).
-		l.remember(map[string]heldVersion{t.Item: {Manifest: t.Manifest, Gen: t.lin.Gen, Parent: t.lin.Parent}})
+	if err == nil && t.lin.Manifest != "" {
+		// Remembered before the swap: the publication after it takes the
+		// lineage from here, and a crash between the two must not make
+		// this version look new (lineage.go).
+		l.remember(map[string]heldVersion{t.Item: t.lin})
 	}
 	if err == nil {
 		err = l.swapIn(t.Item, staging)
@@ -291,7 +292,7 @@ func (l *Library) runDownload(ctx context.Context, t *Transfer, mh Hash, sources
 	// nothing (a follower's pass) may take the old one for current.
 	var aerr error
 	if err == nil {
-		if aerr = l.adopt(t.Item, m, fps, t.lin); aerr != nil {
+		if aerr = l.adopt(t.Item, m, fps); aerr != nil {
 			l.setLocal(t.Item, nil) // the old version's files are gone
 		}
 	}
@@ -408,8 +409,9 @@ func (e *movedError) Error() string { return "the item has a newer version: " + 
 // self holds complete, when it ranks above version m, whose lineage the
 // download found (lin), and above the version held here (base), if any
 // (versions.go).
-func newerVersion(it crdt.Item, m, self string, lin versionLineage, base *Served) (Hash, bool) {
-	latest := latestOf(it, self)
+func newerVersion(it crdt.Item, m, self string, lin heldVersion, base *Served) (Hash, bool) {
+	vs := versionsOf(it)
+	latest := latestIn(vs, self)
 	if latest == "" || latest == m {
 		return Hash{}, false
 	}
@@ -417,9 +419,9 @@ func newerVersion(it crdt.Item, m, self string, lin versionLineage, base *Served
 	if err != nil {
 		return Hash{}, false
 	}
-	lv, _ := knownVersion(it, latest)
-	cur, known := knownVersion(it, m)
-	if lin.Known {
+	lv, _ := findVersion(vs, latest)
+	cur, known := findVersion(vs, m)
+	if lin.Manifest == m {
 		// What this node was told, or published itself, rather than what
 		// the document says now (its own entry may not carry it yet).
 		cur, known = ItemVersion{Manifest: m, Gen: lin.Gen, Updated: cur.Updated}, true
@@ -428,7 +430,7 @@ func newerVersion(it crdt.Item, m, self string, lin versionLineage, base *Served
 		return Hash{}, false
 	}
 	if base != nil {
-		if b, ok := knownVersion(it, base.Hash.String()); base.Hash == h || (ok && !lv.rank().above(b.rank())) {
+		if b, ok := findVersion(vs, base.Hash.String()); base.Hash == h || (ok && !lv.rank().above(b.rank())) {
 			return Hash{}, false
 		}
 	}
@@ -630,7 +632,7 @@ func (l *Library) resumeDownloads() {
 		list := l.holdersOf(it, job.Manifest, old)
 		l.lg.Info().Str("item", job.Item).Int("sources", len(list)).Msg("resuming an interrupted download")
 		lin := job.Lineage
-		if !lin.Known {
+		if lin.Manifest != job.Manifest {
 			lin = lineageOf(it, job.Manifest)
 		}
 		if _, err := l.start(job.Item, mh, list, job.Pinned, lin); err != nil {

@@ -87,8 +87,11 @@ func versionsOf(it crdt.Item) []ItemVersion {
 
 // latestOf returns the manifest of item it's latest version that a node
 // other than skip holds complete ("" when none).
-func latestOf(it crdt.Item, skip string) string {
-	for _, v := range versionsOf(it) {
+func latestOf(it crdt.Item, skip string) string { return latestIn(versionsOf(it), skip) }
+
+// latestIn is latestOf over versions as versionsOf returns them.
+func latestIn(vs []ItemVersion, skip string) string {
+	for _, v := range vs {
 		for _, p := range v.Holders {
 			if p != skip {
 				return v.Manifest
@@ -106,22 +109,37 @@ func latestOf(it crdt.Item, skip string) string {
 // the item's first version and 0 for a version the node brings with no
 // history of the item (see above).
 func lineage(it crdt.Item, m, prev string) (gen int64, parent string) {
-	if v, ok := knownVersion(it, m); ok {
+	vs := versionsOf(it)
+	if v, ok := findVersion(vs, m); ok {
 		return v.Gen, v.Parent
 	}
-	switch {
+	switch top, held := topGen(vs); {
 	case prev != "" && prev != m:
-		return min(topGen(it)+1, crdt.MaxGen), prev
-	case len(versionsOf(it)) > 0 && hasComplete(it):
+		return min(top+1, crdt.MaxGen), prev
+	case held:
 		return 0, ""
 	}
 	return 1, ""
 }
 
+// topGen returns the highest generation of the versions held complete,
+// and whether there is any.
+func topGen(vs []ItemVersion) (top int64, held bool) {
+	for _, v := range vs {
+		if len(v.Holders) > 0 {
+			top, held = max(top, v.Gen), true
+		}
+	}
+	return top, held
+}
+
 // knownVersion returns version m of item it as its complete holders have
 // it; false when none holds it complete.
-func knownVersion(it crdt.Item, m string) (ItemVersion, bool) {
-	for _, v := range versionsOf(it) {
+func knownVersion(it crdt.Item, m string) (ItemVersion, bool) { return findVersion(versionsOf(it), m) }
+
+// findVersion is knownVersion over versions as versionsOf returns them.
+func findVersion(vs []ItemVersion, m string) (ItemVersion, bool) {
+	for _, v := range vs {
 		if v.Manifest == m && len(v.Holders) > 0 {
 			return v, true
 		}
@@ -129,27 +147,15 @@ func knownVersion(it crdt.Item, m string) (ItemVersion, bool) {
 	return ItemVersion{}, false
 }
 
-// versionLineage is a version's generation and parent as a download found
-// them in the document when it started (Known: a complete holder had the
-// version). The download publishes the version with them, even if by the
-// time it ends no other complete holder is left to say so.
-type versionLineage struct {
-	Gen    int64  `json:"gen,omitempty"`
-	Parent string `json:"parent,omitempty"`
-	Known  bool   `json:"known,omitempty"`
-}
-
-// lineageOf returns version m of it's lineage as the document has it.
-func lineageOf(it crdt.Item, m string) versionLineage {
+// lineageOf returns version m of it's lineage as the document has it;
+// the zero heldVersion when no complete holder has m. A download carries
+// it (Transfer.lin, job.json) and remembers it before its swap
+// (lineage.go), so that it publishes the version with it even if by then
+// no other complete holder is left to say so.
+func lineageOf(it crdt.Item, m string) heldVersion {
 	v, ok := knownVersion(it, m)
-	return versionLineage{Gen: v.Gen, Parent: v.Parent, Known: ok}
-}
-
-func hasComplete(it crdt.Item) bool {
-	for _, h := range it.Holders {
-		if h.State == crdt.HolderComplete {
-			return true
-		}
+	if !ok {
+		return heldVersion{}
 	}
-	return false
+	return heldVersion{Manifest: m, Gen: v.Gen, Parent: v.Parent}
 }

@@ -88,10 +88,10 @@ func TestVersionOrder(t *testing.T) {
 		"old":  complete(m("1"), 1, 100, ""),
 		"self": complete(m("2"), 2, 100, m("1")),
 	}}
-	if v, ok := newerVersion(gone, m("3"), "self", versionLineage{Gen: 3, Parent: m("2"), Known: true}, nil); ok {
+	if v, ok := newerVersion(gone, m("3"), "self", heldVersion{Manifest: m("3"), Gen: 3, Parent: m("2")}, nil); ok {
 		t.Fatalf("the download of v3 would move to %s", v)
 	}
-	if v, ok := newerVersion(gone, m("9"), "self", versionLineage{}, &Served{Hash: mustHash(t, m("2"))}); ok {
+	if v, ok := newerVersion(gone, m("9"), "self", heldVersion{}, &Served{Hash: mustHash(t, m("2"))}); ok {
 		t.Fatalf("a node holding v2 would move to %s", v)
 	}
 }

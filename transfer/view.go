@@ -93,6 +93,6 @@ func (l *Library) View() ([]ItemView, error) {
 // first, and the latest complete one; Local is LocalAbsent.
 func itemView(id string, it crdt.Item) ItemView {
 	v := ItemView{ID: id, Name: it.Name, Versions: versionsOf(it), Local: LocalAbsent}
-	v.Latest = latestOf(it, "")
+	v.Latest = latestIn(v.Versions, "")
 	return v
 }

@@ -251,6 +251,7 @@ const publishEvery = 200 * time.Millisecond
 // whole share folder's. It returns the scan's figures and the items
 // whose scan failed.
 func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string) {
+	var settle []string          // items with racy files
 	results := make(chan string) // items scanned (or found gone)
 	published := make(chan struct{})
 	go func() {
@@ -315,11 +316,14 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 		l.setLocal(id, sv) // served at once, published soon
 		results <- id
 		if sv.racy != nil {
-			l.rescanWhenSettled(id)
+			settle = append(settle, id)
 		}
 	}
 	close(results)
 	<-published
+	if len(settle) > 0 {
+		l.rescanWhenSettled(settle)
+	}
 	l.prune("")
 	l.mu.Lock()
 	l.scans++
@@ -328,17 +332,19 @@ func (l *Library) scanAndPublish(ids []string) (total ScanStats, failed []string
 	return total, failed
 }
 
-// rescanWhenSettled scans item id again once the files that were racy at
-// its scan are past racyWindow: the rescan hashes them once more, and
-// from then on their chunks are served without a hash each.
-func (l *Library) rescanWhenSettled(id string) {
+// rescanWhenSettled scans the items again once the files that were racy
+// at their scan are past racyWindow: the rescan hashes them once more,
+// and from then on their chunks are served without a hash each.
+func (l *Library) rescanWhenSettled(ids []string) {
 	l.goFunc(func(ctx context.Context) {
 		t := time.NewTimer(racyWindow + 500*time.Millisecond)
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
 		case <-t.C:
-			l.RequestScan(id)
+			for _, id := range ids {
+				l.RequestScan(id)
+			}
 		}
 	})
 }
@@ -417,19 +423,14 @@ func (l *Library) publish(ids []string, own string) {
 			prev := mm.prev
 			if had && old.State == crdt.HolderComplete && old.Manifest != want.Manifest {
 				prev = heldVersion{Manifest: old.Manifest, Gen: old.Gen}
-			} else if !had && prev.Manifest != "" && topGen(cur) > prev.Gen {
+			} else if top, _ := topGen(versionsOf(cur)); !had && prev.Manifest != "" && top > prev.Gen {
 				// The item's folder was gone while the fleet moved past
 				// what this node held (a backup came back): what it
 				// brings is no newer than the fleet's.
 				prev = heldVersion{}
 			}
-			var lin heldVersion
-			switch {
-			case r.sv.lin != nil:
-				lin = heldVersion{Gen: r.sv.lin.Gen, Parent: r.sv.lin.Parent}
-			case mm.known:
-				lin = mm.v
-			default:
+			lin := mm.v // a download's is remembered before its swap
+			if !mm.known {
 				lin.Gen, lin.Parent = lineage(cur, want.Manifest, prev.Manifest)
 			}
 			lin.Manifest = want.Manifest
@@ -492,17 +493,6 @@ func (l *Library) spreadOK() bool {
 	return v
 }
 
-// topGen is the highest generation of it's complete holders.
-func topGen(it crdt.Item) int64 {
-	var top int64
-	for _, h := range it.Holders {
-		if h.State == crdt.HolderComplete {
-			top = max(top, h.Gen)
-		}
-	}
-	return top
-}
-
 // sameHolding reports whether a published holder entry already says
 // what want says, apart from its update time.
 func sameHolding(old, want crdt.Holder) bool {
@@ -515,8 +505,8 @@ func sameHolding(old, want crdt.Holder) bool {
 // against, with each file's fingerprint as the download left it (fps).
 // It fails, for the caller to scan instead, if any file differs from
 // that fingerprint now: someone changed it since it was written.
-// It is published with the lineage the download found (lin), if known.
-func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint, lin versionLineage) error {
+// It is published with the lineage the download remembered (lineage.go).
+func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint) error {
 	root := filepath.Join(l.cfg.Share, id)
 	ix := &Index{Files: make(map[string]indexEntry, len(m.Files)), Manifest: m.Hash(), dirty: true}
 	for _, f := range m.Files {
@@ -536,9 +526,6 @@ func (l *Library) adopt(id string, m *Manifest, fps map[string]fingerprint, lin 
 	sv, err := l.keep(id, root, ix, m)
 	if err != nil {
 		return err
-	}
-	if lin.Known {
-		sv.lin = &lin
 	}
 	l.setLocal(id, sv)
 	l.publish([]string{id}, id)
