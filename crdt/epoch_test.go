@@ -119,9 +119,7 @@ func TestCutSwitchesEveryNodeToOneDocument(t *testing.T) {
 	syncAll(t, a, b)
 	want := stateOf(t, a)
 	before := a.SavedSize()
-	if err := a.ProposeCut(); err != nil {
-		t.Fatal(err)
-	}
+	propose(t, a)
 	syncAll(t, a, b)
 	ea, err := a.SwitchEpoch()
 	if err != nil {
@@ -157,9 +155,7 @@ func TestCutSwitchesEveryNodeToOneDocument(t *testing.T) {
 	// and the records in force carry into the next cut too.
 	busy(t, a, 5)
 	syncAll(t, a, b)
-	if err := b.ProposeCut(); err != nil {
-		t.Fatal(err)
-	}
+	propose(t, b)
 	syncAll(t, a, b)
 	for _, d := range []*Doc{a, b} {
 		if _, err := d.SwitchEpoch(); err != nil {
@@ -192,9 +188,7 @@ func TestForgedGenesisRefused(t *testing.T) {
 	busy(t, a, 3)
 	busy(t, b, 3)
 	syncAll(t, a, b)
-	if err := a.ProposeCut(); err != nil {
-		t.Fatal(err)
-	}
+	propose(t, a)
 	c, ok := a.NextCut()
 	if !ok {
 		t.Fatal("no cut after a proposal")
@@ -265,14 +259,7 @@ func TestForgedGenesisRefused(t *testing.T) {
 // the new epoch, by their writer.
 func TestCarryWritesConcurrentWithTheCut(t *testing.T) {
 	t.Parallel()
-	a, b := newManual(t), newManual(t)
-	busy(t, a, 5)
-	busy(t, b, 5)
-	syncAll(t, a, b)
-	if err := a.ProposeCut(); err != nil {
-		t.Fatal(err)
-	}
-	syncAll(t, a, b)
+	a, b := proposedPair(t, 5)
 	// After the proposal, before either switches: both write.
 	update(t, a, func(tx *Tx) { tx.SetRoomState("topic", "late-a", "1"); tx.SetItemName("other", "from a") })
 	update(t, b, func(tx *Tx) {
@@ -335,9 +322,7 @@ func TestOfflineNodeRejoinsAcrossCuts(t *testing.T) {
 	})
 	for range 2 {
 		busy(t, a, 3)
-		if err := a.ProposeCut(); err != nil {
-			t.Fatal(err)
-		}
+		propose(t, a)
 		syncAll(t, a, b)
 		for _, d := range []*Doc{a, b} {
 			if _, err := d.SwitchEpoch(); err != nil {
@@ -382,9 +367,7 @@ func TestPartitionedSidesCutOnTheirOwn(t *testing.T) {
 	update(t, a, func(tx *Tx) { tx.SetRoomState("topic", "side-a-before", "1") })
 	update(t, b, func(tx *Tx) { tx.SetRoomState("topic", "side-b-before", "2") })
 	for _, d := range []*Doc{a, b} {
-		if err := d.ProposeCut(); err != nil {
-			t.Fatal(err)
-		}
+		propose(t, d)
 		if _, err := d.SwitchEpoch(); err != nil {
 			t.Fatal(err)
 		}
@@ -431,9 +414,7 @@ func TestSwitchCutShortByACrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.ProposeCut(); err != nil {
-		t.Fatal(err)
-	}
+	propose(t, a)
 	update(t, a, func(tx *Tx) { tx.SetRoomState("topic", "after-proposal", "kept") })
 	e, err := a.SwitchEpoch()
 	if err != nil {
@@ -533,9 +514,7 @@ func TestCarryRecordsOfAWriterThatIsGone(t *testing.T) {
 	busy(t, a, 2)
 	busy(t, c, 2)
 	syncAll(t, a, b, c)
-	if err := a.ProposeCut(); err != nil {
-		t.Fatal(err)
-	}
+	propose(t, a)
 	syncAll(t, a, b, c)
 	update(t, c, func(tx *Tx) {
 		tx.SetHolder("late", c.Self(), Holder{Manifest: "mc", Version: "v", Size: 1, State: "complete"})
@@ -570,14 +549,7 @@ func TestCarryRecordsOfAWriterThatIsGone(t *testing.T) {
 // counter: no replay, and a snapshot holding both still bootstraps a node.
 func TestTwoCarriesOfOneWriteStillJoin(t *testing.T) {
 	t.Parallel()
-	a, w := newManual(t), newManual(t)
-	busy(t, a, 2)
-	busy(t, w, 2)
-	syncAll(t, a, w)
-	if err := a.ProposeCut(); err != nil {
-		t.Fatal(err)
-	}
-	syncAll(t, a, w)
+	a, w := proposedPair(t, 2)
 	update(t, w, func(tx *Tx) { tx.SetNode(w.Self(), NodeRecord{Name: "w after the cut", Alive: true}) })
 	syncPair(t, w, a, w.NewPeerState(), a.NewPeerState())
 	for _, d := range []*Doc{a, w} {
@@ -632,14 +604,7 @@ func TestGenesisMessageRefusedOnChanges(t *testing.T) {
 func TestCarryKeepsTheWritersOrder(t *testing.T) {
 	t.Parallel()
 	for _, bySnapshot := range []bool{false, true} {
-		a, x := newManual(t), newManual(t)
-		busy(t, a, 2)
-		busy(t, x, 2)
-		syncAll(t, a, x)
-		if err := a.ProposeCut(); err != nil {
-			t.Fatal(err)
-		}
-		syncAll(t, a, x)
+		a, x := proposedPair(t, 2)
 		update(t, x, func(tx *Tx) { tx.SetRoomState("topic", "k", "v1") })
 		syncPair(t, x, a, x.NewPeerState(), a.NewPeerState())
 		if _, err := a.SwitchEpoch(); err != nil {
@@ -679,18 +644,14 @@ func TestSiblingCarryPrefersTheSidesOwnWrites(t *testing.T) {
 		busy(t, c, 30)
 		update(t, c, func(tx *Tx) { tx.SetRoomState("topic", "k", "vc") })
 		syncAll(t, a, c)
-		if err := a.ProposeCut(); err != nil {
-			t.Fatal(err)
-		}
+		propose(t, a)
 		syncAll(t, a, c)
 		for _, d := range []*Doc{a, c} {
 			if _, err := d.SwitchEpoch(); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if err := b.ProposeCut(); err != nil {
-			t.Fatal(err)
-		}
+		propose(t, b)
 		if _, err := b.SwitchEpoch(); err != nil {
 			t.Fatal(err)
 		}
@@ -715,4 +676,26 @@ func TestSiblingCarryPrefersTheSidesOwnWrites(t *testing.T) {
 		}
 		return
 	}
+}
+
+// propose has d propose a cut of its document now.
+func propose(t *testing.T, d *Doc) {
+	t.Helper()
+	if err := d.ProposeCut(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// proposedPair returns two nodes that each wrote writes changes, have
+// synced, and both hold a's proposal of a cut, which neither has switched
+// to yet.
+func proposedPair(t *testing.T, writes int) (a, b *Doc) {
+	t.Helper()
+	a, b = newManual(t), newManual(t)
+	busy(t, a, writes)
+	busy(t, b, writes)
+	syncAll(t, a, b)
+	propose(t, a)
+	syncAll(t, a, b)
+	return a, b
 }
