@@ -51,6 +51,17 @@ func (a *acks) write(n *Node, k, v string) error {
 	return nil
 }
 
+// writeN writes n keys prefix-000, prefix-001, ... with value v, in turn
+// on each of nodes, and records them as acknowledged.
+func (a *acks) writeN(t *testing.T, n int, prefix, v string, nodes ...*Node) {
+	t.Helper()
+	for k := range n {
+		if err := a.write(nodes[k%len(nodes)], fmt.Sprintf("%s-%03d", prefix, k), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // missing returns the acknowledged writes n does not show.
 func (a *acks) missing(n *Node) []string {
 	a.mu.Lock()
@@ -196,21 +207,13 @@ func TestEpochJoinerDuringSwitch(t *testing.T) {
 	c := newCluster(t, 2, fastCuts)
 	c.waitFormed(t, 1)
 	var a acks
-	for k := range 100 {
-		if err := a.write(c.nodes[k%2], fmt.Sprintf("old-%03d", k), "v"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	a.writeN(t, 100, "old", "v", c.nodes[0], c.nodes[1])
 	waitFor(t, 30*time.Second, "the fleet converged", func() bool { return c.converged() })
 	if err := c.nodes[0].Doc.ProposeCut(); err != nil {
 		t.Fatal(err)
 	}
 	j := c.add(fastCuts) // within the switch's grace
-	for k := range 20 {
-		if err := a.write(j, fmt.Sprintf("joiner-%02d", k), "v"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	a.writeN(t, 20, "joiner", "v", j)
 	waitFor(t, 60*time.Second, "one epoch with the joiner", func() bool { return c.oneEpoch() })
 	checkAcked(t, c, &a)
 }
@@ -228,31 +231,19 @@ func TestEpochOfflineNodeRejoins(t *testing.T) {
 	c := newCluster(t, 3, simulated)
 	c.waitFormed(t, 1)
 	var a acks
-	for k := range 30 {
-		if err := a.write(c.nodes[k%3], fmt.Sprintf("shared-%02d", k), "v"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	a.writeN(t, 30, "shared", "v", c.nodes...)
 	waitFor(t, 30*time.Second, "the fleet converged", func() bool { return c.converged() })
 	away := c.nodes[2]
 	dir, key := away.cfg.DataDir, away.ID()
 	c.partition([]int{0, 1}, []int{2})
-	for k := range 30 {
-		if err := a.write(away, fmt.Sprintf("offline-%02d", k), "written away"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	a.writeN(t, 30, "offline", "written away", away)
 	c.stop(2)
 	// 60 days pass for the others, who cut twice meanwhile.
 	for day := range 60 {
 		skipped.Add(int64(24 * time.Hour))
 		if day%30 == 0 {
 			e := c.nodes[0].Doc.Epoch()
-			for k := range 40 {
-				if err := a.write(c.nodes[k%2], fmt.Sprintf("day%02d-%02d", day, k), "v"); err != nil {
-					t.Fatal(err)
-				}
-			}
+			a.writeN(t, 40, fmt.Sprintf("day%02d", day), "v", c.nodes[0], c.nodes[1])
 			if err := c.nodes[0].Doc.ProposeCut(); err != nil {
 				t.Fatal(err)
 			}
